@@ -1,0 +1,30 @@
+# plugind: `make run` starts the daemon with the example plugins; `make test` runs every check.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test lint typecheck pytest bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	@$(PY) scripts/dev_prepare.py
+	@set -a; . data/dev.env; set +a; exec $(VENV)/bin/plugind serve --config config/plugins.toml
+
+lint: setup
+	$(VENV)/bin/ruff check plugind tests bench examples scripts
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(PY) bench/digest.py
+	$(PY) bench/hooks.py
+
+clean:
+	rm -rf data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,284 @@
+"""Configuration: `config/plugins.toml` parsed with pydantic-settings, overridable by PLUGIND_* env vars.
+
+Environment overrides use `__` between levels: `PLUGIND_API__LISTEN=0.0.0.0:7070`,
+`PLUGIND_SANDBOXING__ENABLED=false`. Unknown keys and invalid values raise `ConfigError` naming the
+key and the file. Relative paths are resolved against the directory the daemon was started in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from plugind.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/plugins.toml")
+PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginsSection(_Section):
+    directory: Path = Path("plugins")
+    extract_dir: Path = Path("data/extracted")
+    state_file: Path = Path("data/loaded.json")
+    auto_load: bool = True
+    scan_on_start: bool = True
+    max_bundle_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_unpacked_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_files: int = Field(2000, gt=0)
+
+
+class SecuritySection(_Section):
+    only_trusted: bool = True
+    trust_list_path: Path = Path("data/trust.list")
+    # name -> Ed25519 public key, 64 hex characters. Configured by value, never discovered.
+    public_keys: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("public_keys")
+    @classmethod
+    def _hex_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, key in value.items():
+            if not _HEX64.match(key):
+                raise ValueError(f"public key {name!r} must be 64 hex characters (an Ed25519 key)")
+        return value
+
+
+class ApiSection(_Section):
+    listen: str = "127.0.0.1:7070"
+    unix_socket: Path | None = None
+    token_file: Path | None = Path("data/dev-api-token")
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    open_metrics: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, for example 127.0.0.1:7070")
+        return value
+
+
+class HooksSection(_Section):
+    default_timeout_secs: float = Field(5.0, gt=0, le=3600)
+    # Per-hook deadlines, e.g. {on_request = 0.5}
+    timeouts: dict[str, float] = Field(default_factory=dict)
+
+
+class SupervisorSection(_Section):
+    hello_timeout_secs: float = Field(10.0, gt=0)
+    heartbeat_interval_secs: float = Field(2.0, gt=0)
+    heartbeat_timeout_secs: float = Field(6.0, gt=0)
+    shutdown_grace_secs: float = Field(3.0, ge=0)
+    restart: Literal["never", "on-failure", "always"] = "on-failure"
+    max_restarts: int = Field(5, ge=0)
+    restart_window_secs: float = Field(60.0, gt=0)
+    backoff_initial_secs: float = Field(0.1, ge=0)
+    backoff_max_secs: float = Field(30.0, ge=0)
+    max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
+class LimitsSection(_Section):
+    max_memory_mb: int = Field(256, gt=0)
+    max_cpu_time_ms: int = Field(0, ge=0)  # cpu ms per check interval; 0 = no limit
+    max_threads: int = Field(64, gt=0)
+    max_fds: int = Field(256, gt=0)
+    max_connections: int = Field(64, ge=0)
+
+
+class MonitoringSection(_Section):
+    enabled: bool = True
+    check_interval_secs: float = Field(5.0, gt=0)
+    auto_unmount: bool = True
+    log_violations: bool = True
+    violation_threshold: int = Field(3, ge=1)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+
+
+class NamespacesSection(_Section):
+    pid: bool = True
+    net: bool = True
+    mount: bool = True
+    ipc: bool = True
+    uts: bool = True
+    user: bool = False
+
+
+class CgroupsSection(_Section):
+    backend: Literal["auto", "v2", "v1", "none"] = "auto"
+    parent: str = "plugind"
+    memory_limit_mb: int = Field(256, ge=0)  # 0 = no limit
+    cpu_quota_percent: float = Field(50.0, ge=0, le=100 * 1024)  # of one CPU; 0 = no limit
+    cpu_period_us: int = Field(100_000, ge=1000, le=1_000_000)
+    max_pids: int = Field(64, ge=0)
+    io_weight: int = Field(100, ge=0, le=10000)  # 0 = leave unset
+
+
+class BindMount(_Section):
+    source: Path
+    target: Path
+    writable: bool = False
+
+
+class FilesystemSection(_Section):
+    tmp_size_mb: int = Field(16, gt=0)
+    read_only_paths: list[Path] = Field(default_factory=list)
+    writable_paths: list[Path] = Field(default_factory=list)
+    bind_mounts: list[BindMount] = Field(default_factory=list)
+
+
+class NetworkSection(_Section):
+    mode: Literal["none", "restricted", "host"] = "none"
+    # host:port, CIDR (optionally :port) or domain:port; domains are resolved by the host at load time
+    allowed_targets: list[str] = Field(default_factory=list)
+
+
+class RlimitsSection(_Section):
+    nofile: int = Field(256, gt=0)
+    fsize_mb: int = Field(64, gt=0)
+    core: int = Field(0, ge=0)
+
+
+class SandboxingSection(_Section):
+    enabled: bool = True
+    mode: Literal["default", "strict"] = "default"
+    allow_degraded: bool = False
+    enable_user_namespace: bool = False
+    namespaces: NamespacesSection = Field(default_factory=NamespacesSection)
+    cgroups: CgroupsSection = Field(default_factory=CgroupsSection)
+    filesystem: FilesystemSection = Field(default_factory=FilesystemSection)
+    network: NetworkSection = Field(default_factory=NetworkSection)
+    rlimits: RlimitsSection = Field(default_factory=RlimitsSection)
+    allowed_caps: list[str] = Field(default_factory=list)
+
+
+class PluginOverride(_Section):
+    """Per-plugin settings under [plugin.NAME]; never wider than the operator's global limits."""
+
+    memory_limit_mb: int | None = Field(None, ge=0)
+    cpu_quota_percent: float | None = Field(None, ge=0)
+    max_pids: int | None = Field(None, ge=0)
+    allowed_targets: list[str] | None = None
+    hook_timeouts: dict[str, float] = Field(default_factory=dict)
+    # context namespaces (key prefixes) this plugin may write besides its own "NAME."
+    context_grants: list[str] = Field(default_factory=list)
+    restart: Literal["never", "on-failure", "always"] | None = None
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+    audit_log: Path = Path("data/audit.log")
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with `load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLUGIND_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
+    security: SecuritySection = Field(default_factory=SecuritySection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    hooks: HooksSection = Field(default_factory=HooksSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    sandboxing: SandboxingSection = Field(default_factory=SandboxingSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    plugin: dict[str, PluginOverride] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _override_names(self) -> Settings:
+        for name in self.plugin:
+            if not PLUGIN_NAME_RE.match(name):
+                raise ValueError(f"[plugin.{name}]: not a valid plugin name")
+        return self
+
+    def override_for(self, name: str) -> PluginOverride:
+        """The [plugin.NAME] section, or an empty override."""
+        return self.plugin.get(name) or PluginOverride()
+
+    def hook_timeout(self, hook: str, plugin: str | None = None) -> float:
+        """Deadline for a hook: per-plugin, else per-hook, else the default."""
+        if plugin is not None and hook in self.override_for(plugin).hook_timeouts:
+            return self.override_for(plugin).hook_timeouts[hook]
+        return self.hooks.timeouts.get(hook, self.hooks.default_timeout_secs)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Settings:
+    """Read the TOML file at `path` (default config/plugins.toml, or $PLUGIND_CONFIG) plus PLUGIND_* env.
+
+    A missing default file gives the built-in defaults; a missing explicit file is an error.
+    Raises ConfigError naming the file and the offending key.
+    """
+    explicit = path is not None or "PLUGIND_CONFIG" in os.environ
+    cfg_path = Path(path if path is not None else os.environ.get("PLUGIND_CONFIG", DEFAULT_CONFIG_PATH))
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{cfg_path}: not valid TOML: {exc}", path=str(cfg_path)) from exc
+        except OSError as exc:
+            raise ConfigError(f"{cfg_path}: cannot read: {exc.strerror}", path=str(cfg_path)) from exc
+    elif explicit:
+        raise ConfigError(f"{cfg_path}: configuration file not found", path=str(cfg_path))
+
+    toml_data = data
+
+    class _Bound(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings]
+            if env:
+                sources.append(env_settings)
+            sources.append(_TomlSource(settings_cls, toml_data))
+            return tuple(sources)
+
+    try:
+        settings = _Bound()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"{cfg_path}: {key}: {msg}", key=key, path=str(cfg_path)) from exc
+    # Return a plain Settings so callers can copy/compare it without the bound subclass.
+    return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
+
+
+__all__ = ["DEFAULT_CONFIG_PATH", "PLUGIN_NAME_RE", "Settings", "load_config"]

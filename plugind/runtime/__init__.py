@@ -1,0 +1,1 @@
+"""plugind.runtime."""
