@@ -157,7 +157,12 @@ class HookTimeout(HookError):
     code = "timeout"
 
     def __init__(
-        self, message: str, *, plugin: str | None = None, hook: str | None = None, timeout_s: float | None = None
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        hook: str | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         super().__init__(message, plugin=plugin, hook=hook)
         self.timeout_s = timeout_s

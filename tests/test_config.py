@@ -1,0 +1,105 @@
+"""Configuration: file parsing, env overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plugind.config import Settings, load_config
+from plugind.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("PLUGIND_"):
+            monkeypatch.delenv(key)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plugins.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_has_every_key_and_the_defaults(repo_root: Path) -> None:
+    settings = load_config(repo_root / "config" / "plugins.toml")
+    assert settings.model_dump() == Settings().model_dump()
+    # Every key of every section appears in the documented file.
+    text = (repo_root / "config" / "plugins.toml").read_text()
+    for section in Settings.model_fields:
+        if section == "plugin":
+            continue
+        assert f"[{section}]" in text
+        value = getattr(settings, section)
+        for key in type(value).model_fields:
+            assert f"{key} =" in text or f"[{section}.{key}]" in text, f"{section}.{key} not documented"
+
+
+def test_values_from_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[api]\nlisten = "127.0.0.1:9999"\n[sandboxing.cgroups]\nmemory_limit_mb = 32\n'
+        "[plugin.rate-limiter]\nmax_pids = 4\nhook_timeouts = { on_request = 0.25 }\n",
+    )
+    settings = load_config(path)
+    assert settings.api.listen == "127.0.0.1:9999"
+    assert settings.sandboxing.cgroups.memory_limit_mb == 32
+    assert settings.override_for("rate-limiter").max_pids == 4
+    assert settings.hook_timeout("on_request", "rate-limiter") == 0.25
+    assert settings.hook_timeout("on_request", "other") == settings.hooks.default_timeout_secs
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[api]\nlisten = "127.0.0.1:9999"\n')
+    monkeypatch.setenv("PLUGIND_API__LISTEN", "127.0.0.1:7071")
+    monkeypatch.setenv("PLUGIND_SANDBOXING__ENABLED", "false")
+    monkeypatch.setenv("PLUGIND_SECURITY__PUBLIC_KEYS", '{"dev": "' + "ab" * 32 + '"}')
+    settings = load_config(path)
+    assert settings.api.listen == "127.0.0.1:7071"
+    assert settings.sandboxing.enabled is False
+    assert settings.security.public_keys == {"dev": "ab" * 32}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[api]\nlistne = 'x'\n", "api.listne", "unknown key"),
+        ("[nosuch]\na = 1\n", "nosuch", "unknown key"),
+        ("[sandboxing.cgroups]\nmemory_limt_mb = 3\n", "sandboxing.cgroups.memory_limt_mb", "unknown key"),
+        ("[api]\nlisten = 'nohostport'\n", "api.listen", "HOST:PORT"),
+        ("[sandboxing.network]\nmode = 'wide'\n", "sandboxing.network.mode", "none"),
+        ("[monitoring]\nviolation_threshold = 0\n", "monitoring.violation_threshold", "greater than"),
+        ("[security.public_keys]\ndev = 'zz'\n", "security.public_keys", "64 hex"),
+        ("[plugin.'../x']\nmax_pids = 1\n", "", "not a valid plugin name"),
+    ],
+    ids=[
+        "typo", "unknown-section", "nested-typo", "bad-listen", "bad-enum", "bad-range", "bad-key", "bad-name",
+    ],
+)
+def test_invalid_config_names_key_and_file(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=fragment) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert info.value.path == str(path)
+    if key:
+        assert info.value.key == key
+        assert key in str(info.value)
+
+
+def test_bad_env_value_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLUGIND_MONITORING__CHECK_INTERVAL_SECS", "soon")
+    with pytest.raises(ConfigError, match=r"monitoring\.check_interval_secs") as info:
+        load_config(write(tmp_path, ""))
+    assert info.value.key == "monitoring.check_interval_secs"
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[api\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
