@@ -77,7 +77,8 @@ def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("[plugin.'../x']\nmax_pids = 1\n", "", "not a valid plugin name"),
     ],
     ids=[
-        "typo", "unknown-section", "nested-typo", "bad-listen", "bad-enum", "bad-range", "bad-key", "bad-name",
+        "typo", "unknown-section", "nested-typo", "bad-listen",
+        "bad-enum", "bad-range", "bad-key", "bad-name",
     ],
 )
 def test_invalid_config_names_key_and_file(tmp_path: Path, text: str, key: str, fragment: str) -> None:
