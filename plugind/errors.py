@@ -245,7 +245,8 @@ def from_wire(data: Any) -> PluginError:
         return ProtocolViolation("malformed error object on the wire", detail=repr(data)[:200])
     name = data.get("type")
     message = str(data.get("message", ""))[:4000]
-    context = data.get("context") if isinstance(data.get("context"), dict) else {}
+    raw_context = data.get("context")
+    context: dict[Any, Any] = raw_context if isinstance(raw_context, dict) else {}
     cls = _BY_NAME.get(name) if isinstance(name, str) else None
     if cls is None:
         return PluginError(message)
