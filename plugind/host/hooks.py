@@ -1,0 +1,257 @@
+"""Which plugin handles which hook, and the three execution policies of DESIGN.md section 6.
+
+Order: higher `priority` first, then load order (the plugin registered first runs first).
+Deadline of one handler: the per-call `timeout_s` (a deadline for the whole call), else the
+plugin's `[plugin.NAME] hook_timeouts`, else `[hooks.timeouts]`, else the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from plugind.config import Settings
+from plugind.errors import HookError, HookTimeout, PluginCrashed, PluginError, ProtocolViolation
+from plugind.monitor import metrics
+
+log = logging.getLogger("plugind.host.hooks")
+
+Policy = Literal["chain", "until_error", "all"]
+POLICIES: tuple[str, ...] = ("chain", "until_error", "all")
+Outcome = Literal["ok", "error", "timeout", "crashed", "skipped"]
+
+# Slack on top of a handler's deadline before the host gives up on a target that does not
+# enforce its own deadline (the supervisor does; this guards the event loop against one that does not).
+_GRACE_S = 1.0
+
+
+class HookTarget(Protocol):
+    """What the hook registry calls: the supervisor of one plugin."""
+
+    async def invoke(self, hook: str, data: Any, timeout_s: float) -> Any: ...
+
+
+@dataclass
+class HookOutcome:
+    """What one plugin did with one hook call."""
+
+    plugin: str
+    outcome: Outcome
+    output: Any = None
+    error: PluginError | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able view (the API's per-plugin result)."""
+        err = None
+        if self.error is not None:
+            err = {"type": type(self.error).__name__, "message": self.error.message}
+        return {
+            "plugin": self.plugin,
+            "outcome": self.outcome,
+            "output": self.output,
+            "error": err,
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+@dataclass
+class HookResult:
+    """The result of one hook call under one policy.
+
+    `data` is the final output for `chain` and `until_error` (the input if no handler ran) and None
+    for `all`, whose outputs are in `results`. `error` is the first failure (for `until_error`, the one
+    that stopped the call).
+    """
+
+    hook: str
+    policy: Policy
+    data: Any
+    results: list[HookOutcome] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome == "ok" for r in self.results)
+
+    @property
+    def error(self) -> HookOutcome | None:
+        return next((r for r in self.results if r.outcome not in ("ok", "skipped")), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able view (the API's reply)."""
+        first = self.error
+        return {
+            "hook": self.hook,
+            "policy": self.policy,
+            "success": self.ok,
+            "data": self.data,
+            "results": [r.to_dict() for r in self.results],
+            "error": first.to_dict()["error"] if first is not None else None,
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+@dataclass(frozen=True)
+class _Handler:
+    plugin: str
+    priority: int
+    order: int
+    target: HookTarget
+
+
+def _outcome_of(exc: PluginError) -> Outcome:
+    if isinstance(exc, HookTimeout):
+        return "timeout"
+    if isinstance(exc, (PluginCrashed, ProtocolViolation)):
+        return "crashed"
+    return "error"
+
+
+class HookRegistry:
+    """Maps hooks to the plugins that handle them and runs calls under a policy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._by_plugin: dict[str, dict[str, _Handler]] = {}
+        self._order = itertools.count()
+
+    def register(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
+        """Add `plugin` as the handler of `hooks` (name -> priority). Re-registering replaces it."""
+        order = next(self._order)
+        self._by_plugin[plugin] = {
+            hook: _Handler(plugin, int(priority), order, target) for hook, priority in hooks.items()
+        }
+
+    def unregister(self, plugin: str) -> None:
+        """Forget every hook of `plugin` (no error if it had none)."""
+        self._by_plugin.pop(plugin, None)
+
+    def handlers(self, hook: str) -> list[tuple[str, int]]:
+        """(plugin, priority) of every handler of `hook`, in the order they run."""
+        return [(h.plugin, h.priority) for h in self._handlers(hook)]
+
+    def hooks(self) -> dict[str, list[str]]:
+        """Every hook name -> the plugins handling it, in run order."""
+        names = sorted({hook for hooks in self._by_plugin.values() for hook in hooks})
+        return {name: [p for p, _ in self.handlers(name)] for name in names}
+
+    def _handlers(self, hook: str) -> list[_Handler]:
+        # Copy into a list: a plugin may be unloaded while a call is in flight.
+        found = [hooks[hook] for hooks in self._by_plugin.values() if hook in hooks]
+        found.sort(key=lambda h: (-h.priority, h.order))
+        return found
+
+    async def run(
+        self, hook: str, data: Any, policy: Policy = "chain", timeout_s: float | None = None
+    ) -> HookResult:
+        """Run `hook` under `policy`. Raises ValueError for an unknown policy or a bad timeout."""
+        if policy == "chain":
+            return await self.execute(hook, data, timeout_s)
+        if policy == "until_error":
+            return await self.execute_until_error(hook, data, timeout_s)
+        if policy == "all":
+            return await self.execute_all(hook, data, timeout_s)
+        raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")
+
+    async def execute(self, hook: str, data: Any, timeout_s: float | None = None) -> HookResult:
+        """Chain: each handler gets the previous output; a failing handler is skipped and reported."""
+        return await self._sequential(hook, data, timeout_s, policy="chain")
+
+    async def execute_until_error(
+        self, hook: str, data: Any, timeout_s: float | None = None
+    ) -> HookResult:
+        """As chain, but stop at the first failure; the handlers after it are reported `skipped`."""
+        return await self._sequential(hook, data, timeout_s, policy="until_error")
+
+    async def execute_all(self, hook: str, data: Any, timeout_s: float | None = None) -> HookResult:
+        """Every handler gets the same input, concurrently; the result lists each outcome."""
+        _check_timeout(timeout_s)
+        started = time.monotonic()
+        deadline = None if timeout_s is None else started + timeout_s
+        handlers = self._handlers(hook)
+        outcomes = await asyncio.gather(*(self._call(h, hook, data, deadline) for h in handlers))
+        return HookResult(hook, "all", None, list(outcomes), time.monotonic() - started)
+
+    async def _sequential(
+        self, hook: str, data: Any, timeout_s: float | None, *, policy: Policy
+    ) -> HookResult:
+        _check_timeout(timeout_s)
+        started = time.monotonic()
+        deadline = None if timeout_s is None else started + timeout_s
+        result = HookResult(hook, policy, data)
+        stopped = False
+        for handler in self._handlers(hook):
+            if stopped:
+                result.results.append(HookOutcome(handler.plugin, "skipped"))
+                continue
+            outcome = await self._call(handler, hook, result.data, deadline)
+            result.results.append(outcome)
+            if outcome.ok:
+                result.data = outcome.output
+            elif policy == "until_error":
+                stopped = True
+        result.duration_s = time.monotonic() - started
+        return result
+
+    async def _call(
+        self, handler: _Handler, hook: str, data: Any, deadline: float | None
+    ) -> HookOutcome:
+        if deadline is None:
+            timeout = self._settings.hook_timeout(hook, handler.plugin)
+        else:
+            timeout = deadline - time.monotonic()
+        started = time.monotonic()
+        try:
+            if timeout <= 0:
+                raise HookTimeout(
+                    f"hook {hook!r} of plugin {handler.plugin!r}: call deadline passed before it ran",
+                    plugin=handler.plugin,
+                    hook=hook,
+                    timeout_s=0.0,
+                )
+            try:
+                output = await asyncio.wait_for(
+                    handler.target.invoke(hook, data, timeout), timeout + _GRACE_S
+                )
+            except TimeoutError:
+                raise HookTimeout(
+                    f"hook {hook!r} of plugin {handler.plugin!r} did not answer within {timeout:.3g} s",
+                    plugin=handler.plugin,
+                    hook=hook,
+                    timeout_s=timeout,
+                ) from None
+        except PluginError as exc:
+            elapsed = time.monotonic() - started
+            kind = _outcome_of(exc)
+            metrics.observe_hook(hook, handler.plugin, kind, elapsed)
+            log.warning(
+                "hook %s of %s failed: %s", hook, handler.plugin, exc, extra={"plugin": handler.plugin}
+            )
+            return HookOutcome(handler.plugin, kind, error=exc, duration_s=elapsed)
+        except Exception as exc:  # a bug in a target must not take the whole call down
+            elapsed = time.monotonic() - started
+            metrics.observe_hook(hook, handler.plugin, "error", elapsed)
+            log.exception("hook %s of %s raised", hook, handler.plugin, extra={"plugin": handler.plugin})
+            err = HookError(f"{type(exc).__name__}: {exc}", plugin=handler.plugin, hook=hook)
+            return HookOutcome(handler.plugin, "error", error=err, duration_s=elapsed)
+        elapsed = time.monotonic() - started
+        metrics.observe_hook(hook, handler.plugin, "ok", elapsed)
+        return HookOutcome(handler.plugin, "ok", output=output, duration_s=elapsed)
+
+
+def _check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not (0 < timeout_s <= 3600):
+        raise ValueError(f"timeout_s must be in (0, 3600] seconds, got {timeout_s!r}")
+
+
+__all__ = ["POLICIES", "HookOutcome", "HookRegistry", "HookResult", "HookTarget", "Policy"]
