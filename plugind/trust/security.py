@@ -1,0 +1,250 @@
+"""PluginSecurity: digest, signature, trust list and policy give a verdict before any plugin code runs."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from plugind.errors import BundleError, SignatureInvalid, UntrustedPlugin
+from plugind.trust.bundle import BundleContents, BundleLimits, inspect_bundle
+from plugind.trust.digest import bundle_digest, read_bundle_file, signed_message
+from plugind.trust.keys import PublicKey
+from plugind.trust.manifest import Manifest
+from plugind.trust.signature import PluginSignature, read_signature_file
+from plugind.trust.trustlist import (
+    TRUST_KEY_ENV,
+    TrustedPluginEntry,
+    load_and_decrypt_trust_list,
+    parse_trust_key,
+)
+from plugind.trust.version import PluginVersion
+
+if TYPE_CHECKING:
+    from plugind.config import Settings
+
+
+class TrustLevel(enum.StrEnum):
+    """How far a bundle is trusted."""
+
+    TRUSTED = "trusted"  # valid signature under a configured key AND exact name+version+hash listed
+    SIGNED = "signed"  # valid signature under a configured key, not on the trust list
+    UNTRUSTED = "untrusted"  # no signature
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """What may load: with only_trusted, only TRUSTED; otherwise any bundle that verified."""
+
+    only_trusted: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecurityPolicy:
+        """The policy of `settings.security`."""
+        return cls(only_trusted=settings.security.only_trusted)
+
+    def allows(self, level: TrustLevel) -> bool:
+        """True when a bundle of `level` may load."""
+        return level is TrustLevel.TRUSTED or not self.only_trusted
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle read once into memory and verified; `data` are the bytes to extract from."""
+
+    name: str
+    version: str
+    digest: str
+    trust_level: TrustLevel
+    key_name: str | None
+    manifest: Manifest
+    data: bytes
+    path: Path | None
+    signature: PluginSignature | None
+    contents: BundleContents
+    limits: BundleLimits
+    trust_entry: TrustedPluginEntry | None = None
+
+    @property
+    def plugin_version(self) -> PluginVersion:
+        """The version, parsed."""
+        return PluginVersion.parse(self.version)
+
+    def __repr__(self) -> str:  # keep megabytes of bundle bytes out of logs and tracebacks
+        level = self.trust_level.value
+        return f"VerifiedBundle({self.name} {self.version}, {level}, digest={self.digest[:16]}...)"
+
+
+class PluginSecurity:
+    """Verifies bundles against the configured public keys, the trust list and the policy."""
+
+    def __init__(
+        self,
+        public_keys: Mapping[str, PublicKey],
+        *,
+        policy: SecurityPolicy | None = None,
+        trust_entries: list[TrustedPluginEntry] | None = None,
+        limits: BundleLimits | None = None,
+    ) -> None:
+        self.public_keys = dict(sorted(public_keys.items()))
+        self.policy = policy or SecurityPolicy()
+        # None: no trust list consulted (no key given), so nothing can be TRUSTED.
+        self.trust_entries = trust_entries
+        self.limits = limits or BundleLimits()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        trust_key: str | bytes | None = None,
+        *,
+        trust_list_path: str | os.PathLike[str] | None = None,
+    ) -> PluginSecurity:
+        """Build from the config; `trust_key` (hex or bytes, usually $PLUGIN_TRUST_KEY) opens the trust list.
+
+        Without a key the trust list is not read and no bundle can be TRUSTED. Raises InvalidKey
+        (malformed public key or trust key), TrustListError (missing, wrong key, damaged list).
+        """
+        keys = {name: PublicKey.from_hex(hexkey) for name, hexkey in settings.security.public_keys.items()}
+        entries = None
+        if trust_key is not None:
+            key = trust_key if isinstance(trust_key, bytes) else parse_trust_key(trust_key)
+            path = trust_list_path if trust_list_path is not None else settings.security.trust_list_path
+            entries = load_and_decrypt_trust_list(path, key)
+        return cls(
+            keys,
+            policy=SecurityPolicy.from_settings(settings),
+            trust_entries=entries,
+            limits=BundleLimits.from_settings(settings),
+        )
+
+    @classmethod
+    def from_environment(cls, settings: Settings) -> PluginSecurity:
+        """As from_settings, with the trust key from $PLUGIN_TRUST_KEY when it is set."""
+        return cls.from_settings(settings, os.environ.get(TRUST_KEY_ENV))
+
+    def verify_bundle(self, path: str | os.PathLike[str]) -> VerifiedBundle:
+        """Read the bundle at `path` ONCE and verify it; everything after works from those bytes.
+
+        The signature is read from `path.sig`. Raises BundleError (too large, unsafe or invalid
+        zip, bad manifest, manifest disagreeing with its trust entry), SignatureInvalid (a signature
+        that no configured key verifies, malformed .sig), OSError.
+        """
+        path = Path(path)
+        data = read_bundle_file(path, self.limits.max_bundle_bytes)
+        signature = read_signature_file(path)
+        return self.verify_bytes(data, signature, path=path)
+
+    def verify_bytes(
+        self, data: bytes, signature: PluginSignature | None, *, path: Path | None = None
+    ) -> VerifiedBundle:
+        """Verify bundle bytes held in memory with an optional signature. Raises as verify_bundle."""
+        label = str(path) if path else "bundle"
+        shown = path.name if path else "bundle"
+        digest = bundle_digest(data)
+        key_name = None
+        if signature is not None:
+            key_name = self._signer(digest, signature)
+            if key_name is None:
+                raise SignatureInvalid(self._why_invalid(shown, digest, signature), bundle=label)
+        contents = inspect_bundle(data, self.limits, bundle=label)
+        manifest = contents.manifest
+        entry = self._entry_for(digest, manifest, label)
+        if key_name is None:
+            level = TrustLevel.UNTRUSTED
+        elif entry is not None:
+            level = TrustLevel.TRUSTED
+        else:
+            level = TrustLevel.SIGNED
+        return VerifiedBundle(
+            name=manifest.name,
+            version=manifest.version,
+            digest=digest,
+            trust_level=level,
+            key_name=key_name,
+            manifest=manifest,
+            data=data,
+            path=path,
+            signature=signature,
+            contents=contents,
+            limits=self.limits,
+            trust_entry=entry if key_name is not None else None,
+        )
+
+    def check_policy(self, vb: VerifiedBundle) -> None:
+        """Raise UntrustedPlugin when the policy does not let `vb` load."""
+        if self.policy.allows(vb.trust_level):
+            return
+        if vb.trust_level is TrustLevel.SIGNED:
+            how = (
+                "its hash is not on the trust list; add it with "
+                f"`plugind trust add {vb.path or vb.manifest.bundle_filename}`"
+                if self.trust_entries is not None
+                else f"the trust list was not consulted ({TRUST_KEY_ENV} is not set)"
+            )
+        else:
+            how = (
+                "it has no signature; sign it with `plugind sign BUNDLE --key FILE`, then `plugind trust add`"
+            )
+        raise UntrustedPlugin(
+            f"{vb.name} {vb.version} is {vb.trust_level.value} and security.only_trusted is on: {how}",
+            plugin=vb.name,
+            level=vb.trust_level.value,
+        )
+
+    def verify_and_check(self, path: str | os.PathLike[str]) -> VerifiedBundle:
+        """verify_bundle then check_policy. Raises as both."""
+        vb = self.verify_bundle(path)
+        self.check_policy(vb)
+        return vb
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _signer(self, digest: str, signature: PluginSignature) -> str | None:
+        message = signed_message(digest)
+        for name, key in self.public_keys.items():
+            if key.verify(message, signature):
+                return name
+        return None
+
+    def _why_invalid(self, shown: str, digest: str, signature: PluginSignature) -> str:
+        # Ed25519 cannot tell which key made a signature, so use what we know: a listed entry with
+        # this very signature means the bytes changed after signing.
+        if self.trust_entries:
+            listed = next((e for e in self.trust_entries if e.signature == signature.hex), None)
+            if listed is not None and listed.hash != digest:
+                return (
+                    f"{shown} was modified after signing: its digest differs from the one trusted for "
+                    f"{listed.name} {listed.version}; rebuild or re-download it"
+                )
+        if not self.public_keys:
+            return (
+                f"{shown}: cannot verify the signature: no public keys are configured (security.public_keys)"
+            )
+        names = ", ".join(self.public_keys)
+        return (
+            f"{shown}: the signature does not verify under any configured key ({names}): the bundle was "
+            "modified after signing, or it was signed by a key that is not configured"
+        )
+
+    def _entry_for(self, digest: str, manifest: Manifest, label: str) -> TrustedPluginEntry | None:
+        if self.trust_entries is None:
+            return None
+        for entry in self.trust_entries:
+            if entry.hash != digest:
+                continue
+            if (entry.name, entry.version) != (manifest.name, manifest.version):
+                raise BundleError(
+                    f"manifest says {manifest.name} {manifest.version} but the trust entry for this hash "
+                    f"is {entry.name} {entry.version}; refusing the mismatch",
+                    plugin=manifest.name,
+                    bundle=label,
+                )
+            return entry
+        return None
