@@ -1,0 +1,348 @@
+"""ResourceMonitor: samples every loaded plugin each interval, off the event loop, and acts on violations.
+
+One sweep per interval samples all plugins in the monitor's own thread; the verdicts are handled
+back on the event loop: a metric and a log line per violating sample, an audit entry when a streak
+starts (or its kinds change), and after `violation_threshold` CONSECUTIVE violating sweeps the
+registry's `unload(name, reason)` coroutine when auto-unmount is on for that plugin.
+
+    monitor = ResourceMonitor(settings, source, unload, audit=audit_log)
+    monitor.start_resource_monitor()        # inside the running loop
+    monitor.check_plugin_resources("hello") # -> [HeapMemory(used=..., limit=...), ...]
+    await monitor.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from plugind.config import Settings
+from plugind.errors import NotLoaded
+from plugind.monitor import metrics
+from plugind.monitor.sampling import MonitoredPlugin, Sample, sample_plugin
+from plugind.monitor.violations import ResourceLimits, Usage, Violation, evaluate
+
+log = logging.getLogger("plugind.monitor")
+
+RECENT_VIOLATIONS = 20  # kept per plugin for GET /api/plugins/{name}
+_REMEMBERED_PLUGINS = 1024  # bound on plugins whose recent violations outlive their unload
+
+Source = Callable[[], Iterable[MonitoredPlugin]]
+Unload = Callable[[str, str], Awaitable[Any]]
+
+
+class AuditSink(Protocol):
+    def append(self, event: str, plugin: str | None = None, **fields: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class UnmountBehavior:
+    """Per-plugin reaction to violations."""
+
+    auto_unmount: bool = True
+    log_violations: bool = True
+
+
+@dataclass(frozen=True)
+class PluginMetrics:
+    """What GET /api/plugins/{name}/metrics returns."""
+
+    heap_bytes: int
+    cpu_time_ms: int
+    thread_count: int
+    fd_count: int
+    connection_count: int
+    violation_count: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _State:
+    """The monitor's memory of one loaded plugin."""
+
+    pid: int
+    streak: int = 0
+    streak_types: frozenset[str] = frozenset()
+    violation_count: int = 0
+    last: Sample | None = None
+    unloading: bool = False
+
+
+class ResourceMonitor:
+    """Samples loaded plugins, reports violations, unloads repeat offenders. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        unload: Unload,
+        *,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self._source = source
+        self._unload = unload
+        self._audit = audit
+        self._states: dict[str, _State] = {}
+        self._samples: Mapping[str, Sample] = {}
+        self._behavior: dict[str, UnmountBehavior] = {}
+        self._recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._unload_tasks: set[asyncio.Task[Any]] = set()
+        self.interval = settings.monitoring.check_interval_secs
+        self.last_sweep_seconds = 0.0
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def set_unmount_behavior(self, name: str, behavior: UnmountBehavior) -> None:
+        """How to react to `name`'s violations (default: `[monitoring] auto_unmount, log_violations`)."""
+        self._behavior[name] = behavior
+
+    def unmount_behavior(self, name: str) -> UnmountBehavior:
+        """The behaviour in force for `name`."""
+        mon = self.settings.monitoring
+        return self._behavior.get(name, UnmountBehavior(mon.auto_unmount, mon.log_violations))
+
+    def limits_for(self, plugin: MonitoredPlugin) -> ResourceLimits:
+        return plugin.limits or ResourceLimits.from_settings(self.settings, plugin.name)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start_resource_monitor(self, interval: float | None = None) -> asyncio.Task[None]:
+        """Start sweeping every `interval` seconds (default `check_interval_secs`); needs a running loop.
+
+        Raises RuntimeError when already started or when called outside a running event loop.
+        """
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("the resource monitor is already running")
+        if interval is not None:
+            if interval <= 0:
+                raise ValueError(f"monitor interval must be positive, got {interval}")
+            self.interval = interval
+        self._stopping = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="plugind-monitor")
+        metrics.set_sample_source(self.exported_samples)
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop sweeping and wait for the sweep in progress and any auto-unload it started."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._unload_tasks:
+            await asyncio.gather(*self._unload_tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        metrics.set_sample_source(None)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                await self.sweep()
+            except Exception:  # a bug in one sweep must not end monitoring for good
+                log.exception("resource monitor sweep failed")
+            spent = time.monotonic() - started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, self.interval - spent))
+
+    # -- sweeping ------------------------------------------------------------------------------
+
+    def sample_all(self, plugins: Iterable[MonitoredPlugin]) -> dict[str, Sample]:
+        """Sample every plugin (blocking; the monitor runs it in its own thread)."""
+        out: dict[str, Sample] = {}
+        for plugin in plugins:
+            try:
+                sample = sample_plugin(plugin)
+            except Exception:  # one odd process must not hide the others
+                log.exception("sampling failed", extra={"plugin": plugin.name})
+                continue
+            if sample is not None:
+                out[plugin.name] = sample
+        return out
+
+    async def sweep(self) -> dict[str, list[Violation]]:
+        """One sweep now: sample all loaded plugins off the loop, then judge and react on it."""
+        plugins = list(self._source())
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plugind-monitor")
+        started = time.perf_counter()
+        samples = await asyncio.get_running_loop().run_in_executor(self._executor, self.sample_all, plugins)
+        self.last_sweep_seconds = time.perf_counter() - started
+        verdicts: dict[str, list[Violation]] = {}
+        live = {p.name for p in plugins}
+        for name in list(self._states):
+            if name not in live:
+                del self._states[name]  # unloaded: its streak and counters go with it
+        for plugin in plugins:
+            sample = samples.get(plugin.name)
+            if sample is None:
+                continue  # the process vanished; the supervisor reports that, not us
+            verdicts[plugin.name] = self._judge(plugin, sample, count=True)
+        self._samples = {n: samples[n] for n in samples if n in self._states}
+        return verdicts
+
+    def _judge(self, plugin: MonitoredPlugin, sample: Sample, *, count: bool) -> list[Violation]:
+        state = self._states.get(plugin.name)
+        if state is None or state.pid != plugin.pid:  # new, or restarted under a new pid
+            state = _State(pid=plugin.pid)
+            if count:
+                self._states[plugin.name] = state
+        previous = state.last
+        cpu_ms = new_ooms = None
+        if previous is not None and sample.taken_at > previous.taken_at:
+            elapsed = sample.taken_at - previous.taken_at
+            delta_ms = max(0.0, sample.cpu_seconds - previous.cpu_seconds) * 1000
+            # The limit is "ms per check interval": scale a shorter or longer gap to one interval.
+            cpu_ms = int(delta_ms * self.interval / elapsed)
+            new_ooms = max(0, sample.oom_kills - previous.oom_kills)
+        elif previous is None:
+            new_ooms = sample.oom_kills
+        usage = Usage(sample.memory_bytes, sample.threads, sample.fds, sample.connections)
+        found = evaluate(
+            usage, self.limits_for(plugin), cpu_ms_per_interval=cpu_ms, new_oom_kills=new_ooms or 0
+        )
+        if not count:
+            return found
+        state.last = sample
+        if found:
+            self._on_violations(plugin.name, state, found)
+        else:
+            state.streak, state.streak_types = 0, frozenset()
+        return found
+
+    def _on_violations(self, name: str, state: _State, found: list[Violation]) -> None:
+        behavior = self.unmount_behavior(name)
+        threshold = self.settings.monitoring.violation_threshold
+        kinds = frozenset(v.type for v in found)
+        state.streak += 1
+        state.violation_count += len(found)
+        recent = self._recent_for(name)
+        now = time.time()
+        for v in found:
+            metrics.violation(name, v.type)
+            recent.append({"time": now, **v.as_dict()})
+        summary = "; ".join(v.describe() for v in found)
+        if behavior.log_violations:
+            log.warning(
+                "resource limit exceeded (%d of %d in a row): %s",
+                state.streak,
+                threshold,
+                summary,
+                extra={"plugin": name, "violations": [v.type for v in found], "streak": state.streak},
+            )
+            if self._audit is not None and kinds != state.streak_types:
+                self._audit_append("violation", name, violations=[v.as_dict() for v in found],
+                                   streak=state.streak)
+        state.streak_types = kinds
+        if state.streak >= threshold and behavior.auto_unmount and not state.unloading:
+            state.unloading = True
+            reason = f"resource limits exceeded in {state.streak} consecutive checks: {summary}"
+            log.error("unloading plugin: %s", reason, extra={"plugin": name, "reason": reason})
+            self._audit_append("auto_unload", name, reason=reason, violations=[v.as_dict() for v in found])
+            task = asyncio.get_running_loop().create_task(self._do_unload(name, reason))
+            self._unload_tasks.add(task)
+            task.add_done_callback(self._unload_tasks.discard)
+
+    async def _do_unload(self, name: str, reason: str) -> None:
+        try:
+            await self._unload(name, reason)
+        except Exception as exc:
+            log.error("auto-unload failed: %s", exc, extra={"plugin": name})
+            state = self._states.get(name)
+            if state is not None:
+                state.unloading = False  # try again after the next streak
+
+    def _audit_append(self, event: str, name: str, **fields: Any) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event, plugin=name, **fields)
+        except OSError as exc:  # a full disk must not stop the monitor from unloading
+            log.error("cannot write the audit log: %s", exc, extra={"plugin": name})
+
+    def _recent_for(self, name: str) -> deque[dict[str, Any]]:
+        recent = self._recent.get(name)
+        if recent is None:
+            recent = self._recent[name] = deque(maxlen=RECENT_VIOLATIONS)
+            while len(self._recent) > _REMEMBERED_PLUGINS:
+                self._recent.popitem(last=False)
+        self._recent.move_to_end(name)
+        return recent
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def _find(self, name: str) -> MonitoredPlugin:
+        for plugin in self._source():
+            if plugin.name == name:
+                return plugin
+        raise NotLoaded(f"plugin {name!r} is not loaded", plugin=name)
+
+    def check_plugin_resources(self, name: str) -> list[Violation]:
+        """Sample `name` now and return the limits it is over (blocking: a few /proc reads).
+
+        A check on demand does not count towards the consecutive-violation threshold; only sweeps do.
+        Raises NotLoaded when `name` is not a loaded plugin (or its process is gone).
+        """
+        plugin = self._find(name)
+        sample = sample_plugin(plugin)
+        if sample is None:
+            raise NotLoaded(f"plugin {name!r} has no running process", plugin=name)
+        return self._judge(plugin, sample, count=False)
+
+    def get_plugin_metrics(self, name: str) -> PluginMetrics:
+        """The latest sample of `name` (sampled now if no sweep has seen it yet).
+
+        Raises NotLoaded when `name` is not a loaded plugin.
+        """
+        sample = self._samples.get(name)
+        if sample is None:
+            plugin = self._find(name)
+            sample = sample_plugin(plugin)
+            if sample is None:
+                raise NotLoaded(f"plugin {name!r} has no running process", plugin=name)
+        state = self._states.get(name)
+        return PluginMetrics(
+            heap_bytes=sample.memory_bytes,
+            cpu_time_ms=int(sample.cpu_seconds * 1000),
+            thread_count=sample.threads,
+            fd_count=sample.fds,
+            connection_count=sample.connections,
+            violation_count=state.violation_count if state is not None else 0,
+        )
+
+    def recent_violations(self, name: str) -> list[dict[str, Any]]:
+        """The last violations of `name` (newest last), also after it was unloaded."""
+        return list(self._recent.get(name, ()))
+
+    def consecutive_violations(self, name: str) -> int:
+        """The current streak of violating sweeps of `name`."""
+        state = self._states.get(name)
+        return state.streak if state is not None else 0
+
+    def latest_samples(self) -> Mapping[str, Sample]:
+        """The samples of the last sweep, by plugin name."""
+        return self._samples
+
+    def exported_samples(self) -> dict[str, metrics.PluginSample]:
+        """The last sweep as metrics.PluginSample, for the Prometheus collector (any thread)."""
+        return {
+            name: metrics.PluginSample(s.memory_bytes, s.cpu_seconds, s.threads, s.fds, s.connections)
+            for name, s in self._samples.items()
+        }
+
+
+__all__ = ["MonitoredPlugin", "PluginMetrics", "ResourceMonitor", "UnmountBehavior"]

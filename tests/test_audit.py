@@ -1,0 +1,121 @@
+"""plugind.audit: JSON lines, file mode, concurrency, filters, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from datetime import datetime
+
+import pytest
+
+from plugind.audit import EVENTS, AuditLog
+
+
+def test_append_writes_one_json_line_per_event(tmp_path):
+    path = tmp_path / "state" / "deep" / "audit.log"
+    log = AuditLog(path)
+    entry = log.append("load", plugin="hello", version="1.2.0", trust="trusted")
+    log.append("refused", plugin="evil", reason="untrusted")
+    log.append("unload", plugin="hello", reason="operator")
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first == entry
+    assert first["event"] == "load" and first["plugin"] == "hello" and first["version"] == "1.2.0"
+    assert first["time"].endswith("Z")
+    datetime.fromisoformat(first["time"].replace("Z", "+00:00"))
+    assert [json.loads(line)["event"] for line in lines] == ["load", "refused", "unload"]
+
+
+def test_file_is_private_and_parent_created(tmp_path):
+    path = tmp_path / "new" / "audit.log"
+    AuditLog(path).append("crash", plugin="p", exit_code=1)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_wider_existing_file_is_narrowed(tmp_path):
+    path = tmp_path / "audit.log"
+    path.write_text("")
+    os.chmod(path, 0o644)
+    AuditLog(path).append("restart", plugin="p")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            log.append("violation", plugin=f"p{n}", seq=i, blob="x" * 2000)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert len(entries) == 200
+    for n in range(4):
+        assert [e["seq"] for e in entries if e["plugin"] == f"p{n}"] == list(range(50))
+
+
+def test_tail_filters_and_limits(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+    for i in range(10):
+        log.append("load", plugin=f"p{i % 2}", n=i)
+        log.append("violation", plugin=f"p{i % 2}", n=i)
+    assert [e["n"] for e in log.tail(3)] == [8, 9, 9]
+    assert [e["n"] for e in log.tail(limit=2, event="load")] == [8, 9]
+    assert [e["n"] for e in log.tail(event="violation", plugin="p1")] == [1, 3, 5, 7, 9]
+    assert log.tail(plugin="nobody") == []
+    assert AuditLog(tmp_path / "missing.log").tail() == []
+
+
+def test_tail_skips_a_torn_line(tmp_path, caplog):
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append("load", plugin="a")
+    with open(path, "a") as fh:
+        fh.write('{"event": "lo')  # a crash mid-write
+        fh.write("\n")
+    log.append("unload", plugin="a")
+    with caplog.at_level("WARNING", logger="plugind.audit"):
+        assert [e["event"] for e in log.tail()] == ["load", "unload"]
+    assert "line 2 is not JSON, skipped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda log: log.append("deleted_everything"), "unknown audit event 'deleted_everything'"),
+        (lambda log: log.append("load", plugin="p", event="x", time=1),
+         r"audit fields may not be named \['event', 'time'\]"),
+        (lambda log: log.tail(0), "limit must be between 1 and 1000, got 0"),
+        (lambda log: log.tail(1001), "limit must be between 1 and 1000, got 1001"),
+        (lambda log: log.tail(event="nope"), "unknown audit event 'nope'"),
+    ],
+    ids=["unknown-event", "reserved-field", "limit-0", "limit-big", "tail-unknown-event"],
+)
+def test_errors(tmp_path, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(AuditLog(tmp_path / "audit.log"))
+
+
+def test_an_unwritable_path_raises_oserror(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(NotADirectoryError):
+        AuditLog(blocker / "audit.log").append("load", plugin="p")
+
+
+def test_oversized_entry_is_truncated_not_unbounded(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+    log.append("violation", plugin="p", blob="x" * 100_000)
+    (entry,) = log.tail()
+    assert entry["truncated"] is True and "blob" not in entry
+
+
+def test_events_are_the_documented_set():
+    assert {"load", "unload", "refused", "violation", "auto_unload", "crash", "restart"} == EVENTS
