@@ -1,0 +1,242 @@
+"""The fork-server: a small single-threaded process that forks plugin children on request.
+
+Started by `Launcher.start()` as a fresh `python -m plugind.host.forkserver --fd N` with a scrubbed
+environment, before the daemon starts any thread. It pre-imports the runtime, the SDK and msgpack
+(and the sandbox if present), so a child is ready to import its plugin right after `fork()`. It dies
+with the daemon (PR_SET_PDEATHSIG), and its children die with it.
+
+Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per packet:
+
+    daemon -> server  {"op": "spawn", "id", "name", "tree", "entrypoint", "version", "max_frame",
+                       "plan": SandboxPlan.to_wire() | None}   + the child's socket end (SCM_RIGHTS)
+                      {"op": "kill", "pid", "signal"}          only pids it forked and has not reaped
+    server -> daemon  {"op": "ready", "pid", "sandbox": bool}
+                      {"op": "spawned", "id", "pid", "steps"} | {"op": "spawn_failed", "id", "error"}
+                      {"op": "exited", "pid", "code", "signal", "oom_killed"}
+
+End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, NoReturn
+
+import msgpack
+
+# Pre-imported so children do not pay for them after fork().
+import plugind.runtime.child as runtime
+import plugind.sdk
+import plugind.sdk.testing  # noqa: F401
+from plugind.errors import LoadError, PluginError
+
+PR_SET_PDEATHSIG = 1
+MAX_PACKET = 256 * 1024
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies. Raises OSError."""
+    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _load_sandbox() -> ModuleType | None:
+    try:
+        import plugind.sandbox.contain as contain  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        import plugind.sandbox.plan  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return None
+    return contain
+
+
+class ForkServer:
+    """The server loop; one instance per process."""
+
+    def __init__(self, ctl: socket.socket, contain: ModuleType | None) -> None:
+        self.ctl = ctl
+        self.contain = contain
+        self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Send one control message (blocking; the daemon reads promptly)."""
+        self.ctl.sendall(msgpack.packb(msg, use_bin_type=True))
+
+    def _child_setup(self) -> None:
+        # In the child, right after fork: drop the server's own fds and signal plumbing.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.ctl.close()
+
+    def spawn(self, req: dict[str, Any], sock_fd: int) -> None:
+        """Fork one plugin child; answer with its pid and isolation steps."""
+        name = str(req.get("name"))
+        plan_wire = req.get("plan")
+
+        def run(hooks: Any = None) -> NoReturn:
+            try:
+                self._child_setup()
+                set_pdeathsig()
+                if hooks is None:
+                    os.setsid()
+                runtime.run_child(
+                    sock_fd,
+                    str(req["tree"]),
+                    str(req["entrypoint"]),
+                    name=name,
+                    version=str(req.get("version") or ""),
+                    max_frame=int(req.get("max_frame") or runtime.DEFAULT_MAX_FRAME),
+                    hooks=hooks,
+                )
+            finally:
+                os._exit(127)
+
+        try:
+            if plan_wire is not None and self.contain is not None:
+                from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
+
+                plan = SandboxPlan.from_wire(plan_wire)
+                spawned = self.contain.spawn_contained(plan, run, [sock_fd])
+                pid, steps = int(spawned.pid), dict(spawned.steps)
+                self.children[pid] = plan
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    run()
+                steps = {}
+                if plan_wire is not None:
+                    steps["sandbox"] = "degraded: plugind.sandbox.contain is not available"
+                self.children[pid] = None
+        except PluginError as exc:
+            self.send({"op": "spawn_failed", "id": req.get("id"), "error": exc.to_wire()})
+            return
+        except Exception as exc:
+            err = LoadError(f"fork-server could not start plugin {name!r}: {type(exc).__name__}: {exc}",
+                            plugin=name, reason="spawn_failed")
+            self.send({"op": "spawn_failed", "id": req.get("id"), "error": err.to_wire()})
+            return
+        finally:
+            os.close(sock_fd)
+        self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps})
+
+    def kill(self, pid: int, sig: int) -> None:
+        """Signal a child we forked and have not reaped (so the pid cannot have been recycled)."""
+        if pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def reap(self) -> None:
+        """Collect every exited child and report the ones we spawned."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.children:
+                continue
+            plan = self.children.pop(pid)
+            # Without a pid namespace, descendants are still in the child's process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            oom = False
+            if plan is not None and self.contain is not None:
+                oom_check: Callable[[Any], bool] | None = getattr(self.contain, "oom_killed", None)
+                with contextlib.suppress(Exception):
+                    oom = bool(oom_check(plan)) if oom_check else False
+                with contextlib.suppress(Exception):
+                    self.contain.cleanup(plan)
+            code = os.waitstatus_to_exitcode(status)
+            self.send({"op": "exited", "pid": pid, "code": code if code >= 0 else None,
+                       "signal": -code if code < 0 else None, "oom_killed": oom})
+
+    def shutdown(self) -> None:
+        """Kill and reap every child (the daemon went away)."""
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def handle(self, data: bytes, fds: list[int]) -> None:
+        """Act on one control packet."""
+        try:
+            req = msgpack.unpackb(data, raw=False)
+        except Exception:
+            req = None
+        op = req.get("op") if isinstance(req, dict) else None
+        if op == "spawn" and len(fds) == 1:
+            assert isinstance(req, dict)
+            self.spawn(req, fds[0])
+            return
+        for fd in fds:
+            os.close(fd)
+        if op == "kill" and isinstance(req, dict):
+            self.kill(int(req["pid"]), int(req.get("signal") or signal.SIGKILL))
+
+    def serve(self) -> None:
+        """Loop until the daemon closes the control socket."""
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
+        while True:
+            try:
+                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 512):
+                        pass
+                self.reap()
+            if self.ctl.fileno() in readable:
+                data, fds, _flags, _addr = socket.recv_fds(self.ctl, MAX_PACKET, 4)
+                if not data:
+                    self.shutdown()
+                    return
+                self.handle(data, fds)
+            self.reap()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `python -m plugind.host.forkserver --fd N`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--fd" or not args[1].isdigit():
+        print("usage: python -m plugind.host.forkserver --fd N", file=sys.stderr)
+        sys.exit(2)
+    ppid = os.getppid()
+    set_pdeathsig()
+    if os.getppid() != ppid:  # the daemon died before we could ask to follow it
+        sys.exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = socket.socket(fileno=int(args[1]))
+    ctl.setblocking(True)
+    server = ForkServer(ctl, _load_sandbox())
+    try:
+        server.serve()
+    except (BrokenPipeError, ConnectionError):
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

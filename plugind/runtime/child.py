@@ -1,0 +1,432 @@
+"""The plugin side of a child process: import the plugin, say hello, serve hooks until shutdown.
+
+Single-threaded and blocking on purpose: the hot path is recv -> handler -> send with no event loop
+in between. Calls are served in arrival order; the host may pipeline several. A handler past its
+deadline is interrupted by SIGALRM (the host enforces the deadline on its side anyway) and reported
+as a late HookTimeout result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, Protocol
+
+from plugind.errors import HookFailed, HookTimeout, InitializationError, PluginError, from_wire
+from plugind.sdk.plugin import Handler, Plugin
+from plugind.wire import messages as m
+from plugind.wire.frames import DEFAULT_MAX_FRAME, BlockingChannel
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+ENTRYPOINT_RE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
+EXEC_PREFIX = "exec:"
+MAX_TRACEBACK = 8192
+EXIT_INIT_FAILED = 3
+EXIT_PROTOCOL = 4
+
+
+class ChildHooks(Protocol):
+    """What the sandbox hands the runtime: steps that must run around the plugin's import."""
+
+    def before_plugin_import(self) -> None:
+        """Apply the last isolation steps (seccomp) before plugin code is imported."""
+
+    def after_plugin_import(self) -> None:
+        """Strict mode: stack the kill filter once the plugin is imported."""
+
+
+class NoHooks:
+    """ChildHooks for an unsandboxed child: nothing to apply."""
+
+    def before_plugin_import(self) -> None:
+        """Nothing to do."""
+
+    def after_plugin_import(self) -> None:
+        """Nothing to do."""
+
+
+class _Deadline(BaseException):
+    """Raised into a handler by SIGALRM; a BaseException so `except Exception` in plugins misses it."""
+
+
+class _ForwardLogs(logging.Handler):
+    """Sends every log record to the host as a `log` frame."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(logging.DEBUG)
+        self.runtime = runtime
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)[: m.MAX_LOG_CHARS]
+            level = record.levelname.lower()
+            if level not in m.LOG_LEVELS:
+                level = "info"
+            self.runtime.send({"type": m.LOG, "level": level, "msg": text, "logger": record.name[:256]})
+        except Exception:  # a broken pipe while logging must not take the plugin down
+            self.handleError(record)
+
+
+class RemoteContext:
+    """The SDK `Context` inside a child: each call is a ctx.* request answered by the host."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key`, or `default`. Raises ContextError if the host refuses."""
+        reply = self._rt.ctx_call(m.CTX_GET, key=key)
+        return reply.get("value") if reply.get("found") else default
+
+    def set(self, key: str, value: Any) -> None:
+        """Store `value` under `key`. Raises ContextError if the key is not granted or invalid."""
+        self._rt.ctx_call(m.CTX_SET, key=key, value=value)
+
+    def delete(self, key: str) -> bool:
+        """Remove `key`; True if it existed. Raises ContextError if not granted."""
+        return bool(self._rt.ctx_call(m.CTX_DELETE, key=key).get("found"))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with `prefix`, sorted."""
+        return list(self._rt.ctx_call(m.CTX_KEYS, prefix=prefix).get("keys") or [])
+
+
+class Runtime:
+    """One plugin served over one socket."""
+
+    def __init__(self, sock: socket.socket, name: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.chan = BlockingChannel(sock, max_frame)
+        self.name = name
+        self.plugin: Plugin | None = None
+        self.ctx = RemoteContext(self)
+        self._queue: deque[dict[str, Any]] = deque()
+        self._next_ctx_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_handler = False
+        self._sending = False
+        self._deadline_hit = False
+
+    # -- sending, safe against SIGALRM landing in the middle of a frame
+    def send(self, msg: dict[str, Any]) -> None:
+        """Send one message whole, even if the deadline alarm fires meanwhile."""
+        self._sending = True
+        try:
+            self.chan.send(msg)
+        finally:
+            self._sending = False
+        if self._deadline_hit and self._in_handler:
+            self._deadline_hit = False
+            raise _Deadline
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if not self._in_handler:
+            return
+        if self._sending:
+            self._deadline_hit = True
+            return
+        raise _Deadline
+
+    # -- receiving
+    def _recv(self) -> dict[str, Any] | None:
+        msg = self.chan.recv()
+        if msg is not None:
+            m.check_from_host(msg)
+        return msg
+
+    def ctx_call(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Send a ctx.* request and wait for its reply, serving pings meanwhile.
+
+        Raises the ContextError (or other PluginError) the host answered with, or ConnectionError.
+        """
+        self._next_ctx_id += 1
+        call_id = self._next_ctx_id
+        self.send({"type": kind, "id": call_id, **fields})
+        while True:
+            msg = self._recv()
+            if msg is None:
+                raise ConnectionError("host closed the connection during a context call")
+            kind_in = msg["type"]
+            if kind_in == m.CTX_REPLY and msg["id"] == call_id:
+                if msg.get("ok"):
+                    return msg
+                raise from_wire(msg.get("error"))
+            if kind_in == m.PING:
+                self.send({"type": m.PONG, "id": msg["id"]})
+            elif kind_in != m.CTX_REPLY:
+                self._queue.append(msg)
+
+    # -- running plugin code
+    def _run(self, func: Handler, *args: Any) -> Any:
+        if asyncio.iscoroutinefunction(func):
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(func(*args))
+        return func(*args)
+
+    def _discard_loop(self) -> None:
+        # An alarm may have landed inside the loop's own machinery: never reuse that loop.
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            try:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                loop.close()
+            except Exception:  # noqa: S110 - best effort on a loop we are throwing away
+                pass
+
+    def invoke(self, msg: dict[str, Any]) -> None:
+        """Run one hook call and send its result."""
+        call_id, hook = msg["id"], msg["hook"]
+        assert self.plugin is not None
+        spec = self.plugin.hooks.get(hook)
+        if spec is None:
+            err = HookFailed(f"plugin {self.name!r} has no handler for hook {hook!r}",
+                             plugin=self.name, hook=hook, error_type="LookupError")
+            self.send(m.result_error(call_id, err.to_wire()))
+            return
+        deadline_ms = msg.get("deadline_ms")
+        timeout_s = deadline_ms / 1000.0 if deadline_ms else 0.0
+        start = time.monotonic()
+        reply: dict[str, Any]
+        self._deadline_hit = False
+        self._in_handler = True
+        try:
+            if timeout_s:
+                signal.setitimer(signal.ITIMER_REAL, timeout_s)
+            try:
+                data = self._run(spec.func, msg["data"], self.ctx)
+            finally:
+                if timeout_s:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                self._in_handler = False
+            elapsed = time.monotonic() - start
+            reply = m.result_ok(call_id, data)
+            if timeout_s and elapsed > timeout_s:
+                reply["late"] = True
+        except _Deadline:
+            self._in_handler = False
+            self._discard_loop()
+            timeout = HookTimeout(f"hook {hook!r} of plugin {self.name!r} exceeded its deadline of "
+                              f"{timeout_s:g}s and was interrupted", plugin=self.name, hook=hook,
+                              timeout_s=timeout_s)
+            reply = m.result_error(call_id, timeout.to_wire(), late=True)
+        except Exception as exc:
+            self._in_handler = False
+            reply = m.result_error(call_id, _failure(self.name, hook, exc).to_wire())
+        try:
+            self.send(reply)
+        except PluginError as exc:  # result not encodable as msgpack
+            err = HookFailed(f"hook {hook!r} returned a value the wire cannot carry: {exc}",
+                             plugin=self.name, hook=hook, error_type="TypeError")
+            self.send(m.result_error(call_id, err.to_wire()))
+
+    def run_callbacks(self, callbacks: list[Handler]) -> None:
+        """Run on_load / on_unload callbacks in order. Raises whatever they raise."""
+        for cb in callbacks:
+            self._run(cb, self.ctx)
+
+    def serve(self) -> int:
+        """Answer the host until shutdown or end of stream; return the exit code."""
+        assert self.plugin is not None
+        while True:
+            msg = self._queue.popleft() if self._queue else self._recv()
+            if msg is None:
+                return 0
+            kind = msg["type"]
+            if kind == m.INVOKE:
+                self.invoke(msg)
+            elif kind == m.PING:
+                self.send({"type": m.PONG, "id": msg["id"]})
+            elif kind == m.SHUTDOWN:
+                try:
+                    self.run_callbacks(self.plugin.unload_callbacks)
+                except Exception:
+                    logging.getLogger("plugin").exception("on_unload failed")
+                return 0
+            elif kind == m.WELCOME:
+                max_frame = msg.get("max_frame")
+                if type(max_frame) is int and max_frame > 0:
+                    self.chan.max_frame = max_frame
+            # a ctx.reply nobody waits for is ignored
+
+
+def _failure(name: str, hook: str, exc: BaseException) -> HookFailed:
+    tb = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+    return HookFailed(f"hook {hook!r} of plugin {name!r} raised {type(exc).__name__}: {exc}"[:2000],
+                      plugin=name, hook=hook, error_type=type(exc).__name__, remote_traceback=tb)
+
+
+def load_plugin(tree: str, entrypoint: str) -> Plugin:
+    """Import `module:attr` from `tree` and return the `Plugin` it names. Raises InitializationError."""
+    match = ENTRYPOINT_RE.match(entrypoint)
+    if match is None:
+        raise InitializationError(f"entrypoint {entrypoint!r} must look like 'module:attribute'",
+                                  reason="bad_entrypoint")
+    module_name, attr = match.groups()
+    sys.path.insert(0, tree)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise InitializationError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"[:2000], reason="import_failed"
+        ) from exc
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Plugin):
+        raise InitializationError(
+            f"{entrypoint!r} is {type(obj).__name__}, not a plugind.sdk.Plugin", reason="bad_entrypoint"
+        )
+    return obj
+
+
+def resolve_exec(tree: str, entrypoint: str) -> str:
+    """The executable an `exec:REL` entrypoint names, checked to be a regular executable file inside
+    `tree` (symlinks resolved). Raises InitializationError."""
+    rel = entrypoint[len(EXEC_PREFIX):]
+    root = os.path.realpath(tree)
+    path = os.path.realpath(os.path.join(root, rel))
+    if not rel or os.path.isabs(rel) or not path.startswith(root + os.sep):
+        raise InitializationError(f"exec entrypoint {rel!r} must be a relative path inside the plugin",
+                                  reason="bad_entrypoint")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InitializationError(
+            f"exec entrypoint {rel!r}: {exc.strerror}", reason="bad_entrypoint"
+        ) from exc
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        raise InitializationError(f"exec entrypoint {rel!r} is not an executable file",
+                                  reason="bad_entrypoint")
+    return path
+
+
+def _reap_children(signum: int, frame: FrameType | None) -> None:
+    # As PID 1 of a pid namespace we inherit every orphan; reap them so none stays a zombie.
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _fatal(sock: socket.socket, name: str, err: PluginError) -> None:
+    with contextlib.suppress(OSError, PluginError):
+        BlockingChannel(sock).send({"type": m.FATAL, "error": err.to_wire()})
+    print(f"plugind runtime [{name}]: {err}", file=sys.stderr, flush=True)
+
+
+def run_child(
+    sock_fd: int,
+    tree: str,
+    entrypoint: str,
+    *,
+    name: str,
+    version: str = "",
+    max_frame: int = DEFAULT_MAX_FRAME,
+    hooks: ChildHooks | None = None,
+) -> NoReturn:
+    """Serve plugin `name` from `tree` over the inherited socket `sock_fd`; never returns."""
+    os._exit(serve_child(sock_fd, tree, entrypoint, name=name, version=version, max_frame=max_frame,
+                         hooks=hooks))
+
+
+def serve_child(
+    sock_fd: int,
+    tree: str,
+    entrypoint: str,
+    *,
+    name: str,
+    version: str = "",
+    max_frame: int = DEFAULT_MAX_FRAME,
+    hooks: ChildHooks | None = None,
+) -> int:
+    """Body of `run_child`; returns the exit code (or execs an `exec:` plugin and does not return)."""
+    hooks = hooks or NoHooks()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A handler is needed anyway: as PID 1 of a pid namespace, signals without one are dropped.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
+    if os.getpid() == 1:
+        signal.signal(signal.SIGCHLD, _reap_children)
+    sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(True)
+    if entrypoint.startswith(EXEC_PREFIX):
+        return _exec_plugin(sock, tree, entrypoint, name, max_frame, hooks)
+    try:
+        os.chdir(tree)
+        hooks.before_plugin_import()
+        plugin = load_plugin(tree, entrypoint)
+        hooks.after_plugin_import()
+    except PluginError as exc:
+        _fatal(sock, name, exc)
+        return EXIT_INIT_FAILED
+    except Exception as exc:
+        _fatal(sock, name, InitializationError(f"{type(exc).__name__}: {exc}", plugin=name))
+        return EXIT_INIT_FAILED
+    if plugin.name is None:
+        plugin.name = name
+    rt = Runtime(sock, name, max_frame)
+    rt.plugin = plugin
+    signal.signal(signal.SIGALRM, rt._on_alarm)
+    forward = _ForwardLogs(rt)
+    forward.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(forward)
+    root.setLevel(logging.INFO)
+    logging.getLogger("plugin").setLevel(logging.DEBUG)
+    try:
+        rt.run_callbacks(plugin.load_callbacks)
+    except Exception as exc:
+        err = InitializationError(f"on_load of plugin {name!r} raised {type(exc).__name__}: {exc}"[:2000],
+                                  plugin=name, reason="on_load_failed")
+        _fatal(sock, name, err)
+        return EXIT_INIT_FAILED
+    try:
+        rt.send(m.hello(name, plugin.version or version, plugin.priorities, pid=os.getpid()))
+        return rt.serve()
+    except PluginError as exc:  # the host sent something we cannot parse
+        print(f"plugind runtime [{name}]: {exc}", file=sys.stderr, flush=True)
+        return EXIT_PROTOCOL
+    except (ConnectionError, BrokenPipeError):
+        return 0
+
+
+def _exec_plugin(sock: socket.socket, tree: str, entrypoint: str, name: str, max_frame: int,
+                 hooks: ChildHooks) -> int:
+    try:
+        path = resolve_exec(tree, entrypoint)
+    except InitializationError as exc:
+        _fatal(sock, name, exc)
+        return EXIT_INIT_FAILED
+    fd = sock.detach()
+    os.set_inheritable(fd, True)
+    env = {
+        "PLUGIND_FD": str(fd),
+        "PLUGIND_NAME": name,
+        "PLUGIND_API": str(m.API_VERSION),
+        "PLUGIND_MAX_FRAME": str(max_frame),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    os.chdir(tree)
+    hooks.before_plugin_import()
+    try:
+        os.execve(path, [path], env)  # noqa: S606 - the plugin's own checked executable
+    except OSError as exc:
+        _fatal(socket.socket(fileno=fd), name,
+               InitializationError(f"cannot execute {Path(path).name!r}: {exc.strerror}", plugin=name,
+                                   reason="exec_failed"))
+    return 127

@@ -1,0 +1,93 @@
+"""Test a plugin in-process, without a host: `PluginHarness(plugin).load(); harness.call(hook, data)`.
+
+Payloads and context values go through msgpack on the way in and out, as they would on the wire,
+so a handler returning something the host could not receive fails here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import msgpack
+
+from plugind.sdk.plugin import Handler, Plugin
+
+
+def _wire(value: Any) -> Any:
+    try:
+        return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"not a msgpack value, the host could not receive it: {exc}") from exc
+
+
+class DictContext:
+    """A `Context` over a plain dict (the harness's; no grants are enforced)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key`, or `default`."""
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Store a msgpack value. Raises TypeError for anything the wire cannot carry."""
+        self.data[key] = _wire(value)
+
+    def delete(self, key: str) -> bool:
+        """Remove `key`; True if it existed."""
+        return self.data.pop(key, None) is not None
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with `prefix`, sorted."""
+        return sorted(k for k in self.data if k.startswith(prefix))
+
+
+class PluginHarness:
+    """Drive a `Plugin` the way the runtime does, in the current process.
+
+    `.context` is the dict behind `ctx`; pass `context=` to start from given values.
+    """
+
+    def __init__(self, plugin: Plugin, context: dict[str, Any] | None = None) -> None:
+        self.plugin = plugin
+        self.context: dict[str, Any] = context if context is not None else {}
+        self._ctx = DictContext(self.context)
+        self.loaded = False
+
+    def _run(self, func: Handler, *args: Any) -> Any:
+        if inspect.iscoroutinefunction(func):
+            loop = asyncio.new_event_loop()
+            try:
+                return loop.run_until_complete(func(*args))
+            finally:
+                loop.close()
+        return func(*args)
+
+    def load(self) -> None:
+        """Run the on_load callbacks. Raises whatever they raise."""
+        for cb in self.plugin.load_callbacks:
+            self._run(cb, self._ctx)
+        self.loaded = True
+
+    def call(self, hook: str, data: Any = None) -> Any:
+        """Call the handler of `hook` with `data`; return its result.
+
+        Raises KeyError if the plugin has no handler for `hook`, TypeError if `data` or the result
+        is not a msgpack value, and whatever the handler raises.
+        """
+        spec = self.plugin.hooks.get(hook)
+        if spec is None:
+            raise KeyError(f"plugin has no handler for hook {hook!r}")
+        return _wire(self._run(spec.func, _wire(data), self._ctx))
+
+    def unload(self) -> None:
+        """Run the on_unload callbacks. Raises whatever they raise."""
+        for cb in self.plugin.unload_callbacks:
+            self._run(cb, self._ctx)
+        self.loaded = False
+
+
+__all__ = ["DictContext", "PluginHarness"]

@@ -1,0 +1,169 @@
+"""Frames: a 4-byte big-endian length, then a msgpack map of that many bytes.
+
+The length is checked against the maximum frame size before a single byte of the body is read,
+so a peer announcing 2 GB costs us four bytes, not two gigabytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import Any
+
+import msgpack
+
+from plugind.errors import ProtocolViolation
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+# Nothing useful fits in less than a fixmap with a "type" entry.
+MIN_FRAME = 1
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not part of the protocol")
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """One frame holding `msg`. Raises ProtocolViolation if `msg` cannot be encoded as msgpack."""
+    try:
+        body = msgpack.packb(msg, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolViolation(
+            f"cannot encode message: {exc}; payloads must be msgpack values "
+            "(None, bool, int, float, str, bytes, list, dict)",
+            detail=str(exc),
+        ) from exc
+    return HEADER.pack(len(body)) + body
+
+
+def check_length(length: int, max_frame: int) -> None:
+    """Raise ProtocolViolation unless MIN_FRAME <= length <= max_frame."""
+    if length > max_frame:
+        raise ProtocolViolation(
+            f"frame of {length} bytes exceeds the maximum of {max_frame} bytes",
+            detail=f"oversized frame: {length} > {max_frame}",
+        )
+    if length < MIN_FRAME:
+        raise ProtocolViolation("empty frame", detail="frame length 0")
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The message in one frame body. Raises ProtocolViolation for anything but a map with a str "type"."""
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolViolation(
+            f"frame is not valid msgpack: {type(exc).__name__}: {exc}"[:300],
+            detail=f"undecodable frame: {type(exc).__name__}",
+        ) from exc
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolViolation(
+            "frame is not a map with a string 'type'", detail=f"not a message: {repr(msg)[:100]}"
+        )
+    return msg
+
+
+def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> dict[str, Any]:
+    """Decode one complete frame (header + body). Raises ProtocolViolation."""
+    if len(frame) < HEADER_SIZE:
+        raise ProtocolViolation("truncated frame header", detail="short header")
+    (length,) = HEADER.unpack_from(frame)
+    check_length(length, max_frame)
+    if len(frame) != HEADER_SIZE + length:
+        raise ProtocolViolation(
+            f"frame announces {length} bytes but carries {len(frame) - HEADER_SIZE}",
+            detail="length mismatch",
+        )
+    return decode_body(memoryview(frame)[HEADER_SIZE:])
+
+
+class FrameBuffer:
+    """Incremental decoder: feed bytes as they arrive, get whole messages out.
+
+    Used by the host's asyncio protocol (data_received) and by the blocking channel.
+    """
+
+    __slots__ = ("_buf", "_pos", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Append `data`; return every message now complete. Raises ProtocolViolation."""
+        buf = self._buf
+        buf += data
+        out: list[dict[str, Any]] = []
+        pos = self._pos
+        end = len(buf)
+        # Hot loop of the host's receive path: kept flat on purpose.
+        while end - pos >= HEADER_SIZE:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length > self.max_frame or length < MIN_FRAME:
+                check_length(length, self.max_frame)
+            if end - pos - HEADER_SIZE < length:
+                break
+            start = pos + HEADER_SIZE
+            out.append(decode_body(memoryview(buf)[start : start + length]))
+            pos = start + length
+        if pos == end:
+            buf.clear()
+            pos = 0
+        elif pos > 65536:
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf) - self._pos
+
+
+class BlockingChannel:
+    """A frame channel over a blocking stream socket, for the plugin runtime (no asyncio needed).
+
+    `send` is safe from several threads (plugin code may log from its own threads).
+    """
+
+    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.sock = sock
+        self.max_frame = max_frame
+        self._send_lock = threading.Lock()
+        self._header = bytearray(HEADER_SIZE)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Encode and send one message. Raises ProtocolViolation (unencodable) or OSError."""
+        frame = encode(msg)
+        with self._send_lock:
+            self.sock.sendall(frame)
+
+    def _read_exact(self, n: int) -> bytearray | None:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            r = self.sock.recv_into(view[got:], n - got)
+            if r == 0:
+                if got == 0:
+                    return None
+                raise ProtocolViolation("connection closed in the middle of a frame", detail="eof")
+            got += r
+        return buf
+
+    def recv(self) -> dict[str, Any] | None:
+        """The next message, or None at a clean end of stream. Raises ProtocolViolation or OSError."""
+        header = self._read_exact(HEADER_SIZE)
+        if header is None:
+            return None
+        (length,) = HEADER.unpack(header)
+        check_length(length, self.max_frame)
+        body = self._read_exact(length)
+        if body is None:
+            raise ProtocolViolation("connection closed after a frame header", detail="eof")
+        return decode_body(body)
