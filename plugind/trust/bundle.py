@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from plugind.errors import BundleError
-from plugind.trust.manifest import MANIFEST_NAME, Manifest
+from plugind.trust.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
 
 if TYPE_CHECKING:
     from plugind.config import Settings
@@ -290,41 +290,98 @@ def _validate(zf: zipfile.ZipFile, limits: BundleLimits, bundle: str | None) -> 
     return files
 
 
+_LOCAL = struct.Struct("<4s5H3L2H")
+
+
+def _raw_stream(data: bytes, info: zipfile.ZipInfo, bundle: str | None) -> memoryview:
+    # Locate the entry's compressed bytes ourselves, checking the local header against the central
+    # directory, so what we decompress is exactly what was validated.
+    def bad(why: str) -> BundleError:
+        return BundleError(f"entry {info.filename!r}: {why}", bundle=bundle, entry=info.filename)
+
+    off = info.header_offset
+    if off < 0 or off + _LOCAL.size > len(data):
+        raise bad("local header out of range")
+    fields = _LOCAL.unpack_from(data, off)
+    if fields[0] != b"PK\x03\x04":
+        raise bad("local header missing")
+    name_len, extra_len = fields[9], fields[10]
+    raw_name = data[off + _LOCAL.size : off + _LOCAL.size + name_len]
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if raw_name.decode(encoding, errors="replace") != info.orig_filename:
+        raise bad("local header name differs from the central directory")
+    start = off + _LOCAL.size + name_len + extra_len
+    end = start + info.compress_size
+    if end > len(data):
+        raise bad("compressed data runs past the end of the bundle")
+    return memoryview(data)[start:end]
+
+
 def _read_entry(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, bundle: str | None, sink: BinaryIO | None = None
+    data: bytes,
+    info: zipfile.ZipInfo,
+    budget: int,
+    bundle: str | None,
+    sink: BinaryIO | None = None,
 ) -> bytes:
-    # Headers can lie: count what decompression actually yields against the declared size and the
-    # remaining budget, in bounded chunks, whatever the zip claims.
+    """Decompress one entry, enforcing its declared size and `budget` while decompressing.
+
+    Headers can lie, so output is produced in bounded chunks and counted; the stream must end
+    exactly at its declared size with a matching CRC. Hot loop: kept in one function on purpose.
+    """
+
+    def bad(why: str) -> BundleError:
+        return BundleError(f"entry {info.filename!r}: {why}", bundle=bundle, entry=info.filename)
+
+    src = _raw_stream(data, info, bundle)
+    limit = min(info.file_size, budget)
     out = bytearray()
     got = 0
-    limit = min(info.file_size, budget)
-    try:
-        with zf.open(info) as f:
-            while True:
-                chunk = f.read(min(_CHUNK, limit - got + 1))
-                if not chunk:
-                    break
-                got += len(chunk)
-                if got > limit:
-                    raise BundleError(
-                        f"entry {info.filename!r}: unpacks to more than declared or allowed",
-                        bundle=bundle,
-                        entry=info.filename,
-                    )
-                if sink is not None:
-                    sink.write(chunk)
+    crc = 0
+
+    def emit(chunk: bytes | memoryview) -> None:
+        nonlocal got, crc
+        got += len(chunk)
+        if got > limit:
+            raise bad(
+                f"unpacks to more than its declared size ({info.file_size}) or the remaining "
+                "allowance (plugins.max_unpacked_bytes)"
+            )
+        crc = zlib.crc32(chunk, crc)
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            out.extend(chunk)
+
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise bad("stored entry whose sizes disagree")
+        for pos in range(0, len(src), _CHUNK):
+            emit(src[pos : pos + _CHUNK])
+    else:
+        d = zlib.decompressobj(-zlib.MAX_WBITS)
+        pos = 0
+        try:
+            while not d.eof:
+                if d.unconsumed_tail:
+                    inp: bytes | memoryview = d.unconsumed_tail
+                elif pos < len(src):
+                    inp = src[pos : pos + _CHUNK]
+                    pos += len(inp)
                 else:
-                    out += chunk
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
-        raise BundleError(
-            f"entry {info.filename!r}: corrupt: {exc}", bundle=bundle, entry=info.filename
-        ) from None
+                    inp = b""
+                chunk = d.decompress(inp, _CHUNK)
+                if not chunk and not inp:
+                    raise bad("truncated deflate stream")
+                emit(chunk)
+        except zlib.error as exc:
+            raise bad(f"corrupt deflate stream: {exc}") from None
+        if pos < len(src) or d.unused_data or d.unconsumed_tail:
+            raise bad("data after the end of the deflate stream")
     if got != info.file_size:
-        raise BundleError(
-            f"entry {info.filename!r}: unpacked size {got} differs from declared {info.file_size}",
-            bundle=bundle,
-            entry=info.filename,
-        )
+        raise bad(f"unpacked size {got} differs from the declared {info.file_size}")
+    if crc != info.CRC:
+        raise bad("CRC mismatch: the entry is corrupt")
     return bytes(out)
 
 
@@ -354,7 +411,13 @@ def inspect_bundle(
         info = by_name.get(MANIFEST_NAME)
         if info is None:
             raise BundleError(f"no {MANIFEST_NAME} in the bundle", bundle=bundle, entry=MANIFEST_NAME)
-        manifest = Manifest.from_toml(_read_entry(zf, info, 64 * 1024 + 1, bundle), bundle=bundle)
+        if info.file_size > MAX_MANIFEST_BYTES:
+            raise BundleError(
+                f"invalid {MANIFEST_NAME}: larger than {MAX_MANIFEST_BYTES} bytes",
+                bundle=bundle,
+                entry=MANIFEST_NAME,
+            )
+        manifest = Manifest.from_toml(_read_entry(data, info, MAX_MANIFEST_BYTES, bundle), bundle=bundle)
         _check_entrypoint(manifest, set(by_name), bundle)
         entries = tuple(
             BundleEntry(
@@ -431,8 +494,8 @@ def _extract_into(vb: VerifiedBundle, root: Path, limits: BundleLimits, bundle: 
                     d.mkdir(mode=0o700)
                     made_dirs.append(d)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb", buffering=0) as sink:
-                _read_entry(zf, info, budget, bundle, sink=sink)
+            with os.fdopen(fd, "wb") as sink:
+                _read_entry(vb.data, info, budget, bundle, sink=sink)
             budget -= info.file_size
             os.chmod(target, 0o555 if info.filename == exec_path else 0o444)
     # Deepest first, so a parent turns read-only after its children are done.

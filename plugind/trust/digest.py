@@ -33,7 +33,9 @@ def read_bundle_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     Raises BundleError (not a regular file, too large) or OSError.
     """
     path = Path(path)
-    with open(path, "rb") as f:
+    # O_NONBLOCK: opening a FIFO planted in the plugin directory must not hang the caller.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"{path.name}: not a regular file", bundle=str(path))
