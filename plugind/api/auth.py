@@ -1,0 +1,86 @@
+"""Bearer-token authentication of `/api/*`: the token from PLUGIND_API_TOKEN or `api.token_file`.
+
+Tokens are compared with `hmac.compare_digest` (constant time); no token ever appears in a log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from pathlib import Path
+
+from fastapi import HTTPException, Request, status
+
+from plugind.config import Settings
+from plugind.errors import ConfigError
+
+ENV_TOKEN = "PLUGIND_API_TOKEN"  # noqa: S105 (the variable name, not a secret)
+MIN_TOKEN_CHARS = 16
+
+
+def load_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The API token: $PLUGIND_API_TOKEN, else the first line of `api.token_file`, else None.
+
+    Raises ConfigError when the token is too short or the token file is unreadable or readable by
+    other users.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get(ENV_TOKEN, "").strip()
+    source = ENV_TOKEN
+    if not token and settings.api.token_file is not None:
+        path = Path(settings.api.token_file)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"api.token_file {path}: {exc.strerror}", key="api.token_file") from exc
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"api.token_file {path} is readable by other users: chmod 600 it",
+                key="api.token_file",
+            )
+        token = path.read_text(encoding="utf-8").strip()
+        source = f"api.token_file {path}"
+    if not token:
+        return None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"the API token from {source} is shorter than {MIN_TOKEN_CHARS} characters",
+            key="api.token_file",
+        )
+    return token
+
+
+def is_loopback(listen: str) -> bool:
+    """True when `listen` (HOST:PORT) only accepts local connections."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerAuth:
+    """A FastAPI dependency: 401 unless the request carries `Authorization: Bearer <token>`."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token.encode() if token else None
+
+    def __call__(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+            raise HTTPException(
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+
+__all__ = ["ENV_TOKEN", "BearerAuth", "is_loopback", "load_token"]

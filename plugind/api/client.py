@@ -1,0 +1,148 @@
+"""A small synchronous client of the plugind REST API (used by `plugind ctl` and by integrators).
+
+    with PlugindClient("http://127.0.0.1:7070", token=TOKEN) as api:
+        api.load("header-tagger")
+        reply = api.call("on_request", {"headers": {}}, policy="chain")
+
+Errors: every non-2xx reply raises `ApiError` with the status code, the server's message and its
+machine label; a connection failure raises `ApiError` with status 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from plugind.errors import PluginError
+
+
+class ApiError(PluginError):
+    """The daemon answered with an error status, or could not be reached (status 0)."""
+
+    code = "api_error"
+
+    def __init__(self, message: str, *, status: int, error: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+class PlugindClient:
+    """Talks to one daemon over TCP (`url`) or a Unix socket (`unix_socket`)."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:7070",
+        *,
+        token: str | None = None,
+        unix_socket: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.HTTPTransport(uds=unix_socket) if unix_socket else None
+        base = "http://plugind" if unix_socket else url.rstrip("/")
+        self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout, transport=transport)
+        self.where = unix_socket or base
+
+    def __enter__(self) -> PlugindClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            reply = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach plugind at {self.where}: {exc}", status=0) from exc
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
+        if reply.status_code >= 400:
+            message = body.get("message") if isinstance(body, dict) else None
+            label = body.get("error") if isinstance(body, dict) else None
+            raise ApiError(
+                f"{reply.status_code}: {message or reply.reason_phrase}",
+                status=reply.status_code,
+                error=label,
+            )
+        return body
+
+    def health(self) -> dict[str, Any]:
+        """`GET /health`. Raises ApiError."""
+        result: dict[str, Any] = self._request("GET", "/health")
+        return result
+
+    def ready(self) -> bool:
+        """True when `GET /ready` answers 200; False on 503. Raises ApiError otherwise."""
+        try:
+            self._request("GET", "/ready")
+        except ApiError as exc:
+            if exc.status == 503:
+                return False
+            raise
+        return True
+
+    def plugins(self) -> list[dict[str, Any]]:
+        """`GET /api/plugins`. Raises ApiError."""
+        result: list[dict[str, Any]] = self._request("GET", "/api/plugins")
+        return result
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        """`GET /api/plugins/{name}`. Raises ApiError (404 unknown, 422 bad name)."""
+        result: dict[str, Any] = self._request("GET", f"/api/plugins/{httpx.URL(name)}")
+        return result
+
+    def load(self, name: str) -> dict[str, Any]:
+        """`POST /api/plugins/load`. Raises ApiError (404, 403, 409, 422, 500)."""
+        result: dict[str, Any] = self._request("POST", "/api/plugins/load", json={"plugin_name": name})
+        return result
+
+    def unload(self, name: str) -> dict[str, Any]:
+        """`POST /api/plugins/unload`. Raises ApiError (409 not loaded, 422)."""
+        result: dict[str, Any] = self._request(
+            "POST", "/api/plugins/unload", json={"plugin_name": name}
+        )
+        return result
+
+    def rescan(self) -> dict[str, Any]:
+        """`POST /api/plugins/rescan`. Raises ApiError."""
+        result: dict[str, Any] = self._request("POST", "/api/plugins/rescan")
+        return result
+
+    def call(
+        self, hook: str, data: Any = None, *, policy: str = "chain", timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """`POST /api/hooks/{hook}/execute`; the reply lists each plugin's outcome. Raises ApiError."""
+        body: dict[str, Any] = {"data": data, "policy": policy}
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        result: dict[str, Any] = self._request("POST", f"/api/hooks/{hook}/execute", json=body)
+        return result
+
+    def get_context(self, key: str) -> Any:
+        """The value of a host context key. Raises ApiError (404 when absent)."""
+        return self._request("GET", f"/api/context/{key}")["value"]
+
+    def set_context(self, key: str, value: Any) -> None:
+        """Set a host context key. Raises ApiError."""
+        self._request("PUT", f"/api/context/{key}", json={"value": value})
+
+    def delete_context(self, key: str) -> None:
+        """Delete a host context key. Raises ApiError (404 when absent)."""
+        self._request("DELETE", f"/api/context/{key}")
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The last `limit` audit entries. Raises ApiError."""
+        result: list[dict[str, Any]] = self._request("GET", "/api/audit", params={"limit": limit})[
+            "entries"
+        ]
+        return result
+
+
+__all__ = ["ApiError", "PlugindClient"]

@@ -1,0 +1,1 @@
+"""REST routes, one module per resource: system (health, ready, metrics), plugins, hooks, context, audit."""

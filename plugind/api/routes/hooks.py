@@ -1,0 +1,24 @@
+"""`/api/hooks/{hook}/execute`: fire a hook under a policy and return every plugin's outcome."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Request
+
+from plugind.api.routes import _deps
+from plugind.api.schemas import HOOK_PATTERN, ErrorReply, HookReply, HookRequest
+
+router = APIRouter(tags=["hooks"])
+
+
+@router.post(
+    "/hooks/{hook}/execute",
+    response_model=HookReply,
+    responses={401: {"model": ErrorReply}, 422: {"model": ErrorReply}},
+)
+async def execute(
+    request: Request, body: HookRequest, hook: str = Path(pattern=HOOK_PATTERN)
+) -> HookReply:
+    """Run `hook` with `policy` (chain, until_error, all) and an optional deadline `timeout_s`."""
+    reg = _deps.registry(request)
+    result = await reg.hooks.run(hook, body.data, body.policy, body.timeout_s)
+    return HookReply.model_validate(result.to_dict())

@@ -1,0 +1,128 @@
+"""`/api/plugins`: list, inspect, load, unload, rescan, per-plugin metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Path, Request
+
+from plugind.api.routes import _deps
+from plugind.api.schemas import (
+    NAME_PATTERN,
+    ActionReply,
+    ErrorReply,
+    PluginDetail,
+    PluginMetrics,
+    PluginNameRequest,
+    PluginSummary,
+    RescanReply,
+)
+from plugind.errors import NotLoaded
+from plugind.host.registry import PluginRegistry
+
+router = APIRouter(tags=["plugins"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorReply} for code in (401, 403, 404, 409, 422, 500)
+}
+NamePath = Path(pattern=NAME_PATTERN, description="plugin name")
+
+
+def _summary(reg: PluginRegistry, name: str) -> PluginSummary:
+    loaded = reg.get_plugin(name)
+    avail = reg.get_available(name)
+    if loaded is not None:
+        return PluginSummary(
+            name=name,
+            version=loaded.version,
+            trust_level=loaded.trust_level,
+            state=reg.state_of(name),
+            pid=loaded.supervisor.pid,
+            hash=loaded.digest,
+            description=avail.description if avail else "",
+        )
+    if avail is None:
+        raise HTTPException(404, f"unknown plugin {name!r}")
+    return PluginSummary(
+        name=name,
+        version=avail.version,
+        trust_level=avail.trust_level,
+        state=reg.state_of(name),
+        hash=avail.digest,
+        description=avail.description,
+        error=avail.error,
+    )
+
+
+async def _metrics_of(request: Request, name: str) -> PluginMetrics | None:
+    monitor = _deps.monitor(request)
+    if monitor is None:
+        return None
+    try:
+        # May sample the process now (psutil): off the event loop.
+        found = await asyncio.to_thread(monitor.get_plugin_metrics, name)
+    except NotLoaded:
+        return None
+    return PluginMetrics.model_validate(found.as_dict())
+
+
+@router.get("/plugins", response_model=list[PluginSummary], responses=_ERRORS)
+async def list_plugins(request: Request) -> list[PluginSummary]:
+    """Every known plugin: name, version, trust level, state, pid, hash."""
+    reg = _deps.registry(request)
+    names = sorted(
+        {p.name for p in reg.get_available_plugins()} | {p.name for p in reg.get_loaded_plugins()}
+    )
+    return [_summary(reg, n) for n in names]
+
+
+@router.get("/plugins/{name}", response_model=PluginDetail, responses=_ERRORS)
+async def get_plugin(request: Request, name: str = NamePath) -> PluginDetail:
+    """One plugin, with its hooks, isolation steps, metrics and recent violations."""
+    reg = _deps.registry(request)
+    detail = PluginDetail(**_summary(reg, name).model_dump())
+    loaded = reg.get_plugin(name)
+    if loaded is not None:
+        sup = loaded.supervisor
+        detail.hooks = dict(sup.hooks)
+        detail.restarts = int(sup.restarts)
+        detail.isolation = dict(sup.isolation or {})
+        detail.metrics = await _metrics_of(request, name)
+    monitor = _deps.monitor(request)
+    if monitor is not None:
+        detail.violations = monitor.recent_violations(name)
+    return detail
+
+
+@router.get("/plugins/{name}/metrics", response_model=PluginMetrics, responses=_ERRORS)
+async def plugin_metrics(request: Request, name: str = NamePath) -> PluginMetrics:
+    """heap_bytes, cpu_time_ms, thread_count, fd_count, connection_count, violation_count."""
+    reg = _deps.registry(request)
+    if reg.get_plugin(name) is None:
+        raise HTTPException(404, f"plugin {name!r} is not loaded")
+    return await _metrics_of(request, name) or PluginMetrics()
+
+
+@router.post("/plugins/load", response_model=ActionReply, responses=_ERRORS)
+async def load(request: Request, body: PluginNameRequest) -> ActionReply:
+    """Load a scanned plugin by name. 404 unknown, 403 untrusted, 409 loaded, 500 failed init."""
+    loaded = await _deps.registry(request).load_plugin(body.plugin_name)
+    return ActionReply(
+        success=True,
+        message=f"loaded {loaded.name} {loaded.version} (pid {loaded.supervisor.pid})",
+    )
+
+
+@router.post("/plugins/unload", response_model=ActionReply, responses=_ERRORS)
+async def unload(request: Request, body: PluginNameRequest) -> ActionReply:
+    """Unload a loaded plugin. 409 when it is not loaded."""
+    await _deps.registry(request).unload_plugin(body.plugin_name)
+    return ActionReply(success=True, message=f"unloaded {body.plugin_name}")
+
+
+@router.post("/plugins/rescan", response_model=RescanReply, responses=_ERRORS)
+async def rescan(request: Request) -> RescanReply:
+    """Scan the plugin directory again."""
+    changes = await _deps.registry(request).rescan()
+    return RescanReply(**changes)

@@ -1,0 +1,137 @@
+"""Pydantic models of the REST API (DESIGN.md section 7): what requests carry and replies contain."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A plugin name, never a path: the same pattern as the bundle manifest.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Hook names and context keys come from integrators: short and printable, no path separators.
+HOOK_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginNameRequest(_Request):
+    plugin_name: str = Field(pattern=NAME_PATTERN, description="plugin name (not a path)")
+
+
+class ActionReply(BaseModel):
+    success: bool
+    message: str
+
+
+class ErrorReply(BaseModel):
+    success: bool = False
+    message: str
+    error: str = Field(description="machine label: not_found, untrusted, already_loaded, ...")
+
+
+class HealthReply(BaseModel):
+    status: Literal["ok"]
+    plugins_loaded: int
+    plugins_total: int
+
+
+class ReadyReply(BaseModel):
+    ready: bool
+    status: str
+
+
+class PluginSummary(BaseModel):
+    name: str
+    version: str
+    trust_level: str
+    state: str
+    pid: int | None = None
+    hash: str | None = None
+    description: str = ""
+    error: str | None = None
+
+
+class PluginMetrics(BaseModel):
+    heap_bytes: int = 0
+    cpu_time_ms: float = 0
+    thread_count: int = 0
+    fd_count: int = 0
+    connection_count: int = 0
+    violation_count: int = 0
+
+
+class PluginDetail(PluginSummary):
+    hooks: dict[str, int] = Field(default_factory=dict)
+    restarts: int = 0
+    isolation: dict[str, str] = Field(default_factory=dict)
+    metrics: PluginMetrics | None = None
+    violations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RescanReply(BaseModel):
+    success: bool = True
+    added: list[str]
+    removed: list[str]
+    available: list[str]
+
+
+class HookRequest(_Request):
+    data: Any = None
+    policy: Literal["chain", "until_error", "all"] = "chain"
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+
+
+class HookOutcomeReply(BaseModel):
+    plugin: str
+    outcome: Literal["ok", "error", "timeout", "crashed", "skipped"]
+    output: Any = None
+    error: dict[str, str] | None = None
+    duration_s: float
+
+
+class HookReply(BaseModel):
+    hook: str
+    policy: str
+    success: bool
+    data: Any = None
+    results: list[HookOutcomeReply]
+    error: dict[str, str] | None = None
+    duration_s: float
+
+
+class ContextValue(_Request):
+    value: Any
+
+
+class ContextReply(BaseModel):
+    key: str
+    value: Any = None
+
+
+class AuditReply(BaseModel):
+    entries: list[dict[str, Any]]
+
+
+__all__ = [
+    "HOOK_PATTERN",
+    "KEY_PATTERN",
+    "NAME_PATTERN",
+    "ActionReply",
+    "AuditReply",
+    "ContextReply",
+    "ContextValue",
+    "ErrorReply",
+    "HealthReply",
+    "HookOutcomeReply",
+    "HookReply",
+    "HookRequest",
+    "PluginDetail",
+    "PluginMetrics",
+    "PluginNameRequest",
+    "PluginSummary",
+    "ReadyReply",
+    "RescanReply",
+]

@@ -1,0 +1,91 @@
+"""`plugind ctl`: drive a running daemon over its REST API (list, load, unload, call, health)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from plugind.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    """Add `ctl` and its sub-commands."""
+    p = subparsers.add_parser("ctl", help="talk to a running daemon over its REST API")
+    p.add_argument("--url", help="daemon URL (default: http://[api] listen of the config)")
+    p.add_argument("--unix", metavar="PATH", help="talk over this Unix socket instead")
+    p.add_argument("--token-file", metavar="F", help="bearer token file (else $PLUGIND_API_TOKEN)")
+    p.add_argument("--config", metavar="FILE", help="configuration file (for the URL and token file)")
+    p.add_argument("--timeout", dest="http_timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("list", help="every known plugin")
+    sub.add_parser("health", help="liveness and plugin counts")
+    load = sub.add_parser("load", help="load a plugin by name")
+    load.add_argument("name")
+    unload = sub.add_parser("unload", help="unload a plugin by name")
+    unload.add_argument("name")
+    call = sub.add_parser("call", help="fire a hook and print the result as JSON")
+    call.add_argument("hook")
+    call.add_argument("--data", default="null", help="JSON payload (default null)")
+    call.add_argument("--policy", choices=("chain", "until_error", "all"), default="chain")
+    call.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    p.set_defaults(func=run)
+
+
+def _token(args: argparse.Namespace, token_file: str | None) -> str | None:
+    env = os.environ.get("PLUGIND_API_TOKEN", "").strip()
+    if env:
+        return env
+    path = args.token_file or token_file
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
+        if args.token_file:
+            raise ConfigError(f"token file {path} not found", path=str(path)) from None
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ctl action; prints the result, returns the exit status. Raises PluginError."""
+    from plugind.api.client import PlugindClient
+    from plugind.config import load_config
+
+    url = args.url
+    token_file = None
+    unix = args.unix
+    if url is None or args.token_file is None:
+        settings = load_config(args.config)
+        url = url or f"http://{settings.api.listen}"
+        token_file = str(settings.api.token_file) if settings.api.token_file else None
+    if args.action == "call":
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise ConfigError(f"--data is not valid JSON: {exc}") from None
+    token = _token(args, token_file)
+    with PlugindClient(url, token=token, unix_socket=unix, timeout=args.http_timeout) as api:
+        if args.action == "health":
+            _print(api.health())
+        elif args.action == "list":
+            for p in api.plugins():
+                pid = p.get("pid") or "-"
+                print(f"{p['name']:<24} {p['version']:<10} {p['trust_level']:<10} {p['state']:<10} {pid}")
+        elif args.action == "load":
+            print(api.load(args.name)["message"])
+        elif args.action == "unload":
+            print(api.unload(args.name)["message"])
+        elif args.action == "call":
+            reply = api.call(args.hook, data, policy=args.policy, timeout_s=args.timeout)
+            _print(reply)
+            return 0 if reply.get("success") else 2
+    return 0
+
+
+def _print(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

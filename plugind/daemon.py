@@ -1,0 +1,259 @@
+"""`plugind serve`: the start-up order, the HTTP listeners, signals and a clean shutdown.
+
+Order: fork-server first (before any thread exists), then logging, stale cgroups, trust, the
+registry and the API. uvicorn serves TCP `api.listen` and, if configured, a Unix socket; the
+lifespan scans and loads plugins in the background so `/health` answers at once and `/ready` turns
+200 when start-up is done. SIGTERM/SIGINT: `/ready` goes 503, `on_shutdown` fires, every plugin
+stops, the fork-server exits with its children, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from plugind import sdnotify
+from plugind.api.app import create_app
+from plugind.api.auth import is_loopback, load_token
+from plugind.audit import AuditLog
+from plugind.config import Settings
+from plugind.errors import ConfigError, PluginError
+from plugind.host.context import PluginContext
+from plugind.host.launcher import Launcher
+from plugind.host.loader import PluginLoader
+from plugind.host.registry import PluginRegistry
+from plugind.host.supervisor import Supervisor
+from plugind.logs import setup_logging
+from plugind.monitor.resource import ResourceMonitor
+from plugind.monitor.sampling import MonitoredPlugin
+from plugind.trust import PluginSecurity
+
+log = logging.getLogger("plugind.daemon")
+
+
+def check_exposure(settings: Settings, token: str | None) -> None:
+    """Raise ConfigError when the API would listen beyond loopback without a token."""
+    if token is None and not is_loopback(settings.api.listen):
+        raise ConfigError(
+            f"api.listen = {settings.api.listen} is not a loopback address and no API token is set: "
+            "set PLUGIND_API_TOKEN or api.token_file, or listen on 127.0.0.1",
+            key="api.listen",
+        )
+
+
+def bind_tcp(listen: str) -> socket.socket:
+    """A listening TCP socket for HOST:PORT. Raises ConfigError when it cannot be bound."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"api.listen = {listen}: {exc}", key="api.listen") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}", key="api.listen") from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at `path` (mode 0660); a stale socket file is replaced.
+
+    Raises ConfigError when `path` exists and is not a socket, or cannot be bound.
+    """
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"api.unix_socket {path} exists and is not a socket", key="api.unix_socket")
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o117)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {path}: {exc.strerror}", key="api.unix_socket") from exc
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a signal first turns readiness off and the process exits 0 after it."""
+
+    def __init__(self, config: uvicorn.Config, daemon: Daemon) -> None:
+        super().__init__(config)
+        self._daemon = daemon
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._daemon.stopping(sig)
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises a captured signal after shutdown (death by SIGTERM); a graceful stop of
+        # a daemon is a success, so forget it.
+        self._captured_signals.clear()
+
+
+class Daemon:
+    """One running plugind: owns the launcher, registry, monitor and the HTTP server."""
+
+    def __init__(self, settings: Settings, *, token: str | None = None) -> None:
+        self.settings = settings
+        self.token = token
+        self.launcher: Launcher | None = None
+        self.registry: PluginRegistry | None = None
+        self.monitor: ResourceMonitor | None = None
+        self._startup: asyncio.Task[None] | None = None
+        self._signalled = False
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the exit status. Raises PluginError on a start-up error."""
+        settings = self.settings
+        check_exposure(settings, self.token)
+        # The fork-server must exist before this process starts any thread.
+        self.launcher = Launcher()
+        await self.launcher.start()
+        try:
+            return await self._serve()
+        finally:
+            await self.launcher.close()
+
+    async def _serve(self) -> int:
+        settings = self.settings
+        assert self.launcher is not None
+        redactor = setup_logging(settings)
+        redactor.add(self.token)
+        if settings.sandboxing.enabled:
+            from plugind.sandbox.cgroups import cleanup_stale
+
+            removed = await asyncio.to_thread(cleanup_stale, settings.sandboxing.cgroups.parent)
+            if removed:
+                log.info("removed %d stale plugin cgroups", len(removed))
+        security = await asyncio.to_thread(PluginSecurity.from_environment, settings)
+        audit = AuditLog(settings.logging.audit_log)
+        registry = PluginRegistry(
+            settings,
+            loader=PluginLoader(settings, security),
+            supervisor_factory=Supervisor,
+            context=PluginContext(),
+            launcher=self.launcher,
+            audit=audit,
+        )
+        self.registry = registry
+        self.monitor = ResourceMonitor(settings, self._monitored, registry.monitor_unload, audit=audit)
+        app = create_app(
+            registry,
+            settings,
+            token=self.token,
+            monitor=self.monitor,
+            audit_log=audit,
+            lifespan=self._lifespan,
+        )
+        sockets = [bind_tcp(settings.api.listen)]
+        unix = Path(settings.api.unix_socket) if settings.api.unix_socket else None
+        if unix is not None:
+            sockets.append(bind_unix(unix))
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        server = _Server(config, self)
+        log.info("plugind listening on %s%s", settings.api.listen, f" and {unix}" if unix else "")
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+            if unix is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    unix.unlink()
+        if not server.started:
+            raise PluginError("the API server did not start (see the log above)")
+        return 0
+
+    def _monitored(self) -> list[MonitoredPlugin]:
+        assert self.registry is not None
+        out = []
+        for p in self.registry.get_loaded_plugins():
+            sup: Any = p.supervisor
+            if sup.pid is not None and sup.state == "running":
+                out.append(MonitoredPlugin(p.name, sup.pid, getattr(sup, "cgroup", None)))
+        return out
+
+    def stopping(self, sig: int) -> None:
+        """First thing on SIGTERM/SIGINT: not ready any more, tell systemd."""
+        if self.registry is not None:
+            self.registry.ready = False
+            self.registry.shutting_down = True
+        if not self._signalled:
+            self._signalled = True
+            log.info("signal %d: shutting down", sig)
+            sdnotify.notify("STOPPING=1")
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        assert self.registry is not None and self.monitor is not None
+        self._startup = asyncio.get_running_loop().create_task(self._start_plugins())
+        if self.settings.monitoring.enabled:
+            self.monitor.start_resource_monitor()
+        try:
+            yield
+        finally:
+            self.stopping(0)
+            if not self._startup.done():
+                self._startup.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._startup
+            if self.settings.monitoring.enabled:
+                await self.monitor.stop()
+            await self.registry.shutdown()
+            log.info("all plugins stopped")
+
+    async def _start_plugins(self) -> None:
+        assert self.registry is not None
+        try:
+            loaded = await self.registry.start()
+        except Exception:
+            log.exception("start-up failed")
+            raise
+        log.info("ready: %d plugins loaded (%s)", len(loaded), ", ".join(loaded) or "none")
+        sdnotify.notify("READY=1")
+
+
+def serve(settings: Settings) -> int:
+    """Run the daemon in this process until it is told to stop. Returns the exit status.
+
+    Raises ConfigError (bad token file, exposed without a token, cannot listen), PluginError.
+    """
+    token = load_token(settings)
+    return asyncio.run(Daemon(settings, token=token).run())
+
+
+__all__ = ["Daemon", "bind_tcp", "bind_unix", "check_exposure", "serve"]

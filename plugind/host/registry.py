@@ -1,0 +1,490 @@
+"""PluginRegistry: the desired state, available vs loaded plugins, and every load/unload/scan.
+
+Plugins are addressed by name only (`[a-z0-9][a-z0-9_-]{0,62}`) and looked up among the bundles of
+the last scan of `plugins.directory`: a name from outside never becomes a path. The loaded set is
+persisted atomically to `plugins.state_file` and restored at start, where it wins over `auto_load`.
+Blocking work (hashing, verifying, extracting) runs in threads so the event loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from plugind.config import PLUGIN_NAME_RE, Settings
+from plugind.errors import (
+    AlreadyLoaded,
+    LoadError,
+    NotLoaded,
+    PluginError,
+    PluginNotFound,
+    SecurityError,
+)
+from plugind.host.hooks import HookRegistry, HookResult, HookTarget
+from plugind.host.loader import PluginLoader
+from plugind.monitor import metrics
+
+log = logging.getLogger("plugind.host.registry")
+
+# NAME-VERSION.plugin; the version starts with a digit, so the last "-<digit>" splits them.
+_BUNDLE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})-(\d[0-9A-Za-z.+-]{0,63})\.plugin$")
+STATE_VERSION = 1
+
+
+class SupervisorLike(HookTarget, Protocol):
+    """The part of `plugind.host.supervisor.Supervisor` the registry uses."""
+
+    state: str
+    pid: int | None
+    hooks: dict[str, int]
+    restarts: int
+    isolation: dict[str, str]
+
+    async def start(self) -> None: ...
+
+    async def stop(self, reason: str) -> None: ...
+
+
+SupervisorFactory = Callable[..., SupervisorLike]
+EventCallback = Callable[[str, str, Any], None]
+
+
+class AuditSink(Protocol):
+    def append(self, event: str, /, plugin: str | None = None, **fields: Any) -> Any: ...
+
+
+@dataclass
+class AvailablePlugin:
+    """A bundle found by the last scan. `error` says why it cannot load (tampered, malformed)."""
+
+    name: str
+    version: str
+    path: Path
+    digest: str | None = None
+    trust_level: str = "untrusted"
+    description: str = ""
+    error: str | None = None
+
+
+@dataclass
+class LoadedPlugin:
+    """A plugin with a running supervisor."""
+
+    name: str
+    version: str
+    digest: str
+    trust_level: str
+    tree: Path
+    supervisor: SupervisorLike
+
+
+def validate_name(name: object) -> str:
+    """`name` if it is a valid plugin name. Raises LoadError(reason="invalid_name") otherwise."""
+    if not isinstance(name, str) or not PLUGIN_NAME_RE.match(name):
+        shown = repr(name)[:80]
+        raise LoadError(
+            f"invalid plugin name {shown}: use 1-63 of a-z, 0-9, '_' and '-', starting with a "
+            "letter or digit (a name, never a path)",
+            reason="invalid_name",
+        )
+    return name
+
+
+def _version_key(version: str) -> tuple[Any, ...]:
+    core, _, pre = version.partition("-")
+    parts = []
+    for piece in core.split("+")[0].split("."):
+        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
+    # A release sorts after its pre-releases.
+    return (tuple(parts), pre == "", pre)
+
+
+class PluginRegistry:
+    """Available and loaded plugins; load, unload, scan, restore and the start-up/shutdown hooks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        loader: PluginLoader,
+        supervisor_factory: SupervisorFactory,
+        hooks: HookRegistry | None = None,
+        context: Any = None,
+        launcher: Any = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.hooks = hooks if hooks is not None else HookRegistry(settings)
+        self.context = context
+        self.launcher = launcher
+        self.audit = audit
+        self._factory = supervisor_factory
+        self._available: dict[str, AvailablePlugin] = {}
+        self._loaded: dict[str, LoadedPlugin] = {}
+        self._busy: set[str] = set()
+        self._scan_lock = asyncio.Lock()
+        self._persist_lock = asyncio.Lock()
+        self.ready = False
+        self.shutting_down = False
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def plugin_count(self) -> int:
+        """How many plugins are loaded."""
+        return len(self._loaded)
+
+    def total_plugin_count(self) -> int:
+        """How many plugins are known (available from the last scan, or loaded)."""
+        return len(set(self._available) | set(self._loaded))
+
+    def get_available_plugins(self) -> list[AvailablePlugin]:
+        """Every plugin of the last scan, by name."""
+        return [self._available[n] for n in sorted(self._available)]
+
+    def get_loaded_plugins(self) -> list[LoadedPlugin]:
+        """Every loaded plugin, in load order."""
+        return list(self._loaded.values())
+
+    def get_plugin(self, name: str) -> LoadedPlugin | None:
+        """The loaded plugin `name`, or None."""
+        return self._loaded.get(name)
+
+    def get_available(self, name: str) -> AvailablePlugin | None:
+        """The scanned plugin `name`, or None."""
+        return self._available.get(name)
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def state_of(self, name: str) -> str:
+        """"running", "failed", ... for a loaded plugin, "loading" while it loads, else "available"."""
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            return str(loaded.supervisor.state)
+        return "loading" if name in self._busy else "available"
+
+    # -- scanning ------------------------------------------------------------------------------
+
+    async def scan_directory(self) -> list[AvailablePlugin]:
+        """Scan `plugins.directory` (in a thread) and replace the available set. Returns it."""
+        async with self._scan_lock:
+            found = await asyncio.to_thread(self._scan_blocking)
+            self._available = found
+        self._publish_states()
+        return self.get_available_plugins()
+
+    async def rescan(self) -> dict[str, list[str]]:
+        """Scan again; returns {"added": [...], "removed": [...], "available": [...]}."""
+        before = set(self._available)
+        await self.scan_directory()
+        after = set(self._available)
+        return {
+            "added": sorted(after - before),
+            "removed": sorted(before - after),
+            "available": sorted(after),
+        }
+
+    def _scan_blocking(self) -> dict[str, AvailablePlugin]:
+        directory = Path(self.settings.plugins.directory)
+        candidates: dict[str, list[tuple[str, Path]]] = {}
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            log.warning("plugin directory %s does not exist", directory)
+            return {}
+        for entry in entries:
+            match = _BUNDLE_RE.match(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            candidates.setdefault(match.group(1), []).append((match.group(2), Path(entry.path)))
+        found: dict[str, AvailablePlugin] = {}
+        for name, versions in candidates.items():
+            version, path = max(versions, key=lambda v: _version_key(v[0]))
+            found[name] = self._describe(name, version, path)
+        return found
+
+    def _describe(self, name: str, version: str, path: Path) -> AvailablePlugin:
+        try:
+            vb = self.loader.verify(path)
+        except SecurityError as exc:
+            return AvailablePlugin(name, version, path, trust_level="invalid", error=str(exc))
+        except OSError as exc:
+            return AvailablePlugin(name, version, path, trust_level="invalid", error=str(exc))
+        if vb.name != name or str(vb.version) != version:
+            return AvailablePlugin(
+                name,
+                version,
+                path,
+                digest=vb.digest,
+                trust_level="invalid",
+                error=f"file name says {name} {version} but the manifest says {vb.name} {vb.version}",
+            )
+        level = getattr(vb.trust_level, "value", vb.trust_level)
+        description = getattr(vb.manifest, "description", "") or ""
+        return AvailablePlugin(name, version, path, vb.digest, str(level), description)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def load_plugin(self, name: str) -> LoadedPlugin:
+        """Load the scanned plugin `name`: verify, policy, extract, spawn, wait for hello.
+
+        Raises LoadError(reason="invalid_name"), PluginNotFound, AlreadyLoaded, UntrustedPlugin,
+        SignatureInvalid / BundleError (tampered), InitializationError, SandboxError.
+        """
+        loaded = await self._load(name)
+        await self.persist()
+        return loaded
+
+    async def load_plugin_by_name(self, name: str) -> LoadedPlugin:
+        """Same as `load_plugin` (the integration guide's name for it)."""
+        return await self.load_plugin(name)
+
+    async def _load(self, name: str) -> LoadedPlugin:
+        try:
+            validate_name(name)
+        except LoadError as exc:
+            await self._refused(None, exc, requested=repr(name)[:80])
+            raise
+        if name in self._loaded or name in self._busy:
+            raise AlreadyLoaded(f"plugin {name!r} is already loaded", plugin=name)
+        available = self._available.get(name)
+        if available is None:
+            err = PluginNotFound(
+                f"unknown plugin {name!r}: no bundle for it in {self.settings.plugins.directory} "
+                "(add one, then rescan)",
+                plugin=name,
+            )
+            await self._refused(name, err)
+            raise err
+        self._busy.add(name)
+        self._publish_states()
+        try:
+            try:
+                bundle = await asyncio.to_thread(self.loader.load, available.path, expected_name=name)
+                vb = bundle.bundle
+                sup = self._factory(
+                    name,
+                    bundle.tree,
+                    vb.manifest,
+                    self.settings,
+                    self.launcher,
+                    self.context,
+                    self._on_event,
+                )
+                await sup.start()
+            except PluginError as exc:
+                if exc.plugin is None:
+                    exc.plugin = name
+                await self._refused(name, exc)
+                raise
+            level = str(getattr(vb.trust_level, "value", vb.trust_level))
+            loaded = LoadedPlugin(name, str(vb.version), vb.digest, level, bundle.tree, sup)
+            self._loaded[name] = loaded
+            self.hooks.register(name, dict(sup.hooks), sup)
+        finally:
+            self._busy.discard(name)
+            self._publish_states()
+        await self._audit("load", name, version=loaded.version, digest=loaded.digest, pid=sup.pid)
+        log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
+        return loaded
+
+    async def _refused(self, name: str | None, exc: PluginError, **extra: Any) -> None:
+        reason = getattr(exc, "reason", None) or exc.code
+        metrics.load_failed(str(reason))
+        await self._audit("refused", name, reason=str(reason), error=str(exc), **extra)
+        log.warning("load of %s refused: %s", name, exc, extra={"plugin": name})
+
+    async def unload_plugin(self, name: str, reason: str = "requested") -> None:
+        """Stop the loaded plugin `name` (on_unload, SIGTERM, SIGKILL) and forget its hooks.
+
+        Raises LoadError(reason="invalid_name"), NotLoaded.
+        """
+        await self._unload(name, reason)
+        await self.persist()
+
+    async def _unload(self, name: str, reason: str) -> None:
+        validate_name(name)
+        loaded = self._loaded.get(name)
+        if loaded is None or name in self._busy:
+            raise NotLoaded(f"plugin {name!r} is not loaded", plugin=name)
+        self._busy.add(name)
+        self.hooks.unregister(name)
+        try:
+            await loaded.supervisor.stop(reason)
+        finally:
+            self._loaded.pop(name, None)
+            self._busy.discard(name)
+            metrics.forget_plugin(name)
+            self._publish_states()
+        await self._audit("unload", name, reason=reason)
+        log.info("unloaded %s (%s)", name, reason, extra={"plugin": name})
+
+    async def unload_all(self, reason: str = "shutdown", *, persist: bool = False) -> None:
+        """Stop every loaded plugin concurrently. The persisted set is kept unless `persist`."""
+        names = list(self._loaded)
+        results = await asyncio.gather(
+            *(self._unload(n, reason) for n in names), return_exceptions=True
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("unloading %s failed: %s", name, result, extra={"plugin": name})
+        if persist:
+            await self.persist()
+
+    async def monitor_unload(self, name: str, reason: str) -> None:
+        """The resource monitor's unload callback: unload and record why (never raises NotLoaded)."""
+        if name not in self._loaded:
+            return
+        await self.unload_plugin(name, reason)
+
+    # -- start-up and shutdown -----------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Scan, restore the persisted set (or auto-load), fire `on_startup`. Returns loaded names."""
+        if self.settings.plugins.scan_on_start:
+            await self.scan_directory()
+        wanted = await asyncio.to_thread(self._read_state)
+        restoring = wanted is not None
+        if wanted is None and self.settings.plugins.auto_load:
+            wanted = [
+                p.name
+                for p in self.get_available_plugins()
+                if p.trust_level == "trusted"
+                or (not self.settings.security.only_trusted and p.trust_level == "signed")
+            ]
+        for name in wanted or []:
+            if name in self._loaded:
+                continue
+            try:
+                await self._load(name)
+            except PluginError as exc:
+                log.error("could not load %s at start: %s", name, exc, extra={"plugin": name})
+        if not restoring:
+            # First start: from now on the persisted set, not auto_load, decides. A restored set is
+            # not rewritten here, so a plugin that failed to come back once is not forgotten.
+            await self.persist()
+        await self.fire("on_startup", {"host": "plugind"})
+        self.ready = True
+        return list(self._loaded)
+
+    async def shutdown(self) -> None:
+        """Not ready any more; fire `on_shutdown`; stop every plugin (the persisted set is kept)."""
+        self.ready = False
+        self.shutting_down = True
+        if self._loaded:
+            await self.fire("on_shutdown", {"host": "plugind"})
+        await self.unload_all("shutdown", persist=False)
+
+    async def fire(self, hook: str, data: Any) -> HookResult:
+        """Run a lifecycle hook with the `all` policy; failures are logged, never raised."""
+        result = await self.hooks.execute_all(hook, data)
+        for outcome in result.results:
+            if not outcome.ok:
+                log.warning(
+                    "%s of %s failed: %s", hook, outcome.plugin, outcome.error,
+                    extra={"plugin": outcome.plugin},
+                )
+        return result
+
+    # -- events, persistence, metrics ----------------------------------------------------------
+
+    def _on_event(self, name: str, kind: str, detail: Any = None) -> None:
+        # Called by supervisors: crashes, restarts, protocol violations, OOM kills, circuit open.
+        fields = dict(detail) if isinstance(detail, dict) else {"detail": detail}
+        if "restart" in kind:
+            metrics.plugin_restarted(name)
+            event = "restart"
+        else:
+            event = "crash"
+        fields.pop("kind", None)
+        self._audit_soon(event, name, kind=kind, **fields)
+        log.warning("plugin %s: %s %s", name, kind, detail or "", extra={"plugin": name})
+        self._publish_states()
+
+    async def _audit(self, event: str, plugin: str | None, **fields: Any) -> None:
+        # The audit log fsyncs every line: off the event loop.
+        if self.audit is not None:
+            await asyncio.to_thread(self._audit_blocking, event, plugin, fields)
+
+    def _audit_soon(self, event: str, plugin: str | None, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._audit_blocking(event, plugin, fields)
+            return
+        loop.run_in_executor(None, self._audit_blocking, event, plugin, fields)
+
+    def _audit_blocking(self, event: str, plugin: str | None, fields: dict[str, Any]) -> None:
+        assert self.audit is not None
+        try:
+            self.audit.append(event, plugin=plugin, **fields)
+        except Exception:  # the audit trail failing must not take a load or unload down with it
+            log.exception("audit log write failed for %s", event)
+
+    def _publish_states(self) -> None:
+        counts: dict[str, int] = {}
+        for loaded in self._loaded.values():
+            counts[str(loaded.supervisor.state)] = counts.get(str(loaded.supervisor.state), 0) + 1
+        counts["starting"] = counts.get("starting", 0) + len(self._busy - set(self._loaded))
+        metrics.set_plugin_states(counts)
+
+    def _read_state(self) -> list[str] | None:
+        path = Path(self.settings.plugins.state_file)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("ignoring unreadable state file %s: %s", path, exc)
+            return None
+        names = raw.get("loaded") if isinstance(raw, dict) else None
+        if not isinstance(names, list):
+            log.error("ignoring state file %s: no 'loaded' list", path)
+            return None
+        valid = [n for n in names if isinstance(n, str) and PLUGIN_NAME_RE.match(n)]
+        return list(dict.fromkeys(valid))
+
+    async def persist(self) -> None:
+        """Write the loaded set to `plugins.state_file` atomically (serialised: last call wins)."""
+        async with self._persist_lock:
+            body = json.dumps({"version": STATE_VERSION, "loaded": list(self._loaded)}, indent=1)
+            await asyncio.to_thread(self._write_state, body)
+
+    def _write_state(self, body: str) -> None:
+        path = Path(self.settings.plugins.state_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(body + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+__all__ = [
+    "AvailablePlugin",
+    "LoadedPlugin",
+    "PluginRegistry",
+    "SupervisorLike",
+    "validate_name",
+]

@@ -1,0 +1,94 @@
+"""PluginLoader: verify once, policy, read-only tree under NAME-VERSION-<digest prefix>, reuse."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from integration.kit import Workspace, plugin_source
+
+from plugind.errors import BundleError, SignatureInvalid, UntrustedPlugin
+from plugind.host.loader import DIGEST_PREFIX, PluginLoader
+from plugind.trust import PluginSecurity
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+def loader_for(ws: Workspace) -> PluginLoader:
+    settings = ws.settings()
+    return PluginLoader(settings, PluginSecurity.from_settings(settings, ws.trust_key_hex))
+
+
+def test_extracts_read_only_tree_named_by_digest(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loaded = loader_for(ws).load(bundle, expected_name="echo")
+    vb = loaded.bundle
+    assert loaded.tree == ws.root / "data" / "extracted" / f"echo-1.0.0-{vb.digest[:DIGEST_PREFIX]}"
+    assert not loaded.reused
+    assert (loaded.tree / "echo.py").read_text().startswith("import os")
+    assert stat.S_IMODE(os.stat(loaded.tree / "echo.py").st_mode) == 0o444
+    assert stat.S_IMODE(os.stat(loaded.tree).st_mode) == 0o555
+    marker = loaded.tree.with_name(loaded.tree.name + ".digest")
+    assert marker.read_text().strip() == vb.digest
+
+
+def test_reuses_tree_only_for_same_digest(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    first = loader.load(bundle)
+    again = loader.load(bundle)
+    assert again.reused and again.tree == first.tree
+    # Same name, version and digest prefix directory, but a marker naming another digest: redone.
+    marker = first.tree.with_name(first.tree.name + ".digest")
+    marker.write_text("0" * 128 + "\n")
+    redone = loader.load(bundle)
+    assert not redone.reused
+    assert marker.read_text().strip() == first.bundle.digest
+
+
+def test_a_tree_without_marker_is_not_trusted(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    first = loader.load(bundle)
+    first.tree.with_name(first.tree.name + ".digest").unlink()
+    os.chmod(first.tree, 0o755)
+    (first.tree / "planted.py").write_text("evil = True\n")
+    redone = loader.load(bundle)
+    assert not redone.reused
+    assert not (redone.tree / "planted.py").exists()
+
+
+def test_unsigned_is_refused_before_extraction(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("nosig", {"h": (0, "return data")}), sign=False, trust=False)
+    expected = "nosig 1.0.0 is untrusted and security.only_trusted is on"
+    with pytest.raises(UntrustedPlugin, match=re.escape(expected)):
+        loader_for(ws).load(bundle)
+    assert not (ws.root / "data" / "extracted").exists()
+
+
+def test_signed_not_listed_is_refused(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("unlisted", {"h": (0, "return data")}), trust=False)
+    with pytest.raises(UntrustedPlugin, match=re.escape("unlisted 1.0.0 is signed")) as info:
+        loader_for(ws).load(bundle)
+    assert info.value.level == "signed"
+
+
+def test_tampered_bundle_is_refused(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("tampered", {"h": (0, "return data")}))
+    data = bytearray(bundle.read_bytes())
+    data[40] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(SignatureInvalid, match=re.escape("tampered-1.0.0.plugin")):
+        loader_for(ws).load(bundle)
+
+
+def test_bundle_of_another_plugin_is_refused(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("real", {"h": (0, "return data")}))
+    with pytest.raises(BundleError, match="contains plugin 'real', not 'fake'"):
+        loader_for(ws).load(bundle, expected_name="fake")
