@@ -1,0 +1,140 @@
+"""The thin ctypes layer over the Linux calls Python 3.11 lacks (unshare, setns, mount, pivot_root...)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# x86_64 syscall numbers for calls glibc 2.36 has no wrapper for.
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442},
+}
+_NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_THREAD = 0x00010000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+
+PR_SET_PDEATHSIG = 1
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+class KernelCallError(OSError):
+    """A failed system call; `call` names it with its arguments, for SandboxError.detail."""
+
+    def __init__(self, call: str, err: int) -> None:
+        super().__init__(err, f"{call}: {errno.errorcode.get(err, str(err))} ({os.strerror(err)})")
+        self.call = call
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _check(res: int, call: str) -> int:
+    if res == -1:
+        raise KernelCallError(call, ctypes.get_errno())
+    return res
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2). Raises KernelCallError."""
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2). Raises KernelCallError."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns({fd}, {nstype:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    """mount(2). Raises KernelCallError."""
+    res = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    _check(res, f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x}, {data!r})")
+
+
+def umount2(target: str, flags: int) -> None:
+    """umount2(2). Raises KernelCallError."""
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount2({target!r}, {flags:#x})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2). Raises KernelCallError."""
+    res = _libc.syscall(ctypes.c_long(_NR["pivot_root"]), _b(new_root), _b(put_old))
+    _check(res, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(path: str, attr_set: int, *, recursive: bool) -> None:
+    """mount_setattr(2) (Linux 5.12+): set attributes on a mount and, if recursive, all below it.
+
+    Raises KernelCallError.
+    """
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    res = _libc.syscall(
+        ctypes.c_long(_NR["mount_setattr"]),
+        ctypes.c_int(AT_FDCWD),
+        _b(path),
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(res, f"mount_setattr({path!r}, set={attr_set:#x}, recursive={recursive})")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2) for the options python-prctl lacks (ambient capabilities). Raises KernelCallError."""
+    res = _libc.prctl(
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
+        ctypes.c_ulong(arg3),
+        ctypes.c_ulong(arg4),
+        ctypes.c_ulong(arg5),
+    )
+    return _check(res, f"prctl({option}, {arg2}, {arg3})")
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2). Raises KernelCallError."""
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")

@@ -1,0 +1,419 @@
+"""Cgroups v2 and v1: detect the backend, compute settings (pure), apply them, read usage, clean up.
+
+Only groups under our own parent (`sandboxing.cgroups.parent`, default `plugind`) are ever created,
+written or removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from plugind.errors import SandboxError
+from plugind.sandbox.plan import CgroupLimits
+
+log = logging.getLogger("plugind.sandbox.cgroups")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
+V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
+
+
+# --- detection (pure parsing + one read) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """What the host offers: a cgroup2 mount (with its controllers) and v1 controller mounts."""
+
+    v2_path: str | None
+    v2_controllers: frozenset[str]
+    v1_paths: Mapping[str, str]
+
+    @property
+    def kind(self) -> str:
+        """'v2' (unified only), 'hybrid' (v1 controllers plus a cgroup2 mount), 'v1' or 'none'."""
+        if self.v2_path and not self.v1_paths:
+            return "v2"
+        if self.v1_paths:
+            return "hybrid" if self.v2_path else "v1"
+        return "none"
+
+
+def parse_mountinfo(text: str) -> Hierarchy:
+    """Find cgroup mounts in /proc/self/mountinfo text."""
+    v2_path: str | None = None
+    v1: dict[str, str] = {}
+    for line in text.splitlines():
+        pre, sep, post = line.partition(" - ")
+        if not sep:
+            continue
+        fields, after = pre.split(), post.split()
+        if len(fields) < 5 or len(after) < 3:
+            continue
+        mountpoint, fstype, options = fields[4], after[0], after[2].split(",")
+        if fstype == "cgroup2" and v2_path is None:
+            v2_path = mountpoint
+        elif fstype == "cgroup":
+            for opt in options:
+                if opt in V1_CONTROLLERS and opt not in v1:
+                    v1[opt] = mountpoint
+    controllers: frozenset[str] = frozenset()
+    if v2_path is not None:
+        try:
+            controllers = frozenset(Path(v2_path, "cgroup.controllers").read_text().split())
+        except OSError:
+            controllers = frozenset()
+    return Hierarchy(v2_path, controllers, v1)
+
+
+def detect() -> Hierarchy:
+    """The cgroup hierarchies of this host."""
+    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+
+
+def choose_backend(configured: str, hier: Hierarchy) -> str | None:
+    """Pick 'v2', 'v1' or None (no cgroups) for the configured backend.
+
+    'auto' prefers v2 when the unified hierarchy has the memory, cpu and pids controllers, else v1.
+    Raises SandboxError (step "cgroup") when the configured backend is not usable here.
+    """
+    v2_ok = hier.v2_path is not None and {"memory", "cpu", "pids"} <= hier.v2_controllers
+    v1_ok = {"memory", "cpu", "pids"} <= set(hier.v1_paths)
+    if configured == "none":
+        return None
+    if configured == "v2" or (configured == "auto" and v2_ok):
+        if not v2_ok:
+            raise SandboxError(
+                f"cgroup v2 is not usable: the unified hierarchy ({hier.v2_path or 'not mounted'}) "
+                f"offers controllers {sorted(hier.v2_controllers)}, need memory, cpu, pids; "
+                "set sandboxing.cgroups.backend = 'v1' or 'auto' on this host",
+                step="cgroup",
+                detail=f"host cgroup layout: {hier.kind}",
+            )
+        return "v2"
+    if v1_ok:
+        return "v1"
+    raise SandboxError(
+        f"cgroup v1 is not usable: controllers mounted {sorted(hier.v1_paths)}, need memory, cpu, pids",
+        step="cgroup",
+        detail=f"host cgroup layout: {hier.kind}",
+    )
+
+
+# --- settings (pure) --------------------------------------------------------------------------------
+
+
+def v2_settings(limits: CgroupLimits) -> dict[str, str]:
+    """File -> value for a v2 group, in the order to write them."""
+    out: dict[str, str] = {}
+    if limits.memory_bytes is not None:
+        out["memory.max"] = str(limits.memory_bytes)
+        out["memory.swap.max"] = "0"
+    quota = "max" if limits.cpu_quota_us is None else str(limits.cpu_quota_us)
+    out["cpu.max"] = f"{quota} {limits.cpu_period_us}"
+    out["pids.max"] = "max" if limits.pids_max is None else str(limits.pids_max)
+    if limits.io_weight is not None:
+        out["io.weight"] = f"default {max(1, min(10000, limits.io_weight))}"
+    return out
+
+
+def v1_settings(limits: CgroupLimits) -> list[tuple[str, str, str]]:
+    """(controller, file, value) for v1 groups, in the order to write them.
+
+    v1 has no io.weight range of 1-10000: blkio.weight is 10-1000, so the weight is scaled.
+    """
+    out: list[tuple[str, str, str]] = []
+    if limits.memory_bytes is not None:
+        out.append(("memory", "memory.limit_in_bytes", str(limits.memory_bytes)))
+        out.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
+    out.append(("memory", "memory.oom_control", "0"))  # keep the OOM killer on: die, never hang
+    out.append(("cpu", "cpu.cfs_period_us", str(limits.cpu_period_us)))
+    out.append(("cpu", "cpu.cfs_quota_us", "-1" if limits.cpu_quota_us is None else str(limits.cpu_quota_us)))
+    out.append(("pids", "pids.max", "max" if limits.pids_max is None else str(limits.pids_max)))
+    if limits.io_weight is not None:
+        out.append(("blkio", "blkio.weight", str(max(10, min(1000, limits.io_weight // 10 or 10)))))
+    return out
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (memory.events, memory.oom_control, cpu.stat) -> dict."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def parse_max(text: str) -> int | None:
+    """'max' or a number; huge v1 'unlimited' values count as no limit."""
+    text = text.strip()
+    if text == "max" or not text.lstrip("-").isdigit():
+        return None
+    value = int(text)
+    return None if value < 0 or value >= 1 << 62 else value
+
+
+# --- the thin writer --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    """One sample of a plugin's cgroup counters."""
+
+    memory_bytes: int
+    memory_limit: int | None
+    cpu_usec: int
+    pids: int
+    oom_kills: int
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot write {value!r} to {path}: {exc.strerror}",
+            step="cgroup",
+            detail=f"write({path}, {value!r}): {errno.errorcode.get(exc.errno or 0, '?')}",
+        ) from exc
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot create cgroup {path}: {exc.strerror}",
+            step="cgroup",
+            detail=f"mkdir({path}): {errno.errorcode.get(exc.errno or 0, '?')}",
+        ) from exc
+
+
+class CgroupHandle:
+    """A plugin's group: one directory (v2) or one per controller (v1)."""
+
+    def __init__(self, backend: str, dirs: Mapping[str, Path]) -> None:
+        self.backend = backend
+        self.dirs = dict(dirs)
+
+    @property
+    def path(self) -> str:
+        """A display path (the memory controller's directory)."""
+        return str(self.dirs.get("memory") or next(iter(self.dirs.values())))
+
+    def _procs_dir(self) -> Path:
+        return self.dirs.get("pids") or next(iter(self.dirs.values()))
+
+    def attach(self, pid: int) -> None:
+        """Move `pid` into the group (every controller). Raises SandboxError."""
+        for d in dict.fromkeys(self.dirs.values()):
+            _write(d / "cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        """Processes in the group now."""
+        try:
+            return [int(x) for x in (self._procs_dir() / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def _read(self, controller: str, name: str) -> str | None:
+        d = self.dirs.get(controller)
+        if d is None:
+            return None
+        try:
+            return (d / name).read_text()
+        except OSError:
+            return None
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel OOM-killed in this group."""
+        if self.backend == "v2":
+            text = self._read("memory", "memory.events") or ""
+        else:
+            text = self._read("memory", "memory.oom_control") or ""
+        return parse_flat_keyed(text).get("oom_kill", 0)
+
+    def usage(self) -> CgroupUsage:
+        """Current counters (0 for anything unreadable)."""
+        if self.backend == "v2":
+            mem = parse_max(self._read("memory", "memory.current") or "0") or 0
+            limit = parse_max(self._read("memory", "memory.max") or "max")
+            cpu = parse_flat_keyed(self._read("cpu", "cpu.stat") or "").get("usage_usec", 0)
+        else:
+            mem = parse_max(self._read("memory", "memory.usage_in_bytes") or "0") or 0
+            limit = parse_max(self._read("memory", "memory.limit_in_bytes") or "max")
+            cpu = (parse_max(self._read("cpuacct", "cpuacct.usage") or "0") or 0) // 1000
+        pids = parse_max(self._read("pids", "pids.current") or "0") or 0
+        return CgroupUsage(mem, limit, cpu, pids, self.oom_kills())
+
+    def kill_all(self, timeout_s: float = 5.0) -> None:
+        """SIGKILL everything in the group until it is empty (fork bombs included)."""
+        if self.backend == "v2" and (self._procs_dir() / "cgroup.kill").exists():
+            _write(self._procs_dir() / "cgroup.kill", "1")
+        deadline = time.monotonic() + timeout_s
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.002)  # the kernel needs a moment to drop killed tasks from the group
+
+    def remove(self, timeout_s: float = 5.0) -> None:
+        """Kill what is left and rmdir the group. Raises SandboxError if it stays busy."""
+        self.kill_all(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for d in dict.fromkeys(self.dirs.values()):
+            while True:
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise SandboxError(
+                            f"cannot remove cgroup {d}: {exc.strerror}",
+                            step="cgroup",
+                            detail=f"rmdir({d}): {errno.errorcode.get(exc.errno or 0, '?')}",
+                        ) from exc
+                    time.sleep(0.002)
+
+
+def _v1_dirs(hier: Hierarchy, rel: str) -> dict[str, Path]:
+    return {c: Path(hier.v1_paths[c], rel) for c in V1_CONTROLLERS if c in hier.v1_paths}
+
+
+def _ensure_parents(base: Path, rel: str) -> Path:
+    path = base
+    for part in Path(rel).parts:
+        path = path / part
+        _mkdir(path)
+    return path
+
+
+def _v2_enable_controllers(root: Path, rel_parent: str, wanted: Iterable[str]) -> None:
+    # Each level from the root down to our parent must delegate the controllers to its children.
+    path = root
+    for part in [*Path(rel_parent).parts, None]:
+        available = set((path / "cgroup.controllers").read_text().split())
+        enabled = set((path / "cgroup.subtree_control").read_text().split())
+        missing = [c for c in wanted if c in available and c not in enabled]
+        if missing:
+            _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+        if part is None:
+            break
+        path = path / part
+        _mkdir(path)
+
+
+def create_group(
+    backend: str, parent: str, name: str, limits: CgroupLimits, hier: Hierarchy | None = None
+) -> CgroupHandle:
+    """Create `<parent>/<name>` with the limits applied. Raises SandboxError (step "cgroup")."""
+    hier = hier or detect()
+    rel = f"{parent.strip('/')}/{name}"
+    if backend == "v2":
+        assert hier.v2_path is not None
+        root = Path(hier.v2_path)
+        _v2_enable_controllers(root, parent.strip("/"), V2_CONTROLLERS)
+        path = root / rel
+        _mkdir(path)
+        handle = CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
+        for fname, value in v2_settings(limits).items():
+            if fname == "io.weight" and not (path / fname).exists():
+                continue  # no io controller delegated: weight is best effort
+            _write(path / fname, value)
+        return handle
+    dirs = _v1_dirs(hier, rel)
+    for controller in dirs:
+        _ensure_parents(Path(hier.v1_paths[controller]), rel)
+    handle = CgroupHandle("v1", dirs)
+    for controller, fname, value in v1_settings(limits):
+        d = dirs.get(controller)
+        if d is None or not (d / fname).exists():
+            if controller == "blkio" or fname.startswith("memory.memsw"):
+                continue  # no blkio weight (scheduler) or no swap accounting: best effort
+            handle.remove()
+            raise SandboxError(
+                f"cgroup v1 file {controller}/{fname} is missing on this host",
+                step="cgroup",
+                detail=f"open({d}/{fname}): ENOENT",
+            )
+        _write(d / fname, value)
+    return handle
+
+
+def open_group(backend: str, parent: str, name: str, hier: Hierarchy | None = None) -> CgroupHandle | None:
+    """The handle of an existing group, or None if it does not exist."""
+    hier = hier or detect()
+    rel = f"{parent.strip('/')}/{name}"
+    if backend == "v2":
+        if hier.v2_path is None or not Path(hier.v2_path, rel).is_dir():
+            return None
+        path = Path(hier.v2_path, rel)
+        return CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
+    dirs = {c: d for c, d in _v1_dirs(hier, rel).items() if d.is_dir()}
+    return CgroupHandle("v1", dirs) if dirs else None
+
+
+def cleanup_stale(parent: str, hier: Hierarchy | None = None) -> list[str]:
+    """Kill and remove every group left under `parent` (v1 and v2), deepest first.
+
+    Run at daemon start, before any plugin is loaded. Returns the removed group paths.
+    Raises SandboxError if a group cannot be removed.
+    """
+    hier = hier or detect()
+    roots = [Path(p) for p in dict.fromkeys(hier.v1_paths.values())]
+    if hier.v2_path:
+        roots.append(Path(hier.v2_path))
+    removed: list[str] = []
+    for root in roots:
+        top = root / parent.strip("/")
+        if not top.is_dir():
+            continue
+        children = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for d in children:
+            backend = "v2" if hier.v2_path and root == Path(hier.v2_path) else "v1"
+            CgroupHandle(backend, {"pids": d}).remove()
+            removed.append(str(d))
+    if removed:
+        log.info("removed %d stale cgroups under %s", len(removed), parent)
+    return removed
+
+
+def remove_tree(parent: str, hier: Hierarchy | None = None) -> None:
+    """Remove `parent` itself after `cleanup_stale` (tests use a unique parent per run)."""
+    hier = hier or detect()
+    cleanup_stale(parent, hier)
+    roots = [Path(p) for p in dict.fromkeys(hier.v1_paths.values())]
+    if hier.v2_path:
+        roots.append(Path(hier.v2_path))
+    for root in roots:
+        d = root / parent.strip("/")
+        if d.is_dir():
+            CgroupHandle("v1", {"pids": d}).remove()
+
+
+__all__ = [
+    "CgroupHandle",
+    "CgroupUsage",
+    "Hierarchy",
+    "choose_backend",
+    "cleanup_stale",
+    "create_group",
+    "detect",
+    "open_group",
+    "parse_flat_keyed",
+    "parse_mountinfo",
+    "v1_settings",
+    "v2_settings",
+]

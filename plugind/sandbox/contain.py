@@ -1,0 +1,388 @@
+"""The ordered list of isolation steps: `spawn_contained` runs them around one fork, nothing else.
+
+Parent side (the fork-server, single-threaded): create and limit the cgroup, build the seccomp
+filters, fork the child as PID 1 of a new pid namespace, wait for it to enter its namespaces, put
+it in the cgroup, wire its network, release it. Child side: PDEATHSIG, namespaces, wait, filesystem
+(pivot_root), loopback, hostname, rlimits, setsid, no_new_privs, capabilities, fds; then
+`run_child(hooks)`, whose `before_plugin_import()` loads seccomp last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import prctl
+
+from plugind.errors import SandboxError
+from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, rlimits, seccomp
+from plugind.sandbox.plan import SandboxPlan
+
+STEPS = (
+    "pid_ns", "mount_ns", "ipc_ns", "uts_ns", "net_ns", "user_ns", "cgroup", "filesystem",
+    "network", "rlimits", "no_new_privs", "capabilities", "seccomp",
+)
+ACTIVE, OFF = "active", "off"
+_CHILD_FAILED = 121  # exit status of a child that could not finish its steps
+
+
+@dataclass
+class Spawned:
+    """The contained child: its pid (host view, our direct child) and each step's state."""
+
+    pid: int
+    steps: dict[str, str] = field(default_factory=dict)
+
+
+class ChildHooks:
+    """Handed to `run_child` inside the sandbox; the runtime calls these around the plugin import."""
+
+    def __init__(self, plan: SandboxPlan, filters: list[Any] | None) -> None:
+        self.plan = plan
+        self._filters = filters
+        self.seccomp_loaded = False
+
+    def before_plugin_import(self) -> None:
+        """Load the seccomp filters: the last step. Raises SandboxError if the kernel refuses."""
+        if self._filters is None or self.seccomp_loaded:
+            return
+        try:
+            seccomp.load(self._filters)
+        except OSError as exc:
+            raise SandboxError(
+                f"seccomp filter refused by the kernel: {exc}", plugin=self.plan.name, step="seccomp",
+                detail=f"seccomp(SECCOMP_SET_MODE_FILTER): {exc}",
+            ) from exc
+        self.seccomp_loaded = True
+
+    def after_plugin_import(self) -> None:
+        """Strict mode: stack the hook-time kill filter now that the plugin's imports are done."""
+        if self._filters is not None and self.plan.mode == "strict":
+            _strict_filter().load()
+
+
+_FILTERS: dict[str, list[Any]] = {}
+_STRICT: list[Any] = []
+
+
+def _filters_for(plan: SandboxPlan) -> list[Any]:
+    # Built once per (mode, network) in the parent; the child inherits the compiled filter.
+    key = plan.network_mode
+    if key not in _FILTERS:
+        _FILTERS[key] = seccomp.build(plan.mode, plan.network_mode)
+    return _FILTERS[key]
+
+
+def _strict_filter() -> Any:
+    if not _STRICT:
+        _STRICT.append(seccomp.build_strict())
+    return _STRICT[0]
+
+
+_HOST_LINKS: dict[str, str] = {}
+
+
+def _fail(plan: SandboxPlan, step: str, exc: BaseException) -> SandboxError:
+    detail = str(exc)
+    return SandboxError(
+        f"sandbox step {step!r} failed for plugin {plan.name}: {detail}; fix the host or set "
+        "sandboxing.allow_degraded = true to run without it",
+        plugin=plan.name, step=step, detail=detail,
+    )
+
+
+def spawn_contained(
+    plan: SandboxPlan, run_child: Callable[[ChildHooks], NoReturn], keep_fds: list[int]
+) -> Spawned:
+    """Fork `run_child` into the sandbox `plan` describes; return once every step but seccomp is done.
+
+    Raises SandboxError(step=..., detail=<call and errno>) when a configured step cannot be applied
+    and `plan.allow_degraded` is false (the child is then gone and its cgroup removed).
+    """
+    if not plan.enabled:
+        pid = os.fork()
+        if pid == 0:
+            _run(run_child, ChildHooks(plan, None), keep_fds, None)
+        return Spawned(pid, dict.fromkeys(STEPS, OFF))
+    steps: dict[str, str] = dict.fromkeys(STEPS, OFF)
+
+    def degrade(step: str, exc: BaseException) -> None:
+        if not plan.allow_degraded:
+            raise _fail(plan, step, exc) from exc
+        steps[step] = f"degraded: {exc}"
+
+    group: cgroups.CgroupHandle | None = None
+    try:
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect())
+        if backend is not None:
+            existing = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
+            if existing is not None:
+                existing.remove()  # a previous run of this plugin that nobody cleaned up
+            group = cgroups.create_group(backend, plan.cgroup_parent, plan.name, plan.limits)
+    except SandboxError as exc:
+        degrade("cgroup", exc)
+    filters = _filters_for(plan)
+    ops = mounts.mount_ops(plan) if "mount" in plan.namespaces else []
+    newroot = mounts.newroot_dir()
+    go_r, go_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    try:
+        pid = _fork(plan, steps, degrade)
+    except BaseException:
+        for fd in (go_r, go_w, rep_r, rep_w):
+            os.close(fd)
+        if group is not None:
+            group.remove()
+        raise
+    if pid == 0:
+        os.close(go_w)
+        os.close(rep_r)
+        _child(plan, run_child, keep_fds, go_r, rep_w, ops, newroot, ChildHooks(plan, filters), steps)
+    os.close(go_r)
+    os.close(rep_w)
+    with os.fdopen(rep_r, "rb") as reports:
+        try:
+            _parent(plan, pid, group, go_w, reports, steps, degrade)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            if group is not None:
+                group.remove()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(go_w)
+    steps["seccomp"] = ACTIVE
+    return Spawned(pid, steps)
+
+
+def _fork(plan: SandboxPlan, steps: dict[str, str], degrade: Callable[[str, BaseException], None]) -> int:
+    if "pid" not in plan.namespaces:
+        return os.fork()
+    try:
+        saved = namespaces.enter_pid_namespace_for_children()
+    except OSError as exc:
+        degrade("pid_ns", exc)
+        return os.fork()
+    try:
+        pid = os.fork()
+    except BaseException:
+        namespaces.restore_pid_namespace(saved)
+        raise
+    if pid == 0:
+        os.close(saved)  # the child stays where it is: PID 1 of the new namespace
+        return 0
+    namespaces.restore_pid_namespace(saved)
+    steps["pid_ns"] = ACTIVE
+    return pid
+
+
+def _parent(
+    plan: SandboxPlan,
+    pid: int,
+    group: cgroups.CgroupHandle | None,
+    go_w: int,
+    reports: Any,
+    steps: dict[str, str],
+    degrade: Callable[[str, BaseException], None],
+) -> None:
+    first = _read_report(plan, reports)
+    steps.update(first["steps"])
+    if group is not None:
+        try:
+            group.attach(pid)
+            steps["cgroup"] = ACTIVE
+        except SandboxError as exc:
+            degrade("cgroup", exc)
+    if plan.network_mode == "restricted":
+        try:
+            _HOST_LINKS[plan.name] = network.setup_restricted(pid, plan.allowed_targets)
+            steps["network"] = ACTIVE
+        except OSError as exc:
+            degrade("network", exc)
+    os.write(go_w, b"g")
+    os.close(go_w)
+    steps.update(_read_report(plan, reports)["steps"])
+
+
+def _read_report(plan: SandboxPlan, reports: Any) -> dict[str, Any]:
+    line = reports.readline()
+    if not line:
+        raise SandboxError(
+            f"sandboxed child of plugin {plan.name} died during set-up", plugin=plan.name,
+            step="spawn", detail="child exited before reporting",
+        )
+    msg: dict[str, Any] = json.loads(line)
+    if "error" in msg:
+        err = msg["error"]
+        raise SandboxError(
+            f"sandbox step {err['step']!r} failed for plugin {plan.name}: {err['detail']}; fix the "
+            "host or set sandboxing.allow_degraded = true to run without it",
+            plugin=plan.name, step=err["step"], detail=err["detail"],
+        )
+    return msg
+
+
+# --- the child ----------------------------------------------------------------------------------
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(detail)
+        self.step = step
+        self.detail = detail
+
+
+def _child(
+    plan: SandboxPlan,
+    run_child: Callable[[ChildHooks], NoReturn],
+    keep_fds: list[int],
+    go_r: int,
+    rep_w: int,
+    ops: list[mounts.MountOp],
+    newroot: str,
+    hooks: ChildHooks,
+    parent_steps: dict[str, str],
+) -> NoReturn:
+    steps: dict[str, str] = {}
+
+    def step(name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+            steps[name] = ACTIVE
+        except Exception as exc:
+            if not plan.allow_degraded:
+                raise _StepFailed(name, str(exc)) from exc
+            steps[name] = f"degraded: {exc}"
+
+    def report() -> None:
+        os.write(rep_w, json.dumps({"steps": steps}).encode() + b"\n")
+
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        _enter_namespaces(plan, steps, step)
+        report()
+        if os.read(go_r, 1) != b"g":
+            os._exit(_CHILD_FAILED)  # the parent died or gave up: never run unconfined
+        os.close(go_r)
+        if "mount" in plan.namespaces:
+            step("filesystem", lambda: mounts.apply(ops, newroot))
+        if plan.network_mode == "none" and "net" in plan.namespaces:
+            step("network", network.loopback_up)
+        if "uts" in plan.namespaces:
+            _libc.sethostname(f"plugin-{plan.name}")
+        step("rlimits", lambda: rlimits.apply(plan))
+        os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
+        allowed = caps.cap_numbers(plan.allowed_caps)
+        step("no_new_privs", caps.no_new_privs)
+        step("capabilities", lambda: caps.drop(allowed))
+        report()
+        os.close(rep_w)
+    except _StepFailed as exc:
+        _send_error(rep_w, exc.step, exc.detail)
+        os._exit(_CHILD_FAILED)
+    except BaseException as exc:
+        _send_error(rep_w, "spawn", f"{type(exc).__name__}: {exc}")
+        os._exit(_CHILD_FAILED)
+    _run(run_child, hooks, keep_fds, None)
+
+
+def _enter_namespaces(
+    plan: SandboxPlan, steps: dict[str, str], step: Callable[[str, Callable[[], object]], None]
+) -> None:
+    flags = namespaces.child_flags(plan)
+    try:
+        namespaces.unshare(flags)
+        for name in plan.namespaces:
+            if name != "pid":
+                steps[f"{name}_ns"] = ACTIVE
+    except OSError:
+        # Try one at a time so the report (or the error) names the namespace the host refuses.
+        for name in plan.namespaces:
+            if name != "pid":
+                step(f"{name}_ns", lambda n=name: namespaces.unshare(namespaces.FLAGS[n]))  # type: ignore[misc]
+
+
+def _send_error(fd: int, step: str, detail: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps({"error": {"step": step, "detail": detail}}).encode() + b"\n")
+
+
+def _close_fds(keep: list[int]) -> None:
+    """Every fd but `keep` closed; 0-2 point at /dev/null unless kept."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep and fd != null:
+            os.dup2(null, fd)
+    keep_set = {0, 1, 2, *keep}
+    if null not in keep_set:
+        os.close(null)
+    prev = -1
+    for fd in sorted(keep_set):
+        if fd > prev + 1:
+            os.closerange(prev + 1, fd)
+        prev = fd
+    os.closerange(prev + 1, 1 << 20)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # PID 1 of a pid namespace ignores signals it has no handler for; SIGTERM must still stop it.
+    os._exit(128 + signum)
+
+
+def _run(
+    run_child: Callable[[ChildHooks], NoReturn], hooks: ChildHooks, keep_fds: list[int], _: object
+) -> NoReturn:
+    try:
+        _close_fds(keep_fds)
+        signal.signal(signal.SIGTERM, _terminate)
+        run_child(hooks)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        os._exit(code)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc(file=sys.stderr)
+        os._exit(_CHILD_FAILED)
+    os._exit(0)
+
+
+def cleanup(plan: SandboxPlan) -> None:
+    """After the child is reaped: remove its cgroup and host veth (only what we made)."""
+    if not plan.enabled:
+        return
+    ifname = _HOST_LINKS.pop(plan.name, None)
+    if ifname:
+        with contextlib.suppress(OSError):
+            network.remove_host_link(ifname)
+    try:
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect())
+    except SandboxError:
+        return
+    if backend is not None:
+        group = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
+        if group is not None:
+            group.remove()
+
+
+def cgroup_for(plan: SandboxPlan) -> cgroups.CgroupHandle | None:
+    """The plugin's live cgroup handle (for the monitor and OOM reporting), if any."""
+    try:
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect())
+    except SandboxError:
+        return None
+    return None if backend is None else cgroups.open_group(backend, plan.cgroup_parent, plan.name)
+
+
+__all__ = ["STEPS", "ChildHooks", "Spawned", "cgroup_for", "cleanup", "spawn_contained"]
