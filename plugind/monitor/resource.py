@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -144,8 +145,9 @@ class ResourceMonitor:
         if self._unload_tasks:
             await asyncio.gather(*self._unload_tasks, return_exceptions=True)
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor, self._executor = self._executor, None
+            # Pending audit lines are written before we return; waiting for them must not block the loop.
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
         metrics.set_sample_source(None)
 
     async def _run(self) -> None:
@@ -236,6 +238,7 @@ class ResourceMonitor:
             metrics.violation(name, v.type)
             recent.append({"time": now, **v.as_dict()})
         summary = "; ".join(v.describe() for v in found)
+        details = [v.as_dict() for v in found]
         if behavior.log_violations:
             log.warning(
                 "resource limit exceeded (%d of %d in a row): %s",
@@ -244,20 +247,21 @@ class ResourceMonitor:
                 summary,
                 extra={"plugin": name, "violations": [v.type for v in found], "streak": state.streak},
             )
-            if self._audit is not None and kinds != state.streak_types:
-                self._audit_append("violation", name, violations=[v.as_dict() for v in found],
-                                   streak=state.streak)
+            if kinds != state.streak_types:
+                self._audit_later("violation", name, violations=details, streak=state.streak)
         state.streak_types = kinds
         if state.streak >= threshold and behavior.auto_unmount and not state.unloading:
             state.unloading = True
             reason = f"resource limits exceeded in {state.streak} consecutive checks: {summary}"
             log.error("unloading plugin: %s", reason, extra={"plugin": name, "reason": reason})
-            self._audit_append("auto_unload", name, reason=reason, violations=[v.as_dict() for v in found])
-            task = asyncio.get_running_loop().create_task(self._do_unload(name, reason))
+            entry = self._audit_later("auto_unload", name, reason=reason, violations=details)
+            task = asyncio.get_running_loop().create_task(self._do_unload(name, reason, entry))
             self._unload_tasks.add(task)
             task.add_done_callback(self._unload_tasks.discard)
 
-    async def _do_unload(self, name: str, reason: str) -> None:
+    async def _do_unload(self, name: str, reason: str, audited: asyncio.Future[None] | None) -> None:
+        if audited is not None:
+            await audited  # the trail says why before the unload happens
         try:
             await self._unload(name, reason)
         except Exception as exc:
@@ -267,12 +271,20 @@ class ResourceMonitor:
                 state.unloading = False  # try again after the next streak
 
     def _audit_append(self, event: str, name: str, **fields: Any) -> None:
+        """Blocking (the audit log fsyncs): runs in the monitor's thread, in submission order."""
         if self._audit is None:
             return
         try:
             self._audit.append(event, plugin=name, **fields)
-        except OSError as exc:  # a full disk must not stop the monitor from unloading
+        except Exception as exc:  # a full disk must not stop the monitor from unloading
             log.error("cannot write the audit log: %s", exc, extra={"plugin": name})
+
+    def _audit_later(self, event: str, name: str, **fields: Any) -> asyncio.Future[None] | None:
+        if self._audit is None or self._executor is None:
+            return None
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(self._audit_append, event, name, **fields)
+        )
 
     def _recent_for(self, name: str) -> deque[dict[str, Any]]:
         recent = self._recent.get(name)

@@ -98,16 +98,17 @@ def _count_connections(pid: int, inodes: set[str]) -> int:
 
 
 def _processes(plugin: MonitoredPlugin) -> list[int]:
-    """The pids to count fds and connections for: the cgroup's processes when we can read them."""
-    path = getattr(plugin.cgroup, "path", None)
-    if path is not None:
+    """The pids to count fds and connections for: the cgroup's processes when it can list them."""
+    lister = getattr(plugin.cgroup, "pids", None)
+    if callable(lister):
         try:
-            with open(os.path.join(os.fspath(path), "cgroup.procs"), encoding="ascii") as fh:
-                pids = [int(x) for x in fh.read().split()]
-            if pids:
-                return pids
-        except (OSError, ValueError):
-            pass
+            pids = [int(p) for p in lister()]
+        except (OSError, ValueError, TypeError):
+            pids = []
+        if pids:
+            if plugin.pid not in pids:
+                pids.append(plugin.pid)  # e.g. not yet attached: still count the plugin itself
+            return pids
     return [plugin.pid]
 
 

@@ -21,13 +21,14 @@ class Hog:
         )
         self.pid = self.proc.pid
 
-    def do(self, command: str) -> None:
+    def do(self, command: str) -> str:
         """Send one command and wait until the child says it took effect."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
         assert reply.startswith("ok"), f"hog answered {reply!r} to {command!r}"
+        return reply.strip()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -6,12 +6,14 @@ Each command line is answered with one line "ok ..." on stdout once it took effe
     threads N    start N more idle threads
     conn PORT N  open N TCP connections to 127.0.0.1:PORT
     spin SECS    burn CPU for SECS seconds
+    child-mem N  run a child process that allocates N MiB (to be OOM-killed in a small cgroup)
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -47,4 +49,9 @@ for line in sys.stdin:
         end = time.process_time() + float(args[0])
         while time.process_time() < end:
             pass
+    elif cmd == "child-mem":
+        code = f"b = bytearray({int(args[0])} * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1"
+        rc = subprocess.run([sys.executable, "-c", code], check=False).returncode
+        print("ok", cmd, rc, flush=True)
+        continue
     print("ok", cmd, flush=True)
