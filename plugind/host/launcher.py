@@ -105,6 +105,7 @@ class Launcher:
         self._state = _State()
         self._next_id = 0
         self._dead: str | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def alive(self) -> bool:
@@ -175,6 +176,10 @@ class Launcher:
             fut = self._state.spawns.pop(int(msg["id"]), None)
             if fut is not None and not fut.done():
                 fut.set_result(Spawned(pid, {str(k): str(v) for k, v in msg.get("steps", {}).items()}))
+            else:  # the caller gave up (cancelled): nobody owns this child, so it must not live
+                task = asyncio.ensure_future(self.kill(pid))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif op == "spawn_failed":
             fut = self._state.spawns.pop(int(msg["id"]), None)
             if fut is not None and not fut.done():

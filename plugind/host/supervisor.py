@@ -1,0 +1,587 @@
+"""One Supervisor per plugin: owns its child process through spawn, handshake, calls, heartbeats,
+crashes, restarts and shutdown.
+
+Life of a child ("incarnation"): spawn through the launcher -> wait for `hello` (serving ctx.* and
+log frames meanwhile) -> `running`: invokes with request ids, several in flight, each with its own
+deadline; pings every heartbeat interval -> it ends by exit report from the fork-server, end of
+stream, a protocol violation (killed at once) or a missed heartbeat (killed). Then the restart
+policy decides: `never`, `on-failure` (default) or `always`, with exponential backoff and a circuit
+breaker (`max_restarts` within `restart_window_secs` -> `failed`).
+
+Events for the registry, through `on_event(name, kind, detail: dict)`: crashed, oom_killed,
+protocol_violation, hung, restarting, recovered, circuit_open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plugind.config import Settings
+from plugind.errors import (
+    ContextError,
+    HookFailed,
+    HookTimeout,
+    InitializationError,
+    NotLoaded,
+    PluginCrashed,
+    PluginError,
+    ProtocolViolation,
+    from_wire,
+)
+from plugind.host.context import ContextProxy, PluginContext
+from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
+from plugind.wire import messages as m
+from plugind.wire.frames import FrameBuffer, encode
+
+log = logging.getLogger("plugind.host.supervisor")
+plugin_log = logging.getLogger("plugind.plugin")
+
+EventCallback = Callable[[str, str, Any], None]
+EOF_EXIT_WAIT_S = 1.0
+LOG_LINES_PER_SEC = 200
+# Error types a plugin may report for a hook; anything else is wrapped in HookFailed.
+_REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
+
+
+@dataclass
+class _Incarnation:
+    """One child process and its connection."""
+
+    gen: int
+    pid: int | None = None
+    transport: asyncio.Transport | None = None
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    deadlines: dict[int, float] = field(default_factory=dict)
+    pings: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    next_id: int = 1
+    hello: asyncio.Future[dict[str, Any]] | None = None
+    exited: asyncio.Future[ExitStatus] | None = None
+    fatal: PluginError | None = None
+    violation: ProtocolViolation | None = None
+    hung: str | None = None
+    eof: bool = False
+    eof_timer: asyncio.TimerHandle | None = None
+    proxy: ContextProxy | None = None
+    log_window: float = 0.0
+    log_count: int = 0
+    log_dropped: int = 0
+    paused: asyncio.Future[None] | None = None
+
+
+class _Connection(asyncio.Protocol):
+    """Feeds frames from one child into its supervisor. The receive hot path."""
+
+    def __init__(self, sup: Supervisor, inc: _Incarnation, max_frame: int) -> None:
+        self.sup = sup
+        self.inc = inc
+        self.buf = FrameBuffer(max_frame)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.inc.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.inc.violation is not None:
+            return
+        try:
+            msgs = self.buf.feed(data)
+        except ProtocolViolation as exc:
+            self.sup._violation(self.inc, exc)
+            return
+        on_message = self.sup._on_message
+        for msg in msgs:
+            on_message(self.inc, msg)
+            if self.inc.violation is not None:
+                return
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sup._on_eof(self.inc)
+
+    def pause_writing(self) -> None:
+        if self.inc.paused is None:
+            self.inc.paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        fut, self.inc.paused = self.inc.paused, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+class Supervisor:
+    """Owns one plugin's child process. See the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        name: str,
+        tree: str | Path,
+        manifest: Any,
+        settings: Settings,
+        launcher: Launcher,
+        context: PluginContext | None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.name = name
+        self.tree = str(tree)
+        self.manifest = manifest
+        self.settings = settings
+        self.launcher = launcher
+        self.context = context
+        self.on_event = on_event
+        self.state = "stopped"
+        self.pid: int | None = None
+        self.hooks: dict[str, int] = {}
+        self.restarts = 0
+        self.isolation: dict[str, str] = {}
+        self.cgroup: str | None = None
+        self.plan: Any = None
+        self.last_exit: ExitStatus | None = None
+        self.last_error: str | None = None
+        self.hello_ms: float | None = None
+        self._inc: _Incarnation | None = None
+        self._gen = 0
+        self._restart_times: deque[float] = deque()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        sup = settings.supervisor
+        self.max_frame = sup.max_frame_bytes
+        self.restart_policy = settings.override_for(name).restart or sup.restart
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Spawn the child and wait for its hello.
+
+        Raises InitializationError (import or on_load failed, bad hello, no hello in time, protocol
+        violation during start-up), SandboxError (an isolation step failed) or LoadError (launcher).
+        """
+        if self.state not in ("stopped", "failed"):
+            raise InitializationError(f"plugin {self.name!r} is already {self.state}", plugin=self.name)
+        self.state = "starting"
+        self._restart_times.clear()
+        try:
+            await self._spawn()
+        except BaseException:
+            self.state = "failed"
+            raise
+        self.state = "running"
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.name}")
+
+    async def stop(self, reason: str = "unload") -> None:
+        """Shut the child down: `shutdown` frame (it runs on_unload), SIGTERM after
+        `shutdown_grace_secs`, SIGKILL after another grace period. Never raises for a dead child."""
+        if self.state == "stopped" and self._inc is None:
+            return
+        self.state = "stopping"
+        current = asyncio.current_task()
+        for task in (self._heartbeat, self._restart_task):
+            if task is not None and task is not current:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._heartbeat = self._restart_task = None
+        inc = self._inc
+        if inc is not None and inc.exited is not None and not inc.exited.done():
+            grace = self.settings.supervisor.shutdown_grace_secs
+            self._send(inc, {"type": m.SHUTDOWN, "reason": reason[:1024]})
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    await asyncio.wait_for(asyncio.shield(inc.exited), grace)
+                    break
+                except TimeoutError:
+                    log.warning("plugin %s did not exit in %.1fs; sending %s", self.name, grace,
+                                sig.name, extra={"plugin": self.name})
+                    await self._kill(inc, sig)
+            await asyncio.shield(inc.exited)
+        if inc is not None:
+            await self._settle(inc)
+        self._inc = None
+        self.pid = None
+        self.state = "stopped"
+
+    async def _settle(self, inc: _Incarnation) -> None:
+        # Let the exit watcher of this incarnation finish its bookkeeping.
+        watchers = [t for t in self._watchers if t is not asyncio.current_task()]
+        if watchers:
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    def _plan(self) -> dict[str, Any] | None:
+        if not self.settings.sandboxing.enabled:
+            return None
+        try:
+            from plugind.sandbox.plan import build_plan
+        except ImportError:
+            log.warning("sandboxing is enabled but plugind.sandbox.plan is missing; no sandbox",
+                        extra={"plugin": self.name})
+            return None
+        requires = getattr(self.manifest, "requires", None)
+        req = {"network": list(getattr(requires, "network", ()) or ()),
+               "memory_mb": getattr(requires, "memory_mb", None)}
+        self.plan = build_plan(self.settings, self.name, self.tree, req)
+        return dict(self.plan.to_wire())
+
+    async def _spawn(self) -> None:
+        """Start one incarnation and wait for its hello. Raises as `start` does."""
+        loop = asyncio.get_running_loop()
+        plan = self._plan() if self.plan is None else dict(self.plan.to_wire())
+        self._gen += 1
+        inc = _Incarnation(self._gen, hello=loop.create_future())
+        inc.proxy = self.context.proxy_for(self.name, self.settings.override_for(self.name).context_grants) \
+            if self.context is not None else None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        started = time.perf_counter()
+        try:
+            await loop.create_unix_connection(lambda: _Connection(self, inc, self.max_frame), sock=ours)
+            request = SpawnRequest(self.name, self.tree, str(self.manifest.entrypoint),
+                                   str(getattr(self.manifest, "version", "") or ""), self.max_frame, plan)
+            spawned = await self.launcher.spawn(request, theirs)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        inc.pid = spawned.pid
+        inc.exited = self.launcher.wait_exit(spawned.pid)
+        self._inc = inc
+        self.pid = spawned.pid
+        self.isolation = spawned.steps
+        watcher = asyncio.create_task(self._watch(inc), name=f"watch-{self.name}-{spawned.pid}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        timeout = self.settings.supervisor.hello_timeout_secs
+        assert inc.hello is not None
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(inc.hello), timeout)
+        except TimeoutError:
+            await self._kill(inc, signal.SIGKILL)
+            await asyncio.shield(inc.exited)
+            raise InitializationError(
+                f"plugin {self.name!r} did not say hello within {timeout:g}s "
+                "(raise [supervisor] hello_timeout_secs if its import is slow)",
+                plugin=self.name, reason="no_hello") from None
+        except PluginError:
+            await self._kill(inc, signal.SIGKILL)
+            await asyncio.shield(inc.exited)
+            raise
+        self.hello_ms = (time.perf_counter() - started) * 1000
+        self.hooks = dict(hello["hooks"])
+        self._send(inc, {"type": m.WELCOME, "api": m.API_VERSION, "max_frame": self.max_frame})
+        log.info("plugin %s ready (pid %d, %.1f ms)", self.name, spawned.pid, self.hello_ms,
+                 extra={"plugin": self.name})
+
+    # ------------------------------------------------------------------ calls
+    async def invoke(self, hook: str, data: Any, timeout_s: float) -> Any:
+        """Call `hook` with `data` in the plugin; return its result.
+
+        Raises HookTimeout (no result within `timeout_s`), HookFailed (the handler raised or the data
+        cannot be sent), PluginCrashed (the child died or is restarting), ProtocolViolation (it broke
+        the protocol and was killed), NotLoaded (stopped).
+        """
+        inc = self._inc
+        if self.state != "running" or inc is None or inc.transport is None or inc.transport.is_closing():
+            raise self._unavailable()
+        call_id = inc.next_id
+        inc.next_id += 1
+        try:
+            frame = encode(m.invoke(call_id, hook, data, round(timeout_s * 1000, 3)))
+        except ProtocolViolation as exc:
+            raise HookFailed(f"cannot send data to hook {hook!r}: {exc.detail}", plugin=self.name,
+                             hook=hook, error_type="TypeError") from None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        inc.pending[call_id] = fut
+        inc.deadlines[call_id] = loop.time() + timeout_s
+        timer = loop.call_later(timeout_s, self._expire, inc, call_id, hook, timeout_s)
+        try:
+            if inc.paused is not None:
+                await inc.paused
+            inc.transport.write(frame)
+            reply = await fut
+        finally:
+            timer.cancel()
+            inc.pending.pop(call_id, None)
+            inc.deadlines.pop(call_id, None)
+        if reply["ok"]:
+            return reply["data"]
+        raise self._remote_error(hook, reply["error"])
+
+    def _expire(self, inc: _Incarnation, call_id: int, hook: str, timeout_s: float) -> None:
+        fut = inc.pending.pop(call_id, None)
+        inc.deadlines.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(HookTimeout(
+                f"hook {hook!r} of plugin {self.name!r} did not answer within {timeout_s:g}s",
+                plugin=self.name, hook=hook, timeout_s=timeout_s))
+
+    def _remote_error(self, hook: str, error: Any) -> PluginError:
+        err = from_wire(error)
+        if not isinstance(err, _REMOTE_ERRORS):
+            err = HookFailed(f"hook {hook!r} of plugin {self.name!r} failed: {err.message}"[:2000],
+                             plugin=self.name, hook=hook, error_type=type(err).__name__)
+        err.plugin = self.name
+        if isinstance(err, HookFailed | HookTimeout):
+            err.hook = hook
+        return err
+
+    def _unavailable(self) -> PluginError:
+        if self.state in ("restarting", "failed", "starting"):
+            why = f": {self.last_error}" if self.last_error else ""
+            status = self.last_exit
+            return PluginCrashed(f"plugin {self.name!r} is {self.state}{why}", plugin=self.name,
+                                 exit_code=status.code if status else None,
+                                 signal=status.signal if status else None)
+        return NotLoaded(f"plugin {self.name!r} is {self.state}", plugin=self.name)
+
+    # ------------------------------------------------------------------ receiving
+    def _send(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
+        if inc.transport is not None and not inc.transport.is_closing():
+            inc.transport.write(encode(msg))
+
+    def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
+        try:
+            kind = m.check_from_plugin(msg)
+        except ProtocolViolation as exc:
+            self._violation(inc, exc)
+            return
+        if kind == m.RESULT:
+            fut = inc.pending.get(msg["id"])
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(msg)
+            elif msg["id"] >= inc.next_id:
+                self._violation(inc, ProtocolViolation(
+                    f"result for call {msg['id']} that was never made", detail="unknown result id"))
+            else:
+                log.debug("late result for call %d of %s dropped", msg["id"], self.name,
+                          extra={"plugin": self.name})
+        elif kind in m.CTX_TYPES:
+            self._answer_ctx(inc, kind, msg)
+        elif kind == m.LOG:
+            self._plugin_log(inc, msg)
+        elif kind == m.PONG:
+            ping = inc.pings.pop(msg["id"], None)
+            if ping is not None and not ping.done():
+                ping.set_result(None)
+        elif kind == m.HELLO:
+            self._on_hello(inc, msg)
+        elif kind == m.FATAL:
+            err = from_wire(msg["error"])
+            inc.fatal = InitializationError(f"plugin {self.name!r} failed to start: {err.message}"[:2000],
+                                            plugin=self.name, reason=getattr(err, "reason", None)
+                                            or "init_failed")
+
+    def _on_hello(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
+        assert inc.hello is not None
+        if inc.hello.done():
+            self._violation(inc, ProtocolViolation("second hello", detail="duplicate hello"))
+            return
+        if msg["api"] != m.API_VERSION:
+            inc.hello.set_exception(InitializationError(
+                f"plugin {self.name!r} speaks protocol api {msg['api']}, this host speaks api "
+                f"{m.API_VERSION}; rebuild it against a matching SDK", plugin=self.name,
+                reason="api_mismatch"))
+        elif msg["name"] != self.name:
+            inc.hello.set_exception(InitializationError(
+                f"plugin {self.name!r} introduced itself as {msg['name']!r}", plugin=self.name,
+                reason="bad_hello"))
+        else:
+            inc.hello.set_result(msg)
+
+    def _answer_ctx(self, inc: _Incarnation, kind: str, msg: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"type": m.CTX_REPLY, "id": msg["id"]}
+        try:
+            if inc.proxy is None:
+                raise ContextError("this host has no context store", plugin=self.name)
+            reply.update(inc.proxy.handle(kind, msg))
+            reply["ok"] = True
+        except ContextError as exc:
+            exc.plugin = self.name
+            reply["ok"] = False
+            reply["error"] = exc.to_wire()
+        self._send(inc, reply)
+
+    def _plugin_log(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
+        # Bounded so a chatty plugin cannot flood the daemon's log.
+        now = time.monotonic()
+        if now - inc.log_window >= 1.0:
+            if inc.log_dropped:
+                plugin_log.warning("%d log lines from plugin %s dropped (over %d/s)", inc.log_dropped,
+                                   self.name, LOG_LINES_PER_SEC, extra={"plugin": self.name})
+            inc.log_window, inc.log_count, inc.log_dropped = now, 0, 0
+        inc.log_count += 1
+        if inc.log_count > LOG_LINES_PER_SEC:
+            inc.log_dropped += 1
+            return
+        plugin_log.log(m.LOG_LEVELS[msg["level"]], "%s", msg["msg"][: m.MAX_LOG_CHARS],
+                       extra={"plugin": self.name, "plugin_logger": msg.get("logger")})
+
+    # ------------------------------------------------------------------ failures
+    def _fail_calls(self, inc: _Incarnation, err: PluginError) -> None:
+        for fut in list(inc.pending.values()) + list(inc.pings.values()):
+            if not fut.done():
+                fut.set_exception(err)
+        inc.pending.clear()
+        inc.pings.clear()
+
+    def _violation(self, inc: _Incarnation, exc: ProtocolViolation) -> None:
+        """The child broke the protocol: record why, fail its calls, kill it. Never raises."""
+        if inc.violation is not None:
+            return
+        inc.violation = exc
+        detail = exc.detail or exc.message
+        self.last_error = f"protocol violation: {detail}"
+        log.error("plugin %s violated the protocol (%s); killing it", self.name, detail,
+                  extra={"plugin": self.name})
+        err = ProtocolViolation(f"plugin {self.name!r} violated the protocol: {exc.message}",
+                                plugin=self.name, detail=detail)
+        self._fail_calls(inc, err)
+        if inc.hello is not None and not inc.hello.done():
+            inc.hello.set_exception(InitializationError(
+                f"plugin {self.name!r} violated the protocol during start-up: {exc.message}",
+                plugin=self.name, reason="protocol_violation"))
+        if inc.transport is not None:
+            inc.transport.abort()
+        self._emit("protocol_violation", {"type": "protocol", "detail": detail, "pid": inc.pid})
+        self._spawn_task(self._kill(inc, signal.SIGKILL))
+
+    def _on_eof(self, inc: _Incarnation) -> None:
+        if inc.eof:
+            return
+        inc.eof = True
+        # A child that closes its socket but lives on is of no use: give it a moment to exit.
+        if inc.exited is not None and not inc.exited.done():
+            loop = asyncio.get_running_loop()
+            inc.eof_timer = loop.call_later(
+                EOF_EXIT_WAIT_S, lambda: self._spawn_task(self._kill(inc, signal.SIGKILL)))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _kill(self, inc: _Incarnation, sig: int) -> None:
+        if inc.pid is not None and inc.exited is not None and not inc.exited.done():
+            with contextlib.suppress(PluginError):
+                await self.launcher.kill(inc.pid, sig)
+
+    async def _watch(self, inc: _Incarnation) -> None:
+        """Wait for the child's exit report, then clean up and apply the restart policy."""
+        assert inc.exited is not None
+        status = await asyncio.shield(inc.exited)
+        if inc.eof_timer is not None:
+            inc.eof_timer.cancel()
+        if inc.transport is not None:
+            inc.transport.abort()
+        self.last_exit = status
+        if inc.pid is not None:
+            self.launcher.forget(inc.pid)
+        crash = PluginCrashed(f"plugin {self.name!r} exited ({status.describe()})", plugin=self.name,
+                              exit_code=status.code, signal=status.signal)
+        self._fail_calls(inc, inc.violation or crash)
+        if inc.hello is not None and not inc.hello.done():
+            inc.hello.set_exception(inc.fatal or InitializationError(
+                f"plugin {self.name!r} exited before saying hello ({status.describe()})",
+                plugin=self.name, reason="init_failed"))
+        if self._inc is not inc or self.state != "running":
+            return
+        clean = status.code == 0 and inc.violation is None and inc.hung is None
+        if status.oom_killed:
+            self._emit("oom_killed", {"pid": inc.pid})
+        if not clean:
+            self.last_error = self.last_error if inc.violation else (inc.hung or status.describe())
+            self._emit("crashed", {"pid": inc.pid, "exit_code": status.code, "signal": status.signal,
+                                   "reason": self.last_error})
+        if self.restart_policy == "always" or (self.restart_policy == "on-failure" and not clean):
+            self._restart_task = asyncio.create_task(self._restart_loop(), name=f"restart-{self.name}")
+        else:
+            self._inc = None
+            self.pid = None
+            self.state = "stopped" if clean else "failed"
+
+    async def _restart_loop(self) -> None:
+        sup = self.settings.supervisor
+        loop = asyncio.get_running_loop()
+        self.state = "restarting"
+        while True:
+            now = loop.time()
+            while self._restart_times and now - self._restart_times[0] > sup.restart_window_secs:
+                self._restart_times.popleft()
+            if len(self._restart_times) >= sup.max_restarts:
+                self.state = "failed"
+                self._inc = None
+                self.pid = None
+                self._emit("circuit_open", {"restarts": len(self._restart_times),
+                                            "window_s": sup.restart_window_secs,
+                                            "reason": self.last_error})
+                log.error("plugin %s restarted %d times in %gs; giving up", self.name,
+                          len(self._restart_times), sup.restart_window_secs, extra={"plugin": self.name})
+                return
+            delay = min(sup.backoff_max_secs, sup.backoff_initial_secs * 2 ** len(self._restart_times))
+            self._restart_times.append(now)
+            self.restarts += 1
+            self._emit("restarting", {"attempt": self.restarts, "delay_s": delay, "reason": self.last_error})
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+            except PluginError as exc:
+                self.last_error = str(exc)
+                log.warning("restart of plugin %s failed: %s", self.name, exc, extra={"plugin": self.name})
+                continue
+            self.state = "running"
+            self._emit("recovered", {"pid": self.pid, "attempt": self.restarts})
+            return
+
+    async def _heartbeat_loop(self) -> None:
+        sup = self.settings.supervisor
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(sup.heartbeat_interval_secs)
+            inc = self._inc
+            if self.state != "running" or inc is None or inc.transport is None:
+                continue
+            ping_id = inc.next_id
+            inc.next_id += 1
+            fut: asyncio.Future[None] = loop.create_future()
+            inc.pings[ping_id] = fut
+            self._send(inc, {"type": m.PING, "id": ping_id})
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), sup.heartbeat_timeout_secs)
+                continue
+            except TimeoutError:
+                pass
+            except PluginError:
+                continue  # the child is gone; the exit watcher handles it
+            inc.pings.pop(ping_id, None)
+            # A call still inside its deadline explains the silence: the runtime serves in order.
+            if any(d > loop.time() for d in inc.deadlines.values()):
+                continue
+            if inc is self._inc and self.state == "running":
+                inc.hung = f"no pong within {sup.heartbeat_timeout_secs:g}s"
+                self.last_error = inc.hung
+                log.error("plugin %s is hung (%s); killing it", self.name, inc.hung,
+                          extra={"plugin": self.name})
+                self._emit("hung", {"pid": inc.pid, "detail": inc.hung})
+                await self._kill(inc, signal.SIGKILL)
+
+    def _emit(self, kind: str, detail: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(self.name, kind, detail)
+        except Exception:  # a broken listener must not break supervision
+            log.exception("on_event listener failed for %s", kind, extra={"plugin": self.name})
+
+
+__all__ = ["Supervisor"]
