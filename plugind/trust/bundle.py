@@ -33,6 +33,8 @@ _EXEC_MODE = 0o755
 _CHUNK = 1 << 20
 _MAX_NAME_LEN = 1024
 _EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 
 
 @dataclass(frozen=True)
@@ -204,14 +206,25 @@ def _check_name(name: str, *, bundle: str | None) -> None:
 
 
 def _entry_count(data: bytes) -> int | None:
-    # Read the count from the end-of-central-directory record before zipfile parses every header:
-    # a 100k-entry bomb is refused without building 100k ZipInfo objects.
-    tail = data[-(_EOCD.size + 0xFFFF) :]
-    pos = tail.rfind(b"PK\x05\x06")
-    if pos < 0 or pos + _EOCD.size > len(tail):
+    # Read the count from the end-of-central-directory record (zip64 when the classic one is
+    # saturated) before zipfile parses every header: a 100k-entry bomb is refused without building
+    # 100k ZipInfo objects. None when there is no readable record (zipfile then reports the error).
+    search_from = max(0, len(data) - (_EOCD.size + 0xFFFF))
+    pos = data.rfind(b"PK\x05\x06", search_from)
+    if pos < 0 or pos + _EOCD.size > len(data):
         return None
-    fields = _EOCD.unpack_from(tail, pos)
-    return max(fields[3], fields[4])
+    fields = _EOCD.unpack_from(data, pos)
+    count = max(fields[3], fields[4])
+    if count != 0xFFFF:
+        return count
+    loc = pos - _ZIP64_LOCATOR.size
+    if loc < 0 or data[loc : loc + 4] != b"PK\x06\x07":
+        return count
+    rec = _ZIP64_LOCATOR.unpack_from(data, loc)[2]
+    if rec < 0 or rec + _ZIP64_EOCD.size > len(data) or data[rec : rec + 4] != b"PK\x06\x06":
+        return count
+    z = _ZIP64_EOCD.unpack_from(data, rec)
+    return max(z[6], z[7])
 
 
 def _open_zip(data: bytes, limits: BundleLimits, bundle: str | None) -> zipfile.ZipFile:

@@ -96,6 +96,14 @@ def raw_zip(entries: list[RawEntry], *, claimed_count: int | None = None) -> byt
     count = len(entries) if claimed_count is None else claimed_count
     cd_offset = len(out)
     out += central
+    if count > 0xFFFF:
+        # Zip64 end record + locator; the classic record then says 0xFFFF, as real tools write it.
+        z64 = len(out)
+        out += struct.pack(
+            "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, len(central), cd_offset
+        )
+        out += struct.pack("<4sLQL", b"PK\x06\x07", 0, z64, 1)
+        count = 0xFFFF
     out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(central), cd_offset, 0)
     return bytes(out)
 
