@@ -134,7 +134,7 @@ class Supervisor:
         on_event: EventCallback | None = None,
     ) -> None:
         self.name = name
-        self.tree = str(tree)
+        self.tree = str(Path(tree).resolve())  # the fork-server runs in /
         self.manifest = manifest
         self.settings = settings
         self.launcher = launcher
