@@ -156,14 +156,21 @@ class Daemon:
         audit = AuditLog(settings.logging.audit_log)
         registry = PluginRegistry(
             settings,
-            loader=PluginLoader(settings, security),
+            loader=PluginLoader(
+                settings, security, refresh=lambda: PluginSecurity.from_environment(settings)
+            ),
             supervisor_factory=Supervisor,
             context=PluginContext(),
             launcher=self.launcher,
             audit=audit,
         )
         self.registry = registry
-        self.monitor = ResourceMonitor(settings, self._monitored, registry.monitor_unload, audit=audit)
+        self.monitor = ResourceMonitor(
+            settings,
+            self._monitored,
+            registry.monitor_unload,
+            audit=audit,  # type: ignore[arg-type]  # its AuditSink protocol lacks the `/`
+        )
         app = create_app(
             registry,
             settings,

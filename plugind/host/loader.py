@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,25 @@ class LoadedBundle:
 class PluginLoader:
     """Verifies a bundle (once, in memory), applies the trust policy and extracts it."""
 
-    def __init__(self, settings: Settings, security: PluginSecurity) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        security: PluginSecurity,
+        *,
+        refresh: Callable[[], PluginSecurity] | None = None,
+    ) -> None:
+        """`refresh`, when given, rebuilds the security (re-reads the trust list) before each load
+        and scan, so `plugind trust add/remove` takes effect without a restart."""
         self._settings = settings
         self._security = security
+        self._refresh = refresh
         self.extract_dir = Path(settings.plugins.extract_dir)
         self._limits = BundleLimits.from_settings(settings)
+
+    def refresh_trust(self) -> None:
+        """Re-read the trust list (blocking). Raises TrustListError / InvalidKey: fail closed."""
+        if self._refresh is not None:
+            self._security = self._refresh()
 
     def verify(self, path: Path) -> VerifiedBundle:
         """Read and verify `path` once. Raises SignatureInvalid, BundleError, SecurityError."""
@@ -52,6 +67,7 @@ class PluginLoader:
         Raises SignatureInvalid / BundleError (tampered or malformed), UntrustedPlugin (policy),
         LoadError (the bundle is not the plugin that was asked for; extraction I/O failed).
         """
+        self.refresh_trust()
         vb = self.verify(path)
         if expected_name is not None and vb.name != expected_name:
             raise BundleError(

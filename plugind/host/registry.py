@@ -195,6 +195,11 @@ class PluginRegistry:
 
     def _scan_blocking(self) -> dict[str, AvailablePlugin]:
         directory = Path(self.settings.plugins.directory)
+        try:
+            self.loader.refresh_trust()
+        except SecurityError as exc:
+            # Keep the previous trust list; every load re-reads it and fails closed meanwhile.
+            log.error("cannot re-read the trust list: %s", exc)
         candidates: dict[str, list[tuple[str, Path]]] = {}
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
@@ -400,11 +405,10 @@ class PluginRegistry:
     def _on_event(self, name: str, kind: str, detail: Any = None) -> None:
         # Called by supervisors: crashes, restarts, protocol violations, OOM kills, circuit open.
         fields = dict(detail) if isinstance(detail, dict) else {"detail": detail}
-        if "restart" in kind:
+        # Kinds: crashed, oom_killed, protocol_violation, hung, circuit_open, restarting, recovered.
+        if kind == "restarting":
             metrics.plugin_restarted(name)
-            event = "restart"
-        else:
-            event = "crash"
+        event = "restart" if kind in ("restarting", "recovered") else "crash"
         fields.pop("kind", None)
         self._audit_soon(event, name, kind=kind, **fields)
         log.warning("plugin %s: %s %s", name, kind, detail or "", extra={"plugin": name})

@@ -57,7 +57,9 @@ class Workspace:
     root: Path
     key: PrivateKey = field(default_factory=PrivateKey.generate)
     trust_key: bytes = field(default_factory=lambda: os.urandom(32))
-    extra_config: str = ""
+    extra_config: str = ""  # more TOML sections ([supervisor], [hooks], [plugin.NAME], ...)
+    auto_load: bool = True
+    sandboxing: bool = False
 
     def __post_init__(self) -> None:
         for sub in ("plugins", "data", "src"):
@@ -110,6 +112,7 @@ class Workspace:
             directory = "{self.root / 'plugins'}"
             extract_dir = "{self.root / 'data' / 'extracted'}"
             state_file = "{self.root / 'data' / 'loaded.json'}"
+            auto_load = {str(self.auto_load).lower()}
             [security]
             only_trusted = true
             trust_list_path = "{self.trust_list}"
@@ -122,7 +125,7 @@ class Workspace:
             audit_log = "{self.root / 'data' / 'audit.log'}"
             format = "text"
             [sandboxing]
-            enabled = false
+            enabled = {str(self.sandboxing).lower()}
         """) + self.extra_config
 
     def write_config(self, **api: Any) -> Path:
