@@ -10,6 +10,7 @@ it in the cgroup, wire its network, release it. Child side: PDEATHSIG, namespace
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -281,10 +282,12 @@ def _child(
         if "uts" in plan.namespaces:
             _libc.sethostname(f"plugin-{plan.name}")
         step("rlimits", lambda: rlimits.apply(plan))
+        _scrub_environment()
         os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
         allowed = caps.cap_numbers(plan.allowed_caps)
         step("no_new_privs", caps.no_new_privs)
         step("capabilities", lambda: caps.drop(allowed))
+        prctl.set_dumpable(False)  # /proc/<pid>/mem and ptrace closed even to its own children
         report()
         os.close(rep_w)
     except _StepFailed as exc:
@@ -310,6 +313,24 @@ def _enter_namespaces(
         for name in plan.namespaces:
             if name != "pid":
                 step(f"{name}_ns", lambda n=name: namespaces.unshare(namespaces.FLAGS[n]))  # type: ignore[misc]
+
+
+SAFE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONDONTWRITEBYTECODE")
+
+
+def _scrub_environment() -> None:
+    """Only harmless variables reach the plugin, in os.environ and in /proc/self/environ."""
+    keep = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
+    os.environ.clear()
+    os.environ.update(keep)
+    os.environ.update({"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/usr/local/bin:/usr/bin:/bin"})
+    # /proc/self/environ shows the block our ancestor exec'd with, which unsetenv never touches:
+    # zero it, so a secret the caller was started with cannot be read back from there either.
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    env_start, env_end = int(fields[47]), int(fields[48])  # fields 50 and 51 of proc(5)
+    if 0 < env_start < env_end:
+        ctypes.memset(env_start, 0, env_end - env_start)
 
 
 def _send_error(fd: int, step: str, detail: str) -> None:
@@ -376,6 +397,12 @@ def cleanup(plan: SandboxPlan) -> None:
             group.remove()
 
 
+def oom_killed(plan: SandboxPlan) -> bool:
+    """Whether the kernel OOM-killed anything in the plugin's cgroup (ask before `cleanup`)."""
+    group = cgroup_for(plan)
+    return group is not None and group.oom_kills() > 0
+
+
 def cgroup_for(plan: SandboxPlan) -> cgroups.CgroupHandle | None:
     """The plugin's live cgroup handle (for the monitor and OOM reporting), if any."""
     try:
@@ -385,4 +412,4 @@ def cgroup_for(plan: SandboxPlan) -> cgroups.CgroupHandle | None:
     return None if backend is None else cgroups.open_group(backend, plan.cgroup_parent, plan.name)
 
 
-__all__ = ["STEPS", "ChildHooks", "Spawned", "cgroup_for", "cleanup", "spawn_contained"]
+__all__ = ["STEPS", "ChildHooks", "Spawned", "cgroup_for", "cleanup", "oom_killed", "spawn_contained"]

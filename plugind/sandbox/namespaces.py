@@ -65,4 +65,11 @@ def write_id_maps(pid: int, inside_uid: int, outside_uid: int, outside_gid: int)
         f.write(f"{inside_uid} {outside_uid} 1")
 
 
-__all__ = ["FLAGS", "child_flags", "enter_pid_namespace_for_children", "restore_pid_namespace", "unshare", "write_id_maps"]
+__all__ = [
+    "FLAGS",
+    "child_flags",
+    "enter_pid_namespace_for_children",
+    "restore_pid_namespace",
+    "unshare",
+    "write_id_maps",
+]

@@ -1,0 +1,161 @@
+"""Helpers for the sandbox tests: a unique cgroup parent per test, and hostile probes run inside a
+real sandbox made by `spawn_contained`, reporting their outcome over a pipe kept in `keep_fds`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plugind.config import Settings
+from plugind.sandbox import cgroups
+from plugind.sandbox.contain import Spawned, cleanup, oom_killed, spawn_contained
+from plugind.sandbox.plan import SandboxPlan, build_plan
+
+_counter = itertools.count()
+
+
+def unique_parent() -> str:
+    return f"plugind/test-{os.getpid()}-{next(_counter)}"
+
+
+def make_settings(parent: str, **sandboxing: Any) -> Settings:
+    """Default settings, with the cgroup parent set and `sandboxing` keys (dotted) overridden."""
+    s = Settings()
+    s.sandboxing.cgroups.parent = parent
+    for key, value in sandboxing.items():
+        obj: Any = s.sandboxing
+        *path, last = key.split("__")
+        for part in path:
+            obj = getattr(obj, part)
+        setattr(obj, last, value)
+    return s
+
+
+def make_tree(root: Path, name: str = "probe") -> Path:
+    tree = root / f"{name}-tree"
+    tree.mkdir(parents=True, exist_ok=True)
+    (tree / "plugin.py").write_text("VALUE = 1\n")
+    (tree / "secret.txt").write_text(f"secret of {name}\n")
+    return tree
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    status: int  # os.waitstatus_to_exitcode: <0 means killed by that signal
+    spawned: Spawned
+    oom_killed: bool
+
+
+def _child(probe: Callable[[], dict[str, Any]], w: int) -> Callable[[Any], Any]:
+    def run(hooks: Any) -> Any:
+        hooks.before_plugin_import()
+        try:
+            result = probe()
+        except BaseException as exc:  # report, never hide, a probe crash
+            result = {"probe_error": f"{type(exc).__name__}: {exc}"}
+        os.write(w, json.dumps(result).encode())
+        os._exit(0)
+
+    return run
+
+
+class Sandbox:
+    """A started probe: read its result with `wait()`; always cleaned up by `run_probe`/`started`."""
+
+    def __init__(self, plan: SandboxPlan, probe: Callable[[], dict[str, Any]]) -> None:
+        self.plan = plan
+        r, w = os.pipe()
+        try:
+            self.spawned = spawn_contained(plan, _child(probe, w), [w])
+        finally:
+            os.close(w)
+        self.r = r
+        self.pid = self.spawned.pid
+        self.status: int | None = None
+
+    def wait(self, timeout: float = 30.0) -> Outcome:
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"probe in {self.plan.name} did not finish in {timeout}s")
+            ready, _, _ = select.select([self.r], [], [], left)
+            if ready:
+                data = os.read(self.r, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+        os.close(self.r)
+        _, status = os.waitpid(self.pid, 0)
+        self.status = os.waitstatus_to_exitcode(status)
+        raw = b"".join(chunks)
+        result = json.loads(raw) if raw else {}
+        return Outcome(result, self.status, self.spawned, oom_killed(self.plan))
+
+    def kill(self) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.status = -9
+
+
+@contextmanager
+def started(plan: SandboxPlan, probe: Callable[[], dict[str, Any]]) -> Iterator[Sandbox]:
+    box = Sandbox(plan, probe)
+    try:
+        yield box
+    finally:
+        box.kill()
+        cleanup(plan)
+
+
+def run_probe(plan: SandboxPlan, probe: Callable[[], dict[str, Any]], timeout: float = 30.0) -> Outcome:
+    with started(plan, probe) as box:
+        return box.wait(timeout)
+
+
+def plan_for(tmp_path: Path, parent: str, name: str = "probe", **sandboxing: Any) -> SandboxPlan:
+    return build_plan(make_settings(parent, **sandboxing), name, make_tree(tmp_path, name))
+
+
+def group_dirs(parent: str) -> list[Path]:
+    """Every directory of `parent` in every mounted hierarchy (what must be gone afterwards)."""
+    hier = cgroups.detect()
+    roots = list(dict.fromkeys(hier.v1_paths.values()))
+    if hier.v2_path:
+        roots.append(hier.v2_path)
+    return [Path(r, parent) for r in roots if Path(r, parent).exists()]
+
+
+def libc_call(name: str, *args: Any) -> int:
+    """Call a libc function from inside the sandbox; returns 0 or -errno."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    res = getattr(libc, name)(*args)
+    return -ctypes.get_errno() if res == -1 else res
+
+
+def in_child(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Run `fn` in a forked child inside the sandbox: how did it end (for calls that kill)?"""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return {"exit": os.waitstatus_to_exitcode(status)}
