@@ -180,4 +180,8 @@ class ContextProxy:
         return {"keys": self.keys(prefix)}
 
 
-__all__ = ["ContextProxy", "PluginContext", "check_key"]
+__all__ = [
+    "ContextProxy",
+    "PluginContext",
+    "check_key",
+]

@@ -302,4 +302,10 @@ class Launcher:
                 exit_fut.set_result(ExitStatus(pid, None, signal.SIGKILL))
 
 
-__all__ = ["ExitStatus", "Launcher", "SpawnRequest", "Spawned", "scrubbed_env"]
+__all__ = [
+    "ExitStatus",
+    "Launcher",
+    "SpawnRequest",
+    "Spawned",
+    "scrubbed_env",
+]

@@ -7,4 +7,11 @@ from __future__ import annotations
 
 from plugind.runtime.child import ChildHooks, NoHooks, Runtime, load_plugin, run_child, serve_child
 
-__all__ = ["ChildHooks", "NoHooks", "Runtime", "load_plugin", "run_child", "serve_child"]
+__all__ = [
+    "ChildHooks",
+    "NoHooks",
+    "Runtime",
+    "load_plugin",
+    "run_child",
+    "serve_child",
+]

@@ -14,4 +14,8 @@ from __future__ import annotations
 
 from plugind.sdk.plugin import Context, HookSpec, Plugin
 
-__all__ = ["Context", "HookSpec", "Plugin"]
+__all__ = [
+    "Context",
+    "HookSpec",
+    "Plugin",
+]

@@ -7,6 +7,7 @@ so a handler returning something the host could not receive fails here too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 from typing import Any
 
@@ -58,13 +59,15 @@ class PluginHarness:
         self.loaded = False
 
     def _run(self, func: Handler, *args: Any) -> Any:
-        if inspect.iscoroutinefunction(func):
-            loop = asyncio.new_event_loop()
-            try:
-                return loop.run_until_complete(func(*args))
-            finally:
-                loop.close()
-        return func(*args)
+        if not inspect.iscoroutinefunction(func):
+            return func(*args)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(func(*args))
+        # Called from async test code: a loop already runs in this thread, so use another thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, func(*args)).result()
 
     def load(self) -> None:
         """Run the on_load callbacks. Raises whatever they raise."""
@@ -90,4 +93,7 @@ class PluginHarness:
         self.loaded = False
 
 
-__all__ = ["DictContext", "PluginHarness"]
+__all__ = [
+    "DictContext",
+    "PluginHarness",
+]

@@ -1,0 +1,169 @@
+"""Frames: encoding, the size cap checked before the body, garbage, partial reads, both transports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+
+import msgpack
+import pytest
+
+from plugind.errors import ProtocolViolation
+from plugind.wire import BlockingChannel, FrameBuffer, decode, encode
+from plugind.wire.aio import read_message, write_message
+
+VALUES = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, "", "héllo", b"\x00\xff",
+          [1, [2, [3]]], {"a": {"b": [None]}}, {1: "int key"}]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[repr(v)[:20] for v in VALUES])
+def test_round_trip(value: object) -> None:
+    frame = encode({"type": "x", "data": value})
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    assert decode(frame) == {"type": "x", "data": value}
+
+
+def test_encode_refuses_non_msgpack_values() -> None:
+    with pytest.raises(ProtocolViolation, match="cannot encode message") as info:
+        encode({"type": "x", "data": object()})
+    assert "msgpack values" in info.value.message
+
+
+BAD_BODIES = [
+    (b"\xc1", "not valid msgpack"),
+    (msgpack.packb([1, 2]), "not a map with a string 'type'"),
+    (msgpack.packb({"data": 1}), "not a map with a string 'type'"),
+    (msgpack.packb({"type": 5}), "not a map with a string 'type'"),
+    (msgpack.packb({"type": "x"}) + b"\x00", "not valid msgpack"),
+    (msgpack.packb({"type": "x", "t": msgpack.ExtType(5, b"a")}), "extension type 5"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_BODIES, ids=["reserved-byte", "array", "no-type",
+                                                                 "int-type", "trailing", "ext"])
+def test_garbage_bodies_are_violations(body: bytes, message: str) -> None:
+    with pytest.raises(ProtocolViolation, match=message):
+        decode(struct.pack(">I", len(body)) + body)
+
+
+def test_length_mismatch_and_short_header() -> None:
+    body = msgpack.packb({"type": "x"})
+    with pytest.raises(ProtocolViolation, match="announces 10 bytes"):
+        decode(struct.pack(">I", 10) + body)
+    with pytest.raises(ProtocolViolation, match="truncated frame header"):
+        decode(b"\x00\x00")
+
+
+def test_buffer_rejects_oversized_prefix_from_the_header_alone() -> None:
+    buf = FrameBuffer(max_frame=1024)
+    with pytest.raises(ProtocolViolation, match="2147483648 bytes exceeds the maximum of 1024") as info:
+        buf.feed(struct.pack(">I", 2**31))
+    assert info.value.detail == "oversized frame: 2147483648 > 1024"
+
+
+def test_buffer_rejects_zero_length() -> None:
+    with pytest.raises(ProtocolViolation, match="empty frame"):
+        FrameBuffer().feed(b"\x00\x00\x00\x00")
+
+
+def test_buffer_reassembles_byte_by_byte_and_splits_batches() -> None:
+    frames = b"".join(encode({"type": "x", "id": i, "pad": "p" * i}) for i in range(50))
+    buf = FrameBuffer()
+    got = []
+    for i in range(len(frames)):
+        got.extend(buf.feed(frames[i : i + 1]))
+    assert [m["id"] for m in got] == list(range(50))
+    assert buf.pending == 0
+    assert [m["id"] for m in buf.feed(frames)] == list(range(50))
+
+
+def test_buffer_compacts_after_many_frames() -> None:
+    buf = FrameBuffer()
+    frame = encode({"type": "x", "pad": "p" * 1000})
+    for _ in range(200):
+        assert len(buf.feed(frame + frame[:10])) >= 1
+        buf.feed(frame[10:])
+    assert buf.pending == 0
+
+
+def test_blocking_channel_round_trip_and_eof() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        ca, cb = BlockingChannel(a), BlockingChannel(b)
+        ca.send({"type": "x", "data": b"z" * 100_000})
+        assert cb.recv() == {"type": "x", "data": b"z" * 100_000}
+        a.shutdown(socket.SHUT_WR)
+        assert cb.recv() is None
+
+
+def test_blocking_channel_refuses_2gb_prefix_without_reading_the_body() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(struct.pack(">I", 2**31))  # and nothing else: a read of the body would block
+        with pytest.raises(ProtocolViolation, match="exceeds the maximum"):
+            BlockingChannel(b, max_frame=1 << 20).recv()
+
+
+def test_blocking_channel_eof_inside_a_frame() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(encode({"type": "x"})[:-2])
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(ProtocolViolation, match="closed in the middle of a frame"):
+            BlockingChannel(b).recv()
+
+
+def test_blocking_channel_send_is_whole_under_threads() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        ca, cb = BlockingChannel(a), BlockingChannel(b)
+        got: list[dict[str, object]] = []
+        reader = threading.Thread(target=lambda: got.extend(cb.recv() for _ in range(400)))  # type: ignore[misc]
+        reader.start()
+        threads = [threading.Thread(target=lambda n=n: [ca.send({"type": "x", "n": n, "p": "q" * 5000})
+                                                        for _ in range(100)]) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reader.join()
+        assert sorted(m["n"] for m in got) == sorted([0, 1, 2, 3] * 100)
+
+
+def test_asyncio_reader_writer() -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        _, wa = await asyncio.open_unix_connection(sock=a)
+        rb, wb = await asyncio.open_unix_connection(sock=b)
+        await write_message(wa, {"type": "x", "data": [1, 2]})
+        assert await read_message(rb) == {"type": "x", "data": [1, 2]}
+        wa.write(struct.pack(">I", 2**31))
+        await wa.drain()
+        with pytest.raises(ProtocolViolation, match="exceeds the maximum"):
+            await read_message(rb, max_frame=4096)
+        wa.close()
+        wb.close()
+
+    asyncio.run(main())
+
+
+def test_asyncio_reader_eof_cases() -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        _, wa = await asyncio.open_unix_connection(sock=a)
+        rb, wb = await asyncio.open_unix_connection(sock=b)
+        wa.write(encode({"type": "x"})[:-1])
+        wa.close()
+        with pytest.raises(ProtocolViolation, match="connection closed after"):
+            await read_message(rb)
+        wb.close()
+        c, d = socket.socketpair()
+        _, wc = await asyncio.open_unix_connection(sock=c)
+        rd, wd = await asyncio.open_unix_connection(sock=d)
+        wc.close()
+        assert await read_message(rd) is None
+        wd.close()
+
+    asyncio.run(main())
