@@ -17,7 +17,8 @@ def test_predefined_keys_are_present_and_read_only() -> None:
     assert ctx.get("host.version") == plugind.__version__
     assert isinstance(ctx.get("host.started_at"), float)
     assert ctx.get("host.region") == "eu"
-    with pytest.raises(ContextError, match=re.escape("'host.version' is a predefined host key and is read-only")):
+    read_only = re.escape("'host.version' is a predefined host key and is read-only")
+    with pytest.raises(ContextError, match=read_only):
         ctx.set("host.version", "9")
     with pytest.raises(ContextError, match="cannot be deleted") as info:
         ctx.delete("host.pid")
