@@ -150,8 +150,8 @@ def test_manifest_disagreeing_with_its_trust_entry_is_refused(
         entries = [entry_for(bundle, sig, name, version)]
         with pytest.raises(
             BundleError,
-            match=rf"^manifest says hello 1\.0\.0 but the trust entry for this hash is {name} {re.escape(version)}; "
-            "refusing the mismatch$",
+            match=rf"^manifest says hello 1\.0\.0 but the trust entry for this hash is "
+            rf"{name} {re.escape(version)}; refusing the mismatch$",
         ) as exc:
             PluginSecurity(public_keys, trust_entries=entries).verify_bundle(bundle)
         assert exc.value.plugin == "hello"
