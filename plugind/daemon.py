@@ -102,6 +102,16 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+class _AuditForMonitor:
+    """The audit log under the monitor's `AuditSink` protocol (whose `event` is not positional-only)."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    def append(self, event: str, plugin: str | None = None, **fields: Any) -> Any:
+        return self._audit.append(event, plugin=plugin, **fields)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, but a signal first turns readiness off and the process exits 0 after it."""
 
@@ -169,7 +179,7 @@ class Daemon:
             settings,
             self._monitored,
             registry.monitor_unload,
-            audit=audit,  # type: ignore[arg-type]  # its AuditSink protocol lacks the `/`
+            audit=_AuditForMonitor(audit),
         )
         app = create_app(
             registry,

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from api_helpers import ECHO, plugins_alive
-from conftest import TOKEN, Api
+from api_helpers import ECHO, TOKEN, Api, plugins_alive
 from integration.kit import Workspace, plugin_source
 
 RunApi = Callable[..., None]
