@@ -1,0 +1,203 @@
+"""The fork-server and its asyncio client: real processes, real fds over SCM_RIGHTS, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
+from plugind.wire import BlockingChannel
+
+PLUGIN = '''
+import os
+from plugind.sdk import Plugin
+plugin = Plugin()
+
+@plugin.hook("env")
+def env(data, ctx):
+    return dict(os.environ)
+
+@plugin.hook("exit")
+def leave(code, ctx):
+    os._exit(code)
+'''
+
+
+def write_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "demo.py").write_text(textwrap.dedent(PLUGIN))
+    return tree
+
+
+def request(tree: Path) -> SpawnRequest:
+    return SpawnRequest("demo", str(tree), "demo:plugin", "1.0")
+
+
+async def spawn(launcher: Launcher, tree: Path) -> tuple[int, BlockingChannel]:
+    ours, theirs = socket.socketpair()
+    try:
+        spawned = await launcher.spawn(request(tree), theirs)
+    finally:
+        theirs.close()
+    assert spawned.steps == {}
+    chan = BlockingChannel(ours)
+    ours.settimeout(20)
+    hello = await asyncio.to_thread(chan.recv)
+    assert hello is not None and hello["type"] == "hello" and hello["pid"] == spawned.pid
+    return spawned.pid, chan
+
+
+async def call(chan: BlockingChannel, hook: str, data: object) -> object:
+    chan.send({"type": "invoke", "id": 1, "hook": hook, "data": data, "deadline_ms": 5000})
+    reply = await asyncio.to_thread(chan.recv)
+    assert reply is not None
+    return reply["data"]
+
+
+def test_fork_server_is_single_threaded_scrubbed_and_forks_ready_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLUGIN_TRUST_KEY", "ab" * 32)
+    monkeypatch.setenv("PLUGIND_API_TOKEN", "secret-token")
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            assert launcher.alive and launcher.server_pid is not None
+            server = psutil.Process(launcher.server_pid)
+            assert server.ppid() == os.getpid()
+            assert server.num_threads() == 1
+            environ = server.environ()
+            assert "PLUGIN_TRUST_KEY" not in environ and "PLUGIND_API_TOKEN" not in environ
+            assert server.cwd() == "/"
+            pid, chan = await spawn(launcher, tree)
+            assert psutil.Process(pid).ppid() == launcher.server_pid
+            env = await call(chan, "env", None)
+            assert isinstance(env, dict)
+            assert not {"PLUGIN_TRUST_KEY", "PLUGIND_API_TOKEN"} & set(env)
+            assert os.getsid(pid) == pid  # own session: a terminal's ^C does not reach plugins
+            chan.send({"type": "invoke", "id": 2, "hook": "exit", "data": 5, "deadline_ms": 1000})
+            status = await asyncio.wait_for(launcher.wait_exit(pid), 20)
+            assert status == ExitStatus(pid, 5, None, False)
+            assert status.describe() == "exit code 5"
+            assert not psutil.pid_exists(pid)  # reaped, not a zombie
+            chan.sock.close()
+        finally:
+            await launcher.close()
+        assert not psutil.pid_exists(launcher.server_pid)
+
+    asyncio.run(main())
+
+
+def test_kill_through_the_fork_server_and_close_leaves_nothing(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        pids = []
+        try:
+            pid, chan = await spawn(launcher, tree)
+            await launcher.kill(pid, signal.SIGKILL)
+            status = await asyncio.wait_for(launcher.wait_exit(pid), 20)
+            assert status.signal == signal.SIGKILL and status.code is None
+            assert status.describe() == "killed by SIGKILL"
+            launcher.forget(pid)
+            with pytest.raises(KeyError):
+                launcher.wait_exit(pid)
+            await launcher.kill(pid)  # a reaped pid is never signalled again: no error, no effect
+            chan.sock.close()
+            for _ in range(3):
+                p, c = await spawn(launcher, tree)
+                pids.append(p)
+                c.sock.close()
+        finally:
+            await launcher.close()
+        _gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=5)
+        assert alive == []
+        assert not launcher.alive
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_spawn_does_not_leave_a_child(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            ours, theirs = socket.socketpair()
+            task = asyncio.create_task(launcher.spawn(request(tree), theirs))
+            await asyncio.sleep(0)  # the request is on its way
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            theirs.close()
+            ours.settimeout(20)
+            chan = BlockingChannel(ours)
+            # The orphan may get as far as its hello, then it is killed: the stream ends.
+            while (msg := await asyncio.to_thread(chan.recv)) is not None:
+                assert msg["type"] == "hello"
+            server = psutil.Process(launcher.server_pid)
+            deadline = asyncio.get_running_loop().time() + 10
+            while server.children() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert server.children() == []
+        finally:
+            await launcher.close()
+
+    asyncio.run(main())
+
+
+DAEMON = '''
+import asyncio, json, socket, sys, time
+from plugind.host.launcher import Launcher, SpawnRequest
+
+async def main():
+    launcher = Launcher()
+    await launcher.start()
+    ours, theirs = socket.socketpair()
+    spawned = await launcher.spawn(SpawnRequest("demo", sys.argv[1], "demo:plugin"), theirs)
+    print(json.dumps([launcher.server_pid, spawned.pid]), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+'''
+
+
+def test_sigkill_of_the_daemon_takes_fork_server_and_plugins_down(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    daemon = subprocess.Popen([sys.executable, str(script), str(tree)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        server_pid, plugin_pid = json.loads(daemon.stdout.readline())
+        procs = [psutil.Process(server_pid), psutil.Process(plugin_pid)]
+        daemon.kill()
+        daemon.wait()
+        _gone, alive = psutil.wait_procs(procs, timeout=10)
+        assert alive == []
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.wait()
+
+
+def test_wait_exit_of_an_unknown_pid() -> None:
+    with pytest.raises(KeyError):
+        Launcher().wait_exit(12345)
