@@ -1,0 +1,57 @@
+# plugind container image. Build: docker build -t plugind .
+# Run (see docs/operations.md, "Container"):
+#   docker run -d --name plugind -p 7070:7070 \
+#     --cap-drop ALL --cap-add SYS_ADMIN --cap-add SETPCAP --cap-add NET_ADMIN \
+#     --cap-add SETUID --cap-add SETGID --cap-add KILL --cap-add DAC_OVERRIDE \
+#     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+#     --cgroupns=private -v plugind-data:/var/lib/plugind -v ./plugins:/var/lib/plugind/plugins:ro \
+#     --env-file secrets.env plugind
+# Docker mounts /sys/fs/cgroup read-only in unprivileged containers: per-plugin cgroup limits then
+# need --privileged, or PLUGIND_SANDBOXING__CGROUPS__BACKEND=none plus the container's own --memory
+# and --pids-limit (the monitor still samples every plugin through /proc).
+
+# --- build stage: compile the wheels that need headers (python-prctl needs libcap-dev) ----------
+FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libcap-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY plugind ./plugind
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --- final stage: runtime libraries and the wheels only -----------------------------------------
+FROM python:3.11-slim
+# libcap2: python-prctl links it; libseccomp2: pyseccomp loads it; iproute2: network mode "restricted".
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libcap2 libseccomp2 iproute2 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels plugind && rm -rf /wheels
+
+RUN groupadd --system plugind && useradd --system --gid plugind --home-dir /var/lib/plugind plugind \
+    && mkdir -p /etc/plugind /var/lib/plugind/plugins /var/lib/plugind/data \
+    && chown -R plugind:plugind /var/lib/plugind && chmod 0700 /var/lib/plugind/data
+COPY config/plugins.toml /etc/plugind/plugins.toml
+
+WORKDIR /var/lib/plugind
+ENV PLUGIND_CONFIG=/etc/plugind/plugins.toml \
+    PLUGIND_API__LISTEN=0.0.0.0:7070 \
+    PLUGIND_LOGGING__FORMAT=json \
+    PYTHONUNBUFFERED=1
+# Listening beyond loopback requires a token: pass PLUGIND_API_TOKEN (and PLUGIN_TRUST_KEY) at run
+# time from a secret (--env-file, a Kubernetes Secret); never bake them into the image.
+
+# Root on purpose: the sandbox creates namespaces, bind mounts and pivot_root (CAP_SYS_ADMIN),
+# writes its cgroup subtree and sets up plugin networking (CAP_NET_ADMIN); plugins themselves run
+# with every capability dropped. Without that (a locked-down host), run as the unprivileged user
+# with the sandbox off or on user namespaces only:
+#   docker run --user plugind -e PLUGIND_SANDBOXING__ENABLED=false ...   (isolation: processes only)
+USER root
+
+EXPOSE 7070
+VOLUME ["/var/lib/plugind"]
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7070/health', timeout=2)"]
+ENTRYPOINT ["plugind"]
+CMD ["serve"]

@@ -1,0 +1,80 @@
+"""Dockerfile: two stages on python:3.11-slim, build deps only in the build stage, healthcheck, no secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        op, _, rest = line.partition(" ")
+        out.append((op.upper(), rest.strip()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for op, rest in instructions((REPO / "Dockerfile").read_text()):
+        if op == "FROM":
+            result.append([])
+        result[-1].append((op, rest))
+    return result
+
+
+def test_two_stages_on_python_slim(stages):
+    assert len(stages) == 2
+    assert stages[0][0] == ("FROM", "python:3.11-slim AS build")
+    assert stages[1][0] == ("FROM", "python:3.11-slim")
+
+
+def test_build_deps_only_in_build_stage(stages):
+    build_runs = " ".join(rest for op, rest in stages[0] if op == "RUN")
+    final_runs = " ".join(rest for op, rest in stages[1] if op == "RUN")
+    assert "libcap-dev" in build_runs and "gcc" in build_runs
+    assert "libcap-dev" not in final_runs and "gcc" not in final_runs
+    assert "libseccomp2" in final_runs and "libcap2" in final_runs
+    assert "rm -rf /var/lib/apt/lists/*" in final_runs
+    assert ("COPY", "--from=build /wheels /wheels") in stages[1]
+
+
+def test_healthcheck_user_and_ports(stages):
+    final = dict(stages[1])
+    assert "/health" in final["HEALTHCHECK"]
+    assert final["EXPOSE"] == "7070"
+    assert final["USER"] == "root"
+    text = (REPO / "Dockerfile").read_text()
+    assert "Root on purpose: the sandbox creates namespaces" in text  # says why it is not non-root
+
+
+def test_no_secrets_baked_in(stages):
+    for stage in stages:
+        for op, rest in stage:
+            if op in ("ENV", "ARG"):
+                assert "PLUGIN_TRUST_KEY" not in rest and "PLUGIND_API_TOKEN" not in rest
+
+
+def test_copied_paths_exist_and_context_is_clean(stages):
+    for stage in stages:
+        for op, rest in stage:
+            if op == "COPY" and not rest.startswith("--from"):
+                for src in rest.split()[:-1]:
+                    assert (REPO / src).exists(), src
+    ignored = (REPO / ".dockerignore").read_text().split()
+    for path in (".venv", "data", ".git"):
+        assert path in ignored
