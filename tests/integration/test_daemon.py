@@ -1,0 +1,255 @@
+"""The daemon end to end: HTTP and ctl, policies, refusals, auth, signals, persistence, Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import TOKEN, RunningDaemon, alive, free_port
+from kit import REPO, Workspace, plugin_source
+from scenarios import echo
+
+Factory = Callable[..., RunningDaemon]
+EXAMPLES = REPO / "examples"
+
+
+def ctl(daemon: RunningDaemon, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    if token:
+        env["PLUGIND_API_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "plugind", "ctl", "--url", daemon.url, *args],
+        capture_output=True, text=True, env=env, timeout=60, cwd=daemon.ws.root,
+    )
+
+
+def test_examples_load_call_unload_over_http_and_ctl(ws: Workspace, daemon_factory: Factory) -> None:
+    for name in ("header-tagger", "schema-validator", "rate-limiter"):
+        ws.add_dir(EXAMPLES / name)
+    daemon = daemon_factory(ws)
+    assert daemon.api("GET", "/health").json() == {"status": "ok", "plugins_loaded": 3, "plugins_total": 3}
+
+    listed = ctl(daemon, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[:4] for line in listed.stdout.splitlines()] == [
+        [n, "1.0.0", "trusted", "running"] for n in ("header-tagger", "rate-limiter", "schema-validator")
+    ]
+    request = {"client": "c1", "body": {"user": "ann", "action": "read"}}
+    called = ctl(daemon, "call", "on_request", "--data", json.dumps(request))
+    assert called.returncode == 0, called.stderr + called.stdout
+    reply = json.loads(called.stdout)
+    # Priority order: schema-validator (100), rate-limiter (90), header-tagger (10).
+    assert [r["plugin"] for r in reply["results"]] == ["schema-validator", "rate-limiter", "header-tagger"]
+    assert reply["data"]["headers"] == {
+        "x-ratelimit-remaining": "99", "x-plugind-tag": "tagged", "x-plugind-host": "0.1.0"
+    }
+    # The rate limiter's state lives in the host context under its own namespace.
+    count = daemon.api("GET", "/api/context/rate-limiter.count.c1").json()["value"]
+    assert count[1] == 1
+
+    # A bad payload: chain skips the validator and reports it; until_error stops there.
+    bad = {"client": "c1", "body": {"user": "ann"}}
+    chain = daemon.call("on_request", bad)
+    assert chain["success"] is False
+    assert chain["error"]["message"].endswith("missing field 'action'")
+    assert [r["outcome"] for r in chain["results"]] == ["error", "ok", "ok"]
+    until = ctl(daemon, "call", "on_request", "--data", json.dumps(bad), "--policy", "until_error")
+    assert until.returncode == 2
+    assert [r["outcome"] for r in json.loads(until.stdout)["results"]] == ["error", "skipped", "skipped"]
+
+    unloaded = ctl(daemon, "unload", "rate-limiter")
+    assert (unloaded.returncode, unloaded.stdout.strip()) == (0, "unloaded rate-limiter")
+    again = ctl(daemon, "unload", "rate-limiter")
+    assert again.returncode == 1
+    assert again.stderr.strip() == "plugind: error: 409: plugin 'rate-limiter' is not loaded"
+    loaded = ctl(daemon, "load", "rate-limiter")
+    assert loaded.returncode == 0 and loaded.stdout.startswith("loaded rate-limiter 1.0.0 (pid ")
+    health = json.loads(ctl(daemon, "health").stdout)
+    assert health == {"plugins_loaded": 3, "plugins_total": 3, "status": "ok"}
+    assert daemon.stop() == 0
+
+
+def test_chain_order_priorities_and_all_is_concurrent(ws: Workspace, daemon_factory: Factory) -> None:
+    ws.add(echo("low", priority=-5))
+    ws.add(echo("high", priority=50))
+    ws.add(echo("mid-a", priority=10))
+    ws.add(echo("mid-b", priority=10))
+    for i in range(3):
+        ws.add(plugin_source(f"slow{i}", {"slow": (0, "time.sleep(0.6)\nreturn data")}))
+    daemon = daemon_factory(ws)
+    chain = daemon.call("on_request", {"seen": []})
+    # Priority first; equal priorities run in load order (auto-load goes by name).
+    assert chain["data"] == {"seen": ["high", "mid-a", "mid-b", "low"]}
+    started = time.monotonic()
+    every = daemon.call("slow", {"x": 1}, policy="all")
+    wall = time.monotonic() - started
+    assert [r["outcome"] for r in every["results"]] == ["ok", "ok", "ok"]
+    assert all(r["duration_s"] >= 0.6 for r in every["results"])
+    assert wall < 1.2, f"three 0.6 s handlers took {wall:.2f} s: not concurrent"
+
+
+def test_refusals_and_auth_change_nothing(ws: Workspace, daemon_factory: Factory) -> None:
+    ws.auto_load = False
+    ws.add(echo("good"))
+    ws.add(echo("unsigned"), sign=False, trust=False)
+    ws.add(echo("unlisted"), trust=False)
+    tampered = ws.add(echo("tampered"))
+    data = bytearray(tampered.read_bytes())
+    data[50] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    daemon = daemon_factory(ws)
+    assert daemon.load("good").status_code == 200
+    cases = [
+        ("ghost", 404, "unknown plugin 'ghost'"),
+        ("unsigned", 403, "unsigned 1.0.0 is untrusted"),
+        ("unlisted", 403, "unlisted 1.0.0 is signed"),
+        ("tampered", 403, "tampered-1.0.0.plugin"),
+        ("good", 409, "plugin 'good' is already loaded"),
+        ("../x", 422, "plugin_name: String should match pattern"),
+        ("/etc/passwd", 422, "plugin_name: String should match pattern"),
+    ]
+    for name, status, message in cases:
+        reply = daemon.load(name)
+        assert reply.status_code == status, (name, reply.text)
+        assert message in reply.json()["message"], (name, reply.text)
+    for token in (None, "wrong-token-wrong-token-wrong"):
+        for name in ("unsigned", "good"):
+            reply = daemon.api("POST", "/api/plugins/load", {"plugin_name": name}, token=token)
+            assert reply.status_code == 401
+        reply = daemon.api("POST", "/api/plugins/unload", {"plugin_name": "good"}, token=token)
+        assert reply.status_code == 401
+    denied = ctl(daemon, "unload", "good", token="wrong-token-wrong-token-wrong")
+    assert denied.returncode == 1
+    assert denied.stderr.strip() == "plugind: error: 401: missing or wrong bearer token"
+    listed = {p["name"]: p["state"] for p in daemon.api("GET", "/api/plugins").json()}
+    assert listed == {
+        "good": "running", "unsigned": "available", "unlisted": "available", "tampered": "available"
+    }
+    assert daemon.api("GET", "/health").json()["plugins_loaded"] == 1
+    assert len(daemon.tree()) == 2  # the fork-server and "good"
+    extracted = {p.name.rsplit("-", 2)[0] for p in (ws.root / "data" / "extracted").iterdir() if p.is_dir()}
+    assert extracted == {"good"}
+    refused = [e for e in daemon.api("GET", "/api/audit").json()["entries"] if e["event"] == "refused"]
+    assert {e["plugin"] for e in refused} >= {"ghost", "unsigned", "unlisted", "tampered"}
+
+
+def test_sigterm_fires_on_shutdown_stops_children_exits_0(ws: Workspace, daemon_factory: Factory) -> None:
+    marker = ws.root / "shutdown-seen"
+    ws.add(plugin_source("closer", {
+        "on_shutdown": (0, f"open({str(marker)!r}, 'w').write('bye')\nreturn data"),
+        "on_startup": (0, f"open({str(marker)!r} + '.start', 'w').write('hi')\nreturn data"),
+    }))
+    ws.add(echo("other"))
+    daemon = daemon_factory(ws)
+    assert Path(str(marker) + ".start").read_text() == "hi"
+    children = daemon.tree()
+    assert len(children) == 3
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert marker.read_text() == "bye"
+    _gone, left = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in left if alive(p.pid)]
+    assert "STOPPING=1" in daemon.notifications(1.0)
+    # A graceful stop keeps the loaded set for the next start.
+    assert json.loads((ws.root / "data" / "loaded.json").read_text())["loaded"] == ["closer", "other"]
+
+
+def test_sigkill_kills_every_child_and_restart_restores_the_set(
+    ws: Workspace, daemon_factory: Factory
+) -> None:
+    ws.add(echo("keep-a"))
+    ws.add(echo("keep-b"))
+    ws.add(echo("dropped"))
+    daemon = daemon_factory(ws)
+    assert daemon.api("POST", "/api/plugins/unload", {"plugin_name": "dropped"}).status_code == 200
+    children = daemon.tree()
+    assert len(children) == 3  # fork-server, keep-a, keep-b
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    _gone, left = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in left if alive(p.pid)], "a child survived the daemon's SIGKILL"
+
+    # auto_load is on, but the persisted set wins: "dropped" stays unloaded.
+    again = daemon_factory(ws)
+    states = {p["name"]: p["state"] for p in again.api("GET", "/api/plugins").json()}
+    assert states == {"keep-a": "running", "keep-b": "running", "dropped": "available"}
+    assert again.call("on_request", {"seen": []})["data"] == {"seen": ["keep-a", "keep-b"]}
+
+
+def test_unix_socket_and_ctl_over_it(ws: Workspace, daemon_factory: Factory) -> None:
+    sock = ws.root / "run" / "api.sock"
+    ws.extra_config = ""
+    ws.add(echo("solo"))
+    text = ws.config_text()
+    daemon_env = {"PLUGIND_API__UNIX_SOCKET": str(sock)}
+    daemon = daemon_factory(ws, env=daemon_env)
+    assert text  # the config itself is unchanged; the env var adds the socket
+    assert (sock.stat().st_mode & 0o777) == 0o660
+    transport = httpx.HTTPTransport(uds=str(sock))
+    with httpx.Client(transport=transport, base_url="http://plugind") as c:
+        assert c.get("/health").json()["plugins_loaded"] == 1
+        assert c.get("/api/plugins").status_code == 401
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}, "PLUGIND_API_TOKEN": TOKEN}
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "ctl", "--unix", str(sock), "--url", "http://x", "list"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:4] == ["solo", "1.0.0", "trusted", "running"]
+    assert daemon.stop() == 0
+    assert not sock.exists()
+
+
+def test_refuses_non_loopback_without_token(ws: Workspace) -> None:
+    port = free_port()
+    config = ws.write_config(listen=f"0.0.0.0:{port}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    env["PLUGIN_TRUST_KEY"] = ws.trust_key_hex
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"plugind: error: api.listen = 0.0.0.0:{port} is not a loopback address and no API token is "
+        "set: set PLUGIND_API_TOKEN or api.token_file, or listen on 127.0.0.1"
+    ]
+
+
+def test_ctl_errors_are_one_line(ws: Workspace) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "ctl", "--url", f"http://127.0.0.1:{port}",
+         "--token-file", str(ws.root / "none"), "health"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"plugind: error: token file {ws.root / 'none'} not found"
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "ctl", "--url", f"http://127.0.0.1:{port}", "health"],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"plugind: error: cannot reach plugind at http://127.0.0.1:{port}")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.root
+def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Factory) -> None:
+    ws.sandboxing = True
+    ws.add(echo("boxed"))
+    daemon = daemon_factory(ws)
+    info = daemon.plugin("boxed")
+    assert info["state"] == "running", daemon.log()
+    assert info["isolation"], info
+    assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["boxed"]}
+    assert daemon.stop() == 0
