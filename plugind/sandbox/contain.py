@@ -130,6 +130,8 @@ def spawn_contained(
     except SandboxError as exc:
         degrade("cgroup", exc)
     filters = _filters_for(plan)
+    if plan.mode == "strict":
+        _strict_filter()  # compiled here, before the fork, like the others
     ops = mounts.mount_ops(plan) if "mount" in plan.namespaces else []
     newroot = mounts.newroot_dir()
     go_r, go_w = os.pipe()

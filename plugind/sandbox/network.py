@@ -19,6 +19,7 @@ import struct
 import subprocess
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from plugind.sandbox import _libc as c
 from plugind.sandbox.plan import Target
@@ -71,8 +72,15 @@ def nft_ruleset(targets: tuple[Target, ...]) -> str:
 def setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
     """Parent side, while the child waits: veth into `pid`'s netns, addresses, route, firewall.
 
-    Returns the host interface name. Raises OSError (KernelCallError / netlink / nft errors).
+    Returns the host interface name. Raises KernelCallError (netlink and nft errors included).
     """
+    try:
+        return _setup_restricted(pid, targets)
+    except NetlinkError as exc:
+        raise c.KernelCallError(f"netlink: {exc.args[-1] if exc.args else exc}", exc.code or 5) from exc
+
+
+def _setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
     nft = shutil.which("nft") or "/usr/sbin/nft"
     if not os.path.exists(nft):
         raise c.KernelCallError("nft: not installed (apt-get install nftables)", 2)
@@ -123,7 +131,11 @@ def remove_host_link(ifname: str) -> None:
     """Delete the host end if it is still there (it normally goes with the plugin's namespace)."""
     with IPRoute() as ipr:
         for idx in ipr.link_lookup(ifname=ifname):
-            ipr.link("del", index=idx)
+            try:
+                ipr.link("del", index=idx)
+            except NetlinkError as exc:
+                if exc.code != 19:  # ENODEV: the namespace teardown got there first
+                    raise
 
 
 __all__ = ["loopback_up", "nft_ruleset", "remove_host_link", "setup_restricted", "slot_addresses"]

@@ -72,7 +72,7 @@ ALLOWED_CALLS = (
     "renameat", "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending",
     "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
     "rt_tgsigqueueinfo", "sched_get_priority_max", "sched_get_priority_min", "sched_getaffinity",
-    "sched_getattr", "sched_getparam", "sched_getscheduler", "sched_yield", "select", "semctl",
+    "sched_getattr", "sched_getparam", "sched_getscheduler", "sched_yield", "seccomp", "select", "semctl",
     "semget", "semop", "semtimedop", "sendfile", "sendmmsg", "sendmsg", "sendto",
     "set_robust_list", "set_tid_address", "setitimer", "setpgid", "setsid", "setsockopt",
     "shmat", "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack", "splice", "stat", "statfs",

@@ -55,9 +55,11 @@ class Outcome:
     oom_killed: bool
 
 
-def _child(probe: Callable[[], dict[str, Any]], w: int) -> Callable[[Any], Any]:
+def _child(probe: Callable[[], dict[str, Any]], w: int, after_import: bool) -> Callable[[Any], Any]:
     def run(hooks: Any) -> Any:
         hooks.before_plugin_import()
+        if after_import:
+            hooks.after_plugin_import()
         try:
             result = probe()
         except BaseException as exc:  # report, never hide, a probe crash
@@ -71,11 +73,13 @@ def _child(probe: Callable[[], dict[str, Any]], w: int) -> Callable[[Any], Any]:
 class Sandbox:
     """A started probe: read its result with `wait()`; always cleaned up by `run_probe`/`started`."""
 
-    def __init__(self, plan: SandboxPlan, probe: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, plan: SandboxPlan, probe: Callable[[], dict[str, Any]], after_import: bool = False
+    ) -> None:
         self.plan = plan
         r, w = os.pipe()
         try:
-            self.spawned = spawn_contained(plan, _child(probe, w), [w])
+            self.spawned = spawn_contained(plan, _child(probe, w, after_import), [w])
         finally:
             os.close(w)
         self.r = r
@@ -113,8 +117,10 @@ class Sandbox:
 
 
 @contextmanager
-def started(plan: SandboxPlan, probe: Callable[[], dict[str, Any]]) -> Iterator[Sandbox]:
-    box = Sandbox(plan, probe)
+def started(
+    plan: SandboxPlan, probe: Callable[[], dict[str, Any]], after_import: bool = False
+) -> Iterator[Sandbox]:
+    box = Sandbox(plan, probe, after_import)
     try:
         yield box
     finally:
@@ -122,8 +128,10 @@ def started(plan: SandboxPlan, probe: Callable[[], dict[str, Any]]) -> Iterator[
         cleanup(plan)
 
 
-def run_probe(plan: SandboxPlan, probe: Callable[[], dict[str, Any]], timeout: float = 30.0) -> Outcome:
-    with started(plan, probe) as box:
+def run_probe(
+    plan: SandboxPlan, probe: Callable[[], dict[str, Any]], timeout: float = 30.0, after_import: bool = False
+) -> Outcome:
+    with started(plan, probe, after_import) as box:
         return box.wait(timeout)
 
 

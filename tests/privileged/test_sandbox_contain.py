@@ -1,0 +1,296 @@
+"""spawn_contained end to end: network modes, strict mode, config knobs, honest step reports,
+failures named by step, and nothing left behind (process, mount, cgroup), even after SIGKILL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sandbox_harness import group_dirs, make_settings, make_tree, plan_for, run_probe, unique_parent
+
+from plugind.errors import SandboxError
+from plugind.sandbox import cgroups
+from plugind.sandbox.contain import STEPS, spawn_contained
+from plugind.sandbox.plan import build_plan
+
+pytestmark = pytest.mark.root
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def parent() -> Iterator[str]:
+    p = unique_parent()
+    yield p
+    cgroups.remove_tree(p)
+    assert group_dirs(p) == []
+
+
+def _errno_of(fn: Any) -> str:
+    import errno
+
+    try:
+        fn()
+    except OSError as exc:
+        return errno.errorcode[exc.errno or 0]
+    return "OK"
+
+
+class _Server:
+    """A live TCP listener on every host address, answering 'hi' to each connection."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("0.0.0.0", 0))
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        self._t = threading.Thread(target=self._serve, daemon=True)
+        self._t.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            conn.sendall(b"hi")
+            conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self._t.join(5)
+
+
+def _gateway() -> str:
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            return socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+    raise AssertionError("no default route in the sandbox")
+
+
+def test_restricted_network_reaches_only_allowed_targets(tmp_path: Path, parent: str) -> None:
+    allowed, denied = _Server(), _Server()
+    try:
+        plan = plan_for(
+            tmp_path, parent, network__mode="restricted",
+            network__allowed_targets=[f"10.213.0.0/16:{allowed.port}"],
+        )
+
+        def probe() -> dict[str, Any]:
+            gw = _gateway()
+
+            def fetch(port: int) -> str:
+                with socket.create_connection((gw, port), timeout=5) as s:
+                    return s.recv(2).decode()
+
+            t = time.monotonic()
+            blocked = _errno_of(lambda: fetch(denied.port))
+            return {
+                "allowed": fetch(allowed.port),
+                "denied": blocked,
+                "denied_s": time.monotonic() - t,
+                "raw": _errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)),
+                "links": sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else None,
+            }
+
+        out = run_probe(plan, probe)
+    finally:
+        allowed.close()
+        denied.close()
+    assert out.result["allowed"] == "hi"
+    assert out.result["denied"] == "EHOSTUNREACH"  # rejected by policy while the server is live
+    assert out.result["denied_s"] < 1.0  # fails fast, no timeout
+    assert out.result["raw"] == "EPERM"
+    assert (allowed.hits, denied.hits) == (1, 0)
+    assert out.spawned.steps["network"] == "active"
+    host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert " pd" not in host_links  # the veth pair went away with the plugin
+
+
+def test_strict_mode_kills_on_a_socket_after_import(tmp_path: Path, parent: str) -> None:
+    plan = plan_for(tmp_path, parent, mode="strict")
+
+    def probe() -> dict[str, Any]:
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        return {"survived": True}
+
+    out = run_probe(plan, probe, after_import=True)
+    assert out.status == -signal.SIGSYS
+    assert out.result == {}
+
+
+def test_config_paths_read_only_writable_and_bind_mounts(tmp_path: Path, parent: str) -> None:
+    ro, rw, src = tmp_path / "ro", tmp_path / "rw", tmp_path / "src"
+    for d in (ro, rw, src):
+        d.mkdir()
+    (ro / "f").write_text("ro")
+    (src / "g").write_text("bound")
+    settings = make_settings(parent)
+    settings.sandboxing.filesystem.read_only_paths = [ro]
+    settings.sandboxing.filesystem.writable_paths = [rw]
+    settings.sandboxing.filesystem.bind_mounts = [{"source": src, "target": Path("/data"), "writable": False}]
+    plan = build_plan(settings, "paths", make_tree(tmp_path, "paths"))
+
+    def probe() -> dict[str, Any]:
+        (rw / "out").write_text("written inside")
+        return {
+            "ro_read": (ro / "f").read_text(),
+            "ro_write": _errno_of(lambda: (ro / "x").write_text("x")),
+            "bind": Path("/data/g").read_text(),
+            "bind_write": _errno_of(lambda: Path("/data/x").write_text("x")),
+            "host_path_of_bind": Path(src).exists(),
+        }
+
+    out = run_probe(plan, probe)
+    assert out.result == {
+        "ro_read": "ro",
+        "ro_write": "EROFS",
+        "bind": "bound",
+        "bind_write": "EROFS",
+        "host_path_of_bind": False,
+    }
+    assert (rw / "out").read_text() == "written inside"
+
+
+def test_unusable_cgroup_backend_fails_naming_the_step(tmp_path: Path, parent: str) -> None:
+    plan = plan_for(tmp_path, parent, cgroups__backend="v2")  # this host has no v2 controllers
+    msg = r"sandbox step 'cgroup' failed for plugin probe: cgroup v2 is not usable"
+    with pytest.raises(SandboxError, match=msg) as ei:
+        spawn_contained(plan, lambda hooks: os._exit(0), [])
+    assert ei.value.step == "cgroup"
+    assert ei.value.plugin == "probe"
+    assert "allow_degraded" in str(ei.value)
+
+
+def test_degraded_step_is_reported_and_the_rest_still_holds(tmp_path: Path, parent: str) -> None:
+    plan = plan_for(tmp_path, parent, cgroups__backend="v2", allow_degraded=True)
+
+    def probe() -> dict[str, Any]:
+        return {"seccomp": Path("/proc/self/status").read_text().count("Seccomp:\t2")}
+
+    out = run_probe(plan, probe)
+    assert out.spawned.steps["cgroup"].startswith("degraded: cgroup v2 is not usable")
+    assert out.spawned.steps["filesystem"] == "active"
+    assert out.result == {"seccomp": 1}
+
+
+def test_child_side_failure_names_step_and_syscall_and_leaves_nothing(tmp_path: Path, parent: str) -> None:
+    settings = make_settings(parent)
+    settings.sandboxing.filesystem.read_only_paths = [Path("/nonexistent-plugind-path")]
+    plan = build_plan(settings, "broken", make_tree(tmp_path, "broken"))
+    children_before = _children()
+    with pytest.raises(SandboxError, match=r"sandbox step 'filesystem' failed for plugin broken: stat") as ei:
+        spawn_contained(plan, lambda hooks: os._exit(0), [])
+    assert ei.value.step == "filesystem"
+    assert ei.value.detail is not None and "ENOENT" in ei.value.detail
+    assert "/nonexistent-plugind-path" in ei.value.detail
+    assert _children() == children_before
+    assert not [d for d in group_dirs(parent) if (d / "broken").exists()]
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    return {
+        int(p) for p in os.listdir("/proc")
+        if p.isdigit() and _ppid(int(p)) == me
+    }
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError):
+        return None
+
+
+def test_sandboxing_disabled_reports_every_step_off(tmp_path: Path, parent: str) -> None:
+    plan = plan_for(tmp_path, parent, enabled=False)
+
+    def probe() -> dict[str, Any]:
+        return {"pid1": os.getpid() == 1}
+
+    out = run_probe(plan, probe)
+    assert out.spawned.steps == dict.fromkeys(STEPS, "off")
+    assert out.result == {"pid1": False}
+
+
+def test_nothing_left_behind_after_a_plugin_exits(tmp_path: Path, parent: str) -> None:
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    plan = plan_for(tmp_path, parent, name="tidy")
+
+    def probe() -> dict[str, Any]:
+        for _ in range(3):  # grandchildren that would outlive a careless PID 1
+            if os.fork() == 0:
+                signal.pause()
+        return {"ok": True}
+
+    out = run_probe(plan, probe)
+    assert out.result == {"ok": True}
+    assert not Path(f"/proc/{out.spawned.pid}").exists()
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+    assert not [d for d in group_dirs(parent) if (d / "tidy").exists()]
+
+
+DAEMON = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, {harness!r})
+    from sandbox_harness import plan_for
+    from plugind.sandbox.contain import spawn_contained
+    from pathlib import Path
+
+    def sleeper(hooks):
+        hooks.before_plugin_import()
+        for _ in range(2):
+            if os.fork() == 0:
+                signal.pause()
+        signal.pause()
+
+    pids = []
+    for n in range(2):
+        plan = plan_for(Path({tmp!r}), {parent!r}, name=f"orphan{{n}}")
+        pids.append(spawn_contained(plan, sleeper, []).pid)
+    print(json.dumps(pids), flush=True)
+    signal.pause()
+    """
+)
+
+
+def test_after_daemon_sigkill_nothing_is_left_once_cleanup_stale_runs(tmp_path: Path, parent: str) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON.format(harness=str(Path(__file__).parent), tmp=str(tmp_path), parent=parent))
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=REPO)
+    try:
+        assert daemon.stdout is not None
+        line = daemon.stdout.readline()
+        pids = json.loads(line)
+        pidfds = [os.pidfd_open(p) for p in pids]
+    finally:
+        daemon.kill()
+        daemon.wait()
+    # Parent death kills each plugin's PID 1, and with it its whole pid namespace.
+    for fd in pidfds:
+        assert select.select([fd], [], [], 10)[0], "a plugin outlived its daemon"
+        os.close(fd)
+    stale = [d for d in group_dirs(parent) if any(d.iterdir())]
+    assert stale, "the killed daemon's cgroups should still be there before clean-up"
+    removed = cgroups.cleanup_stale(parent)
+    assert {Path(p).name for p in removed} == {"orphan0", "orphan1"}
+    assert not [d for d in group_dirs(parent) if [c for c in d.iterdir() if c.is_dir()]]
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
