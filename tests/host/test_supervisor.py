@@ -1,0 +1,548 @@
+"""Supervisor against real plugin children: one scenario plugin per failure mode.
+
+Each test runs its own event loop and fork-server; at the end no child of the fork-server may be
+left (zombie or alive), checked with psutil.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from plugind.config import PluginOverride, Settings
+from plugind.errors import (
+    HookFailed,
+    HookTimeout,
+    InitializationError,
+    NotLoaded,
+    PluginCrashed,
+    ProtocolViolation,
+)
+from plugind.host.context import PluginContext
+from plugind.host.launcher import Launcher
+from plugind.host.supervisor import Supervisor
+
+HEADER = '''
+import os, signal, socket, stat, struct, sys, time
+from plugind.sdk import Plugin
+plugin = Plugin(version="1.0")
+
+def host_socket():
+    for fd in range(3, 256):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return socket.socket(fileno=os.dup(fd))
+        except OSError:
+            pass
+    raise RuntimeError("no socket")
+'''
+
+SCENARIOS = {
+    "good": '''
+@plugin.on_load
+def setup(ctx):
+    ctx.set("good.greeting", "hi")
+
+@plugin.hook("echo", priority=10)
+def echo(data, ctx):
+    return data
+
+@plugin.hook("aecho")
+async def aecho(data, ctx):
+    return {"async": data}
+
+@plugin.hook("greet")
+def greet(data, ctx):
+    return ctx.get("good.greeting") + " " + data
+
+@plugin.hook("write")
+def write(key, ctx):
+    ctx.set(key, "written")
+    return ctx.keys(key)
+
+@plugin.on_unload
+def teardown(ctx):
+    with open("unloaded.mark", "w") as f:
+        f.write("bye")
+''',
+    "raises": '''
+@plugin.hook("go")
+def go(data, ctx):
+    raise KeyError("missing field " + str(data))
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
+    "hangs": '''
+@plugin.hook("go")
+def go(seconds, ctx):
+    time.sleep(seconds)
+    return "late"
+
+@plugin.hook("stuck")
+def stuck(seconds, ctx):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # defeats the runtime's interrupt
+    time.sleep(seconds)
+    return "late"
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
+    "exits": '''
+@plugin.hook("go")
+def go(code, ctx):
+    os._exit(code)
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
+    "garbage": '''
+@plugin.hook("go")
+def go(data, ctx):
+    host_socket().sendall(b"\\x00\\x00\\x00\\x05" + b"\\xc1garbage")
+    time.sleep(30)
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
+    "bigprefix": '''
+@plugin.hook("go")
+def go(data, ctx):
+    host_socket().sendall(struct.pack(">I", 2**31))
+    time.sleep(30)
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
+    "nohello": '''
+time.sleep(60)
+''',
+    "badload": '''
+@plugin.on_load
+def setup(ctx):
+    raise RuntimeError("database unreachable")
+''',
+    "stubborn": '''
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+
+@plugin.on_unload
+def teardown(ctx):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+''',
+}
+
+
+def settings(**supervisor: Any) -> Settings:
+    s = Settings()
+    s.sandboxing.enabled = False
+    sup = {"hello_timeout_secs": 10.0, "heartbeat_interval_secs": 5.0, "heartbeat_timeout_secs": 5.0,
+           "shutdown_grace_secs": 2.0, "backoff_initial_secs": 0.01, "backoff_max_secs": 0.1,
+           "max_restarts": 5, "restart_window_secs": 60.0}
+    sup.update(supervisor)
+    for key, value in sup.items():
+        setattr(s.supervisor, key, value)
+    return s
+
+
+class Rig:
+    """A launcher, a context and scenario plugins written to tmp_path; records events."""
+
+    def __init__(self, tmp_path: Path, launcher: Launcher, s: Settings) -> None:
+        self.tmp_path = tmp_path
+        self.launcher = launcher
+        self.settings = s
+        self.context = PluginContext()
+        self.events: list[tuple[str, str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def on_event(self, name: str, kind: str, detail: Any) -> None:
+        self.events.append((name, kind, detail))
+        self._changed.set()
+
+    def kinds(self, name: str) -> list[str]:
+        return [kind for n, kind, _ in self.events if n == name]
+
+    async def wait_event(self, name: str, kind: str, count: int = 1, timeout: float = 20) -> None:
+        async def until() -> None:
+            while self.kinds(name).count(kind) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        await asyncio.wait_for(until(), timeout)
+
+    def supervisor(self, scenario: str, name: str | None = None) -> Supervisor:
+        name = name or scenario
+        tree = self.tmp_path / name
+        tree.mkdir(exist_ok=True)
+        (tree / "scenario.py").write_text(textwrap.dedent(HEADER) + textwrap.dedent(SCENARIOS[scenario]))
+        manifest = SimpleNamespace(name=name, version="1.0", entrypoint="scenario:plugin", api=1)
+        return Supervisor(name, tree, manifest, self.settings, self.launcher, self.context, self.on_event)
+
+
+def run(tmp_path: Path, body: Callable[[Rig], Awaitable[None]], s: Settings | None = None) -> None:
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        rig = Rig(tmp_path, launcher, s or settings())
+        try:
+            await body(rig)
+            server = psutil.Process(launcher.server_pid)
+            zombies = [p for p in server.children() if p.status() == psutil.STATUS_ZOMBIE]
+            assert zombies == []
+        finally:
+            await launcher.close()
+        assert not psutil.pid_exists(launcher.server_pid)
+
+    asyncio.run(main())
+
+
+def assert_gone(pid: int | None) -> None:
+    assert pid is not None
+    assert not psutil.pid_exists(pid), f"pid {pid} is still there"
+
+
+def test_start_invoke_many_in_flight_context_and_clean_stop(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        assert sup.state == "running"
+        assert sup.hooks == {"echo": 10, "aecho": 0, "greet": 0, "write": 0}
+        assert sup.hello_ms is not None and sup.hello_ms < 5000
+        assert rig.context.get("good.greeting") == "hi"  # set by on_load through the proxy
+        assert await sup.invoke("echo", {"x": [1, b"\x00"]}, 5) == {"x": [1, b"\x00"]}
+        assert await sup.invoke("aecho", 3, 5) == {"async": 3}
+        assert await sup.invoke("greet", "bob", 5) == "hi bob"
+        results = await asyncio.gather(*(sup.invoke("echo", i, 10) for i in range(300)))
+        assert results == list(range(300))
+        assert await sup.invoke("write", "good.k", 5) == ["good.k"]
+        denied = "raised ContextError: plugin 'good' may not write context key 'other.k'"
+        with pytest.raises(HookFailed, match=re.escape(denied)) as info:
+            await sup.invoke("write", "other.k", 5)
+        assert info.value.error_type == "ContextError" and info.value.plugin == "good"
+        assert "other.k" not in rig.context
+        with pytest.raises(HookFailed, match="cannot send data to hook 'echo'"):
+            await sup.invoke("echo", object(), 5)
+        pid = sup.pid
+        await sup.stop("test over")
+        assert sup.state == "stopped" and sup.pid is None
+        assert (tmp_path / "good" / "unloaded.mark").read_text() == "bye"
+        assert sup.last_exit is not None and sup.last_exit.code == 0
+        assert_gone(pid)
+        with pytest.raises(NotLoaded, match="plugin 'good' is stopped"):
+            await sup.invoke("echo", 1, 5)
+        assert rig.events == []
+
+    run(tmp_path, body)
+
+
+def test_context_grants_from_config(tmp_path: Path) -> None:
+    s = settings()
+    s.plugin = {"good": PluginOverride(context_grants=["shared."])}
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        assert await sup.invoke("write", "shared.k", 5) == ["shared.k"]
+        assert rig.context.get("shared.k") == "written"
+        await sup.stop()
+
+    run(tmp_path, body, s)
+
+
+def test_a_raising_handler_gives_hook_failed_and_the_plugin_lives_on(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("raises")
+        await sup.start()
+        with pytest.raises(HookFailed, match="hook 'go' of plugin 'raises' raised KeyError") as info:
+            await sup.invoke("go", 1, 5)
+        err = info.value
+        assert (err.plugin, err.hook, err.error_type) == ("raises", "go", "KeyError")
+        assert err.remote_traceback is not None and "missing field" in err.remote_traceback
+        assert await sup.invoke("echo", "ok", 5) == "ok"
+        with pytest.raises(HookFailed, match="plugin 'raises' has no handler for hook 'nope'"):
+            await sup.invoke("nope", 1, 5)
+        assert sup.restarts == 0 and rig.events == []
+        await sup.stop()
+
+    run(tmp_path, body)
+
+
+def test_a_handler_past_its_deadline_times_out_and_others_keep_working(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        hangs, good = rig.supervisor("hangs"), rig.supervisor("good")
+        await asyncio.gather(hangs.start(), good.start())
+        slow = asyncio.create_task(hangs.invoke("go", 30, 0.3))
+        t0 = time.monotonic()
+        assert await good.invoke("echo", "meanwhile", 5) == "meanwhile"
+        # The host's timer or the runtime's interrupt, whichever reports first: both are HookTimeout.
+        either = r"hook 'go' of plugin 'hangs' (did not answer within|exceeded its deadline of) 0.3s"
+        with pytest.raises(HookTimeout, match=either) as info:
+            await slow
+        assert info.value.timeout_s == 0.3 and info.value.hook == "go"
+        assert time.monotonic() - t0 < 3
+        # The runtime interrupted the handler, so the same child serves the next call.
+        pid = hangs.pid
+        assert await hangs.invoke("echo", 1, 5) == 1
+        assert hangs.pid == pid and rig.events == []
+        await asyncio.gather(hangs.stop(), good.stop())
+
+    run(tmp_path, body)
+
+
+def test_a_wedged_handler_fails_the_heartbeat_and_is_restarted(tmp_path: Path) -> None:
+    s = settings(heartbeat_interval_secs=0.1, heartbeat_timeout_secs=0.3)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("hangs")
+        await sup.start()
+        pid = sup.pid
+        with pytest.raises(HookTimeout):
+            await sup.invoke("stuck", 60, 0.2)
+        await rig.wait_event("hangs", "recovered")
+        assert "hung" in rig.kinds("hangs")
+        crashed = next(d for n, k, d in rig.events if k == "crashed")
+        assert crashed["signal"] == signal.SIGKILL and crashed["reason"] == "no pong within 0.3s"
+        assert_gone(pid)
+        assert sup.pid != pid and await sup.invoke("echo", 2, 5) == 2
+        await sup.stop()
+
+    run(tmp_path, body, s)
+
+
+def test_exit_mid_call_is_a_crash_and_the_plugin_restarts(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("exits")
+        await sup.start()
+        pid = sup.pid
+        with pytest.raises(PluginCrashed, match=r"plugin 'exits' exited \(exit code 7\)") as info:
+            await sup.invoke("go", 7, 5)
+        assert info.value.exit_code == 7 and info.value.signal is None
+        await rig.wait_event("exits", "recovered")
+        assert rig.kinds("exits") == ["crashed", "restarting", "recovered"]
+        assert sup.restarts == 1 and sup.state == "running" and sup.pid != pid
+        assert_gone(pid)
+        assert await sup.invoke("echo", "back", 5) == "back"
+        await sup.stop()
+
+    run(tmp_path, body)
+
+
+def test_sigkill_from_outside_is_detected_and_restarted(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup, good = rig.supervisor("exits"), rig.supervisor("good")
+        await asyncio.gather(sup.start(), good.start())
+        pid = sup.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await rig.wait_event("exits", "recovered")
+        crashed = next(d for n, k, d in rig.events if k == "crashed")
+        assert crashed["signal"] == signal.SIGKILL and crashed["reason"] == "killed by SIGKILL"
+        assert_gone(pid)
+        assert await sup.invoke("echo", 1, 5) == 1
+        assert await good.invoke("echo", 2, 5) == 2
+        assert rig.kinds("good") == []
+        await asyncio.gather(sup.stop(), good.stop())
+
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message", "detail"),
+    [
+        ("garbage", "plugin 'garbage' violated the protocol: frame is not valid msgpack",
+         "undecodable frame: FormatError"),
+        ("bigprefix", "plugin 'bigprefix' violated the protocol: frame of 2147483648 bytes exceeds the "
+         "maximum of 16777216 bytes", "oversized frame: 2147483648 > 16777216"),
+    ],
+    ids=["garbage", "2GB-prefix"],
+)
+def test_protocol_violations_kill_the_plugin_and_are_recorded(
+    tmp_path: Path, scenario: str, message: str, detail: str
+) -> None:
+    async def body(rig: Rig) -> None:
+        sup, good = rig.supervisor(scenario), rig.supervisor("good")
+        await asyncio.gather(sup.start(), good.start())
+        pid = sup.pid
+        with pytest.raises(ProtocolViolation) as info:
+            await sup.invoke("go", None, 10)
+        assert info.value.message.startswith(message)
+        assert info.value.detail == detail and info.value.plugin == scenario
+        await rig.wait_event(scenario, "recovered")
+        assert rig.kinds(scenario) == ["protocol_violation", "crashed", "restarting", "recovered"]
+        violation = rig.events[0][2]
+        assert violation["type"] == "protocol" and violation["detail"] == detail
+        assert_gone(pid)
+        assert await sup.invoke("echo", "fresh child", 5) == "fresh child"
+        assert await good.invoke("echo", "unaffected", 5) == "unaffected"
+        await asyncio.gather(sup.stop(), good.stop())
+
+    run(tmp_path, body)
+
+
+def test_a_plugin_that_never_says_hello(tmp_path: Path) -> None:
+    s = settings(hello_timeout_secs=0.5)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("nohello")
+        no_hello = r"plugin 'nohello' did not say hello within 0\.5s"
+        with pytest.raises(InitializationError, match=no_hello) as info:
+            await sup.start()
+        assert info.value.reason == "no_hello"
+        assert sup.state == "failed"
+        assert_gone(sup.pid)
+
+    run(tmp_path, body, s)
+
+
+def test_on_load_failure_is_an_initialization_error(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("badload")
+        with pytest.raises(InitializationError,
+                           match="plugin 'badload' failed to start: on_load of plugin 'badload' raised "
+                                 "RuntimeError: database unreachable") as info:
+            await sup.start()
+        assert info.value.reason == "on_load_failed"
+        assert sup.state == "failed" and sup.last_exit is not None and sup.last_exit.code == 3
+        assert_gone(sup.pid)
+
+    run(tmp_path, body)
+
+
+def test_restart_never_leaves_the_plugin_failed(tmp_path: Path) -> None:
+    s = settings()
+    s.plugin = {"exits": PluginOverride(restart="never")}
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("exits")
+        await sup.start()
+        with pytest.raises(PluginCrashed):
+            await sup.invoke("go", 9, 5)
+        await rig.wait_event("exits", "crashed")
+        assert sup.state == "failed" and sup.restarts == 0
+        with pytest.raises(PluginCrashed, match=r"plugin 'exits' is failed: exit code 9") as info:
+            await sup.invoke("echo", 1, 5)
+        assert info.value.exit_code == 9
+        await sup.stop()
+        assert sup.state == "stopped"
+
+    run(tmp_path, body, s)
+
+
+def test_clean_exit_restarts_only_with_always(tmp_path: Path) -> None:
+    s = settings()
+    s.plugin = {"always": PluginOverride(restart="always")}
+
+    async def body(rig: Rig) -> None:
+        on_failure, always = rig.supervisor("exits", "onfail"), rig.supervisor("exits", "always")
+        await asyncio.gather(on_failure.start(), always.start())
+        for sup in (on_failure, always):
+            with pytest.raises(PluginCrashed, match=r"exited \(exit code 0\)"):
+                await sup.invoke("go", 0, 5)
+        await rig.wait_event("always", "recovered")
+        assert rig.kinds("always") == ["restarting", "recovered"]
+        assert rig.kinds("onfail") == []
+        assert on_failure.state == "stopped" and always.state == "running"
+        await always.stop()
+
+    run(tmp_path, body, s)
+
+
+def test_backoff_doubles_and_the_circuit_breaker_opens(tmp_path: Path) -> None:
+    s = settings(max_restarts=3, backoff_initial_secs=0.05, backoff_max_secs=0.15)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("exits")
+        await sup.start()
+        for n in range(1, 4):
+            with pytest.raises(PluginCrashed):
+                await sup.invoke("go", 1, 5)
+            await rig.wait_event("exits", "recovered", count=n)
+        with pytest.raises(PluginCrashed):
+            await sup.invoke("go", 1, 5)
+        await rig.wait_event("exits", "circuit_open")
+        delays = [d["delay_s"] for n, k, d in rig.events if k == "restarting"]
+        assert delays == [0.05, 0.1, 0.15]  # doubling, capped at backoff_max_secs
+        assert sup.state == "failed" and sup.restarts == 3
+        opened = next(d for n, k, d in rig.events if k == "circuit_open")
+        assert opened["restarts"] == 3 and opened["reason"] == "exit code 1"
+        with pytest.raises(PluginCrashed, match="plugin 'exits' is failed"):
+            await sup.invoke("echo", 1, 5)
+
+    run(tmp_path, body, s)
+
+
+def test_stop_escalates_to_sigkill_when_on_unload_hangs(tmp_path: Path) -> None:
+    s = settings(shutdown_grace_secs=0.3)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("stubborn")
+        await sup.start()
+        pid = sup.pid
+        t0 = time.monotonic()
+        await sup.stop("unload")
+        assert time.monotonic() - t0 < 5
+        assert sup.last_exit is not None and sup.last_exit.signal == signal.SIGKILL
+        assert sup.state == "stopped" and rig.events == []
+        assert_gone(pid)
+
+    run(tmp_path, body, s)
+
+
+def test_stop_during_backoff_cancels_the_restart(tmp_path: Path) -> None:
+    s = settings(backoff_initial_secs=5.0, backoff_max_secs=5.0)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("exits")
+        await sup.start()
+        with pytest.raises(PluginCrashed):
+            await sup.invoke("go", 1, 5)
+        await rig.wait_event("exits", "restarting")
+        assert sup.state == "restarting"
+        with pytest.raises(PluginCrashed, match="plugin 'exits' is restarting: exit code 1"):
+            await sup.invoke("echo", 1, 5)
+        await sup.stop()
+        assert sup.state == "stopped" and "recovered" not in rig.kinds("exits")
+        assert psutil.Process(rig.launcher.server_pid).children() == []
+
+    run(tmp_path, body, s)
+
+
+def test_exec_plugin_in_perl_end_to_end(tmp_path: Path, repo_root: Path) -> None:
+    async def body(rig: Rig) -> None:
+        tree = repo_root / "examples" / "exec-echo"
+        manifest = SimpleNamespace(name="exec-echo", version="0.1.0", entrypoint="exec:bin/plugin", api=1)
+        sup = Supervisor("exec-echo", tree, manifest, rig.settings, rig.launcher, None, rig.on_event)
+        await sup.start()
+        assert sup.hooks == {"echo": 0, "fail": 0}
+        assert psutil.Process(sup.pid).name() == "plugin" or "perl" in psutil.Process(sup.pid).exe()
+        payload = {"a": [1, -5, 3.5, None, True, "héllo", b"\x00\xff"], "big": "x" * 70_000, "n": 2**40}
+        assert await sup.invoke("echo", payload, 5) == {"echo": payload, "lang": "perl"}
+        results = await asyncio.gather(*(sup.invoke("echo", i, 5) for i in range(100)))
+        assert results == [{"echo": i, "lang": "perl"} for i in range(100)]
+        with pytest.raises(HookFailed, match="exec-echo: asked to fail") as info:
+            await sup.invoke("fail", None, 5)
+        assert info.value.error_type == "PerlError" and info.value.hook == "fail"
+        pid = sup.pid
+        await sup.stop()
+        assert sup.last_exit is not None and sup.last_exit.code == 0
+        assert_gone(pid)
+
+    run(tmp_path, body)
