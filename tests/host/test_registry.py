@@ -1,0 +1,240 @@
+"""PluginRegistry as a library: scan, load/unload by name, persistence and restore, lifecycle hooks,
+supervisor events into the audit trail, with the real loader, launcher and supervisors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from integration.kit import Workspace, plugin_source
+
+from plugind.audit import AuditLog
+from plugind.errors import AlreadyLoaded, LoadError, NotLoaded, PluginNotFound, UntrustedPlugin
+from plugind.host import HookRegistry, PluginContext, PluginLoader, PluginRegistry
+from plugind.host.launcher import Launcher
+from plugind.host.supervisor import Supervisor
+from plugind.trust import PluginSecurity
+
+ECHO = "data.setdefault('seen', []).append({name!r})\nreturn data"
+
+
+def echo(name: str, priority: int = 0, version: str = "1.0.0") -> dict[str, str]:
+    return plugin_source(name, {"on_request": (priority, ECHO.format(name=name))}, version=version)
+
+
+@contextlib.asynccontextmanager
+async def open_registry(ws: Workspace, **settings_kw: Any) -> AsyncIterator[PluginRegistry]:
+    settings = ws.settings()
+    launcher = Launcher()
+    await launcher.start()
+    try:
+        security = PluginSecurity.from_settings(settings, ws.trust_key_hex)
+        registry = PluginRegistry(
+            settings,
+            loader=PluginLoader(settings, security),
+            supervisor_factory=Supervisor,
+            hooks=HookRegistry(settings),
+            context=PluginContext(),
+            launcher=launcher,
+            audit=AuditLog(settings.logging.audit_log),
+        )
+        try:
+            yield registry
+        finally:
+            await registry.shutdown()
+    finally:
+        await launcher.close()
+
+
+def run(ws: Workspace, scenario: Callable[[PluginRegistry], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with open_registry(ws) as reg:
+            await scenario(reg)
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+def state_file(ws: Workspace) -> Path:
+    return ws.root / "data" / "loaded.json"
+
+
+def test_scan_picks_highest_version_and_flags_bad_bundles(ws: Workspace) -> None:
+    ws.add(echo("multi", version="1.2.0"))
+    ws.add(echo("multi", version="1.10.0"))
+    ws.add(echo("multi", version="1.9.9"))
+    renamed = ws.add(echo("inner"))
+    renamed.rename(ws.plugins / "outer-1.0.0.plugin")
+    (ws.plugins / "README.txt").write_text("not a bundle")
+    (ws.plugins / "linked-1.0.0.plugin").symlink_to(ws.plugins / "multi-1.2.0.plugin")
+    ws.add(echo("unsigned"), sign=False, trust=False)
+
+    async def scenario(reg: PluginRegistry) -> None:
+        found = {p.name: p for p in await reg.scan_directory()}
+        assert sorted(found) == ["multi", "outer", "unsigned"]
+        assert found["multi"].version == "1.10.0" and found["multi"].trust_level == "trusted"
+        assert found["outer"].trust_level == "invalid"
+        assert found["outer"].error == "file name says outer 1.0.0 but the manifest says inner 1.0.0"
+        assert found["unsigned"].trust_level == "untrusted"
+        assert reg.total_plugin_count() == 3 and reg.plugin_count() == 0
+
+    run(ws, scenario)
+
+
+def test_missing_directory_scans_empty(ws: Workspace) -> None:
+    ws.plugins.rmdir()
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert await reg.scan_directory() == []
+
+    run(ws, scenario)
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "A", "", "x" * 64, "a b", "-lead"])
+def test_invalid_names_are_refused_before_any_lookup(ws: Workspace, name: str) -> None:
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.scan_directory()
+        for call in (reg.load_plugin, reg.load_plugin_by_name, reg.unload_plugin):
+            with pytest.raises(LoadError, match=re.escape(f"invalid plugin name {name!r}")) as info:
+                await call(name)
+            assert info.value.reason == "invalid_name"
+
+    run(ws, scenario)
+
+
+def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
+    ws.auto_load = False
+    ws.add(echo("one", priority=2))
+    ws.add(echo("two", priority=1))
+    ws.add(echo("unlisted"), trust=False)
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        assert reg.plugin_count() == 0 and reg.ready
+        assert json.loads(state_file(ws).read_text()) == {"version": 1, "loaded": []}
+        loaded = await reg.load_plugin("one")
+        assert loaded.supervisor.state == "running" and loaded.trust_level == "trusted"
+        await reg.load_plugin_by_name("two")
+        assert reg.plugin_count() == 2
+        assert json.loads(state_file(ws).read_text())["loaded"] == ["one", "two"]
+        assert [f for f in os.listdir(state_file(ws).parent) if f.startswith(".loaded")] == []
+        with pytest.raises(AlreadyLoaded, match="plugin 'one' is already loaded"):
+            await reg.load_plugin("one")
+        with pytest.raises(PluginNotFound, match="unknown plugin 'ghost': no bundle for it in"):
+            await reg.load_plugin("ghost")
+        with pytest.raises(UntrustedPlugin, match=re.escape("unlisted 1.0.0 is signed")):
+            await reg.load_plugin("unlisted")
+        result = await reg.hooks.execute("on_request", {"seen": []})
+        assert result.data == {"seen": ["one", "two"]}
+        pid = loaded.supervisor.pid
+        await reg.unload_plugin("one")
+        assert pid is not None and not _alive(pid)
+        with pytest.raises(NotLoaded, match="plugin 'one' is not loaded"):
+            await reg.unload_plugin("one")
+        assert json.loads(state_file(ws).read_text())["loaded"] == ["two"]
+        assert reg.hooks.handlers("on_request") == [("two", 1)]
+
+    run(ws, scenario)
+    entries = AuditLog(ws.root / "data" / "audit.log").tail(50)
+    assert [(e["event"], e["plugin"]) for e in entries if e["event"] != "refused"] == [
+        ("load", "one"), ("load", "two"), ("unload", "one"), ("unload", "two")
+    ]
+    refused = [e for e in entries if e["event"] == "refused"]
+    pairs = [(e["plugin"], e["reason"]) for e in refused]
+    assert pairs == [("ghost", "not_found"), ("unlisted", "untrusted")]
+
+
+def test_persisted_set_wins_over_auto_load_and_shutdown_keeps_it(ws: Workspace) -> None:
+    for name in ("a", "b", "c"):
+        ws.add(echo(name))
+    state_file(ws).write_text(json.dumps({"version": 1, "loaded": ["b", "../evil", 3, "b"]}))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert await reg.start() == ["b"]
+        assert reg.total_plugin_count() == 3
+
+    run(ws, scenario)
+    # Shut down (in run's teardown) without rewriting the set.
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["b", "../evil", 3, "b"]
+
+
+def test_auto_load_loads_only_what_policy_admits_then_persists(ws: Workspace) -> None:
+    ws.add(echo("trusted-one"))
+    ws.add(echo("signed-only"), trust=False)
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert await reg.start() == ["trusted-one"]
+
+    run(ws, scenario)
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["trusted-one"]
+
+
+def test_unreadable_state_file_falls_back_to_auto_load(ws: Workspace) -> None:
+    ws.add(echo("solo"))
+    state_file(ws).write_text("{not json")
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert await reg.start() == ["solo"]
+
+    run(ws, scenario)
+
+
+def test_startup_and_shutdown_hooks_fire(ws: Workspace) -> None:
+    ws.add(plugin_source("life", {
+        "on_startup": (0, "ctx.set('life.started', data['host'])\nreturn data"),
+        "on_shutdown": (0, "ctx.set('life.stopped', True)\nreturn data"),
+    }))
+    seen: dict[str, Any] = {}
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        assert reg.context.get("life.started") == "plugind"
+        await reg.shutdown()
+        seen["stopped"] = reg.context.get("life.stopped")
+        assert reg.plugin_count() == 0 and not reg.ready and reg.shutting_down
+
+    run(ws, scenario)
+    assert seen == {"stopped": True}
+
+
+def test_crash_and_restart_reach_audit_and_state(ws: Workspace) -> None:
+    ws.extra_config = "[supervisor]\nbackoff_initial_secs = 0.01\n"
+    ws.add(echo("fragile"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        sup = reg.get_plugin("fragile").supervisor  # type: ignore[union-attr]
+        before = sup.pid
+        os.kill(before, signal.SIGKILL)
+        for _ in range(500):
+            if sup.state == "running" and sup.pid != before:
+                break
+            await asyncio.sleep(0.01)
+        assert sup.pid != before and sup.restarts == 1
+        assert reg.state_of("fragile") == "running"
+        result = await reg.hooks.execute("on_request", {"seen": []})
+        assert result.data == {"seen": ["fragile"]}
+
+    run(ws, scenario)
+    events = [e["event"] for e in AuditLog(ws.root / "data" / "audit.log").tail(50)]
+    assert events[:1] == ["load"] and "crash" in events and "restart" in events
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
