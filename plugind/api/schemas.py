@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # A plugin name, never a path: the same pattern as the bundle manifest.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Hook names and context keys come from integrators: short and printable, no path separators.
-HOOK_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+HOOK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"  # as plugind.wire.messages.HOOK_NAME_RE
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 
 
