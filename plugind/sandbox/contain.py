@@ -27,8 +27,19 @@ from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, r
 from plugind.sandbox.plan import SandboxPlan
 
 STEPS = (
-    "pid_ns", "mount_ns", "ipc_ns", "uts_ns", "net_ns", "user_ns", "cgroup", "filesystem",
-    "network", "rlimits", "no_new_privs", "capabilities", "seccomp",
+    "pid_ns",
+    "mount_ns",
+    "ipc_ns",
+    "uts_ns",
+    "net_ns",
+    "user_ns",
+    "cgroup",
+    "filesystem",
+    "network",
+    "rlimits",
+    "no_new_privs",
+    "capabilities",
+    "seccomp",
 )
 ACTIVE, OFF = "active", "off"
 _CHILD_FAILED = 121  # exit status of a child that could not finish its steps
@@ -58,7 +69,9 @@ class ChildHooks:
             seccomp.load(self._filters)
         except OSError as exc:
             raise SandboxError(
-                f"seccomp filter refused by the kernel: {exc}", plugin=self.plan.name, step="seccomp",
+                f"seccomp filter refused by the kernel: {exc}",
+                plugin=self.plan.name,
+                step="seccomp",
                 detail=f"seccomp(SECCOMP_SET_MODE_FILTER): {exc}",
             ) from exc
         self.seccomp_loaded = True
@@ -95,7 +108,9 @@ def _fail(plan: SandboxPlan, step: str, exc: BaseException) -> SandboxError:
     return SandboxError(
         f"sandbox step {step!r} failed for plugin {plan.name}: {detail}; fix the host or set "
         "sandboxing.allow_degraded = true to run without it",
-        plugin=plan.name, step=step, detail=detail,
+        plugin=plan.name,
+        step=step,
+        detail=detail,
     )
 
 
@@ -221,8 +236,10 @@ def _read_report(plan: SandboxPlan, reports: Any) -> dict[str, Any]:
     line = reports.readline()
     if not line:
         raise SandboxError(
-            f"sandboxed child of plugin {plan.name} died during set-up", plugin=plan.name,
-            step="spawn", detail="child exited before reporting",
+            f"sandboxed child of plugin {plan.name} died during set-up",
+            plugin=plan.name,
+            step="spawn",
+            detail="child exited before reporting",
         )
     msg: dict[str, Any] = json.loads(line)
     if "error" in msg:
@@ -230,7 +247,9 @@ def _read_report(plan: SandboxPlan, reports: Any) -> dict[str, Any]:
         raise SandboxError(
             f"sandbox step {err['step']!r} failed for plugin {plan.name}: {err['detail']}; fix the "
             "host or set sandboxing.allow_degraded = true to run without it",
-            plugin=plan.name, step=err["step"], detail=err["detail"],
+            plugin=plan.name,
+            step=err["step"],
+            detail=err["detail"],
         )
     return msg
 

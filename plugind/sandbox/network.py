@@ -102,8 +102,13 @@ def _setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
                 ipr.link("set", index=idx, state="up")
                 ipr.link("set", index=1, state="up")
                 ipr.route("add", dst="0.0.0.0/0", gateway=host_addr)
-            res = subprocess.run([nft, "-f", "-"], input=nft_ruleset(targets).encode(),
-                                 capture_output=True, timeout=10, check=False)
+            res = subprocess.run(
+                [nft, "-f", "-"],
+                input=nft_ruleset(targets).encode(),
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
             if res.returncode != 0:
                 raise c.KernelCallError(f"nft -f: {res.stderr.decode(errors='replace').strip()[:300]}", 22)
         finally:

@@ -82,6 +82,7 @@ def test_cannot_read_shadow_or_host_root(tmp_path: Path, parent: str) -> None:
     secret = Path(f"/root/.plugind-escape-{os.getpid()}")
     secret.write_text("host secret")
     try:
+
         def probe() -> dict[str, Any]:
             return {
                 "shadow": _errno_of(lambda: open("/etc/shadow").read()),
@@ -115,7 +116,12 @@ def test_cannot_write_usr_or_own_code(tmp_path: Path, parent: str) -> None:
 
     out = run_probe(plan, probe)
     assert out.result == {
-        "usr": "EROFS", "code": "EROFS", "newfile": "EROFS", "root": "EROFS", "chmod": "EROFS", "tmp": "OK",
+        "usr": "EROFS",
+        "code": "EROFS",
+        "newfile": "EROFS",
+        "root": "EROFS",
+        "chmod": "EROFS",
+        "tmp": "OK",
     }
     assert (Path(tree) / "plugin.py").read_text() == "VALUE = 1\n"
 
@@ -328,6 +334,7 @@ def test_cannot_read_another_plugins_files_or_memory(tmp_path: Path, parent: str
 def test_daemon_environment_never_reaches_the_plugin(tmp_path: Path, parent: str) -> None:
     os.environ["PLUGIN_TRUST_KEY"] = "a" * 64
     try:
+
         def probe() -> dict[str, Any]:
             raw = Path("/proc/self/environ").read_bytes()
             return {"env": dict(os.environ), "proc": raw.replace(b"\0", b"").decode(errors="replace")}

@@ -87,7 +87,9 @@ def test_restricted_network_reaches_only_allowed_targets(tmp_path: Path, parent:
     allowed, denied = _Server(), _Server()
     try:
         plan = plan_for(
-            tmp_path, parent, network__mode="restricted",
+            tmp_path,
+            parent,
+            network__mode="restricted",
             network__allowed_targets=[f"10.213.0.0/16:{allowed.port}"],
         )
 
@@ -205,10 +207,7 @@ def test_child_side_failure_names_step_and_syscall_and_leaves_nothing(tmp_path: 
 
 def _children() -> set[int]:
     me = os.getpid()
-    return {
-        int(p) for p in os.listdir("/proc")
-        if p.isdigit() and _ppid(int(p)) == me
-    }
+    return {int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == me}
 
 
 def _ppid(pid: int) -> int | None:
