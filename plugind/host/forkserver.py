@@ -82,7 +82,8 @@ class ForkServer:
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self.ctl.close()
+        with contextlib.suppress(OSError):  # spawn_contained already closed every fd but the child's
+            self.ctl.close()
 
     def spawn(self, req: dict[str, Any], sock_fd: int) -> None:
         """Fork one plugin child; answer with its pid and isolation steps."""

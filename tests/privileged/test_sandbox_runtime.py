@@ -1,0 +1,107 @@
+"""Escape probes through the real path: a hostile plugin loaded by the real runtime, spawned by the
+real fork-server (Launcher) into a sandbox built from the default configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sandbox_harness import group_dirs, make_settings, unique_parent
+
+from plugind.host.launcher import Launcher, SpawnRequest
+from plugind.sandbox import cgroups
+from plugind.sandbox.plan import build_plan
+from plugind.wire import BlockingChannel
+
+pytestmark = pytest.mark.root
+
+HOSTILE = '''
+import errno, os, socket
+from pathlib import Path
+from plugind.sdk import Plugin
+plugin = Plugin()
+
+def attempt(fn):
+    try:
+        fn()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    return "OK"
+
+@plugin.hook("probe")
+def probe(data, ctx):
+    status = dict(l.split(":\\t", 1) for l in Path("/proc/self/status").read_text().splitlines())
+    return {
+        "shadow": attempt(lambda: open("/etc/shadow").read()),
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "env": sorted(os.environ),
+        "inet": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+        "own_code": attempt(lambda: open(__file__, "a")),
+        "kill_daemon": attempt(lambda: os.kill(data["daemon"], 15)),
+        "CapEff": status["CapEff"].strip(),
+        "CapBnd": status["CapBnd"].strip(),
+        "NoNewPrivs": status["NoNewPrivs"].strip(),
+        "Seccomp": status["Seccomp"].strip(),
+    }
+'''
+
+
+async def _call(chan: BlockingChannel, hook: str, data: object) -> Any:
+    chan.send({"type": "invoke", "id": 1, "hook": hook, "data": data, "deadline_ms": 10000})
+    reply = await asyncio.to_thread(chan.recv)
+    assert reply is not None and reply.get("type") == "result", reply
+    return reply["data"]
+
+
+def test_hostile_plugin_through_the_real_runtime_is_contained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLUGIN_TRUST_KEY", "ab" * 32)
+    parent = unique_parent()
+    tree = tmp_path / "hostile"
+    tree.mkdir()
+    (tree / "hostile.py").write_text(textwrap.dedent(HOSTILE))
+    plan = build_plan(make_settings(parent), "hostile", tree)
+
+    async def main() -> dict[str, Any]:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            assert launcher.sandbox_available
+            ours, theirs = socket.socketpair()
+            try:
+                req = SpawnRequest("hostile", str(tree), "hostile:plugin", "1.0", plan=plan.to_wire())
+                spawned = await launcher.spawn(req, theirs)
+            finally:
+                theirs.close()
+            assert spawned.steps["seccomp"] == "active" and spawned.steps["cgroup"] == "active"
+            chan = BlockingChannel(ours)
+            ours.settimeout(20)
+            hello = await asyncio.to_thread(chan.recv)
+            assert hello is not None and hello["type"] == "hello"
+            result = await _call(chan, "probe", {"daemon": os.getpid()})
+            await launcher.kill(spawned.pid)
+            status = await launcher.wait_exit(spawned.pid)
+            assert status.oom_killed is False
+            return dict(result)
+        finally:
+            await launcher.close()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        cgroups.remove_tree(parent)
+    assert group_dirs(parent) == []
+    assert result["shadow"] == "ENOENT"
+    assert result["pids"] == [1]
+    assert "PLUGIN_TRUST_KEY" not in result["env"]
+    assert result["inet"] == "EPERM"
+    assert result["own_code"] == "EROFS"
+    assert result["kill_daemon"] == "ESRCH"
+    assert (result["CapEff"], result["CapBnd"]) == ("0000000000000000", "0000000000000000")
+    assert (result["NoNewPrivs"], result["Seccomp"]) == ("1", "2")
