@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 need_apt=()
 # libcap-dev: python-prctl builds against it. libseccomp2: pyseccomp loads it. iproute2: ip(8) for
-# diagnostics. openssl: the digest benchmark compares against `openssl dgst`.
-for pkg in libcap-dev libseccomp2 iproute2 openssl gcc; do
+# diagnostics. openssl: the digest benchmark compares against `openssl dgst`. nftables: the
+# sandbox's `restricted` network mode filters inside each plugin's network namespace with nft(8).
+for pkg in libcap-dev libseccomp2 iproute2 openssl gcc nftables; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
