@@ -148,6 +148,7 @@ def test_flipped_byte_is_refused(authored: Cli, tmp_path: Path) -> None:
 def test_unconfigured_key_is_refused(authored: Cli, tmp_path: Path) -> None:
     authored("keygen", "stranger")
     authored("sign", "my-plug-0.1.0.plugin", "--key", "stranger.key")
+    before = (tmp_path / "state" / "trust.list").read_bytes()
     line = authored.fails("verify", "my-plug-0.1.0.plugin")
     assert line == (
         "plugind: error: my-plug-0.1.0.plugin: the signature does not verify under any configured key "
@@ -156,6 +157,7 @@ def test_unconfigured_key_is_refused(authored: Cli, tmp_path: Path) -> None:
     assert authored.fails("trust", "add", "my-plug-0.1.0.plugin").startswith(
         "plugind: error: my-plug-0.1.0.plugin: the signature does not verify"
     )
+    assert (tmp_path / "state" / "trust.list").read_bytes() == before  # nothing written
 
 
 def test_signed_but_not_listed_exits_non_zero(authored: Cli) -> None:

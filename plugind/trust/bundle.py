@@ -261,7 +261,8 @@ def _validate(zf: zipfile.ZipFile, limits: BundleLimits, bundle: str | None) -> 
     total = 0
     for info in zf.infolist():
         name = info.filename
-        _check_name(name, bundle=bundle)
+        # zipfile cuts names at a NUL byte; check the name as stored, so "a\0../x" is refused.
+        _check_name(info.orig_filename, bundle=bundle)
 
         def bad(why: str, name: str = name) -> BundleError:
             return BundleError(f"entry {name!r}: {why}", bundle=bundle, entry=name)

@@ -14,8 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugind.errors import BundleError
-from plugind.trust import BundleLimits, PluginSecurity, inspect_bundle, pack_directory, write_bundle
+from plugind.errors import BundleError, SignatureInvalid
+from plugind.trust import (
+    BundleLimits,
+    PluginSecurity,
+    PrivateKey,
+    TrustedPluginEntry,
+    TrustLevel,
+    bundle_digest,
+    inspect_bundle,
+    pack_directory,
+    signed_message,
+    write_bundle,
+)
 from plugind.trust.bundle import extract_bundle, remove_tree
 
 from .conftest import MANIFEST, RawEntry, manifest_entry, raw_zip, write_plugin, zeros_deflate
@@ -146,6 +157,13 @@ def test_unsafe_entry_names_are_refused(name: str, message: str) -> None:
     with pytest.raises(BundleError, match=message) as exc:
         inspect_bundle(_zip_with(name), LIMITS, bundle="b.plugin")
     assert exc.value.bundle == "b.plugin"
+
+
+def test_nul_byte_in_a_stored_name_is_refused() -> None:
+    # zipfile would silently cut this name to "hello2.py".
+    data = raw_zip([*manifest_entry(), RawEntry("hello2.py\x00/../../evil", b"x")])
+    with pytest.raises(BundleError, match=r"control character in name"):
+        inspect_bundle(data, LIMITS)
 
 
 def test_symlink_entry_is_refused() -> None:
@@ -349,9 +367,9 @@ _tree = st.dictionaries(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(files=_tree)
-def test_pack_verify_extract_round_trip(
-    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]
+@given(files=_tree, flip=st.integers(min_value=0, max_value=10**6))
+def test_pack_sign_verify_extract_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], flip: int
 ) -> None:
     # A file and a directory of the same name cannot coexist in a real tree.
     names = set(files)
@@ -361,8 +379,18 @@ def test_pack_verify_extract_round_trip(
     src2 = write_plugin(root / "b", files={**files, "hello.py": b"plugin = None\n"})
     manifest, data = pack_directory(src)
     assert pack_directory(src2)[1] == data  # reproducible whatever the creation order
-    vb = PluginSecurity({}).verify_bytes(data, None)
-    assert (vb.name, vb.version) == (manifest.name, manifest.version)
+    key = PrivateKey.from_hex("11" * 32)
+    digest = bundle_digest(data)
+    sig = key.sign(signed_message(digest))
+    entry = TrustedPluginEntry(manifest.name, manifest.version, digest, sig.hex, "")
+    security = PluginSecurity({"k": key.public_key}, trust_entries=[entry])
+    vb = security.verify_bytes(data, sig)
+    assert (vb.name, vb.version, vb.trust_level) == (manifest.name, manifest.version, TrustLevel.TRUSTED)
+    # Any single flipped bit anywhere in the bundle is refused.
+    pos = flip % len(data)
+    tampered = data[:pos] + bytes([data[pos] ^ (1 << (flip % 8))]) + data[pos + 1 :]
+    with pytest.raises(SignatureInvalid, match="modified after signing"):
+        security.verify_bytes(tampered, sig)
     dest = extract_bundle(vb, root / "x")
     for rel, content in files.items():
         assert (dest / rel).read_bytes() == content
