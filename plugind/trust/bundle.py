@@ -158,7 +158,7 @@ def pack_directory(src: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
 def write_bundle(
     src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> tuple[Path, Manifest, bool]:
-    """Pack `src` and write NAME-VERSION.plugin (into `out` if it is a directory, else at `out`).
+    """Pack `src` and write NAME-VERSION.plugin (into `out` if it is or ends like a directory, else at `out`).
 
     Returns (path, manifest, changed); an identical existing file is left untouched. Raises as
     pack_directory.
@@ -168,7 +168,8 @@ def write_bundle(
     manifest, data = pack_directory(src)
     if out is None:
         target = Path.cwd() / manifest.bundle_filename
-    elif Path(out).is_dir():
+    elif Path(out).is_dir() or str(out).endswith("/"):
+        Path(out).mkdir(parents=True, exist_ok=True)
         target = Path(out) / manifest.bundle_filename
     else:
         target = Path(out)

@@ -83,6 +83,8 @@ def test_write_bundle_names_the_file_and_is_idempotent(plugin_src: Path, tmp_pat
     mtime = path.stat().st_mtime_ns
     assert write_bundle(plugin_src, out) == (path, manifest, False)
     assert path.stat().st_mtime_ns == mtime
+    assert write_bundle(plugin_src, f"{tmp_path}/new-dir/")[0] == tmp_path / "new-dir" / "hello-1.0.0.plugin"
+    assert write_bundle(plugin_src, tmp_path / "named.plugin")[0] == tmp_path / "named.plugin"
 
 
 def test_pack_refuses_a_symlink(plugin_src: Path) -> None:
