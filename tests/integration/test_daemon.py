@@ -19,6 +19,7 @@ from kit import REPO, Workspace, plugin_source
 from scenarios import echo
 
 Factory = Callable[..., RunningDaemon]
+pytestmark = pytest.mark.slow  # a daemon per test
 EXAMPLES = REPO / "examples"
 
 
@@ -248,6 +249,14 @@ def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Facto
     daemon = daemon_factory(ws)
     info = daemon.plugin("boxed")
     assert info["state"] == "running", daemon.log()
-    assert info["isolation"], info
+    steps = info["isolation"]
+    for step in ("pid_ns", "mount_ns", "net_ns", "filesystem", "no_new_privs", "capabilities", "seccomp"):
+        assert steps.get(step) == "active", steps
+    # The sandboxed child is not a plain child of the fork-server's view of the world: its own pid
+    # namespace makes it PID 1 there.
+    with open(f"/proc/{info['pid']}/status") as fh:
+        status = dict(line.split(":\t", 1) for line in fh.read().splitlines() if ":\t" in line)
+    assert status["NSpid"].split()[-1] == "1"
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["boxed"]}
     assert daemon.stop() == 0
