@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tempfile
 import time
 import zipfile
 import zlib
@@ -398,3 +399,46 @@ def test_pack_sign_verify_extract_round_trip(
         assert (dest / rel).read_bytes() == content
     extracted = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert extracted == sorted(["hello.py", "plugin.toml", *files])
+
+
+def test_unsupported_zip_version_is_a_bundle_error() -> None:
+    data = bytearray(raw_zip(manifest_entry()))
+    pos = data.find(b"PK\x01\x02")
+    data[pos + 6 : pos + 8] = (99).to_bytes(2, "little")  # "version needed to extract" 9.9
+    with pytest.raises(BundleError, match=r"^not a valid bundle \(zip\): zip file version 9\.9$"):
+        inspect_bundle(bytes(data), LIMITS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+def test_mutated_bundles_only_ever_raise_bundle_errors(edits: list[tuple[int, int]]) -> None:
+    # Whatever the damage, reading fails with a BundleError (never a foreign exception) or succeeds.
+    data = bytearray(_FUZZ_BASE)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    try:
+        vb = PluginSecurity({}).verify_bytes(bytes(data), None)
+    except BundleError:
+        return
+    root = Path(tempfile.mkdtemp())
+    try:
+        extract_bundle(vb, root / "x")
+    except BundleError:
+        pass
+    finally:
+        remove_tree(root / "x")
+        root.rmdir()
+
+
+_FUZZ_BASE = raw_zip(
+    [
+        *manifest_entry(),
+        RawEntry(
+            "pkg/util.py",
+            zlib.compress(b"X = 1\n" * 50)[2:-4],
+            method=8,
+            crc=zlib.crc32(b"X = 1\n" * 50),
+            size=300,
+        ),
+    ]
+)
