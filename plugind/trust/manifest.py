@@ -74,6 +74,8 @@ class Manifest:
             doc = tomllib.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise bad(f"not valid TOML: {exc}") from None
+        except RecursionError:  # deeply nested arrays or tables from an untrusted bundle
+            raise bad("not valid TOML: nested too deeply") from None
         table = doc.get("plugin")
         if set(doc) != {"plugin"} or not isinstance(table, dict):
             raise bad("expected exactly one [plugin] table")

@@ -77,6 +77,7 @@ def _doc(**fields: str) -> bytes:
         (b"\xff\xfe", r"not valid TOML"),
         (b"[other]\nx=1\n", r"expected exactly one \[plugin\] table"),
         (b"x" * 70000, r"larger than 65536 bytes"),
+        (b"[plugin]\nx=" + b"[" * 30000 + b"]" * 30000, r"not valid TOML: nested too deeply"),
     ],
     ids=lambda v: v[:40] if isinstance(v, str) else None,
 )
