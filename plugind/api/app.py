@@ -53,6 +53,8 @@ def status_for(exc: PluginError) -> int:
         return 409
     if isinstance(exc, LoadError) and exc.reason == "invalid_name":
         return 422
+    if isinstance(exc, LoadError) and exc.reason == "shutting_down":
+        return 503
     if isinstance(exc, ContextError):
         key = str(getattr(exc, "key", "") or "")
         return 403 if key.startswith(RESERVED_PREFIX) else 422

@@ -242,7 +242,8 @@ class PluginRegistry:
     async def load_plugin(self, name: str) -> LoadedPlugin:
         """Load the scanned plugin `name`: verify, policy, extract, spawn, wait for hello.
 
-        Raises LoadError(reason="invalid_name"), PluginNotFound, AlreadyLoaded, UntrustedPlugin,
+        Raises LoadError(reason="invalid_name" or "shutting_down"), PluginNotFound, AlreadyLoaded,
+        UntrustedPlugin,
         SignatureInvalid / BundleError (tampered), InitializationError, SandboxError.
         """
         loaded = await self._load(name)
@@ -259,6 +260,10 @@ class PluginRegistry:
         except LoadError as exc:
             await self._refused(None, exc, requested=repr(name)[:80])
             raise
+        if self.shutting_down:
+            raise LoadError(
+                f"cannot load {name!r}: plugind is shutting down", plugin=name, reason="shutting_down"
+            )
         if name in self._loaded or name in self._busy:
             raise AlreadyLoaded(f"plugin {name!r} is already loaded", plugin=name)
         available = self._available.get(name)

@@ -138,6 +138,12 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
             await reg.load_plugin("unlisted")
         result = await reg.hooks.execute("on_request", {"seen": []})
         assert result.data == {"seen": ["one", "two"]}
+        until = await reg.hooks.execute_until_error("on_request", {"seen": []})
+        assert until.ok and until.data == {"seen": ["one", "two"]}
+        every = await reg.hooks.execute_all("on_request", {"seen": []}, timeout_s=5)
+        assert [(r.plugin, r.output) for r in every.results] == [
+            ("one", {"seen": ["one"]}), ("two", {"seen": ["two"]})
+        ]
         pid = loaded.supervisor.pid
         await reg.unload_plugin("one")
         assert pid is not None and not _alive(pid)
@@ -204,6 +210,9 @@ def test_startup_and_shutdown_hooks_fire(ws: Workspace) -> None:
         await reg.shutdown()
         seen["stopped"] = reg.context.get("life.stopped")
         assert reg.plugin_count() == 0 and not reg.ready and reg.shutting_down
+        with pytest.raises(LoadError, match="cannot load 'life': plugind is shutting down") as info:
+            await reg.load_plugin("life")
+        assert info.value.reason == "shutting_down"
 
     run(ws, scenario)
     assert seen == {"stopped": True}
