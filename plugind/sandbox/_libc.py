@@ -134,6 +134,12 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(res, f"prctl({option}, {arg2}, {arg3})")
 
 
+def prctl_ptr(option: int, arg2: int, address: int) -> None:
+    """prctl(2) whose third argument is a pointer (PR_SET_SECCOMP). Raises KernelCallError."""
+    res = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_void_p(address), None, None)
+    _check(res, f"prctl({option}, {arg2}, <pointer>)")
+
+
 def sethostname(name: str) -> None:
     """sethostname(2). Raises KernelCallError."""
     raw = name.encode()

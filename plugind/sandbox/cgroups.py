@@ -79,6 +79,16 @@ def detect() -> Hierarchy:
     return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
 
 
+_HIER: list[Hierarchy] = []
+
+
+def detect_cached() -> Hierarchy:
+    """`detect()` once per process: cgroup mounts do not move under a running daemon."""
+    if not _HIER:
+        _HIER.append(detect())
+    return _HIER[0]
+
+
 def choose_backend(configured: str, hier: Hierarchy) -> str | None:
     """Pick 'v2', 'v1' or None (no cgroups) for the configured backend.
 
@@ -319,7 +329,7 @@ def create_group(
     backend: str, parent: str, name: str, limits: CgroupLimits, hier: Hierarchy | None = None
 ) -> CgroupHandle:
     """Create `<parent>/<name>` with the limits applied. Raises SandboxError (step "cgroup")."""
-    hier = hier or detect()
+    hier = hier or detect_cached()
     rel = f"{parent.strip('/')}/{name}"
     if backend == "v2":
         assert hier.v2_path is not None
@@ -354,7 +364,7 @@ def create_group(
 
 def open_group(backend: str, parent: str, name: str, hier: Hierarchy | None = None) -> CgroupHandle | None:
     """The handle of an existing group, or None if it does not exist."""
-    hier = hier or detect()
+    hier = hier or detect_cached()
     rel = f"{parent.strip('/')}/{name}"
     if backend == "v2":
         if hier.v2_path is None or not Path(hier.v2_path, rel).is_dir():
@@ -411,6 +421,7 @@ __all__ = [
     "cleanup_stale",
     "create_group",
     "detect",
+    "detect_cached",
     "open_group",
     "parse_flat_keyed",
     "parse_mountinfo",

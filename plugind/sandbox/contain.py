@@ -56,7 +56,7 @@ class Spawned:
 class ChildHooks:
     """Handed to `run_child` inside the sandbox; the runtime calls these around the plugin import."""
 
-    def __init__(self, plan: SandboxPlan, filters: list[Any] | None) -> None:
+    def __init__(self, plan: SandboxPlan, filters: list[bytes] | None) -> None:
         self.plan = plan
         self._filters = filters
         self.seccomp_loaded = False
@@ -79,14 +79,14 @@ class ChildHooks:
     def after_plugin_import(self) -> None:
         """Strict mode: stack the hook-time kill filter now that the plugin's imports are done."""
         if self._filters is not None and self.plan.mode == "strict":
-            _strict_filter().load()
+            seccomp.load([_strict_filter()])
 
 
-_FILTERS: dict[str, list[Any]] = {}
-_STRICT: list[Any] = []
+_FILTERS: dict[str, list[bytes]] = {}
+_STRICT: list[bytes] = []
 
 
-def _filters_for(plan: SandboxPlan) -> list[Any]:
+def _filters_for(plan: SandboxPlan) -> list[bytes]:
     # Built once per (mode, network) in the parent; the child inherits the compiled filter.
     key = plan.network_mode
     if key not in _FILTERS:
@@ -94,7 +94,7 @@ def _filters_for(plan: SandboxPlan) -> list[Any]:
     return _FILTERS[key]
 
 
-def _strict_filter() -> Any:
+def _strict_filter() -> bytes:
     if not _STRICT:
         _STRICT.append(seccomp.build_strict())
     return _STRICT[0]
@@ -136,7 +136,7 @@ def spawn_contained(
 
     group: cgroups.CgroupHandle | None = None
     try:
-        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect())
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
         if backend is not None:
             existing = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
             if existing is not None:
@@ -213,22 +213,27 @@ def _parent(
     steps: dict[str, str],
     degrade: Callable[[str, BaseException], None],
 ) -> None:
-    first = _read_report(plan, reports)
-    steps.update(first["steps"])
+    # The cgroup join overlaps with the child entering its namespaces; only the restricted network
+    # needs the child's net namespace to exist first, so only then do we wait for its first report.
     if group is not None:
         try:
             group.attach(pid)
             steps["cgroup"] = ACTIVE
         except SandboxError as exc:
             degrade("cgroup", exc)
+    first = _read_report(plan, reports) if plan.network_mode == "restricted" else None
     if plan.network_mode == "restricted":
         try:
             _HOST_LINKS[plan.name] = network.setup_restricted(pid, plan.allowed_targets)
             steps["network"] = ACTIVE
         except OSError as exc:
             degrade("network", exc)
-    os.write(go_w, b"g")
+    with contextlib.suppress(BrokenPipeError):  # a child that already failed: its report says why
+        os.write(go_w, b"g")
     os.close(go_w)
+    if first is None:
+        first = _read_report(plan, reports)
+    steps.update(first["steps"])
     steps.update(_read_report(plan, reports)["steps"])
 
 
@@ -409,7 +414,7 @@ def cleanup(plan: SandboxPlan) -> None:
         with contextlib.suppress(OSError):
             network.remove_host_link(ifname)
     try:
-        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect())
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
     except SandboxError:
         return
     if backend is not None:
@@ -427,7 +432,7 @@ def oom_killed(plan: SandboxPlan) -> bool:
 def cgroup_for(plan: SandboxPlan) -> cgroups.CgroupHandle | None:
     """The plugin's live cgroup handle (for the monitor and OOM reporting), if any."""
     try:
-        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect())
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
     except SandboxError:
         return None
     return None if backend is None else cgroups.open_group(backend, plan.cgroup_parent, plan.name)

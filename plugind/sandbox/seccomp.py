@@ -10,9 +10,11 @@ process on anything else (no socket, no execve, no fork).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import platform
 import socket
+import tempfile
 import termios
 from dataclasses import dataclass
 
@@ -493,20 +495,40 @@ def _build(default: str, rules: list[Rule]) -> sc.SyscallFilter:
     return f
 
 
-def build(mode: str, network_mode: str) -> list[sc.SyscallFilter]:
-    """The filters to load (in order) before the plugin is imported."""
-    return [_build(ALLOW, guard_rules()), _build(EPERM, allow_rules(network_mode))]
+def compile_bpf(f: sc.SyscallFilter) -> bytes:
+    """The filter as raw BPF (libseccomp generates it on every load: do it once, before the fork)."""
+    with tempfile.TemporaryFile() as tmp:
+        f.export_bpf(tmp)
+        tmp.seek(0)
+        return tmp.read()
 
 
-def build_strict() -> sc.SyscallFilter:
+def build(mode: str, network_mode: str) -> list[bytes]:
+    """The BPF programs to load (in order) before the plugin is imported."""
+    return [compile_bpf(_build(ALLOW, guard_rules())), compile_bpf(_build(EPERM, allow_rules(network_mode)))]
+
+
+def build_strict() -> bytes:
     """The kill filter strict mode stacks after the plugin is imported."""
-    return _build(KILL, strict_rules())
+    return compile_bpf(_build(KILL, strict_rules()))
 
 
-def load(filters: list[sc.SyscallFilter]) -> None:
-    """Load the filters into this process (no_new_privs must already be set). Raises OSError."""
-    for f in filters:
-        f.load()
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+
+def load(programs: list[bytes]) -> None:
+    """Install the BPF programs in this process (no_new_privs must already be set).
+
+    Raises KernelCallError naming the refused call.
+    """
+    for prog in programs:
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        _libc.prctl_ptr(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
 
 
 __all__ = [
@@ -517,6 +539,7 @@ __all__ = [
     "allow_rules",
     "build",
     "build_strict",
+    "compile_bpf",
     "guard_rules",
     "load",
     "socket_families",
