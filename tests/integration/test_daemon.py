@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -245,7 +246,24 @@ def test_ctl_errors_are_one_line(ws: Workspace) -> None:
 @pytest.mark.root
 def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Factory) -> None:
     ws.sandboxing = True
+    # A cgroup parent of our own: the daemon removes stale groups under its parent at start, and
+    # other daemons (other tests, a `make run`) use the default one.
+    parent = f"plugind-it-{os.getpid()}-{ws.root.name}"
+    ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
     ws.add(echo("boxed"))
+    try:
+        run_sandboxed(ws, daemon_factory)
+    finally:
+        # The daemon removes its plugins' groups; the parent made for this test is ours to remove.
+        # (If the test failed with the daemon still up, the groups are busy: leave them.)
+        for group in sorted(Path("/sys/fs/cgroup").glob(f"*/{parent}")):
+            with contextlib.suppress(OSError):
+                for sub in sorted((p for p in group.rglob("*") if p.is_dir()), reverse=True):
+                    sub.rmdir()
+                group.rmdir()
+
+
+def run_sandboxed(ws: Workspace, daemon_factory: Factory) -> None:
     daemon = daemon_factory(ws)
     info = daemon.plugin("boxed")
     assert info["state"] == "running", daemon.log()
