@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--data is not valid JSON: {exc}") from None
     token = _token(args, token_file)
-    with PlugindClient(url, token=token, unix_socket=unix, timeout=args.http_timeout) as api:
+    http_timeout = args.http_timeout
+    if args.action == "call" and args.timeout is not None:
+        http_timeout = max(http_timeout, args.timeout + 10.0)  # the daemon answers after the deadline
+    with PlugindClient(url, token=token, unix_socket=unix, timeout=http_timeout) as api:
         if args.action == "health":
             _print(api.health())
         elif args.action == "list":
