@@ -11,8 +11,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 # x86_64 syscall numbers for calls glibc 2.36 has no wrapper for.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "open_tree": 428, "move_mount": 429},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "open_tree": 428, "move_mount": 429},
 }
 _NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
 
@@ -33,6 +33,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_MOVE = 8192
 MNT_DETACH = 2
 
 MOUNT_ATTR_RDONLY = 0x1
@@ -41,6 +42,9 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 PR_SET_PDEATHSIG = 1
 PR_CAP_AMBIENT = 47
@@ -120,6 +124,48 @@ def mount_setattr(path: str, attr_set: int, *, recursive: bool) -> None:
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(res, f"mount_setattr({path!r}, set={attr_set:#x}, recursive={recursive})")
+
+
+def open_tree_clone(path: str) -> int:
+    """open_tree(OPEN_TREE_CLONE|AT_RECURSIVE): a detached copy of the mount tree at `path`.
+
+    Raises KernelCallError.
+    """
+    flags = OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC
+    res = _libc.syscall(
+        ctypes.c_long(_NR["open_tree"]), ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags)
+    )
+    return _check(res, f"open_tree({path!r}, OPEN_TREE_CLONE|AT_RECURSIVE)")
+
+
+def mount_setattr_fd(fd: int, attr_set: int) -> None:
+    """mount_setattr on a detached tree (fd from open_tree), recursively. Raises KernelCallError."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    res = _libc.syscall(
+        ctypes.c_long(_NR["mount_setattr"]),
+        ctypes.c_int(fd),
+        b"",
+        ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(res, f"mount_setattr(fd {fd}, set={attr_set:#x}, recursive=True)")
+
+
+def move_mount_fd(fd: int, target: str) -> None:
+    """move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH): attach a detached tree.
+
+    Raises KernelCallError.
+    """
+    res = _libc.syscall(
+        ctypes.c_long(_NR["move_mount"]),
+        ctypes.c_int(fd),
+        b"",
+        ctypes.c_int(AT_FDCWD),
+        _b(target),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )
+    _check(res, f"move_mount(fd {fd}, {target!r})")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

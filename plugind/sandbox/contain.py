@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,8 @@ import prctl
 from plugind.errors import SandboxError
 from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, rlimits, seccomp
 from plugind.sandbox.plan import SandboxPlan
+
+log = logging.getLogger("plugind.sandbox.contain")
 
 STEPS = (
     "pid_ns",
@@ -147,8 +150,7 @@ def spawn_contained(
     filters = _filters_for(plan)
     if plan.mode == "strict":
         _strict_filter()  # compiled here, before the fork, like the others
-    ops = mounts.mount_ops(plan) if "mount" in plan.namespaces else []
-    newroot = mounts.newroot_dir()
+    fs = _filesystem_plan(plan)
     go_r, go_w = os.pipe()
     rep_r, rep_w = os.pipe()
     try:
@@ -162,7 +164,7 @@ def spawn_contained(
     if pid == 0:
         os.close(go_w)
         os.close(rep_r)
-        _child(plan, run_child, keep_fds, go_r, rep_w, ops, newroot, ChildHooks(plan, filters), steps)
+        _child(plan, run_child, keep_fds, go_r, rep_w, fs, ChildHooks(plan, filters))
     os.close(go_r)
     os.close(rep_w)
     with os.fdopen(rep_r, "rb") as reports:
@@ -275,10 +277,8 @@ def _child(
     keep_fds: list[int],
     go_r: int,
     rep_w: int,
-    ops: list[mounts.MountOp],
-    newroot: str,
+    fs: _Filesystem,
     hooks: ChildHooks,
-    parent_steps: dict[str, str],
 ) -> NoReturn:
     steps: dict[str, str] = {}
 
@@ -296,13 +296,13 @@ def _child(
 
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
-        _enter_namespaces(plan, steps, step)
+        _enter_namespaces(plan, steps, step, with_mount=fs.template_fd is None)
         report()
         if os.read(go_r, 1) != b"g":
             os._exit(_CHILD_FAILED)  # the parent died or gave up: never run unconfined
         os.close(go_r)
         if "mount" in plan.namespaces:
-            step("filesystem", lambda: mounts.apply(ops, newroot))
+            step("filesystem", lambda: _build_root(plan, fs, steps))
         if plan.network_mode == "none" and "net" in plan.namespaces:
             step("network", network.loopback_up)
         if "uts" in plan.namespaces:
@@ -325,20 +325,58 @@ def _child(
     _run(run_child, hooks, keep_fds, None)
 
 
+@dataclass
+class _Filesystem:
+    ops: list[mounts.MountOp]
+    newroot: str
+    split: mounts.Split | None = None
+    template_fd: int | None = None
+
+
+def _filesystem_plan(plan: SandboxPlan) -> _Filesystem:
+    # Parent side: the mount plan, and the shared template namespace when it applies.
+    if "mount" not in plan.namespaces:
+        return _Filesystem([], "")
+    fs = _Filesystem(mounts.mount_ops(plan), mounts.newroot_dir())
+    split = mounts.split_ops(fs.ops, plan.tree)
+    if split is not None:
+        try:
+            fs.template_fd = mounts.template_for(split)
+            fs.split = split
+        except OSError as exc:
+            log.warning("no shared mount template (%s); building each root from scratch", exc)
+    return fs
+
+
+def _build_root(plan: SandboxPlan, fs: _Filesystem, steps: dict[str, str]) -> None:
+    if fs.template_fd is None or fs.split is None:
+        mounts.apply(fs.ops, fs.newroot)
+        return
+    tree_fd = mounts.open_tree_ro(plan.tree)  # while we still see the host's tree
+    mounts.apply_from_template(fs.template_fd, fs.split, plan.tree, tree_fd)
+    steps["mount_ns"] = ACTIVE
+
+
 def _enter_namespaces(
-    plan: SandboxPlan, steps: dict[str, str], step: Callable[[str, Callable[[], object]], None]
+    plan: SandboxPlan,
+    steps: dict[str, str],
+    step: Callable[[str, Callable[[], object]], None],
+    *,
+    with_mount: bool,
 ) -> None:
-    flags = namespaces.child_flags(plan)
+    # With the mount template, the mount namespace is entered later, by setns + unshare.
+    names = [n for n in plan.namespaces if n != "pid" and (with_mount or n != "mount")]
+    flags = 0
+    for name in names:
+        flags |= namespaces.FLAGS[name]
     try:
         namespaces.unshare(flags)
-        for name in plan.namespaces:
-            if name != "pid":
-                steps[f"{name}_ns"] = ACTIVE
+        for name in names:
+            steps[f"{name}_ns"] = ACTIVE
     except OSError:
         # Try one at a time so the report (or the error) names the namespace the host refuses.
-        for name in plan.namespaces:
-            if name != "pid":
-                step(f"{name}_ns", lambda n=name: namespaces.unshare(namespaces.FLAGS[n]))  # type: ignore[misc]
+        for name in names:
+            step(f"{name}_ns", lambda n=name: namespaces.unshare(namespaces.FLAGS[n]))  # type: ignore[misc]
 
 
 SAFE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONDONTWRITEBYTECODE")
