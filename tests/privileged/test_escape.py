@@ -366,3 +366,17 @@ def test_filling_tmp_is_capped(tmp_path: Path, parent: str) -> None:
     out = run_probe(plan, probe)
     assert out.result["error"] == "ENOSPC"
     assert out.result["written"] <= 8 << 20
+
+
+def test_no_host_mount_is_left_in_the_namespace(tmp_path: Path, parent: str) -> None:
+    def probe() -> dict[str, Any]:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        return {
+            "points": sorted({ln.split()[4] for ln in lines}),
+            "fstypes": sorted({ln.partition(" - ")[2].split()[0] for ln in lines}),
+        }
+
+    out = run_probe(plan_for(tmp_path, parent), probe)
+    assert set(out.result["fstypes"]) <= {"tmpfs", "proc", "ext4", "xfs", "btrfs", "overlay", "devtmpfs"}
+    assert "cgroup" not in out.result["fstypes"] and "sysfs" not in out.result["fstypes"]
+    assert "/sys" not in out.result["points"] and "/run" not in out.result["points"]

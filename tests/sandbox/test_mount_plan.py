@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plugind.config import Settings
-from plugind.sandbox.mounts import DEV_NODES, PROC_MASKED, PROC_READ_ONLY, MountOp, mount_ops
+from plugind.sandbox.mounts import DEV_NODES, PROC_MASKED, PROC_READ_ONLY, MountOp, mount_ops, split_ops
 from plugind.sandbox.plan import Bind, SandboxPlan, build_plan
 
 
@@ -59,3 +59,26 @@ def test_default_plan_binds_nothing_secret(tmp_path: Path) -> None:
     sources = {op.source for op in ops if op.kind == "bind"}
     assert not {"/", "/root", "/etc", "/etc/shadow", "/home", "/var", "/proc", "/sys"} & sources
     assert all(not op.writable for op in ops if op.kind == "bind")
+
+
+def test_split_for_the_shared_template() -> None:
+    binds = (
+        Bind("/usr", "/usr"),
+        Bind("/usr/local/share", "/usr/local/share"),
+        Bind("/bin", "/bin", symlink="usr/bin"),
+        Bind("/srv/alpha", "/srv/alpha"),  # the plugin's tree
+    )
+    split = split_ops(mount_ops(plan_with(binds)), "/srv/alpha")
+    assert split is not None
+    assert split.tops == ("/usr", "/dev")  # nested mounts travel with their parent
+    assert [op.target for op in split.symlinks] == ["/bin"]
+    child = [(op.kind, op.target) for op in split.per_child]
+    assert child[:2] == [("tmpfs", "/tmp"), ("bind", "/srv/alpha")]  # /tmp before anything under it
+    assert ("proc", "/proc") in child and ("mask", "/proc/kcore") in child
+    assert all(op.target != "/srv/alpha" for op in split.shared)
+    assert ("readonly", "/dev") in [(op.kind, op.target) for op in split.shared]
+
+
+def test_no_template_when_a_shared_mount_lives_under_tmp() -> None:
+    binds = (Bind("/usr", "/usr"), Bind("/tmp/data", "/tmp/data"), Bind("/srv/alpha", "/srv/alpha"))
+    assert split_ops(mount_ops(plan_with(binds)), "/srv/alpha") is None
