@@ -220,9 +220,8 @@ class PluginRegistry:
     def _describe(self, name: str, version: str, path: Path) -> AvailablePlugin:
         try:
             vb = self.loader.verify(path)
-        except SecurityError as exc:
-            return AvailablePlugin(name, version, path, trust_level="invalid", error=str(exc))
-        except OSError as exc:
+        except (PluginError, OSError) as exc:
+            # Tampered, malformed, unreadable: listed (so the operator sees why) but never loadable.
             return AvailablePlugin(name, version, path, trust_level="invalid", error=str(exc))
         if vb.name != name or str(vb.version) != version:
             return AvailablePlugin(
@@ -277,6 +276,7 @@ class PluginRegistry:
             raise err
         self._busy.add(name)
         self._publish_states()
+        sup: SupervisorLike | None = None
         try:
             try:
                 bundle = await asyncio.to_thread(self.loader.load, available.path, expected_name=name)
@@ -295,6 +295,11 @@ class PluginRegistry:
                 if exc.plugin is None:
                     exc.plugin = name
                 await self._refused(name, exc)
+                raise
+            except BaseException:
+                # Cancelled (shutdown during start-up) or a bug: never leave a child behind.
+                if sup is not None:
+                    await asyncio.shield(sup.stop("load aborted"))
                 raise
             level = str(getattr(vb.trust_level, "value", vb.trust_level))
             loaded = LoadedPlugin(name, str(vb.version), vb.digest, level, bundle.tree, sup)
