@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -157,10 +157,25 @@ def test_body_limit_413(ws: Workspace, run_api: RunApi) -> None:
     ws.extra_config = ""
 
     async def scenario(api: Api) -> None:
-        big = {"data": "x" * (api.settings.api.max_body_bytes + 10)}
+        limit = api.settings.api.max_body_bytes
+        big = {"data": "x" * (limit + 10)}
         reply = await api.post("/api/hooks/h/execute", big)
         assert reply.status_code == 413
         assert reply.json()["message"] == "request body larger than api.max_body_bytes (1048576 bytes)"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+            yield b'{"data": "'
+            for _ in range(limit // 65536 + 1):
+                yield b"y" * 65536
+            yield b'"}'
+
+        streamed = await api.client.post(
+            "/api/hooks/h/execute", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        assert streamed.json()["error"] == "body_too_large"
+        fits = await api.post("/api/hooks/h/execute", {"data": "z" * (limit - 100)})
+        assert fits.status_code == 200 and fits.json()["data"] == "z" * (limit - 100)
 
     run_api(scenario)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from integration.kit import Workspace, plugin_source
 
-from plugind.errors import BundleError, SignatureInvalid, UntrustedPlugin
+from plugind.errors import BundleError, SignatureInvalid, TrustListError, UntrustedPlugin
 from plugind.host.loader import DIGEST_PREFIX, PluginLoader
-from plugind.trust import PluginSecurity
+from plugind.trust import PluginSecurity, remove_trusted_plugin
 
 
 @pytest.fixture
@@ -92,3 +92,21 @@ def test_bundle_of_another_plugin_is_refused(ws: Workspace) -> None:
     bundle = ws.add(plugin_source("real", {"h": (0, "return data")}))
     with pytest.raises(BundleError, match="contains plugin 'real', not 'fake'"):
         loader_for(ws).load(bundle, expected_name="fake")
+
+
+def test_trust_list_is_re_read_on_each_load(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("revoked", {"h": (0, "return data")}))
+    settings = ws.settings()
+
+    def security() -> PluginSecurity:
+        return PluginSecurity.from_settings(settings, ws.trust_key_hex)
+
+    loader = PluginLoader(settings, security(), refresh=security)
+    assert loader.load(bundle).bundle.trust_level == "trusted"
+    remove_trusted_plugin(ws.trust_list, ws.trust_key, "revoked")
+    with pytest.raises(UntrustedPlugin, match=re.escape("revoked 1.0.0 is signed")):
+        loader.load(bundle)
+    # A damaged trust list fails closed: no load at all.
+    ws.trust_list.write_bytes(ws.trust_list.read_bytes()[:-1])
+    with pytest.raises(TrustListError):
+        loader.load(bundle)

@@ -54,6 +54,15 @@ def test_examples_load_call_unload_over_http_and_ctl(ws: Workspace, daemon_facto
     assert reply["data"]["headers"] == {
         "x-ratelimit-remaining": "99", "x-plugind-tag": "tagged", "x-plugind-host": "0.1.0"
     }
+    detail = daemon.plugin("rate-limiter")
+    assert detail["hooks"] == {"on_request": 90} and detail["violations"] == []
+    assert detail["metrics"]["heap_bytes"] > 0 and detail["metrics"]["thread_count"] >= 1
+    metrics = daemon.api("GET", "/api/plugins/rate-limiter/metrics").json()
+    assert set(metrics) == {
+        "heap_bytes", "cpu_time_ms", "thread_count", "fd_count", "connection_count", "violation_count"
+    }
+    assert metrics["fd_count"] >= 1
+    assert daemon.api("GET", "/api/plugins/ghost/metrics").status_code == 404
     # The rate limiter's state lives in the host context under its own namespace.
     count = daemon.api("GET", "/api/context/rate-limiter.count.c1").json()["value"]
     assert count[1] == 1
@@ -241,6 +250,13 @@ def test_ctl_errors_are_one_line(ws: Workspace) -> None:
     assert out.returncode == 1
     assert out.stderr.startswith(f"plugind: error: cannot reach plugind at http://127.0.0.1:{port}")
     assert len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "ctl", "--url", f"http://127.0.0.1:{port}", "call", "h",
+         "--data", "{bad"],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("plugind: error: --data is not valid JSON: Expecting property name")
 
 
 @pytest.mark.root

@@ -1,0 +1,77 @@
+"""Token loading, the loopback rule and the exposure check (pure functions, real files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from plugind.api.auth import is_loopback, load_token
+from plugind.config import Settings
+from plugind.daemon import check_exposure
+from plugind.errors import ConfigError
+
+GOOD = "a-token-of-enough-length"
+
+
+def settings(token_file: Path | None, listen: str = "127.0.0.1:7070") -> Settings:
+    return Settings.model_validate({"api": {"token_file": token_file, "listen": listen}})
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_env_wins_over_file(tmp_path: Path) -> None:
+    f = write(tmp_path / "t", "file-token-file-token\n")
+    assert load_token(settings(f), {"PLUGIND_API_TOKEN": GOOD}) == GOOD
+    assert load_token(settings(f), {}) == "file-token-file-token"
+
+
+def test_missing_file_or_no_file_means_no_token(tmp_path: Path) -> None:
+    assert load_token(settings(tmp_path / "absent"), {}) is None
+    assert load_token(settings(None), {}) is None
+    assert load_token(settings(write(tmp_path / "empty", "\n")), {}) is None
+
+
+def test_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    f = write(tmp_path / "t", GOOD, mode=0o644)
+    with pytest.raises(ConfigError, match=f"api.token_file {f} is readable by other users: chmod 600 it"):
+        load_token(settings(f), {})
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_short_token_is_refused(tmp_path: Path, source: str) -> None:
+    f = write(tmp_path / "t", "short")
+    env = {"PLUGIND_API_TOKEN": "short"} if source == "env" else {}
+    where = "PLUGIND_API_TOKEN" if source == "env" else f"api.token_file {f}"
+    with pytest.raises(ConfigError, match=f"the API token from {where} is shorter than 16 characters"):
+        load_token(settings(f), env)
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:7070", True),
+        ("127.8.9.10:1", True),
+        ("localhost:7070", True),
+        ("[::1]:7070", True),
+        ("0.0.0.0:7070", False),
+        ("[::]:7070", False),
+        ("10.0.0.5:7070", False),
+        ("example.com:80", False),
+    ],
+)
+def test_is_loopback(listen: str, loopback: bool) -> None:
+    assert is_loopback(listen) is loopback
+
+
+def test_exposure_needs_a_token() -> None:
+    check_exposure(settings(None), None)
+    check_exposure(settings(None, "0.0.0.0:7070"), GOOD)
+    with pytest.raises(ConfigError, match="api.listen = 0.0.0.0:7070 is not a loopback address") as info:
+        check_exposure(settings(None, "0.0.0.0:7070"), None)
+    assert info.value.key == "api.listen"
