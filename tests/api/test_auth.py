@@ -40,7 +40,8 @@ def test_missing_file_or_no_file_means_no_token(tmp_path: Path) -> None:
 
 def test_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     f = write(tmp_path / "t", GOOD, mode=0o644)
-    with pytest.raises(ConfigError, match=re.escape(f"api.token_file {f} is readable by other users: chmod 600 it")):
+    message = f"api.token_file {f} is readable by other users: chmod 600 it"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_token(settings(f), {})
 
 
@@ -49,7 +50,8 @@ def test_short_token_is_refused(tmp_path: Path, source: str) -> None:
     f = write(tmp_path / "t", "short")
     env = {"PLUGIND_API_TOKEN": "short"} if source == "env" else {}
     where = "PLUGIND_API_TOKEN" if source == "env" else f"api.token_file {f}"
-    with pytest.raises(ConfigError, match=re.escape(f"the API token from {where} is shorter than 16 characters")):
+    message = f"the API token from {where} is shorter than 16 characters"
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_token(settings(f), env)
 
 
@@ -73,6 +75,7 @@ def test_is_loopback(listen: str, loopback: bool) -> None:
 def test_exposure_needs_a_token() -> None:
     check_exposure(settings(None), None)
     check_exposure(settings(None, "0.0.0.0:7070"), GOOD)
-    with pytest.raises(ConfigError, match=re.escape("api.listen = 0.0.0.0:7070 is not a loopback address")) as info:
+    message = "api.listen = 0.0.0.0:7070 is not a loopback address"
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         check_exposure(settings(None, "0.0.0.0:7070"), None)
     assert info.value.key == "api.listen"
