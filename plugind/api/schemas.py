@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +13,20 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Hook names and context keys come from integrators: short and printable, no path separators.
 HOOK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"  # as plugind.wire.messages.HOOK_NAME_RE
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+
+
+def jsonable(value: Any) -> Any:
+    """`value` (a msgpack value) as something JSON can carry: bytes become {"$bytes": base64},
+    NaN and infinities the strings "NaN", "Infinity", "-Infinity", map keys strings."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 class _Request(BaseModel):
@@ -134,4 +150,5 @@ __all__ = [
     "PluginSummary",
     "ReadyReply",
     "RescanReply",
+    "jsonable",
 ]

@@ -288,12 +288,14 @@ def test_failed_init_is_500_and_nothing_stays(ws: Workspace, run_api: RunApi) ->
 
 
 def test_binary_and_non_finite_outputs_are_json(ws: Workspace, run_api: RunApi) -> None:
-    body = "return {'raw': b'\\xff\\x00', 1: float('nan'), 'inf': -1e999}"
+    body = "ctx.set('binary.raw', b'\\xff')\nreturn {'raw': b'\\xff\\x00', 1: float('nan'), 'inf': -1e999}"
     ws.add(plugin_source("binary", {"on_blob": (0, body)}))
 
     async def scenario(api: Api) -> None:
         reply = await api.post("/api/hooks/on_blob/execute", {"data": None})
         assert reply.status_code == 200, reply.text
         assert reply.json()["data"] == {"raw": {"$bytes": "/wA="}, "1": "NaN", "inf": "-Infinity"}
+        stored = await api.client.get("/api/context/binary.raw")
+        assert stored.json() == {"key": "binary.raw", "value": {"$bytes": "/w=="}}
 
     run_api(scenario)

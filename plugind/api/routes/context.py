@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Path, Request
 
 from plugind.api.routes import _deps
-from plugind.api.schemas import KEY_PATTERN, ContextReply, ContextValue, ErrorReply
+from plugind.api.schemas import KEY_PATTERN, ContextReply, ContextValue, ErrorReply, jsonable
 from plugind.host.context import PluginContext
 
 router = APIRouter(tags=["context"])
@@ -28,7 +28,7 @@ async def get_value(request: Request, key: str = KeyPath) -> ContextReply:
     ctx = _context(request)
     if key not in ctx:
         raise HTTPException(404, f"no context key {key!r}")
-    return ContextReply(key=key, value=ctx.get(key))
+    return ContextReply(key=key, value=jsonable(ctx.get(key)))
 
 
 @router.put("/context/{key}", response_model=ContextReply, responses=_ERRORS)
@@ -46,4 +46,4 @@ async def delete_value(request: Request, key: str = KeyPath) -> ContextReply:
         raise HTTPException(404, f"no context key {key!r}")
     value = ctx.get(key)
     ctx.delete(key)
-    return ContextReply(key=key, value=value)
+    return ContextReply(key=key, value=jsonable(value))

@@ -1,34 +1,13 @@
-"""`/api/hooks/{hook}/execute`: fire a hook under a policy and return every plugin's outcome.
-
-Plugin outputs are msgpack values; the few that JSON cannot carry are mapped: bytes become
-`{"$bytes": "<base64>"}`, non-finite floats the strings "NaN", "Infinity", "-Infinity", map keys strings.
-"""
+"""`/api/hooks/{hook}/execute`: fire a hook under a policy and return every plugin's outcome."""
 
 from __future__ import annotations
-
-import base64
-import math
-from typing import Any
 
 from fastapi import APIRouter, Path, Request
 
 from plugind.api.routes import _deps
-from plugind.api.schemas import HOOK_PATTERN, ErrorReply, HookReply, HookRequest
+from plugind.api.schemas import HOOK_PATTERN, ErrorReply, HookReply, HookRequest, jsonable
 
 router = APIRouter(tags=["hooks"])
-
-
-def jsonable(value: Any) -> Any:
-    """`value` (a msgpack value) as something JSON can carry, see the module docstring."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
 
 
 @router.post(
