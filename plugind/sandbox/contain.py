@@ -186,6 +186,11 @@ def spawn_contained(
 
 
 def _fork(plan: SandboxPlan, steps: dict[str, str], degrade: Callable[[str, BaseException], None]) -> int:
+    if plan.user_namespace:
+        try:
+            return _fork_in_user_namespace(plan, steps)
+        except OSError as exc:
+            raise _fail(plan, "user_ns", exc) from exc  # never degraded: it changes who the plugin is
     if "pid" not in plan.namespaces:
         return os.fork()
     try:
@@ -204,6 +209,75 @@ def _fork(plan: SandboxPlan, steps: dict[str, str], degrade: Callable[[str, Base
     namespaces.restore_pid_namespace(saved)
     steps["pid_ns"] = ACTIVE
     return pid
+
+
+NOBODY = 65534
+_SUBREAPER: list[bool] = []
+
+
+def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str]) -> int:
+    """The user-namespace path: an intermediate process enters the user namespace (we write its
+    id maps), then forks the plugin as PID 1 of a pid namespace owned by that user namespace (so the
+    plugin may mount /proc) and exits; being a child subreaper, we inherit the plugin.
+
+    Plugin root maps to host `nobody` when we are root, else to our own uid; the plugin switches
+    to it after its mounts. Raises OSError.
+    """
+    if not _SUBREAPER:
+        prctl.set_child_subreaper(1)
+        _SUBREAPER.append(True)
+    up_r, up_w = os.pipe()
+    maps_r, maps_w = os.pipe()
+    mid = os.fork()
+    if mid == 0:
+        os.close(up_r)
+        os.close(maps_w)
+        try:
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.geteuid() == 0:
+                os.setgroups([])  # setgroups is denied inside: drop host root's groups now
+            _libc.unshare(_libc.CLONE_NEWUSER)
+            os.write(up_w, b"u")
+            if os.read(maps_r, 1) != b"m":
+                os._exit(_CHILD_FAILED)
+            if "pid" in plan.namespaces:
+                _libc.unshare(_libc.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                os.close(up_w)
+                os.close(maps_r)
+                return 0  # the plugin: on to the child steps
+            os.write(up_w, str(pid).encode())
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(up_w, b"e" + str(exc).encode()[:1000])
+        os._exit(0)
+    os.close(up_w)
+    os.close(maps_r)
+    try:
+        if os.read(up_r, 1) != b"u":
+            raise _libc.KernelCallError("unshare(CLONE_NEWUSER): " + _drain(up_r).decode(errors="replace"), 1)
+        uid, gid = (NOBODY, NOBODY) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+        namespaces.write_id_maps(mid, 0, uid, gid)
+        os.write(maps_w, b"m")
+        data = _drain(up_r)
+    finally:
+        os.close(up_r)
+        os.close(maps_w)
+        os.waitpid(mid, 0)
+    if not data.isdigit():
+        raise _libc.KernelCallError(f"user namespace set-up: {data.decode(errors='replace')}", 1)
+    steps["user_ns"] = ACTIVE
+    if "pid" in plan.namespaces:
+        steps["pid_ns"] = ACTIVE
+    return int(data)
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while chunk := os.read(fd, 4096):
+        out += chunk
+    return out.lstrip(b"e")
 
 
 def _parent(
@@ -295,16 +369,20 @@ def _child(
         os.write(rep_w, json.dumps({"steps": steps}).encode() + b"\n")
 
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)
+        if not plan.user_namespace:  # else our parent is the exiting intermediate: set it after "go"
+            prctl.set_pdeathsig(signal.SIGKILL)
         _enter_namespaces(plan, steps, step, with_mount=fs.template_fd is None)
         report()
         if os.read(go_r, 1) != b"g":
             os._exit(_CHILD_FAILED)  # the parent died or gave up: never run unconfined
         os.close(go_r)
+        prctl.set_pdeathsig(signal.SIGKILL)  # again: reparenting (user namespace path) and uid changes
         if "mount" in plan.namespaces:
             step("filesystem", lambda: _build_root(plan, fs, steps))
         if plan.network_mode == "none" and "net" in plan.namespaces:
             step("network", network.loopback_up)
+        if plan.user_namespace and os.getresuid() != (0, 0, 0):  # no mount namespace: not done yet
+            _become_namespace_root()
         if "uts" in plan.namespaces:
             _libc.sethostname(f"plugin-{plan.name}")
         step("rlimits", lambda: rlimits.apply(plan))
@@ -338,7 +416,8 @@ def _filesystem_plan(plan: SandboxPlan) -> _Filesystem:
     if "mount" not in plan.namespaces:
         return _Filesystem([], "")
     fs = _Filesystem(mounts.mount_ops(plan), mounts.newroot_dir())
-    split = mounts.split_ops(fs.ops, plan.tree)
+    # The template's mount namespace belongs to our user namespace: a child in its own cannot join.
+    split = None if plan.user_namespace else mounts.split_ops(fs.ops, plan.tree)
     if split is not None:
         try:
             fs.template_fd = mounts.template_for(split)
@@ -348,9 +427,16 @@ def _filesystem_plan(plan: SandboxPlan) -> _Filesystem:
     return fs
 
 
+def _become_namespace_root() -> None:
+    # The user namespace's root is host nobody (or the daemon's own uid when it is not root).
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
 def _build_root(plan: SandboxPlan, fs: _Filesystem, steps: dict[str, str]) -> None:
     if fs.template_fd is None or fs.split is None:
-        mounts.apply(fs.ops, fs.newroot)
+        become = _become_namespace_root if plan.user_namespace else None
+        mounts.apply(fs.ops, fs.newroot, become)
         return
     tree_fd = mounts.open_tree_ro(plan.tree)  # while we still see the host's tree
     mounts.apply_from_template(fs.template_fd, fs.split, plan.tree, tree_fd)

@@ -9,6 +9,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,7 @@ _RO = c.MOUNT_ATTR_RDONLY | c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV
 _RW = c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV
 
 
-def _apply_one(op: MountOp, root: str) -> None:
+def _apply_one(op: MountOp, root: str, fds: dict[str, int] | None = None) -> None:
     if op.kind == "symlink":
         assert op.source is not None
         dst = os.path.join(root, op.target.lstrip("/"))
@@ -117,11 +118,14 @@ def _apply_one(op: MountOp, root: str) -> None:
         os.symlink(op.source, dst)
     elif op.kind in ("bind", "devnode", "mask"):
         assert op.source is not None
+        fd = (fds or {}).get(op.source) if op.kind == "bind" else None
         try:
-            is_dir = op.kind == "bind" and stat.S_ISDIR(os.stat(op.source).st_mode)
+            is_dir = op.kind == "bind" and stat.S_ISDIR(
+                (os.stat(op.source) if fd is None else os.fstat(fd)).st_mode
+            )
         except OSError as exc:
             raise c.KernelCallError(f"stat({op.source!r})", exc.errno or 2) from exc
-        source = op.source
+        source = op.source if fd is None else f"/proc/self/fd/{fd}"
         if op.kind == "mask":
             source = os.path.join(root, "dev/null")  # the new root's own /dev/null
             dst = os.path.join(root, op.target.lstrip("/"))
@@ -158,20 +162,34 @@ def _apply_one(op: MountOp, root: str) -> None:
         raise ValueError(op.kind)
 
 
-def apply(ops: list[MountOp], newroot: str) -> None:
+def apply(ops: list[MountOp], newroot: str, become: Callable[[], None] | None = None) -> None:
     """In the child, inside its new mount (and pid) namespace: build the root and pivot into it.
 
+    `become` (user namespace path) switches to the namespace's root after every bind source has
+    been opened (O_PATH) with our host identity, which may traverse the daemon's own directories;
+    the new root's files must be created by a uid mapped in the namespace.
     Raises KernelCallError naming the failing call.
     """
     c.mount(None, "/", None, c.MS_REC | c.MS_PRIVATE)
+    fds: dict[str, int] = {}
+    if become is not None:
+        for op in ops:
+            if op.kind == "bind" and op.source is not None and op.source not in fds:
+                try:
+                    fds[op.source] = os.open(op.source, os.O_PATH | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise c.KernelCallError(f"stat({op.source!r})", exc.errno or 2) from exc
+        become()
     c.mount("tmpfs", newroot, "tmpfs", c.MS_NOSUID | c.MS_NODEV, "size=1048576,mode=755")
     for op in ops:
         try:
-            _apply_one(op, newroot)
+            _apply_one(op, newroot, fds)
         except OSError as exc:
             if isinstance(exc, c.KernelCallError):
                 raise
             raise c.KernelCallError(f"{op.kind} {op.target}: {exc.strerror}", exc.errno or 5) from exc
+    for fd in fds.values():
+        os.close(fd)
     _pivot(newroot)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_harness import group_dirs, make_settings, make_tree, plan_for, run_probe, unique_parent
+from sandbox_harness import group_dirs, make_settings, make_tree, plan_for, run_probe, started, unique_parent
 
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
@@ -293,3 +293,37 @@ def test_after_daemon_sigkill_nothing_is_left_once_cleanup_stale_runs(tmp_path: 
     assert {Path(p).name for p in removed} == {"orphan0", "orphan1"}
     assert not [d for d in group_dirs(parent) if [c for c in d.iterdir() if c.is_dir()]]
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
+
+
+def test_user_namespace_maps_plugin_root_to_host_nobody(tmp_path: Path, parent: str) -> None:
+    plan = plan_for(tmp_path, parent, name="userns", enable_user_namespace=True)
+
+    def probe() -> dict[str, Any]:
+        status = dict(ln.split(":\t", 1) for ln in Path("/proc/self/status").read_text().splitlines())
+        return {
+            "uid": status["Uid"].split(),
+            "caps": (status["CapEff"].strip(), status["CapBnd"].strip()),
+            "seccomp": status["Seccomp"].strip(),
+            "pids": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+            "shadow": _errno_of(lambda: Path("/etc/shadow").read_text()),
+            "code": _errno_of(lambda: (Path(plan.tree) / "plugin.py").write_text("x")),
+            "tmp": _errno_of(lambda: Path("/tmp/x").write_text("x")),
+            "read_code": (Path(plan.tree) / "plugin.py").read_text(),
+        }
+
+    with started(plan, probe) as box:
+        host_uid = Path(f"/proc/{box.pid}/status").read_text().split("Uid:")[1].split()[0]
+        out = box.wait(30)
+    assert out.spawned.steps["user_ns"] == "active"
+    assert host_uid == "65534"  # root inside, nobody outside
+    assert out.result == {
+        "uid": ["0", "0", "0", "0"],
+        "caps": ["0000000000000000", "0000000000000000"],
+        "seccomp": "2",
+        "pids": ["1"],
+        "shadow": "ENOENT",
+        "code": "EROFS",
+        "tmp": "OK",
+        "read_code": "VALUE = 1\n",
+    }
+    assert not Path(f"/proc/{out.spawned.pid}").exists()
