@@ -238,12 +238,17 @@ class Daemon:
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         assert self.registry is not None and self.monitor is not None
         self._startup = asyncio.get_running_loop().create_task(self._start_plugins())
+        # WATCHDOG=1 from the event loop itself when systemd asks (WatchdogSec): a stalled loop
+        # stops the pings and gets the daemon restarted.
+        watchdog = sdnotify.start_watchdog()
         if self.settings.monitoring.enabled:
             self.monitor.start_resource_monitor()
         try:
             yield
         finally:
             self.stopping(0)
+            if watchdog is not None:
+                watchdog.cancel()
             if not self._startup.done():
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -294,3 +294,13 @@ def run_sandboxed(ws: Workspace, daemon_factory: Factory) -> None:
     assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["boxed"]}
     assert daemon.stop() == 0
+
+
+def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:
+    daemon = daemon_factory(ws, env={"WATCHDOG_USEC": "200000"})
+    pings = 0
+    deadline = time.monotonic() + 5
+    while pings < 3 and time.monotonic() < deadline:
+        pings += daemon.notifications(1.0).count("WATCHDOG=1")
+    assert pings >= 3
+    assert daemon.stop() == 0
