@@ -138,6 +138,8 @@ class Daemon:
         self.monitor: ResourceMonitor | None = None
         self._startup: asyncio.Task[None] | None = None
         self._signalled = False
+        self._server: _Server | None = None
+        self.exit_code = 0
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT. Returns the exit status. Raises PluginError on a start-up error."""
@@ -202,6 +204,7 @@ class Daemon:
             server_header=False,
         )
         server = _Server(config, self)
+        self._server = server
         log.info("plugind listening on %s%s", settings.api.listen, f" and {unix}" if unix else "")
         try:
             await server.serve(sockets=sockets)
@@ -213,7 +216,7 @@ class Daemon:
                     unix.unlink()
         if not server.started:
             raise PluginError("the API server did not start (see the log above)")
-        return 0
+        return self.exit_code
 
     def _monitored(self) -> list[MonitoredPlugin]:
         assert self.registry is not None
@@ -241,6 +244,7 @@ class Daemon:
         # WATCHDOG=1 from the event loop itself when systemd asks (WatchdogSec): a stalled loop
         # stops the pings and gets the daemon restarted.
         watchdog = sdnotify.start_watchdog()
+        forkserver = self._watch_forkserver()
         if self.settings.monitoring.enabled:
             self.monitor.start_resource_monitor()
         try:
@@ -249,6 +253,9 @@ class Daemon:
             self.stopping(0)
             if watchdog is not None:
                 watchdog.cancel()
+            if forkserver is not None:
+                asyncio.get_running_loop().remove_reader(forkserver)
+                os.close(forkserver)
             if not self._startup.done():
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -257,6 +264,31 @@ class Daemon:
                 await self.monitor.stop()
             await self.registry.shutdown()
             log.info("all plugins stopped")
+
+    def _watch_forkserver(self) -> int | None:
+        # A pidfd turns readable when the fork-server exits: no thread, no polling.
+        proc = self.launcher.proc if self.launcher is not None else None
+        if proc is None:
+            return None
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError as exc:
+            log.warning("cannot watch the fork-server (pidfd_open: %s)", exc.strerror)
+            return None
+        asyncio.get_running_loop().add_reader(fd, self._forkserver_died, fd)
+        return fd
+
+    def _forkserver_died(self, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        if self._signalled:
+            return
+        # Without it no plugin can run or restart: exit non-zero so the service manager restarts
+        # the whole daemon rather than serving an empty shell.
+        log.critical("the fork-server died; shutting down with status 1 so plugind gets restarted")
+        self.exit_code = 1
+        if self._server is not None:
+            self.stopping(0)
+            self._server.should_exit = True
 
     async def _start_plugins(self) -> None:
         assert self.registry is not None

@@ -304,3 +304,15 @@ def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:
         pings += daemon.notifications(1.0).count("WATCHDOG=1")
     assert pings >= 3
     assert daemon.stop() == 0
+
+
+def test_forkserver_death_stops_the_daemon_with_status_1(ws: Workspace, daemon_factory: Factory) -> None:
+    ws.add(echo("orphan-check"))
+    daemon = daemon_factory(ws)
+    children = daemon.tree()
+    forkserver = next(p for p in children if "plugind.host.forkserver" in " ".join(p.cmdline()))
+    forkserver.kill()
+    assert daemon.proc.wait(30) == 1
+    _gone, left = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in left if alive(p.pid)]
+    assert "the fork-server died; shutting down with status 1" in daemon.log()
