@@ -191,10 +191,8 @@ class Daemon:
             audit_log=audit,
             lifespan=self._lifespan,
         )
-        sockets = [bind_tcp(settings.api.listen)]
         unix = Path(settings.api.unix_socket) if settings.api.unix_socket else None
-        if unix is not None:
-            sockets.append(bind_unix(unix))
+        sockets: list[socket.socket] = []
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -205,13 +203,18 @@ class Daemon:
         )
         server = _Server(config, self)
         self._server = server
-        log.info("plugind listening on %s%s", settings.api.listen, f" and {unix}" if unix else "")
+        bound_unix = False
         try:
+            sockets.append(bind_tcp(settings.api.listen))
+            if unix is not None:
+                sockets.append(bind_unix(unix))
+                bound_unix = True
+            log.info("plugind listening on %s%s", settings.api.listen, f" and {unix}" if unix else "")
             await server.serve(sockets=sockets)
         finally:
             for sock in sockets:
                 sock.close()
-            if unix is not None:
+            if bound_unix and unix is not None:  # never remove a file we did not create
                 with contextlib.suppress(FileNotFoundError):
                     unix.unlink()
         if not server.started:
