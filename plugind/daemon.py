@@ -77,7 +77,8 @@ def bind_tcp(listen: str) -> socket.socket:
 def bind_unix(path: Path) -> socket.socket:
     """A listening Unix socket at `path` (mode 0660); a stale socket file is replaced.
 
-    Raises ConfigError when `path` exists and is not a socket, or cannot be bound.
+    Raises ConfigError when `path` exists and is not a socket, another process listens on it, or it
+    cannot be bound.
     """
     try:
         st = path.lstat()
@@ -86,6 +87,10 @@ def bind_unix(path: Path) -> socket.socket:
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise ConfigError(f"api.unix_socket {path} exists and is not a socket", key="api.unix_socket")
+        if _listening(path):
+            raise ConfigError(
+                f"api.unix_socket {path}: another process is listening on it", key="api.unix_socket"
+            )
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -100,6 +105,15 @@ def bind_unix(path: Path) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {path}: {exc.strerror}", key="api.unix_socket") from exc
     return sock
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class _AuditForMonitor:

@@ -318,6 +318,25 @@ def test_forkserver_death_stops_the_daemon_with_status_1(ws: Workspace, daemon_f
     assert "the fork-server died; shutting down with status 1" in daemon.log()
 
 
+def test_unix_socket_of_a_live_daemon_is_not_stolen(ws: Workspace, daemon_factory: Factory) -> None:
+    sock = ws.root / "api.sock"
+    first = daemon_factory(ws, env={"PLUGIND_API__UNIX_SOCKET": str(sock)})
+    config = ws.write_config(listen=f"127.0.0.1:{free_port()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    env.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API__UNIX_SOCKET=str(sock))
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"plugind: error: api.unix_socket {sock}: another process is listening on it"
+    )
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://plugind") as c:
+        assert c.get("/health").status_code == 200
+    assert first.stop() == 0
+
+
 def test_unix_socket_path_taken_by_a_file_is_refused_and_kept(ws: Workspace) -> None:
     taken = ws.root / "taken"
     taken.write_text("precious")
