@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import HealthProbe, RunningDaemon, alive, wait_for
-from kit import Workspace
+from kit import Workspace, plugin_source
 from scenarios import SCENARIOS, echo
 
 Factory = Callable[..., RunningDaemon]
@@ -151,3 +151,32 @@ def test_health_stays_fast_while_a_big_bundle_is_verified_and_extracted(
         took = time.monotonic() - started
     probe.check()
     assert len(probe.latencies) >= 3, f"load took {took:.2f} s"
+
+
+def test_resource_violations_unload_the_plugin(ws: Workspace, daemon_factory: Factory) -> None:
+    ws.auto_load = False
+    ws.extra_config = """
+[monitoring]
+check_interval_secs = 0.2
+violation_threshold = 2
+auto_unmount = true
+[monitoring.limits]
+max_threads = 4
+"""
+    ws.add(plugin_source("threads", {"on_request": (0, "return data")}, on_load="""
+        import threading
+        for _ in range(8):
+            threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+    """))
+    ws.add(echo("calm"))
+    daemon = daemon_factory(ws)
+    assert daemon.load("calm").status_code == 200
+    assert daemon.load("threads").status_code == 200
+    pid = daemon.plugin("threads")["pid"]
+    info = wait_for(lambda: (p := daemon.plugin("threads"))["state"] == "available" and p, 15, "unload")
+    assert info["violations"] and info["violations"][-1]["type"] == "threads"
+    assert not alive(pid)
+    assert daemon.plugin("calm")["state"] == "running"
+    events = [(e["event"], e["plugin"]) for e in daemon.api("GET", "/api/audit").json()["entries"]]
+    assert ("violation", "threads") in events and ("auto_unload", "threads") in events
+    assert ("unload", "threads") in events
