@@ -5,6 +5,8 @@ Each command line is answered with one line "ok ..." on stdout once it took effe
     fds N        open N more file descriptors           closefds   close them
     threads N    start N more idle threads
     conn PORT N  open N TCP connections to 127.0.0.1:PORT
+    listen       open a listening TCP socket and a UDP socket
+    unix N       open N Unix socket pairs (not network connections)
     spin SECS    burn CPU for SECS seconds
     child-mem N  run a child process that allocates N MiB (to be OOM-killed in a small cgroup)
 """
@@ -45,6 +47,12 @@ for line in sys.stdin:
     elif cmd == "conn":
         for _ in range(int(args[1])):
             socks.append(socket.create_connection(("127.0.0.1", int(args[0]))))
+    elif cmd == "listen":
+        socks.append(socket.create_server(("127.0.0.1", 0)))
+        socks.append(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+    elif cmd == "unix":
+        for _ in range(int(args[0])):
+            socks.extend(socket.socketpair())
     elif cmd == "spin":
         end = time.process_time() + float(args[0])
         while time.process_time() < end:
