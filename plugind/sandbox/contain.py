@@ -137,16 +137,6 @@ def spawn_contained(
             raise _fail(plan, step, exc) from exc
         steps[step] = f"degraded: {exc}"
 
-    group: cgroups.CgroupHandle | None = None
-    try:
-        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
-        if backend is not None:
-            existing = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
-            if existing is not None:
-                existing.remove()  # a previous run of this plugin that nobody cleaned up
-            group = cgroups.create_group(backend, plan.cgroup_parent, plan.name, plan.limits)
-    except SandboxError as exc:
-        degrade("cgroup", exc)
     filters = _filters_for(plan)
     if plan.mode == "strict":
         _strict_filter()  # compiled here, before the fork, like the others
@@ -158,8 +148,6 @@ def spawn_contained(
     except BaseException:
         for fd in (go_r, go_w, rep_r, rep_w):
             os.close(fd)
-        if group is not None:
-            group.remove()
         raise
     if pid == 0:
         os.close(go_w)
@@ -167,15 +155,16 @@ def spawn_contained(
         _child(plan, run_child, keep_fds, go_r, rep_w, fs, ChildHooks(plan, filters))
     os.close(go_r)
     os.close(rep_w)
+    groups: list[cgroups.CgroupHandle] = []
     with os.fdopen(rep_r, "rb") as reports:
         try:
-            _parent(plan, pid, group, go_w, reports, steps, degrade)
+            _parent(plan, pid, groups, go_w, reports, steps, degrade)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            if group is not None:
+            for group in groups:
                 group.remove()
             raise
         finally:
@@ -283,34 +272,38 @@ def _drain(fd: int) -> bytes:
 def _parent(
     plan: SandboxPlan,
     pid: int,
-    group: cgroups.CgroupHandle | None,
+    groups: list[cgroups.CgroupHandle],
     go_w: int,
     reports: Any,
     steps: dict[str, str],
     degrade: Callable[[str, BaseException], None],
 ) -> None:
-    # The cgroup join overlaps with the child entering its namespaces; only the restricted network
-    # needs the child's net namespace to exist first, so only then do we wait for its first report.
-    if group is not None:
-        try:
-            group.attach(pid)
+    # While the child sets itself up, we make its cgroup and put it there; it runs no code of its
+    # own before our "go", which comes only after the cgroup (and the restricted network) is done.
+    try:
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
+        if backend is not None:
+            existing = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
+            if existing is not None:
+                existing.remove()  # a previous run of this plugin that nobody cleaned up
+            groups.append(cgroups.create_group(backend, plan.cgroup_parent, plan.name, plan.limits))
+            groups[0].attach(pid)
             steps["cgroup"] = ACTIVE
-        except SandboxError as exc:
-            degrade("cgroup", exc)
-    first = _read_report(plan, reports) if plan.network_mode == "restricted" else None
+    except SandboxError as exc:
+        degrade("cgroup", exc)
+    first = _read_report(plan, reports)  # the child's namespaces exist now
     if plan.network_mode == "restricted":
         try:
             _HOST_LINKS[plan.name] = network.setup_restricted(pid, plan.allowed_targets)
             steps["network"] = ACTIVE
         except OSError as exc:
             degrade("network", exc)
-    with contextlib.suppress(BrokenPipeError):  # a child that already failed: its report says why
+    second = _read_report(plan, reports)  # every child step is done (or it failed: raises)
+    steps.update(first["steps"])
+    steps.update(second["steps"])
+    with contextlib.suppress(BrokenPipeError):  # killed in between: the caller reaps it as usual
         os.write(go_w, b"g")
     os.close(go_w)
-    if first is None:
-        first = _read_report(plan, reports)
-    steps.update(first["steps"])
-    steps.update(_read_report(plan, reports)["steps"])
 
 
 def _read_report(plan: SandboxPlan, reports: Any) -> dict[str, Any]:
@@ -373,10 +366,6 @@ def _child(
             prctl.set_pdeathsig(signal.SIGKILL)
         _enter_namespaces(plan, steps, step, with_mount=fs.template_fd is None)
         report()
-        if os.read(go_r, 1) != b"g":
-            os._exit(_CHILD_FAILED)  # the parent died or gave up: never run unconfined
-        os.close(go_r)
-        prctl.set_pdeathsig(signal.SIGKILL)  # again: reparenting (user namespace path) and uid changes
         if "mount" in plan.namespaces:
             step("filesystem", lambda: _build_root(plan, fs, steps))
         if plan.network_mode == "none" and "net" in plan.namespaces:
@@ -394,6 +383,10 @@ def _child(
         prctl.set_dumpable(False)  # /proc/<pid>/mem and ptrace closed even to its own children
         report()
         os.close(rep_w)
+        if os.read(go_r, 1) != b"g":
+            os._exit(_CHILD_FAILED)  # the parent died or gave up: never run unconfined
+        os.close(go_r)
+        prctl.set_pdeathsig(signal.SIGKILL)  # again: reparenting (user namespace path) and uid changes
     except _StepFailed as exc:
         _send_error(rep_w, exc.step, exc.detail)
         os._exit(_CHILD_FAILED)
