@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import threading
-from collections import deque
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 log = logging.getLogger("plugind.audit")
 
 EVENTS = frozenset({"load", "unload", "refused", "violation", "auto_unload", "crash", "restart"})
-MAX_TAIL = 1000
+MAX_TAIL = 10_000
 _MAX_LINE = 64 * 1024  # a runaway field must not make one line unbounded
 
 
@@ -82,26 +82,24 @@ class AuditLog:
     ) -> list[dict[str, Any]]:
         """The last `limit` entries (oldest first), optionally only of one event and/or plugin.
 
-        A missing file is an empty trail; a corrupt line (a crash mid-write) is skipped and logged.
-        Raises ValueError for a limit outside 1..1000 or an unknown event.
+        Reads the file backwards, so the cost follows `limit`, not the size of the trail. A missing
+        file is an empty trail; a corrupt line (a crash mid-write) is skipped and logged.
+        Raises ValueError for a limit outside 1..10000 or an unknown event.
         """
         if not 1 <= limit <= MAX_TAIL:
             raise ValueError(f"limit must be between 1 and {MAX_TAIL}, got {limit}")
         if event is not None and event not in EVENTS:
             raise ValueError(f"unknown audit event {event!r}; expected one of {sorted(EVENTS)}")
-        out: deque[dict[str, Any]] = deque(maxlen=limit)
+        newest_first: list[dict[str, Any]] = []
         try:
-            fh = open(self.path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            return []
-        with fh:
-            for number, line in enumerate(fh, 1):
+            lines = _lines_backwards(self.path)
+            for line in lines:
                 if not line.strip():
                     continue
                 try:
                     entry = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("audit log %s: line %d is not JSON, skipped", self.path, number)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    log.warning("audit log %s: a line is not JSON, skipped", self.path)
                     continue
                 if not isinstance(entry, dict):
                     continue
@@ -109,8 +107,30 @@ class AuditLog:
                     continue
                 if plugin is not None and entry.get("plugin") != plugin:
                     continue
-                out.append(entry)
-        return list(out)
+                newest_first.append(entry)
+                if len(newest_first) == limit:
+                    break
+        except FileNotFoundError:
+            return []
+        newest_first.reverse()
+        return newest_first
+
+
+def _lines_backwards(path: Path, block: int = 64 * 1024) -> Iterator[bytes]:
+    """The lines of `path`, last first. Raises FileNotFoundError."""
+    with open(path, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        tail = b""
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            chunk = fh.read(end - start) + tail
+            end = start
+            parts = chunk.split(b"\n")
+            tail = parts[0]  # maybe the end of a line that started in an earlier block
+            yield from reversed(parts[1:])
+        if tail:
+            yield tail
 
 
 __all__ = ["EVENTS", "AuditLog"]

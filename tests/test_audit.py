@@ -83,7 +83,7 @@ def test_tail_skips_a_torn_line(tmp_path, caplog):
     log.append("unload", plugin="a")
     with caplog.at_level("WARNING", logger="plugind.audit"):
         assert [e["event"] for e in log.tail()] == ["load", "unload"]
-    assert "line 2 is not JSON, skipped" in caplog.text
+    assert "a line is not JSON, skipped" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -92,8 +92,8 @@ def test_tail_skips_a_torn_line(tmp_path, caplog):
         (lambda log: log.append("deleted_everything"), "unknown audit event 'deleted_everything'"),
         (lambda log: log.append("load", plugin="p", event="x", time=1),
          r"audit fields may not be named \['event', 'time'\]"),
-        (lambda log: log.tail(0), "limit must be between 1 and 1000, got 0"),
-        (lambda log: log.tail(1001), "limit must be between 1 and 1000, got 1001"),
+        (lambda log: log.tail(0), "limit must be between 1 and 10000, got 0"),
+        (lambda log: log.tail(10_001), "limit must be between 1 and 10000, got 10001"),
         (lambda log: log.tail(event="nope"), "unknown audit event 'nope'"),
     ],
     ids=["unknown-event", "reserved-field", "limit-0", "limit-big", "tail-unknown-event"],
@@ -108,6 +108,16 @@ def test_an_unwritable_path_raises_oserror(tmp_path):
     blocker.write_text("")
     with pytest.raises(NotADirectoryError):
         AuditLog(blocker / "audit.log").append("load", plugin="p")
+
+
+def test_tail_of_a_long_trail_crosses_read_blocks(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+    for i in range(3000):  # ~250 KiB: several 64 KiB blocks, lines split across block edges
+        log.append("violation", plugin=f"p{i % 3}", n=i, pad="y" * (i % 50))
+    assert [e["n"] for e in log.tail(5)] == [2995, 2996, 2997, 2998, 2999]
+    got = log.tail(10_000, plugin="p1")
+    assert [e["n"] for e in got] == list(range(1, 3000, 3))
+    assert [e["n"] for e in log.tail(1)] == [2999]
 
 
 def test_oversized_entry_is_truncated_not_unbounded(tmp_path):
