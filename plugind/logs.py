@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from plugind.config import Settings
+from plugind.errors import ConfigError
 
 REDACTED = "[REDACTED]"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -168,12 +169,14 @@ def known_secrets(settings: Settings) -> list[str]:
 def resolve_level(settings: Settings) -> int:
     """`PLUGIND_LOG` if set to a known level, else `[logging] level`.
 
-    Raises ValueError naming PLUGIND_LOG when it holds something else.
+    Raises ConfigError naming PLUGIND_LOG when it holds something else.
     """
     env = os.environ.get("PLUGIND_LOG", "").strip().lower()
     if env:
         if env not in LEVELS:
-            raise ValueError(f"PLUGIND_LOG={env!r} is not a log level; use one of {', '.join(LEVELS)}")
+            raise ConfigError(
+                f"PLUGIND_LOG={env!r} is not a log level; use one of {', '.join(LEVELS)}", key="PLUGIND_LOG"
+            )
         return LEVELS[env]
     return LEVELS[settings.logging.level]
 
@@ -182,7 +185,7 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> RedactSe
     """Install plugind's handler on the root logger (replacing an earlier one); returns its redactor.
 
     The daemon calls `redactor.add(token)` for a secret it learns later (a generated API token).
-    Raises ValueError for an unknown PLUGIND_LOG level.
+    Raises ConfigError for an unknown PLUGIND_LOG level.
     """
     level = resolve_level(settings)
     stream = stream if stream is not None else sys.stderr

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from plugind.config import Settings
+from plugind.errors import ConfigError
 from plugind.logs import REDACTED, RedactSecrets, resolve_level, setup_logging
 
 TRUST_KEY = secrets.token_hex(32)
@@ -109,8 +110,10 @@ def test_level_filters_records(monkeypatch):
 
 def test_unknown_env_level(monkeypatch):
     monkeypatch.setenv("PLUGIND_LOG", "chatty")
-    with pytest.raises(ValueError, match="PLUGIND_LOG='chatty' is not a log level; use one of debug, info"):
+    message = "PLUGIND_LOG='chatty' is not a log level; use one of debug, info"
+    with pytest.raises(ConfigError, match=message) as info:
         setup_logging(make_settings())
+    assert info.value.key == "PLUGIND_LOG"
 
 
 def test_setup_twice_keeps_one_handler():
