@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import textwrap
 from pathlib import Path
@@ -105,3 +106,58 @@ def test_hostile_plugin_through_the_real_runtime_is_contained(
     assert result["kill_daemon"] == "ESRCH"
     assert (result["CapEff"], result["CapBnd"]) == ("0000000000000000", "0000000000000000")
     assert (result["NoNewPrivs"], result["Seccomp"]) == ("1", "2")
+
+
+STRICT = """
+import socket
+from plugind.sdk import Plugin
+plugin = Plugin()
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return {"echo": data}
+
+@plugin.hook("connect")
+def connect(data, ctx):
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return "unreachable"
+"""
+
+
+def test_strict_mode_serves_hooks_and_kills_on_a_socket(tmp_path: Path) -> None:
+    parent = unique_parent()
+    tree = tmp_path / "strict"
+    tree.mkdir()
+    (tree / "strictp.py").write_text(textwrap.dedent(STRICT))
+    settings = make_settings(parent)
+    settings.sandboxing.mode = "strict"
+    plan = build_plan(settings, "strictp", tree)
+
+    async def main() -> tuple[Any, Any, Any]:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            ours, theirs = socket.socketpair()
+            try:
+                req = SpawnRequest("strictp", str(tree), "strictp:plugin", "1.0", plan=plan.to_wire())
+                spawned = await launcher.spawn(req, theirs)
+            finally:
+                theirs.close()
+            chan = BlockingChannel(ours)
+            ours.settimeout(20)
+            hello = await asyncio.to_thread(chan.recv)
+            assert hello is not None and hello["type"] == "hello"
+            first = await _call(chan, "echo", [1, 2])
+            second = await _call(chan, "echo", "again")
+            chan.send({"type": "invoke", "id": 2, "hook": "connect", "data": None, "deadline_ms": 5000})
+            status = await launcher.wait_exit(spawned.pid)
+            return first, second, status
+        finally:
+            await launcher.close()
+
+    try:
+        first, second, status = asyncio.run(main())
+    finally:
+        cgroups.remove_tree(parent)
+    assert first == {"echo": [1, 2]} and second == {"echo": "again"}
+    assert status.signal == signal.SIGSYS and status.code is None
