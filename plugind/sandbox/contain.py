@@ -253,7 +253,8 @@ def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str]) -> int:
     finally:
         os.close(up_r)
         os.close(maps_w)
-        os.waitpid(mid, 0)
+        with contextlib.suppress(ChildProcessError):  # a caller's SIGCHLD reaper may have been first
+            os.waitpid(mid, 0)
     if not data.isdigit():
         raise _libc.KernelCallError(f"user namespace set-up: {data.decode(errors='replace')}", 1)
     steps["user_ns"] = ACTIVE

@@ -59,15 +59,16 @@ async def _call(chan: BlockingChannel, hook: str, data: object) -> Any:
     return reply["data"]
 
 
+@pytest.mark.parametrize("userns", [False, True], ids=["default", "user-namespace"])
 def test_hostile_plugin_through_the_real_runtime_is_contained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, userns: bool
 ) -> None:
     monkeypatch.setenv("PLUGIN_TRUST_KEY", "ab" * 32)
     parent = unique_parent()
     tree = tmp_path / "hostile"
     tree.mkdir()
     (tree / "hostile.py").write_text(textwrap.dedent(HOSTILE))
-    plan = build_plan(make_settings(parent), "hostile", tree)
+    plan = build_plan(make_settings(parent, enable_user_namespace=userns), "hostile", tree)
 
     async def main() -> dict[str, Any]:
         launcher = Launcher()
@@ -81,6 +82,7 @@ def test_hostile_plugin_through_the_real_runtime_is_contained(
             finally:
                 theirs.close()
             assert spawned.steps["seccomp"] == "active" and spawned.steps["cgroup"] == "active"
+            assert spawned.steps["user_ns"] == ("active" if userns else "off")
             chan = BlockingChannel(ours)
             ours.settimeout(20)
             hello = await asyncio.to_thread(chan.recv)
@@ -102,7 +104,7 @@ def test_hostile_plugin_through_the_real_runtime_is_contained(
     assert result["pids"] == [1]
     assert "PLUGIN_TRUST_KEY" not in result["env"]
     assert result["inet"] == "EPERM"
-    assert result["own_code"] == "EROFS"
+    assert result["own_code"] == ("EACCES" if userns else "EROFS")  # nobody outside: not even the owner
     assert result["kill_daemon"] == "ESRCH"
     assert (result["CapEff"], result["CapBnd"]) == ("0000000000000000", "0000000000000000")
     assert (result["NoNewPrivs"], result["Seccomp"]) == ("1", "2")
