@@ -380,3 +380,26 @@ def test_no_host_mount_is_left_in_the_namespace(tmp_path: Path, parent: str) -> 
     assert set(out.result["fstypes"]) <= {"tmpfs", "proc", "ext4", "xfs", "btrfs", "overlay", "devtmpfs"}
     assert "cgroup" not in out.result["fstypes"] and "sysfs" not in out.result["fstypes"]
     assert "/sys" not in out.result["points"] and "/run" not in out.result["points"]
+
+
+def test_cannot_inject_terminal_input(tmp_path: Path, parent: str) -> None:
+    import fcntl
+    import termios
+
+    def probe() -> dict[str, Any]:
+        fd = os.open("/dev/null", os.O_RDWR)
+        return {
+            "tiocsti": _errno_of(lambda: fcntl.ioctl(fd, termios.TIOCSTI, b"x")),
+            "tiocsti_high_bits": _errno_of(lambda: fcntl.ioctl(fd, termios.TIOCSTI | (1 << 32), b"x")),
+            "other_ioctl": _errno_of(lambda: fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4)),
+            "sid_is_self": os.getsid(0) == os.getpid(),
+        }
+
+    out = run_probe(plan_for(tmp_path, parent), probe)
+    # Refused by seccomp (low 32 bits compared), while ordinary ioctls still reach the driver.
+    assert out.result == {
+        "tiocsti": "EPERM",
+        "tiocsti_high_bits": "EPERM",
+        "other_ioctl": "ENOTTY",
+        "sid_is_self": True,
+    }
