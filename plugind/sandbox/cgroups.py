@@ -138,7 +138,8 @@ def v2_settings(limits: CgroupLimits) -> dict[str, str]:
 def v1_settings(limits: CgroupLimits) -> list[tuple[str, str, str]]:
     """(controller, file, value) for v1 groups, in the order to write them.
 
-    v1 has no io.weight range of 1-10000: blkio.weight is 10-1000, so the weight is scaled.
+    v1 I/O weight is BFQ's `blkio.bfq.weight` (1-1000, default 100, like v2's default), so the
+    v2-style weight (1-10000) is clamped; CFQ's `blkio.weight` is gone since Linux 5.0.
     """
     out: list[tuple[str, str, str]] = []
     if limits.memory_bytes is not None:
@@ -149,7 +150,7 @@ def v1_settings(limits: CgroupLimits) -> list[tuple[str, str, str]]:
     out.append(("cpu", "cpu.cfs_quota_us", "-1" if limits.cpu_quota_us is None else str(limits.cpu_quota_us)))
     out.append(("pids", "pids.max", "max" if limits.pids_max is None else str(limits.pids_max)))
     if limits.io_weight is not None:
-        out.append(("blkio", "blkio.weight", str(max(10, min(1000, limits.io_weight // 10 or 10)))))
+        out.append(("blkio", "blkio.bfq.weight", str(max(1, min(1000, limits.io_weight)))))
     return out
 
 
@@ -351,7 +352,7 @@ def create_group(
         d = dirs.get(controller)
         if d is None or not (d / fname).exists():
             if controller == "blkio" or fname.startswith("memory.memsw"):
-                continue  # no blkio weight (scheduler) or no swap accounting: best effort
+                continue  # no BFQ scheduler or no swap accounting: best effort, as on v2 without io
             handle.remove()
             raise SandboxError(
                 f"cgroup v1 file {controller}/{fname} is missing on this host",

@@ -131,7 +131,7 @@ def test_v1_settings() -> None:
         ("cpu", "cpu.cfs_period_us", "100000"),
         ("cpu", "cpu.cfs_quota_us", "50000"),
         ("pids", "pids.max", "64"),
-        ("blkio", "blkio.weight", "10"),
+        ("blkio", "blkio.bfq.weight", "100"),
     ]
     assert v1_settings(UNLIMITED) == [
         ("memory", "memory.oom_control", "0"),
@@ -141,9 +141,9 @@ def test_v1_settings() -> None:
     ]
 
 
-@pytest.mark.parametrize(("weight", "v1"), [(1, "10"), (100, "10"), (5000, "500"), (10000, "1000")])
-def test_io_weight_scaled_to_blkio_range(weight: int, v1: str) -> None:
-    assert v1_settings(CgroupLimits(io_weight=weight))[-1] == ("blkio", "blkio.weight", v1)
+@pytest.mark.parametrize(("weight", "v1"), [(1, "1"), (100, "100"), (500, "500"), (10000, "1000")])
+def test_io_weight_clamped_to_bfq_range(weight: int, v1: str) -> None:
+    assert v1_settings(CgroupLimits(io_weight=weight))[-1] == ("blkio", "blkio.bfq.weight", v1)
 
 
 def test_parse_counters() -> None:
