@@ -218,19 +218,27 @@ def daemon_factory() -> Iterator[Callable[..., RunningDaemon]]:
 class HealthProbe:
     """Polls /health on one keep-alive connection in a thread and records every latency."""
 
-    def __init__(self, url: str, interval: float = 0.02) -> None:
+    def __init__(self, url: str, interval: float = 0.02, min_probes: int = 5) -> None:
         self.url = url
         self.interval = interval
+        self.min_probes = min_probes
         self.latencies: list[float] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
+        self._probed = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _wait_count(self, count: int) -> None:
+        with self._probed:
+            self._probed.wait_for(lambda: len(self.latencies) >= count or not self._thread.is_alive(), 10)
 
     def __enter__(self) -> HealthProbe:
         self._thread.start()
+        self._wait_count(1)  # the probe runs before the scenario starts
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._wait_count(self.min_probes)  # and keeps going until it has seen enough
         self._stop.set()
         self._thread.join(10)
 
@@ -245,12 +253,14 @@ class HealthProbe:
                         self.failures.append(f"status {reply.status_code}")
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
-                self.latencies.append(time.perf_counter() - started)
+                with self._probed:
+                    self.latencies.append(time.perf_counter() - started)
+                    self._probed.notify_all()
                 self._stop.wait(self.interval)
 
     def check(self, limit_s: float = 0.1) -> None:
         assert not self.failures, self.failures
-        assert len(self.latencies) >= 3, "the health probe barely ran"
+        assert len(self.latencies) >= self.min_probes, "the health probe barely ran"
         worst = max(self.latencies)
         assert worst < limit_s, (
             f"/health took {worst * 1000:.0f} ms at worst (limit {limit_s * 1000:.0f} ms) over "

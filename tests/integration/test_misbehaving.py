@@ -150,7 +150,7 @@ def test_health_stays_fast_while_a_big_bundle_is_verified_and_extracted(
         assert daemon.load("bulky").status_code == 200
         took = time.monotonic() - started
     probe.check()
-    assert len(probe.latencies) >= 3, f"load took {took:.2f} s"
+    assert len(probe.latencies) >= 5, f"load took {took:.2f} s"
 
 
 def test_resource_violations_unload_the_plugin(ws: Workspace, daemon_factory: Factory) -> None:
