@@ -31,7 +31,12 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 _MIN_SECRET_LEN = 8  # shorter "secrets" would blank out ordinary words
 _HEX_AFTER_WORD = re.compile(r"(?i)((?:key|token|secret)[^\n]{0,40}?)(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
+# (uvicorn adds `color_message`, an ANSI-coloured copy of the message: noise in both formats.)
+_STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class RedactSecrets(logging.Filter):

@@ -76,6 +76,15 @@ def test_auto_is_json_when_not_a_terminal_and_text_on_a_terminal():
     assert not text.lstrip().startswith("{")
 
 
+def test_uvicorn_color_message_is_not_repeated():
+    out = io.StringIO()
+    setup_logging(make_settings(format="json"), stream=out)
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 7,
+                                            extra={"color_message": "Started \x1b[36m%d\x1b[0m"})
+    (entry,) = lines(out)
+    assert entry["message"] == "Started server process [7]" and "color_message" not in entry
+
+
 def test_exception_is_included():
     out = io.StringIO()
     setup_logging(make_settings(format="json"), stream=out)

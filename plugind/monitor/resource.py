@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -40,6 +41,8 @@ Unload = Callable[[str, str], Awaitable[Any]]
 
 
 class AuditSink(Protocol):
+    """What the monitor needs of `plugind.audit.AuditLog`."""
+
     def append(self, event: str, plugin: str | None = None, **fields: Any) -> Any: ...
 
 
@@ -264,6 +267,7 @@ class ResourceMonitor:
             await audited  # the trail says why before the unload happens
         try:
             await self._unload(name, reason)
+            self.forget(name)
         except Exception as exc:
             log.error("auto-unload failed: %s", exc, extra={"plugin": name})
             state = self._states.get(name)
@@ -349,12 +353,32 @@ class ResourceMonitor:
         """The samples of the last sweep, by plugin name."""
         return self._samples
 
+    def forget(self, name: str) -> None:
+        """Drop `name`'s latest sample and streak now (it was unloaded); its recent violations stay."""
+        self._samples = {n: s for n, s in self._samples.items() if n != name}
+        self._states.pop(name, None)
+
     def exported_samples(self) -> dict[str, metrics.PluginSample]:
-        """The last sweep as metrics.PluginSample, for the Prometheus collector (any thread)."""
+        """The last sweep as metrics.PluginSample, for the Prometheus collector (any thread).
+
+        A plugin whose process has exited since the sweep (unloaded, crashed) is left out at once
+        rather than reported until the next sweep.
+        """
         return {
             name: metrics.PluginSample(s.memory_bytes, s.cpu_seconds, s.threads, s.fds, s.connections)
             for name, s in self._samples.items()
+            if _running(s.pid)
         }
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 __all__ = ["MonitoredPlugin", "PluginMetrics", "ResourceMonitor", "UnmountBehavior"]
