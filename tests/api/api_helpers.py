@@ -56,8 +56,16 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def open_api(ws: Workspace, *, start: bool = True, token: str | None = TOKEN) -> AsyncIterator[Api]:
+async def open_api(
+    ws: Workspace,
+    *,
+    start: bool = True,
+    token: str | None = TOKEN,
+    configure: Callable[[Settings], None] | None = None,
+) -> AsyncIterator[Api]:
     settings = ws.settings()
+    if configure is not None:
+        configure(settings)
     launcher = Launcher()
     await launcher.start()
     try:

@@ -10,6 +10,8 @@ import pytest
 from api_helpers import ECHO, TOKEN, Api, plugins_alive
 from integration.kit import Workspace, plugin_source
 
+from plugind.config import Settings
+
 RunApi = Callable[..., None]
 
 
@@ -299,3 +301,15 @@ def test_binary_and_non_finite_outputs_are_json(ws: Workspace, run_api: RunApi) 
         assert stored.json() == {"key": "binary.raw", "value": {"$bytes": "/w=="}}
 
     run_api(scenario)
+
+
+def test_metrics_can_require_the_token(ws: Workspace, run_api: RunApi) -> None:
+    def closed(settings: Settings) -> None:
+        settings.api.open_metrics = False
+
+    async def scenario(api: Api) -> None:
+        assert (await api.client.get("/metrics", headers={"Authorization": ""})).status_code == 401
+        assert (await api.client.get("/metrics")).status_code == 200
+        assert (await api.client.get("/health", headers={"Authorization": ""})).status_code == 200
+
+    run_api(scenario, configure=closed)
