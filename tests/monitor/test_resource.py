@@ -341,3 +341,16 @@ def test_bad_interval(plugins):
 
     with pytest.raises(ValueError, match="monitor interval must be positive, got 0"):
         asyncio.run(start())
+
+
+def test_exported_samples_leave_out_exited_and_forgotten_plugins(hog, plugins):
+    a, b, c = hog(), hog(), hog()
+    for name, h in (("ea", a), ("eb", b), ("ec", c)):
+        plugins.add(name, h)
+    mon = ResourceMonitor(settings(), plugins.source, plugins.unload)
+    asyncio.run(mon.sweep())
+    assert set(mon.exported_samples()) == {"ea", "eb", "ec"}
+    b.kill()  # exited (and reaped) since the sweep: gone from the next scrape already
+    mon.forget("ec")  # unloaded
+    assert set(mon.exported_samples()) == {"ea"}
+    assert mon.consecutive_violations("ec") == 0
