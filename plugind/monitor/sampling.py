@@ -100,9 +100,12 @@ def sample_plugin(plugin: MonitoredPlugin) -> Sample | None:
     """Sample one plugin now; None when its process is gone. Never raises for a vanished process."""
     now = time.monotonic()
     usage = None
-    if plugin.cgroup is not None:
+    # Only a handle with usage() (plugind.sandbox.cgroups.CgroupHandle) gives counters; anything
+    # else (None, a bare path) means psutil for everything.
+    read_usage = getattr(plugin.cgroup, "usage", None)
+    if callable(read_usage):
         try:
-            usage = plugin.cgroup.usage()
+            usage = read_usage()
         except OSError as exc:  # removed under us, or the controller is missing
             log.debug("cgroup usage unreadable: %s", exc, extra={"plugin": plugin.name})
     try:

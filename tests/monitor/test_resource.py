@@ -354,3 +354,9 @@ def test_exported_samples_leave_out_exited_and_forgotten_plugins(hog, plugins):
     mon.forget("ec")  # unloaded
     assert set(mon.exported_samples()) == {"ea"}
     assert mon.consecutive_violations("ec") == 0
+
+
+def test_a_cgroup_given_as_a_bare_path_falls_back_to_psutil(hog):
+    h = hog()
+    sample = sample_plugin(MonitoredPlugin("pathy", h.pid, "/sys/fs/cgroup/plugind/pathy"))  # type: ignore[arg-type]
+    assert sample is not None and sample.source == "psutil" and sample.memory_bytes > 0
