@@ -128,7 +128,7 @@ def spawn_contained(
     if not plan.enabled:
         pid = os.fork()
         if pid == 0:
-            _run(run_child, ChildHooks(plan, None), keep_fds, None)
+            _run(run_child, ChildHooks(plan, None), keep_fds)
         return Spawned(pid, dict.fromkeys(STEPS, OFF))
     steps: dict[str, str] = dict.fromkeys(STEPS, OFF)
 
@@ -394,7 +394,7 @@ def _child(
     except BaseException as exc:
         _send_error(rep_w, "spawn", f"{type(exc).__name__}: {exc}")
         os._exit(_CHILD_FAILED)
-    _run(run_child, hooks, keep_fds, None)
+    _run(run_child, hooks, keep_fds)
 
 
 @dataclass
@@ -506,9 +506,7 @@ def _terminate(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
-def _run(
-    run_child: Callable[[ChildHooks], NoReturn], hooks: ChildHooks, keep_fds: list[int], _: object
-) -> NoReturn:
+def _run(run_child: Callable[[ChildHooks], NoReturn], hooks: ChildHooks, keep_fds: list[int]) -> NoReturn:
     try:
         _close_fds(keep_fds)
         signal.signal(signal.SIGTERM, _terminate)
