@@ -163,3 +163,50 @@ def test_strict_mode_serves_hooks_and_kills_on_a_socket(tmp_path: Path) -> None:
         cgroups.remove_tree(parent)
     assert first == {"echo": [1, 2]} and second == {"echo": "again"}
     assert status.signal == signal.SIGSYS and status.code is None
+
+
+HOG = """
+from plugind.sdk import Plugin
+plugin = Plugin()
+hoard = []
+
+@plugin.hook("eat")
+def eat(data, ctx):
+    while True:
+        hoard.append(b"\\x01" * (8 << 20))
+"""
+
+
+def test_oom_kill_reaches_the_launcher_as_oom(tmp_path: Path) -> None:
+    parent = unique_parent()
+    tree = tmp_path / "hog"
+    tree.mkdir()
+    (tree / "hogp.py").write_text(textwrap.dedent(HOG))
+    plan = build_plan(make_settings(parent, cgroups__memory_limit_mb=64), "hogp", tree)
+
+    async def main() -> Any:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            ours, theirs = socket.socketpair()
+            try:
+                req = SpawnRequest("hogp", str(tree), "hogp:plugin", "1.0", plan=plan.to_wire())
+                spawned = await launcher.spawn(req, theirs)
+            finally:
+                theirs.close()
+            chan = BlockingChannel(ours)
+            ours.settimeout(20)
+            assert (await asyncio.to_thread(chan.recv) or {}).get("type") == "hello"
+            chan.send({"type": "invoke", "id": 1, "hook": "eat", "data": None, "deadline_ms": 20000})
+            return await asyncio.wait_for(launcher.wait_exit(spawned.pid), 30)
+        finally:
+            await launcher.close()
+
+    try:
+        status = asyncio.run(main())
+    finally:
+        cgroups.remove_tree(parent)
+    assert status.signal == signal.SIGKILL
+    assert status.oom_killed is True
+    assert status.describe() == "killed by SIGKILL (out of memory)"
+    assert group_dirs(parent) == []
