@@ -172,6 +172,12 @@ class Daemon:
         assert self.launcher is not None
         redactor = setup_logging(settings)
         redactor.add(self.token)
+        if self.token is None:
+            log.warning(
+                "no API token (PLUGIND_API_TOKEN or api.token_file): /api/* is open to every local "
+                "user of %s",
+                settings.api.listen,
+            )
         if settings.sandboxing.enabled:
             from plugind.sandbox.cgroups import cleanup_stale
 

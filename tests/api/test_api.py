@@ -83,6 +83,9 @@ def test_load_list_detail_unload(ws: Workspace, run_api: RunApi) -> None:
         assert gone.status_code == 409
         assert gone.json()["message"] == "plugin 'echo' is not loaded"
         events = [(e["event"], e["plugin"]) for e in (await api.client.get("/api/audit")).json()["entries"]]
+        assert (await api.client.get("/api/audit?limit=1000")).status_code == 200
+        too_many = await api.client.get("/api/audit?limit=1001")
+        assert too_many.status_code == 422 and too_many.json()["error"] == "invalid_input"
         assert ("load", "echo") in events and ("unload", "echo") in events
 
     run_api(scenario)

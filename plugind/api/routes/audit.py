@@ -13,7 +13,7 @@ router = APIRouter(tags=["audit"])
 
 
 @router.get("/audit", response_model=AuditReply)
-async def tail(request: Request, limit: int = Query(100, ge=1, le=10_000)) -> AuditReply:
+async def tail(request: Request, limit: int = Query(100, ge=1, le=1000)) -> AuditReply:
     """The last `limit` audit entries, oldest first."""
     log = _deps.audit_log(request)
     if log is None:
