@@ -250,8 +250,9 @@ class ResourceMonitor:
                 summary,
                 extra={"plugin": name, "violations": [v.type for v in found], "streak": state.streak},
             )
-            if kinds != state.streak_types:
-                self._audit_later("violation", name, violations=details, streak=state.streak)
+        # The trail gets the start of a streak and any change of its kinds, not every sample.
+        if kinds != state.streak_types:
+            self._audit_later("violation", name, violations=details, streak=state.streak)
         state.streak_types = kinds
         if state.streak >= threshold and behavior.auto_unmount and not state.unloading:
             state.unloading = True

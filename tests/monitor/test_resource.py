@@ -360,3 +360,23 @@ def test_a_cgroup_given_as_a_bare_path_falls_back_to_psutil(hog):
     h = hog()
     sample = sample_plugin(MonitoredPlugin("pathy", h.pid, "/sys/fs/cgroup/plugind/pathy"))  # type: ignore[arg-type]
     assert sample is not None and sample.source == "psutil" and sample.memory_bytes > 0
+
+
+def test_violations_are_audited_at_streak_start_and_kind_change_even_when_not_logged(hog, plugins, tmp_path):
+    h = hog()
+    plugins.add("quiet", h)
+    audit = AuditLog(tmp_path / "audit.log")
+    mon = ResourceMonitor(settings(max_fds=10, max_threads=3), plugins.source, plugins.unload, audit=audit)
+    mon.set_unmount_behavior("quiet", UnmountBehavior(auto_unmount=False, log_violations=False))
+
+    async def scenario() -> None:
+        h.do("fds 20")
+        await _sweeps(mon, 2)  # one streak, one kind: one entry
+        h.do("threads 4")
+        await _sweeps(mon, 2)  # the kinds change: a second entry
+        await mon.stop()  # waits for the audit writes
+
+    asyncio.run(scenario())
+    entries = audit.tail(event="violation", plugin="quiet")
+    assert [[v["type"] for v in e["violations"]] for e in entries] == [["fds"], ["threads", "fds"]]
+    assert [e["streak"] for e in entries] == [1, 3]
