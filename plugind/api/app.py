@@ -172,6 +172,12 @@ def create_app(
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return JSONResponse(error_body(exc.message, str(label)), status_code=code)
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: log it with its traceback, tell the client nothing about the internals.
+        log.error("%s %s: unexpected error", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal error (see the daemon log)", "internal"), status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
