@@ -20,6 +20,7 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # Nothing useful fits in less than a fixmap with a "type" entry.
 MIN_FRAME = 1
+RECV_CHUNK = 256 * 1024
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -135,7 +136,8 @@ class BlockingChannel:
         self.sock = sock
         self.max_frame = max_frame
         self._send_lock = threading.Lock()
-        self._header = bytearray(HEADER_SIZE)
+        self._rbuf = bytearray()
+        self._rpos = 0
 
     def send(self, msg: dict[str, Any]) -> None:
         """Encode and send one message. Raises ProtocolViolation (unencodable) or OSError."""
@@ -143,27 +145,35 @@ class BlockingChannel:
         with self._send_lock:
             self.sock.sendall(frame)
 
-    def _read_exact(self, n: int) -> bytearray | None:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            r = self.sock.recv_into(view[got:], n - got)
-            if r == 0:
-                if got == 0:
+    def recv(self) -> dict[str, Any] | None:
+        """The next message, or None at a clean end of stream. Raises ProtocolViolation or OSError.
+
+        Reads in chunks and keeps what follows the frame, so a small message costs one recv().
+        The length prefix is checked as soon as its four bytes are in, before any of the body.
+        """
+        buf = self._rbuf
+        while True:
+            pos = self._rpos
+            avail = len(buf) - pos
+            if avail >= HEADER_SIZE:
+                (length,) = HEADER.unpack_from(buf, pos)
+                check_length(length, self.max_frame)
+                if avail >= HEADER_SIZE + length:
+                    start = pos + HEADER_SIZE
+                    body = bytes(buf[start : start + length])
+                    end = start + length
+                    if end == len(buf):
+                        buf.clear()
+                        self._rpos = 0
+                    else:
+                        self._rpos = end
+                    return decode_body(body)
+            chunk = self.sock.recv(RECV_CHUNK)
+            if not chunk:
+                if avail == 0:
                     return None
                 raise ProtocolViolation("connection closed in the middle of a frame", detail="eof")
-            got += r
-        return buf
-
-    def recv(self) -> dict[str, Any] | None:
-        """The next message, or None at a clean end of stream. Raises ProtocolViolation or OSError."""
-        header = self._read_exact(HEADER_SIZE)
-        if header is None:
-            return None
-        (length,) = HEADER.unpack(header)
-        check_length(length, self.max_frame)
-        body = self._read_exact(length)
-        if body is None:
-            raise ProtocolViolation("connection closed after a frame header", detail="eof")
-        return decode_body(body)
+            if pos:
+                del buf[:pos]
+                self._rpos = 0
+            buf += chunk
