@@ -248,7 +248,10 @@ class Supervisor:
                                    str(getattr(self.manifest, "version", "") or ""), self.max_frame, plan)
             spawned = await self.launcher.spawn(request, theirs)
         except BaseException:
-            ours.close()
+            if inc.transport is not None:
+                inc.transport.abort()
+            else:
+                ours.close()
             raise
         finally:
             theirs.close()

@@ -20,7 +20,7 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # Nothing useful fits in less than a fixmap with a "type" entry.
 MIN_FRAME = 1
-RECV_CHUNK = 256 * 1024
+RECV_CHUNK = 64 * 1024
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -138,6 +138,8 @@ class BlockingChannel:
         self._send_lock = threading.Lock()
         self._rbuf = bytearray()
         self._rpos = 0
+        self._chunk = bytearray(RECV_CHUNK)
+        self._chunk_view = memoryview(self._chunk)
 
     def send(self, msg: dict[str, Any]) -> None:
         """Encode and send one message. Raises ProtocolViolation (unencodable) or OSError."""
@@ -168,12 +170,13 @@ class BlockingChannel:
                     else:
                         self._rpos = end
                     return decode_body(body)
-            chunk = self.sock.recv(RECV_CHUNK)
-            if not chunk:
+            # recv_into a reused buffer: recv(n) would allocate n bytes per call (mmap for big n).
+            n = self.sock.recv_into(self._chunk)
+            if not n:
                 if avail == 0:
                     return None
                 raise ProtocolViolation("connection closed in the middle of a frame", detail="eof")
             if pos:
                 del buf[:pos]
                 self._rpos = 0
-            buf += chunk
+            buf += self._chunk_view[:n]
