@@ -108,6 +108,7 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()
         self.sup._on_eof(self.inc)
 
     def pause_writing(self) -> None:
@@ -309,8 +310,11 @@ class Supervisor:
         timer = loop.call_later(timeout_s, self._expire, inc, call_id, hook, timeout_s)
         try:
             if inc.paused is not None:
-                await inc.paused
-            inc.transport.write(frame)
+                # The plugin is not reading: wait for room, but never past this call's deadline.
+                waiters: set[asyncio.Future[Any]] = {fut, inc.paused}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not fut.done() and inc.transport is not None and not inc.transport.is_closing():
+                inc.transport.write(frame)
             reply = await fut
         finally:
             timer.cancel()

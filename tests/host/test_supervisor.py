@@ -546,3 +546,27 @@ def test_exec_plugin_in_perl_end_to_end(tmp_path: Path, repo_root: Path) -> None
         assert_gone(pid)
 
     run(tmp_path, body)
+
+
+def test_a_plugin_that_stops_reading_cannot_block_callers_past_their_deadline(tmp_path: Path) -> None:
+    s = settings(shutdown_grace_secs=0.3)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("hangs")
+        await sup.start()
+        stuck = asyncio.create_task(sup.invoke("stuck", 60, 0.2))
+        big = b"x" * (1 << 20)
+        t0 = time.monotonic()
+        # Far more than the socket buffers hold: the transport pauses writing, callers must still time out.
+        results = await asyncio.gather(*(sup.invoke("echo", big, 1.0) for _ in range(64)),
+                                       return_exceptions=True)
+        assert time.monotonic() - t0 < 10
+        assert all(isinstance(r, HookTimeout) for r in results), {type(r).__name__ for r in results}
+        with pytest.raises(HookTimeout):
+            await stuck
+        pid = sup.pid
+        await sup.stop()
+        assert sup.last_exit is not None and sup.last_exit.code == 128 + signal.SIGTERM
+        assert_gone(pid)
+
+    run(tmp_path, body, s)
