@@ -83,7 +83,7 @@ def prepare(repo: Path, config: Path) -> int:
     tk = parse_trust_key(tk_hex)
     api_token(data)
     public_keys = {KEY_NAME: key.public_key.hex}
-    env = f"PLUGIN_TRUST_KEY={tk_hex}\nPLUGIND_SECURITY__PUBLIC_KEYS={json.dumps(public_keys)}\n"
+    env = f"PLUGIN_TRUST_KEY={tk_hex}\nPLUGIND_SECURITY__PUBLIC_KEYS='{json.dumps(public_keys)}'\n"
     atomic_write(env_file, env.encode("ascii"), mode=0o600)
 
     settings = load_config(config)

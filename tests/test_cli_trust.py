@@ -271,7 +271,16 @@ def test_dev_prepare_is_idempotent_and_trusts_the_examples(tmp_path: Path) -> No
         assert stat.S_IMODE((repo / rel).stat().st_mode) == 0o600, rel
     bundles = {p.name: p.read_bytes() for p in (repo / "plugins").iterdir()}
     assert len(bundles) == 2 * len(examples)  # each bundle and its .sig
-    env_lines = dict(line.split("=", 1) for line in (repo / "data" / "dev.env").read_text().splitlines())
+    # Read it the way `make run` does: sourced by a shell with `set -a`.
+    sourced = subprocess.run(
+        ["bash", "-c", "set -a; . data/dev.env; set +a; env -0"],
+        cwd=repo, env={"PATH": os.environ["PATH"]}, capture_output=True, check=True,
+    ).stdout.decode()
+    env_lines = {
+        k: v for k, v in (item.split("=", 1) for item in sourced.split("\0") if "=" in item)
+        if k in ("PLUGIN_TRUST_KEY", "PLUGIND_SECURITY__PUBLIC_KEYS")
+    }
+    assert sourced and len(env_lines) == 2, "data/dev.env does not source cleanly in a shell"
     assert len(env_lines["PLUGIN_TRUST_KEY"]) == 64
     public_keys = json.loads(env_lines["PLUGIND_SECURITY__PUBLIC_KEYS"])
     assert public_keys == {"dev": (repo / "data" / "keys" / "dev.pub").read_text().strip()}
