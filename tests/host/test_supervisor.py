@@ -138,6 +138,19 @@ time.sleep(60)
 def setup(ctx):
     raise RuntimeError("database unreachable")
 ''',
+    "whoami": '''
+@plugin.hook("whoami")
+def whoami(data, ctx):
+    return {"pid": os.getpid(), "cwd": os.getcwd()}
+
+@plugin.hook("go")
+def go(code, ctx):
+    os._exit(code)
+
+@plugin.hook("sleep")
+def nap(seconds, ctx):
+    time.sleep(seconds)
+''',
     "stubborn": '''
 @plugin.hook("echo")
 def echo(data, ctx):
@@ -568,5 +581,31 @@ def test_a_plugin_that_stops_reading_cannot_block_callers_past_their_deadline(tm
         await sup.stop()
         assert sup.last_exit is not None and sup.last_exit.code == 128 + signal.SIGTERM
         assert_gone(pid)
+
+    run(tmp_path, body, s)
+
+
+@pytest.mark.root
+def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path) -> None:
+    s = settings()
+    s.sandboxing.enabled = True
+
+    async def body(rig: Rig) -> None:
+        assert rig.launcher.sandbox_available
+        sup = rig.supervisor("whoami")
+        sup.manifest.requires = SimpleNamespace(network=(), memory_mb=None)
+        await sup.start()
+        assert sup.isolation["pid_ns"] == "active" and sup.isolation["seccomp"] == "active"
+        assert await sup.invoke("whoami", None, 5) == {"pid": 1, "cwd": str(tmp_path / "whoami")}
+        with pytest.raises(HookTimeout):  # SIGALRM deadlines work under seccomp too
+            await sup.invoke("sleep", 30, 0.2)
+        pid = sup.pid
+        with pytest.raises(PluginCrashed, match=r"exit code 4\)"):
+            await sup.invoke("go", 4, 5)
+        await rig.wait_event("whoami", "recovered")
+        assert_gone(pid)
+        assert (await sup.invoke("whoami", None, 5))["pid"] == 1
+        await sup.stop()
+        assert sup.last_exit is not None and sup.last_exit.code == 0
 
     run(tmp_path, body, s)
