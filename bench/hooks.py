@@ -5,7 +5,7 @@ socketpair ping-pong floor measured in the same run, and plugin cold start (spaw
 next to `python -c pass`. Targets: round trip within 2x the floor; >= 8,000 calls/s per plugin for
 small payloads (pipelining allowed); ready in under 20 ms.
 
-    .venv/bin/python bench/hooks.py [--calls N]
+    .venv/bin/python bench/hooks.py [--calls N] [--sandbox]
 """
 
 from __future__ import annotations
@@ -162,16 +162,18 @@ def report(label: str, samples: list[float], floor_samples: list[float], bare: l
           f"p50 {a50 * 1e6:5.1f} us ratio {p50 / a50:4.2f}x")
 
 
-async def main(calls: int) -> None:
+async def main(calls: int, sandbox: bool) -> None:
     settings = Settings()
-    settings.sandboxing.enabled = False
+    settings.sandboxing.enabled = sandbox
     launcher = Launcher()
     await launcher.start()
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "bench"
         tree.mkdir()
         (tree / "bench.py").write_text(PLUGIN)
-        manifest = SimpleNamespace(name="bench", version="1.0", entrypoint="bench:plugin", api=1)
+        manifest = SimpleNamespace(name="bench", version="1.0", entrypoint="bench:plugin", api=1,
+                                   requires=SimpleNamespace(network=(), memory_mb=None))
+        print(f"sandbox: {'on (needs root)' if sandbox else 'off (plain fork)'}")
         try:
             # Cold start: spawn request -> hello received, through the fork-server.
             starts = []
@@ -209,5 +211,6 @@ async def main(calls: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--sandbox", action="store_true", help="spawn through the full sandbox")
     args = parser.parse_args()
-    asyncio.run(main(args.calls))
+    asyncio.run(main(args.calls, args.sandbox))
