@@ -215,7 +215,12 @@ class ForkServer:
                 if not data:
                     self.shutdown()
                     return
-                self.handle(data, fds)
+                try:
+                    self.handle(data, fds)
+                except ConnectionError:  # the daemon is gone: handled by main()
+                    raise
+                except Exception as exc:  # a malformed request must not take every plugin down
+                    print(f"plugind fork-server: bad request: {exc!r}", file=sys.stderr, flush=True)
             self.reap()
 
 
