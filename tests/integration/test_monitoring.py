@@ -58,7 +58,14 @@ def gauge(samples: dict, name: str, plugin: str) -> float | None:
     return samples.get((name, (("plugin", plugin),)))
 
 
-def test_memory_and_fd_hogs_are_seen_measured_and_unloaded(ws: Workspace, daemon_factory: Factory) -> None:
+@pytest.mark.parametrize(
+    "sandboxed", [False, pytest.param(True, marks=pytest.mark.root)], ids=["plain", "sandboxed"]
+)
+def test_memory_and_fd_hogs_are_seen_measured_and_unloaded(
+    ws: Workspace, daemon_factory: Factory, sandboxed: bool
+) -> None:
+    # Sandboxed, the plugins live in their own pid and net namespaces and cgroups.
+    ws.sandboxing = sandboxed
     ws.auto_load = False
     ws.extra_config = MONITORING
     ws.add(plugin_source("memhog", {"grow_memory": (0, GROW)}, header="_keep = None"))
@@ -71,9 +78,11 @@ def test_memory_and_fd_hogs_are_seen_measured_and_unloaded(ws: Workspace, daemon
 
     # Within limits: sampled and exported, no violation.
     before = wait_for(
-        lambda: (s := scrape(daemon)) and gauge(s, "plugind_plugin_open_fds", "fdhog") and s,
+        lambda: (s := scrape(daemon))
+        and all(gauge(s, "plugind_plugin_open_fds", n) for n in ("memhog", "fdhog", "calm"))
+        and s,
         10,
-        "first sweep",
+        "a sweep that saw all three plugins",
     )
     assert 0 < gauge(before, "plugind_plugin_memory_bytes", "memhog") < 96 * MIB
     assert 0 < gauge(before, "plugind_plugin_open_fds", "fdhog") < 48
