@@ -7,6 +7,7 @@ left (zombie or alive), checked with psutil.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -150,6 +151,17 @@ def go(code, ctx):
 @plugin.hook("sleep")
 def nap(seconds, ctx):
     time.sleep(seconds)
+''',
+    "garbage_at_start": '''
+host_socket().sendall(b"\\x00\\x00\\x00\\x03not msgpack")
+time.sleep(30)
+''',
+    "chatty": '''
+@plugin.hook("go")
+def go(n, ctx):
+    for i in range(n):
+        plugin.log.info("line %d", i)
+    return n
 ''',
     "stubborn": '''
 @plugin.hook("echo")
@@ -609,3 +621,36 @@ def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path) -> None:
         assert sup.last_exit is not None and sup.last_exit.code == 0
 
     run(tmp_path, body, s)
+
+
+def test_garbage_before_hello_fails_the_start(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("garbage_at_start")
+        with pytest.raises(InitializationError, match="plugin 'garbage_at_start' violated the protocol "
+                                                      "during start-up: frame is not valid msgpack") as info:
+            await sup.start()
+        assert info.value.reason == "protocol_violation"
+        assert rig.kinds("garbage_at_start") == ["protocol_violation"]
+        assert sup.state == "failed"
+        assert_gone(sup.pid)
+
+    run(tmp_path, body)
+
+
+def test_plugin_logs_are_re_emitted_with_its_name_and_bounded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("chatty")
+        await sup.start()
+        with caplog.at_level(logging.INFO, logger="plugind.plugin"):
+            assert await sup.invoke("go", 1000, 10) == 1000
+            await sup.invoke("go", 0, 10)  # every log frame of the first call is in by now
+        lines = [r for r in caplog.records if r.name == "plugind.plugin"]
+        assert 1 <= len(lines) <= 200  # at most 200 lines per second per plugin
+        assert lines[0].getMessage() == "line 0"
+        assert lines[0].plugin == "chatty"  # type: ignore[attr-defined]
+        assert lines[0].plugin_logger == "plugin.chatty"  # type: ignore[attr-defined]
+        await sup.stop()
+
+    run(tmp_path, body)

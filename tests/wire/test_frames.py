@@ -9,6 +9,8 @@ import threading
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugind.errors import ProtocolViolation
 from plugind.wire import BlockingChannel, FrameBuffer, decode, encode
@@ -167,3 +169,25 @@ def test_asyncio_reader_eof_cases() -> None:
         wd.close()
 
     asyncio.run(main())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048), st.integers(min_value=1, max_value=64))
+def test_arbitrary_bytes_only_ever_give_messages_or_protocol_violations(data: bytes, step: int) -> None:
+    buf = FrameBuffer(max_frame=1024)
+    try:
+        for i in range(0, len(data), step):
+            for msg in buf.feed(data[i : i + step]):
+                assert isinstance(msg, dict) and isinstance(msg["type"], str)
+    except ProtocolViolation as exc:
+        assert exc.detail
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+                    | st.text(max_size=20) | st.binary(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                max_size=4),
+                    max_leaves=20))
+def test_any_msgpack_payload_round_trips(value: object) -> None:
+    assert FrameBuffer().feed(encode({"type": "x", "data": value})) == [{"type": "x", "data": value}]
