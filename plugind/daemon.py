@@ -247,7 +247,7 @@ class Daemon:
         for p in self.registry.get_loaded_plugins():
             sup: Any = p.supervisor
             if sup.pid is not None and sup.state == "running":
-                out.append(MonitoredPlugin(p.name, sup.pid, getattr(sup, "cgroup", None)))
+                out.append(MonitoredPlugin(p.name, sup.pid, sup.cgroup))
         return out
 
     def stopping(self, sig: int) -> None:

@@ -40,6 +40,8 @@ from plugind.errors import (
 )
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
+from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
+from plugind.sandbox.plan import build_plan
 from plugind.wire import messages as m
 from plugind.wire.frames import FrameBuffer, encode
 
@@ -146,7 +148,7 @@ class Supervisor:
         self.hooks: dict[str, int] = {}
         self.restarts = 0
         self.isolation: dict[str, str] = {}
-        self.cgroup: str | None = None
+        self.cgroup: CgroupHandle | None = None  # the live plugin's cgroup, for the monitor
         self.plan: Any = None
         self.last_exit: ExitStatus | None = None
         self.last_error: str | None = None
@@ -199,7 +201,8 @@ class Supervisor:
             self._send(inc, {"type": m.SHUTDOWN, "reason": reason[:1024]})
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 try:
-                    await asyncio.wait_for(asyncio.shield(inc.exited), grace)
+                    async with asyncio.timeout(grace):
+                        await asyncio.shield(inc.exited)
                     break
                 except TimeoutError:
                     log.warning("plugin %s did not exit in %.1fs; sending %s", self.name, grace,
@@ -219,13 +222,9 @@ class Supervisor:
             await asyncio.gather(*watchers, return_exceptions=True)
 
     def _plan(self) -> dict[str, Any] | None:
+        # Pure: builds the sandbox plan (raises SandboxError/ConfigError when the manifest asks for
+        # more than the operator allows). Sandboxing enabled always gets a plan: never fail open.
         if not self.settings.sandboxing.enabled:
-            return None
-        try:
-            from plugind.sandbox.plan import build_plan
-        except ImportError:
-            log.warning("sandboxing is enabled but plugind.sandbox.plan is missing; no sandbox",
-                        extra={"plugin": self.name})
             return None
         requires = getattr(self.manifest, "requires", None)
         req = {"network": list(getattr(requires, "network", ()) or ()),
@@ -261,13 +260,15 @@ class Supervisor:
         self._inc = inc
         self.pid = spawned.pid
         self.isolation = spawned.steps
+        self.cgroup = cgroup_for(self.plan) if self.plan is not None else None
         watcher = asyncio.create_task(self._watch(inc), name=f"watch-{self.name}-{spawned.pid}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         timeout = self.settings.supervisor.hello_timeout_secs
         assert inc.hello is not None
         try:
-            hello = await asyncio.wait_for(asyncio.shield(inc.hello), timeout)
+            async with asyncio.timeout(timeout):
+                hello = await asyncio.shield(inc.hello)
         except TimeoutError:
             await self._kill(inc, signal.SIGKILL)
             await asyncio.shield(inc.exited)
@@ -553,7 +554,7 @@ class Supervisor:
     async def _heartbeat_loop(self) -> None:
         sup = self.settings.supervisor
         loop = asyncio.get_running_loop()
-        while True:
+        while self.state not in ("stopping", "stopped"):
             await asyncio.sleep(sup.heartbeat_interval_secs)
             inc = self._inc
             if self.state != "running" or inc is None or inc.transport is None:
@@ -564,7 +565,10 @@ class Supervisor:
             inc.pings[ping_id] = fut
             self._send(inc, {"type": m.PING, "id": ping_id})
             try:
-                await asyncio.wait_for(asyncio.shield(fut), sup.heartbeat_timeout_secs)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
+                # stop() sends when the pong lands in the same loop turn, and stop() would hang.
+                async with asyncio.timeout(sup.heartbeat_timeout_secs):
+                    await asyncio.shield(fut)
                 continue
             except TimeoutError:
                 pass

@@ -162,7 +162,8 @@ class ResourceMonitor:
                 log.exception("resource monitor sweep failed")
             spent = time.monotonic() - started
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, self.interval - spent))
+                async with asyncio.timeout(max(0.0, self.interval - spent)):
+                    await self._stopping.wait()
 
     # -- sweeping ------------------------------------------------------------------------------
 

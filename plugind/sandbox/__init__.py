@@ -16,7 +16,7 @@ _EXPORTS = {
     "SandboxPlan": "plan",
     "Spawned": "contain",
     "build_plan": "plan",
-    "cgroup_for": "contain",
+    "cgroup_for": "cgroups",
     "cleanup": "contain",
     "cleanup_stale": "cgroups",
     "oom_killed": "contain",

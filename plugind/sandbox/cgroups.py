@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugind.errors import SandboxError
-from plugind.sandbox.plan import CgroupLimits
+from plugind.sandbox.plan import CgroupLimits, SandboxPlan
 
 log = logging.getLogger("plugind.sandbox.cgroups")
 
@@ -414,10 +414,20 @@ def remove_tree(parent: str, hier: Hierarchy | None = None) -> None:
             CgroupHandle("v1", {"pids": d}).remove()
 
 
+def cgroup_for(plan: SandboxPlan) -> CgroupHandle | None:
+    """The plugin's live cgroup handle (for the monitor and OOM reporting), if any."""
+    try:
+        backend = choose_backend(plan.cgroup_backend, detect_cached())
+    except SandboxError:
+        return None
+    return None if backend is None else open_group(backend, plan.cgroup_parent, plan.name)
+
+
 __all__ = [
     "CgroupHandle",
     "CgroupUsage",
     "Hierarchy",
+    "cgroup_for",
     "choose_backend",
     "cleanup_stale",
     "create_group",

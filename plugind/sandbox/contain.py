@@ -25,6 +25,7 @@ import prctl
 
 from plugind.errors import SandboxError
 from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, rlimits, seccomp
+from plugind.sandbox.cgroups import cgroup_for
 from plugind.sandbox.plan import SandboxPlan
 
 log = logging.getLogger("plugind.sandbox.contain")
@@ -543,15 +544,6 @@ def oom_killed(plan: SandboxPlan) -> bool:
     """Whether the kernel OOM-killed anything in the plugin's cgroup (ask before `cleanup`)."""
     group = cgroup_for(plan)
     return group is not None and group.oom_kills() > 0
-
-
-def cgroup_for(plan: SandboxPlan) -> cgroups.CgroupHandle | None:
-    """The plugin's live cgroup handle (for the monitor and OOM reporting), if any."""
-    try:
-        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
-    except SandboxError:
-        return None
-    return None if backend is None else cgroups.open_group(backend, plan.cgroup_parent, plan.name)
 
 
 __all__ = ["STEPS", "ChildHooks", "Spawned", "cgroup_for", "cleanup", "oom_killed", "spawn_contained"]
