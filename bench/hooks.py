@@ -5,7 +5,10 @@ socketpair ping-pong floor measured in the same run, and plugin cold start (spaw
 next to `python -c pass`. Targets: round trip within 2x the floor; >= 8,000 calls/s per plugin for
 small payloads (pipelining allowed); ready in under 20 ms.
 
-    .venv/bin/python bench/hooks.py [--calls N] [--sandbox]
+    .venv/bin/python bench/hooks.py [--calls N] [--sandbox] [--pin]
+
+--pin puts the host side on CPU 0 and the other end (floor echo processes and the plugin) on CPU 1,
+for the floor and for plugind alike: the "across CPUs" figure. Without it the scheduler decides.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ plugin = Plugin()
 def echo(data, ctx):
     return data
 """
+
+PIN: tuple[set[int], set[int]] | None = None  # (host CPUs, far-end CPUs) when --pin
+
+
+def pin_far_end(pid: int) -> None:
+    if PIN is not None:
+        os.sched_setaffinity(pid, PIN[1])
+
 
 SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
 BIG = {"body": b"x" * (64 * 1024)}
@@ -64,6 +75,7 @@ class Floor:
         self.sock, theirs = socket.socketpair()
         self.pid = os.fork()
         if self.pid == 0:
+            pin_far_end(0)
             # Keep only our end: an inherited copy of another floor's socket would hide its EOF.
             os.closerange(3, theirs.fileno())
             os.closerange(theirs.fileno() + 1, 4096)
@@ -194,6 +206,8 @@ async def main(calls: int, sandbox: bool) -> None:
 
             sup = Supervisor("bench", tree, manifest, settings, launcher, None)
             await sup.start()
+            assert sup.pid is not None
+            pin_far_end(sup.pid)
             await round_trips(sup, SMALL, 500)  # warm-up
             report("round trip small", *await compare(sup, SMALL, 64, calls))
             report("round trip 64 KiB", *await compare(sup, BIG, 64 * 1024, max(calls // 5, 200)))
@@ -212,5 +226,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--sandbox", action="store_true", help="spawn through the full sandbox")
+    parser.add_argument("--pin", action="store_true", help="host on CPU 0, plugin and floor echo on CPU 1")
     args = parser.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs two CPUs")
+        PIN = ({cpus[0]}, {cpus[1]})
+        os.sched_setaffinity(0, PIN[0])
+        print(f"pinned: host on CPU {cpus[0]}, plugin and floor echo on CPU {cpus[1]}")
     asyncio.run(main(args.calls, args.sandbox))

@@ -89,8 +89,7 @@ class _Connection(asyncio.Protocol):
         self.buf = FrameBuffer(max_frame)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.inc.transport = transport
+        self.inc.transport = transport  # type: ignore[assignment]  # a stream transport (any loop)
 
     def data_received(self, data: bytes) -> None:
         if self.inc.violation is not None:
