@@ -22,9 +22,14 @@ pytest: setup
 
 test: lint typecheck pytest
 
+# Benchmarks print ratios against floors measured in the same run; the sandboxed ones need root.
 bench: setup
 	$(PY) bench/digest.py
 	$(PY) bench/hooks.py
+	$(PY) bench/hooks.py --sandbox
+	$(PY) bench/sandbox.py
+	$(PY) bench/monitor.py
+	$(PY) bench/health.py
 
 clean:
 	rm -rf data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
