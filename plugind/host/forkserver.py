@@ -173,11 +173,15 @@ class ForkServer:
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for pid in list(self.children):
+        for pid, plan in list(self.children.items()):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            if plan is not None and self.contain is not None:
+                with contextlib.suppress(Exception):  # best effort; the next start removes stale groups
+                    self.contain.cleanup(plan)
+        self.children.clear()
 
     def handle(self, data: bytes, fds: list[int]) -> None:
         """Act on one control packet."""

@@ -127,6 +127,9 @@ class Launcher:
                 env=scrubbed_env(),
                 cwd="/",
                 stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C or a group-wide SIGTERM meant for the daemon must not kill
+                # the fork-server (and every plugin with it) before the daemon has unloaded them.
+                start_new_session=True,
             )
         except OSError as exc:
             ours.close()

@@ -121,10 +121,14 @@ class RunningDaemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Signal the daemon and wait for it to exit; returns its exit status."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0, *, group: bool = False) -> int:
+        """Signal the daemon (its whole process group when `group`, like Ctrl-C in a terminal or
+        `timeout`) and wait for it to exit; returns its exit status."""
         self.tree()
-        self.proc.send_signal(sig)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
     def notifications(self, timeout: float) -> list[str]:
@@ -136,7 +140,9 @@ class RunningDaemon:
             return []
 
 
-def start(ws: Workspace, *, env: dict[str, str] | None = None, wait_ready: bool = True) -> RunningDaemon:
+def start(
+    ws: Workspace, *, env: dict[str, str] | None = None, wait_ready: bool = True, new_session: bool = False
+) -> RunningDaemon:
     port = free_port()
     config = ws.write_config(listen=f"127.0.0.1:{port}")
     notify_path = ws.root / "notify.sock"
@@ -159,6 +165,7 @@ def start(ws: Workspace, *, env: dict[str, str] | None = None, wait_ready: bool 
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,  # its own process group, as under a terminal
         )
     daemon = RunningDaemon(ws, proc, port, log_path, notify)
     if wait_ready:

@@ -268,7 +268,7 @@ def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Facto
     ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
     ws.add(echo("boxed"))
     try:
-        run_sandboxed(ws, daemon_factory)
+        run_sandboxed(ws, daemon_factory, parent)
     finally:
         # The daemon removes its plugins' groups; the parent made for this test is ours to remove.
         # (If the test failed with the daemon still up, the groups are busy: leave them.)
@@ -279,8 +279,8 @@ def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Facto
                 group.rmdir()
 
 
-def run_sandboxed(ws: Workspace, daemon_factory: Factory) -> None:
-    daemon = daemon_factory(ws)
+def run_sandboxed(ws: Workspace, daemon_factory: Factory, parent: str) -> None:
+    daemon = daemon_factory(ws, new_session=True)
     info = daemon.plugin("boxed")
     assert info["state"] == "running", daemon.log()
     steps = info["isolation"]
@@ -293,7 +293,14 @@ def run_sandboxed(ws: Workspace, daemon_factory: Factory) -> None:
     assert status["NSpid"].split()[-1] == "1"
     assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["boxed"]}
-    assert daemon.stop() == 0
+    groups = sorted(Path("/sys/fs/cgroup").glob(f"*/{parent}/boxed"))
+    assert groups, "the plugin has no cgroup"
+    # A signal to the whole process group (`timeout make run`, Ctrl-C, a service manager's
+    # KillMode=control-group): the fork-server must not die of it before the daemon has unloaded its
+    # plugins, and their cgroups must be gone afterwards.
+    assert daemon.stop(signal.SIGTERM, group=True) == 0
+    assert "unloaded boxed (shutdown)" in daemon.log()
+    assert not [g for g in groups if g.exists()], "plugin cgroups left after a clean shutdown"
 
 
 def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:
