@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from plugind.config import load_config  # noqa: E402
 from plugind.errors import PluginError  # noqa: E402
-from plugind.trust._fs import atomic_write  # noqa: E402
+from plugind.fsio import atomic_write  # noqa: E402
 from plugind.trust.digest import bundle_digest, signed_message  # noqa: E402
 from plugind.trust.keys import PrivateKey, write_public_key  # noqa: E402
 from plugind.trust.security import PluginSecurity  # noqa: E402

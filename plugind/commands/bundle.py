@@ -47,7 +47,7 @@ def run_sign(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from plugind.config import load_config
-    from plugind.trust._fs import atomic_write
+    from plugind.fsio import atomic_write
     from plugind.trust.bundle import BundleLimits, inspect_bundle
     from plugind.trust.digest import read_and_digest, signed_message
     from plugind.trust.keys import PrivateKey

@@ -8,14 +8,13 @@ if the marker written next to it names the same full digest; anything else is re
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import BundleError, LoadError
+from plugind.fsio import atomic_write
 from plugind.trust import PluginSecurity, VerifiedBundle
 from plugind.trust.bundle import BundleLimits, extract_bundle
 
@@ -128,22 +127,7 @@ def _read_marker(marker: Path) -> str | None:
 
 
 def _write_marker(marker: Path, digest: str) -> None:
-    # Atomic: temp file, fsync, rename, fsync the directory.
-    fd, tmp = tempfile.mkstemp(prefix=f".{marker.name}.", dir=marker.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(digest + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, marker)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(marker.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(marker, (digest + "\n").encode("ascii"))
 
 
 __all__ = ["DIGEST_PREFIX", "LoadedBundle", "PluginLoader"]

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from plugind.errors import (
     PluginNotFound,
     SecurityError,
 )
+from plugind.fsio import atomic_write
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import PluginLoader
 from plugind.monitor import metrics
@@ -478,21 +478,7 @@ class PluginRegistry:
     def _write_state(self, body: str) -> None:
         path = Path(self.settings.plugins.state_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(body + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, (body + "\n").encode("utf-8"))
 
 
 __all__ = [

@@ -163,7 +163,7 @@ def write_bundle(
     Returns (path, manifest, changed); an identical existing file is left untouched. Raises as
     pack_directory.
     """
-    from plugind.trust._fs import atomic_write
+    from plugind.fsio import atomic_write
 
     manifest, data = pack_directory(src)
     if out is None:

@@ -12,7 +12,7 @@ import nacl.exceptions
 import nacl.signing
 
 from plugind.errors import InvalidKey
-from plugind.trust._fs import atomic_write
+from plugind.fsio import atomic_write
 from plugind.trust.signature import PluginSignature
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")

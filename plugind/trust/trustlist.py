@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from plugind.errors import InvalidKey, TrustListError
-from plugind.trust._fs import atomic_write, stale_temp_files
+from plugind.fsio import atomic_write, stale_temp_files
 from plugind.trust.digest import DIGEST_HEX_LEN
 from plugind.trust.manifest import NAME_RE
 from plugind.trust.version import PluginVersion
