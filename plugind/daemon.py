@@ -43,13 +43,22 @@ log = logging.getLogger("plugind.daemon")
 
 
 def check_exposure(settings: Settings, token: str | None) -> None:
-    """Raise ConfigError when the API would listen beyond loopback without a token."""
-    if token is None and not is_loopback(settings.api.listen):
+    """Raise ConfigError when there is no API token: /api/* is never served without one (a
+    loopback address is no authentication: every local user and every local process can reach it)."""
+    if token is not None:
+        return
+    if not is_loopback(settings.api.listen):
         raise ConfigError(
             f"api.listen = {settings.api.listen} is not a loopback address and no API token is set: "
             "set PLUGIND_API_TOKEN or api.token_file, or listen on 127.0.0.1",
             key="api.listen",
         )
+    where = f" ({settings.api.token_file} does not exist)" if settings.api.token_file else ""
+    raise ConfigError(
+        f"no API token is set{where}: set PLUGIND_API_TOKEN or write a token of 16+ characters to "
+        "api.token_file with mode 0600 (e.g. `openssl rand -hex 32`)",
+        key="api.token_file",
+    )
 
 
 def bind_tcp(listen: str) -> socket.socket:
@@ -172,12 +181,6 @@ class Daemon:
         assert self.launcher is not None
         redactor = setup_logging(settings)
         redactor.add(self.token)
-        if self.token is None:
-            log.warning(
-                "no API token (PLUGIND_API_TOKEN or api.token_file): /api/* is open to every local "
-                "user of %s",
-                settings.api.listen,
-            )
         if settings.sandboxing.enabled:
             from plugind.sandbox.cgroups import cleanup_stale
 

@@ -73,8 +73,12 @@ def test_is_loopback(listen: str, loopback: bool) -> None:
 
 
 def test_exposure_needs_a_token() -> None:
-    check_exposure(settings(None), None)
     check_exposure(settings(None, "0.0.0.0:7070"), GOOD)
+    check_exposure(settings(None), GOOD)
+    # Loopback is no authentication: without a token the daemon does not start at all.
+    with pytest.raises(ConfigError, match="no API token is set: set PLUGIND_API_TOKEN") as info:
+        check_exposure(settings(None), None)
+    assert info.value.key == "api.token_file"
     message = "api.listen = 0.0.0.0:7070 is not a loopback address"
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         check_exposure(settings(None, "0.0.0.0:7070"), None)

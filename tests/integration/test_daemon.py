@@ -233,6 +233,20 @@ def test_refuses_non_loopback_without_token(ws: Workspace) -> None:
     ]
 
 
+def test_refuses_loopback_without_token(ws: Workspace) -> None:
+    config = ws.write_config(listen=f"127.0.0.1:{free_port()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    env["PLUGIN_TRUST_KEY"] = ws.trust_key_hex
+    out = subprocess.run(
+        [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("plugind: error: no API token is set ("), lines
+    assert "set PLUGIND_API_TOKEN or write a token" in lines[0]
+
+
 def test_ctl_errors_are_one_line(ws: Workspace) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
