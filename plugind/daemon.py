@@ -182,9 +182,14 @@ class Daemon:
         redactor = setup_logging(settings)
         redactor.add(self.token)
         if settings.sandboxing.enabled:
-            from plugind.sandbox.cgroups import cleanup_stale
+            from plugind.sandbox.cgroups import cleanup_stale, effective_parent
 
-            removed = await asyncio.to_thread(cleanup_stale, settings.sandboxing.cgroups.parent)
+            # On cgroup v2 the daemon and fork-server move into <own cgroup>/daemon and plugin groups
+            # go under <own cgroup>/<parent>; every plan built from now on uses that parent.
+            cg = settings.sandboxing.cgroups
+            ours = [os.getpid(), *([self.launcher.server_pid] if self.launcher.server_pid else [])]
+            cg.parent = await asyncio.to_thread(effective_parent, cg.backend, cg.parent, ours)
+            removed = await asyncio.to_thread(cleanup_stale, cg.parent)
             if removed:
                 log.info("removed %d stale plugin cgroups", len(removed))
         security = await asyncio.to_thread(PluginSecurity.from_environment, settings)

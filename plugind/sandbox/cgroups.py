@@ -1,7 +1,8 @@
 """Cgroups v2 and v1: detect the backend, compute settings (pure), apply them, read usage, clean up.
 
 Only groups under our own parent (`sandboxing.cgroups.parent`, default `plugind`) are ever created,
-written or removed.
+written or removed. On v2 a relative parent lives under the daemon's own (delegated) cgroup: see
+`plugind.sandbox.cgroup_layout` for the layout and `effective_parent` for where it is applied.
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugind.errors import SandboxError
+from plugind.sandbox.cgroup_layout import (
+    Enable,
+    Layout,
+    Mkdir,
+    Move,
+    Op,
+    delegated_base,
+    own_cgroup,
+    parse_controllers,
+    plan_v2_layout,
+)
 from plugind.sandbox.plan import CgroupLimits, SandboxPlan
 
 log = logging.getLogger("plugind.sandbox.cgroups")
@@ -312,7 +324,16 @@ def _ensure_parents(base: Path, rel: str) -> Path:
 
 
 def _v2_enable_controllers(root: Path, rel_parent: str, wanted: Iterable[str]) -> None:
-    # Each level from the root down to our parent must delegate the controllers to its children.
+    wanted = tuple(wanted)
+    # A parent that already passes on every controller it has (the delegated layout made at start-up,
+    # or an earlier load) is ready: write nothing above it, where systemd is the only writer.
+    with contextlib.suppress(OSError):
+        available = set((root / rel_parent / "cgroup.controllers").read_text().split())
+        enabled = set((root / rel_parent / "cgroup.subtree_control").read_text().split())
+        if all(c in enabled for c in wanted if c in available):
+            return
+    # An absolute parent on a host without delegation: each level from the root down to our parent
+    # must delegate the controllers to its children.
     path = root
     for part in [*Path(rel_parent).parts, None]:
         available = set((path / "cgroup.controllers").read_text().split())
@@ -383,6 +404,7 @@ def cleanup_stale(parent: str, hier: Hierarchy | None = None) -> list[str]:
     Raises SandboxError if a group cannot be removed.
     """
     hier = hier or detect()
+    _check_parent(parent)
     roots = [Path(p) for p in dict.fromkeys(hier.v1_paths.values())]
     if hier.v2_path:
         roots.append(Path(hier.v2_path))
@@ -399,6 +421,101 @@ def cleanup_stale(parent: str, hier: Hierarchy | None = None) -> list[str]:
     if removed:
         log.info("removed %d stale cgroups under %s", len(removed), parent)
     return removed
+
+
+def _check_parent(parent: str) -> None:
+    # An empty parent would be the hierarchy root: every group on the host, not ours to remove.
+    parts = [p for p in parent.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise SandboxError(
+            f"invalid cgroup parent {parent!r}: name a group below the hierarchy root, without '..'",
+            step="cgroup",
+        )
+
+
+# --- the v2 layout under a delegated subtree (decisions in cgroup_layout) -------------------------
+
+
+def apply_layout(ops: Iterable[Op], root: Path) -> None:
+    """Apply `cgroup_layout` ops under the v2 mount `root`. Raises SandboxError (step "cgroup").
+
+    An Enable is checked against the group's `cgroup.controllers` first: a controller that is not
+    offered there is refused by name instead of leaving the kernel's bare EINVAL.
+    """
+    for op in ops:
+        path = root / op.path.lstrip("/")
+        if isinstance(op, Mkdir):
+            _mkdir(path)
+        elif isinstance(op, Move):
+            _write(path / "cgroup.procs", str(op.pid))
+        elif isinstance(op, Enable):
+            available = parse_controllers(_read_text(path / "cgroup.controllers"))
+            missing = [c for c in op.controllers if c not in available]
+            if missing:
+                raise SandboxError(
+                    f"cannot enable cgroup controller(s) {', '.join(missing)} in {path}: "
+                    f"{path}/cgroup.controllers offers only {list(available)}; delegate them to "
+                    "plugind (systemd: Delegate=yes in the unit)",
+                    step="cgroup",
+                    detail=f"read({path}/cgroup.controllers): {' '.join(available) or '(empty)'}",
+                )
+            _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in op.controllers))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot read {path}: {exc.strerror}",
+            step="cgroup",
+            detail=f"read({path}): {errno.errorcode.get(exc.errno or 0, '?')}",
+        ) from exc
+
+
+def prepare_v2_layout(
+    parent: str, our_pids: Iterable[int], root: Path, *, proc_self_cgroup: str | None = None
+) -> Layout:
+    """Compute and apply the v2 layout for `parent` (see `cgroup_layout`); returns it.
+
+    `proc_self_cgroup` defaults to this process's /proc/self/cgroup. Raises SandboxError.
+    """
+    if parent.startswith("/"):
+        return plan_v2_layout(parent, "/", base_controllers=(), base_procs=(), our_pids=())
+    if proc_self_cgroup is None:
+        proc_self_cgroup = _read_text(Path("/proc/self/cgroup"))
+    own = own_cgroup(proc_self_cgroup)
+    base = root / delegated_base(own).lstrip("/")
+    layout = plan_v2_layout(
+        parent,
+        own,
+        base_controllers=parse_controllers(_read_text(base / "cgroup.controllers")),
+        base_procs=[int(x) for x in _read_text(base / "cgroup.procs").split()],
+        our_pids=our_pids,
+    )
+    apply_layout(layout.ops, root)
+    log.info("cgroup v2 layout: daemon in %s/daemon, plugins under %s", base, layout.parent)
+    return layout
+
+
+def effective_parent(
+    configured_backend: str, parent: str, our_pids: Iterable[int], hier: Hierarchy | None = None
+) -> str:
+    """The plugin parent to use from now on; on v2, after making the delegated layout.
+
+    Call once at daemon start-up, after the fork-server started and before `cleanup_stale`, with
+    the daemon's and the fork-server's pids. v1, `none`, or a backend not usable here (the load
+    reports that, as before): `parent` unchanged. v2: the absolute path of the plugin parent.
+    Raises SandboxError when the v2 layout cannot be made (fail closed: no plugin outside it).
+    """
+    hier = hier or detect()
+    try:
+        backend = choose_backend(configured_backend, hier)
+    except SandboxError:
+        return parent
+    if backend != "v2" or hier.v2_path is None:
+        return parent
+    return prepare_v2_layout(parent, our_pids, Path(hier.v2_path)).parent
 
 
 def remove_tree(parent: str, hier: Hierarchy | None = None) -> None:
@@ -427,15 +544,18 @@ __all__ = [
     "CgroupHandle",
     "CgroupUsage",
     "Hierarchy",
+    "apply_layout",
     "cgroup_for",
     "choose_backend",
     "cleanup_stale",
     "create_group",
     "detect",
     "detect_cached",
+    "effective_parent",
     "open_group",
     "parse_flat_keyed",
     "parse_mountinfo",
+    "prepare_v2_layout",
     "v1_settings",
     "v2_settings",
 ]
