@@ -187,7 +187,7 @@ class Daemon:
             # On cgroup v2 the daemon and fork-server move into <own cgroup>/daemon and plugin groups
             # go under <own cgroup>/<parent>; every plan built from now on uses that parent.
             cg = settings.sandboxing.cgroups
-            ours = [os.getpid(), *([self.launcher.server_pid] if self.launcher.server_pid else [])]
+            ours = [os.getpid(), *([self.launcher.proc.pid] if self.launcher.proc else [])]
             cg.parent = await asyncio.to_thread(effective_parent, cg.backend, cg.parent, ours)
             removed = await asyncio.to_thread(cleanup_stale, cg.parent)
             if removed:
