@@ -1,0 +1,291 @@
+"""The escape suite end to end: a REAL `plugind serve` with the DEFAULT sandbox configuration (only
+the cgroup parent is made unique) loads a signed, trusted hostile plugin, and each attempt of issue 4's
+list is fired through `POST /api/hooks/probe/execute`.
+
+One daemon serves the whole module (three plugins: `hostile`, its victim `sibling`, and `calm`, whose
+hook latency is measured while `hostile` spins). The attempts that kill the plugin (a kernel module:
+SIGSYS; memory exhaustion: OOM) run last and check that the daemon reports them and restarts the
+plugin while the host and the other plugins are untouched. Restricted networking needs its own config,
+so it gets its own daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+# The daemon fixtures import their kit as a top-level module; make it importable the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from escape_plugin import calm, hostile, sibling  # noqa: E402
+from integration.conftest import TOKEN, RunningDaemon, alive, reap, start, wait_for  # noqa: E402
+from kit import Workspace, plugin_source  # noqa: E402
+from sandbox_harness import group_dirs  # noqa: E402
+
+from plugind.sandbox import cgroups  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+HOST_SECRET = Path(f"/root/.plugind-escape-daemon-{os.getpid()}")
+SUID_TOOL = "suid-cat"
+EPERM = -errno.EPERM  # the raw libc calls report -errno
+
+
+class Server:
+    """A live TCP listener answering 'hi'; counts who reached it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.hits = 0
+        self._t = threading.Thread(target=self._serve, daemon=True)
+        self._t.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            with conn:
+                conn.sendall(b"hi")
+
+    def greet(self) -> bytes:
+        """Connect from the host: proves the server really listens."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            return c.recv(2)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self._t.join(5)
+
+
+@dataclass
+class Box:
+    ws: Workspace
+    daemon: RunningDaemon
+    parent: str
+    server: Server
+
+    def tree(self, name: str) -> Path:
+        (tree,) = (self.ws.root / "data" / "extracted").glob(f"{name}-*[!.digest]")
+        return tree
+
+    def pid(self, name: str) -> int:
+        pid: int = self.daemon.plugin(name)["pid"]
+        return pid
+
+    def cgroup(self, name: str) -> cgroups.CgroupHandle:
+        backend = cgroups.choose_backend("auto", cgroups.detect())
+        assert backend is not None
+        group = cgroups.open_group(backend, self.parent, name)
+        assert group is not None, f"{name} has no cgroup under {self.parent}"
+        return group
+
+
+def remove_parent(parent: str) -> None:
+    cgroups.remove_tree(parent)
+    assert group_dirs(parent) == [], f"cgroup parent {parent} left behind"
+
+
+def stop_daemon(daemon: RunningDaemon) -> None:
+    """A clean stop (SIGTERM to its process group), then make sure nothing it started survives."""
+    try:
+        if daemon.proc.poll() is None:
+            daemon.stop(signal.SIGTERM, group=True)
+    finally:
+        reap(daemon)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    ws = Workspace(tmp_path_factory.mktemp("escape"))
+    ws.sandboxing = True
+    parent = f"plugind-escape-{os.getpid()}"
+    ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
+    for files in (hostile(), sibling(), calm()):
+        ws.add(files)
+    HOST_SECRET.write_text("host secret\n")
+    server = Server()
+    daemon: RunningDaemon | None = None
+    try:
+        daemon = start(ws, new_session=True)
+        b = Box(ws, daemon, parent, server)
+        for name in ("hostile", "sibling", "calm"):
+            info = daemon.plugin(name)
+            assert info["state"] == "running", daemon.log()
+            assert all(info["isolation"][s] == "active" for s in ("seccomp", "cgroup", "net_ns")), info
+        # A setuid copy of `cat` owned by an ordinary uid, inside the hostile plugin's own tree: exec
+        # would switch the euid to 1000 if setuid worked there.
+        tool = b.tree("hostile") / SUID_TOOL
+        shutil.copy("/bin/cat", tool)
+        os.chown(tool, 1000, 1000)
+        os.chmod(tool, 0o4755)
+        yield b
+    finally:
+        HOST_SECRET.unlink(missing_ok=True)
+        server.close()
+        try:
+            if daemon is not None:
+                stop_daemon(daemon)
+        finally:
+            remove_parent(parent)
+
+
+def fire(box: Box, attempt: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
+    """Run one attempt in the hostile plugin's `probe` hook; returns that plugin's outcome."""
+    reply = box.daemon.call("probe", {"attempt": attempt, "args": args}, timeout_s=timeout_s)
+    (outcome,) = reply["results"]
+    assert outcome["plugin"] == "hostile", reply
+    result: dict[str, Any] = outcome
+    return result
+
+
+def probe(box: Box, attempt: str, **args: Any) -> dict[str, Any]:
+    outcome = fire(box, attempt, **args)
+    assert outcome["outcome"] == "ok", outcome
+    output: dict[str, Any] = outcome["output"]
+    return output
+
+
+def host_is_fine(box: Box, sibling_pid: int) -> None:
+    """The daemon answers, the sibling is the same process and still serves, calm still serves."""
+    assert box.daemon.proc.poll() is None
+    assert box.daemon.api("GET", "/health", token=None).json()["status"] == "ok"
+    assert box.pid("sibling") == sibling_pid
+    assert box.daemon.call("secret")["data"] == "the sibling's secret\n"
+    assert box.daemon.call("ping", [1])["data"] == [1]
+
+
+# -- the table: attempt -> (its arguments, the check of what the plugin saw) ------------------------
+
+
+def _host_pids(box: Box, out: dict[str, Any]) -> None:
+    assert out == {"pids": [1], "kill": "ESRCH", "kill0": "ESRCH", "kill_all": "ESRCH"}
+    assert alive(box.daemon.proc.pid)
+
+
+def _shadow_and_root(box: Box, out: dict[str, Any]) -> None:
+    assert out["shadow"] == "ENOENT" and out["secret"] == "ENOENT"
+    assert HOST_SECRET.name not in (out["root"] or [])
+
+
+def _write_usr_and_code(box: Box, out: dict[str, Any]) -> None:
+    # The extracted code is mode 0444 and no capability overrides that: EACCES before EROFS.
+    assert out == {"usr": "EROFS", "code": "EACCES", "newfile": "EROFS", "chmod": "EROFS"}
+    assert not (box.tree("hostile") / "dropped.py").exists()
+
+
+def _ptrace_sibling(box: Box, out: dict[str, Any]) -> None:
+    # Refused by seccomp (EPERM) whatever the target, and the sibling is not even visible.
+    assert out == {"attach_sibling": EPERM, "seize_sibling": EPERM, "attach_own_child": EPERM,
+                   "sibling_visible": False}
+
+
+def _hostname(box: Box, out: dict[str, Any]) -> None:
+    assert out["set"] == EPERM and out["name"] != "pwned"
+    assert socket.gethostname() != "pwned"
+
+
+def _other_plugin(box: Box, out: dict[str, Any]) -> None:
+    assert out == {"file": "ENOENT", "mem": "ENOENT", "vm_readv": EPERM}
+    assert box.daemon.call("secret")["data"] == "the sibling's secret\n"  # the file is real
+
+
+def _environment(box: Box, out: dict[str, Any]) -> None:
+    # The daemon really holds the key (else this test would prove nothing) ...
+    daemon_env = Path(f"/proc/{box.daemon.proc.pid}/environ").read_bytes()
+    assert f"PLUGIN_TRUST_KEY={box.ws.trust_key_hex}".encode() in daemon_env
+    # ... and the plugin sees neither the name nor the value.
+    assert "PLUGIN_TRUST_KEY" not in out["names"] and "PLUGIND_API_TOKEN" not in out["names"]
+    assert out["key_in_environ"] is False
+
+
+def _fill_tmp(box: Box, out: dict[str, Any]) -> None:
+    assert out["error"] == "ENOSPC"  # the default tmpfs cap: 16 MiB
+    assert 0 < out["written"] <= 16 << 20
+
+
+def _fork_bomb(box: Box, out: dict[str, Any]) -> None:
+    assert out["error"] == "EAGAIN"
+    assert 0 < out["forked"] < 64  # the default pids_limit counts the runtime too
+    group = box.cgroup("hostile")
+    wait_for(lambda: group.usage().pids == 1, what="the bomb's children to be gone")
+
+
+def _setuid(box: Box, out: dict[str, Any]) -> None:
+    assert out["no_new_privs"] == "1"
+    assert out["Uid"] == "0 0 0 0"  # not "0 1000 1000 1000": the setuid bit gave nothing
+    assert out["CapEff"] == out["CapPrm"] == "0000000000000000"
+
+
+def _loopback(box: Box, out: dict[str, Any]) -> None:
+    # No AF_INET socket at all in network mode "none"; the server really listens (the host reaches it).
+    assert out == {"inet": "EPERM", "inet6": "EPERM"}
+    assert box.server.hits == 0
+    assert box.server.greet() == b"hi" and box.server.hits == 1
+
+
+def _chroot(box: Box, out: dict[str, Any]) -> None:
+    assert (out["chroot"], out["cwd"]) == ("EPERM", "/")
+    assert not {"home", "var", "boot", "srv"} & set(out["top"]), out["top"]  # still the jail's root
+
+
+Check = Callable[[Box, dict[str, Any]], None]
+
+
+def _equals(expected: dict[str, Any]) -> Check:
+    def check(box: Box, out: dict[str, Any]) -> None:
+        assert out == expected
+
+    return check
+
+
+CASES: dict[str, tuple[Callable[[Box], dict[str, Any]], Check]] = {
+    "host_pids": (lambda b: {"daemon": b.daemon.proc.pid}, _host_pids),
+    "shadow_and_root": (lambda b: {"secret": str(HOST_SECRET)}, _shadow_and_root),
+    "write_usr_and_code": (lambda b: {}, _write_usr_and_code),
+    "mount": (lambda b: {}, _equals({"tmpfs": EPERM, "bind": EPERM, "umount": EPERM})),
+    "unshare_setns": (lambda b: {}, _equals(
+        {"unshare_user": EPERM, "unshare_mnt": EPERM, "unshare_net": EPERM, "setns": EPERM})),
+    "ptrace_sibling": (lambda b: {"sibling": b.pid("sibling")}, _ptrace_sibling),
+    "raw_socket": (lambda b: {}, _equals({"raw": "EPERM", "packet": "EPERM", "netlink": "EPERM"})),
+    "loopback": (lambda b: {"port": b.server.port}, _loopback),
+    "setuid": (lambda b: {"name": SUID_TOOL}, _setuid),
+    "hostname": (lambda b: {}, _hostname),
+    "mknod": (lambda b: {}, _equals({"tmp": "EPERM", "dev": "EPERM"})),
+    "chroot": (lambda b: {}, _chroot),
+    "other_plugin": (lambda b: {"sibling": b.pid("sibling"),
+                                "secret_file": str(b.tree("sibling") / "secret.txt")}, _other_plugin),
+    "environment": (lambda b: {"key": b.ws.trust_key_hex}, _environment),
+    "fill_tmp": (lambda b: {}, _fill_tmp),
+    "fork_bomb": (lambda b: {}, _fork_bomb),
+}
+
+
+@pytest.mark.parametrize("attempt", list(CASES))
+def test_attempt_is_blocked(box: Box, attempt: str) -> None:
+    sibling_pid, hostile_pid = box.pid("sibling"), box.pid("hostile")
+    make_args, check = CASES[attempt]
+    out = probe(box, attempt, **make_args(box))
+    check(box, out)
+    assert box.pid("hostile") == hostile_pid  # blocked, not crashed
+    host_is_fine(box, sibling_pid)
