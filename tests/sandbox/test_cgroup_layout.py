@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from plugind.errors import SandboxError
@@ -14,6 +16,8 @@ from plugind.sandbox.cgroup_layout import (
     own_cgroup,
     plan_v2_layout,
 )
+from plugind.sandbox.cgroups import Hierarchy, cleanup_stale, create_group
+from plugind.sandbox.plan import CgroupLimits
 
 UNIT = "/system.slice/plugind.service"
 ALL = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc")
@@ -173,3 +177,38 @@ def test_foreign_processes_are_refused_before_any_op() -> None:
     with pytest.raises(SandboxError, match="not delegated"):
         _plan(procs=(100, 200, 1))
     assert _plan(procs=(100,)).ops[0] == Mkdir(f"{UNIT}/daemon")
+
+
+# --- what the writer may touch, on a plain directory tree standing in for cgroupfs ------------------
+
+
+def test_cleanup_stale_refuses_the_hierarchy_root(tmp_path: Path) -> None:
+    # An empty parent would mean "every group of the host"; the foreign group must survive.
+    (tmp_path / "system.slice" / "other.service").mkdir(parents=True)
+    hier = Hierarchy(str(tmp_path), frozenset(), {})
+    for parent in ("", "/", "//", "/./", "a/../.."):
+        with pytest.raises(SandboxError, match=r"invalid cgroup parent .*: name a group below") as ei:
+            cleanup_stale(parent, hier)
+        assert ei.value.step == "cgroup"
+    assert (tmp_path / "system.slice" / "other.service").is_dir()
+
+
+def test_v2_group_under_a_prepared_parent_writes_nothing_above_it(tmp_path: Path) -> None:
+    # systemd is the only writer above the unit: with the delegated layout in place (the parent
+    # already passes its controllers on), creating a plugin group must not write any level above it.
+    unit = tmp_path / "system.slice" / "plugind.service"
+    parent = unit / "plugins"
+    parent.mkdir(parents=True)
+    for level, offered, enabled in [
+        (tmp_path, "cpu io memory pids", "cpu memory pids"),  # io not passed on by systemd
+        (tmp_path / "system.slice", "cpu memory pids", "cpu memory pids"),
+        (unit, "cpu memory pids", "cpu memory pids"),
+        (parent, "cpu memory pids", "cpu memory pids"),
+    ]:
+        (level / "cgroup.controllers").write_text(offered + "\n")
+        (level / "cgroup.subtree_control").write_text(enabled + "\n")
+    hier = Hierarchy(str(tmp_path), frozenset({"cpu", "io", "memory", "pids"}), {})
+    create_group("v2", "/system.slice/plugind.service/plugins", "p", CgroupLimits(memory_bytes=1 << 20), hier)
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "cpu memory pids\n"
+    assert (tmp_path / "system.slice" / "cgroup.subtree_control").read_text() == "cpu memory pids\n"
+    assert (parent / "p" / "memory.max").read_text() == str(1 << 20)
