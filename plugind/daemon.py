@@ -211,6 +211,7 @@ class Daemon:
             registry.monitor_unload,
             audit=_AuditForMonitor(audit),
         )
+        registry.event_listeners.append(self.monitor.on_plugin_event)  # OOM kills become violations
         app = create_app(
             registry,
             settings,

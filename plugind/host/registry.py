@@ -135,6 +135,8 @@ class PluginRegistry:
         self._persist_lock = asyncio.Lock()
         self.ready = False
         self.shutting_down = False
+        # Also told of every supervisor event (name, kind, detail), e.g. the monitor of OOM kills.
+        self.event_listeners: list[Callable[[str, str, Any], None]] = []
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -422,6 +424,11 @@ class PluginRegistry:
         fields.pop("kind", None)
         self._audit_soon(event, name, kind=kind, **fields)
         log.warning("plugin %s: %s %s", name, kind, detail or "", extra={"plugin": name})
+        for listener in self.event_listeners:
+            try:
+                listener(name, kind, detail)
+            except Exception:  # a listener must not break the supervisor's crash handling
+                log.exception("event listener failed on %s of %s", kind, name, extra={"plugin": name})
         self._publish_states()
 
     async def _audit(self, event: str, plugin: str | None, **fields: Any) -> None:

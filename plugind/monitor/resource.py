@@ -29,7 +29,7 @@ from plugind.config import Settings
 from plugind.errors import NotLoaded
 from plugind.monitor import metrics
 from plugind.monitor.sampling import MonitoredPlugin, Sample, sample_plugin
-from plugind.monitor.violations import ResourceLimits, Usage, Violation, evaluate
+from plugind.monitor.violations import OomKill, ResourceLimits, Usage, Violation, evaluate
 
 log = logging.getLogger("plugind.monitor")
 
@@ -341,6 +341,27 @@ class ResourceMonitor:
             connection_count=sample.connections,
             violation_count=state.violation_count if state is not None else 0,
         )
+
+    def on_plugin_event(self, name: str, kind: str, detail: Any = None) -> None:
+        """A supervisor event (through the registry): records `oom_killed` as an `oom_kill` violation.
+
+        A sweep sees OOM kills only in a live group's counter, and a plugin the kernel killed between
+        two sweeps has its group removed (and made anew by the restart) before the next one; the
+        exit status the supervisor got is the reliable report. It is not part of a streak: the kill
+        already ended that process, and repeated crashes are the circuit breaker's business.
+        """
+        if kind != "oom_killed":
+            return
+        found = OomKill(count=1)
+        metrics.violation(name, found.type)
+        self._recent_for(name).append({"time": time.time(), **found.as_dict()})
+        state = self._states.get(name)
+        if state is not None:
+            state.violation_count += 1
+        if self.unmount_behavior(name).log_violations:
+            log.warning("resource limit exceeded: %s", found.describe(),
+                        extra={"plugin": name, "violations": [found.type]})
+        self._audit_later("violation", name, violations=[found.as_dict()], streak=0)
 
     def recent_violations(self, name: str) -> list[dict[str, Any]]:
         """The last violations of `name` (newest last), also after it was unloaded."""

@@ -32,12 +32,12 @@ import pytest
 # The daemon fixtures import their kit as a top-level module; make it importable the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from escape_plugin import calm, hostile, sibling  # noqa: E402
-from integration.conftest import TOKEN, RunningDaemon, alive, reap, start, wait_for  # noqa: E402
-from kit import Workspace, plugin_source  # noqa: E402
-from sandbox_harness import group_dirs  # noqa: E402
+from escape_plugin import calm, hostile, sibling
+from integration.conftest import RunningDaemon, alive, reap, start, wait_for
+from kit import Workspace, plugin_source
+from sandbox_harness import group_dirs
 
-from plugind.sandbox import cgroups  # noqa: E402
+from plugind.sandbox import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -289,3 +289,187 @@ def test_attempt_is_blocked(box: Box, attempt: str) -> None:
     check(box, out)
     assert box.pid("hostile") == hostile_pid  # blocked, not crashed
     host_is_fine(box, sibling_pid)
+
+
+# -- CPU: held at the quota while another plugin stays responsive ----------------------------------
+
+SPIN_S = 4.0
+LATENCY_CALLS = 30
+
+
+def _ping_latencies(client: httpx.Client, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        reply = client.post("/api/hooks/ping/execute", json={"data": i})
+        out.append(time.perf_counter() - t)
+        assert reply.status_code == 200 and reply.json()["data"] == i, reply.text
+    return out
+
+
+def _cpu_stat(group: cgroups.CgroupHandle) -> dict[str, int]:
+    """nr_throttled and the CPU time used, in microseconds, from the group's own counters."""
+    stat = cgroups.parse_flat_keyed((group.dirs["cpu"] / "cpu.stat").read_text())
+    return {"throttled": stat.get("nr_throttled", 0), "usec": group.usage().cpu_usec}
+
+
+def test_cpu_spin_is_held_at_the_quota_and_others_stay_responsive(box: Box) -> None:
+    sibling_pid = box.pid("sibling")
+    group = box.cgroup("hostile")
+    quota = int((group.dirs["cpu"] / "cpu.cfs_quota_us").read_text()) if group.backend == "v1" else None
+    with box.daemon.client() as client:
+        _ping_latencies(client, 5)  # warm up the connection and the code paths
+        idle = statistics.median(_ping_latencies(client, LATENCY_CALLS))
+        before = _cpu_stat(group)
+        spin: dict[str, Any] = {}
+        # Four spinning processes: without the quota they would take both CPUs of this machine.
+        spinner = threading.Thread(
+            target=lambda: spin.update(fire(box, "spin", timeout_s=SPIN_S + 20, seconds=SPIN_S, workers=4))
+        )
+        started = time.monotonic()
+        spinner.start()
+        wait_for(lambda: _cpu_stat(group)["throttled"] > before["throttled"], what="the spinner throttled")
+        busy = statistics.median(_ping_latencies(client, LATENCY_CALLS))
+        assert spinner.is_alive(), "the spinner ended before the busy latency was measured: raise SPIN_S"
+        spinner.join(SPIN_S + 30)
+        wall = time.monotonic() - started
+    after = _cpu_stat(group)
+    assert spin["outcome"] == "ok", spin
+    used = (after["usec"] - before["usec"]) / 1e6
+    print(f"\ncalm ping median: idle {idle * 1e3:.2f} ms, while hostile spins {busy * 1e3:.2f} ms "
+          f"({busy / idle:.2f}x); hostile used {used:.2f} s of CPU in {wall:.2f} s (quota 0.5 CPU)")
+    if quota is not None:
+        assert quota == 50_000  # the default: 50 % of one CPU per 100 ms period
+    # Held at the quota: half a CPU over the wall time, plus one period of slack per boundary.
+    assert after["throttled"] > before["throttled"]
+    assert used <= 0.5 * wall + 0.2, f"{used:.2f} s of CPU in {wall:.2f} s"
+    assert busy <= 2 * idle, f"calm's median latency {busy * 1e3:.2f} ms vs {idle * 1e3:.2f} ms idle"
+    host_is_fine(box, sibling_pid)
+
+
+# -- the attempts that kill the plugin: last, and the daemon must report and restart it ------------
+
+
+def _restarted(box: Box, old_pid: int) -> dict[str, Any]:
+    def running_again() -> dict[str, Any] | None:
+        info = box.daemon.plugin("hostile")
+        return info if info["state"] == "running" and info["pid"] not in (None, old_pid) else None
+
+    info: dict[str, Any] = wait_for(running_again, timeout=30, what="hostile to be restarted")
+    return info
+
+
+def _audit(box: Box) -> list[dict[str, Any]]:
+    reply = box.daemon.api("GET", "/api/audit?limit=1000")
+    assert reply.status_code == 200, reply.text
+    entries: list[dict[str, Any]] = reply.json()["entries"]
+    return entries
+
+
+def test_kernel_module_load_kills_the_plugin_which_is_restarted(box: Box) -> None:
+    sibling_pid, old = box.pid("sibling"), box.daemon.plugin("hostile")
+    outcome = fire(box, "kernel_module")
+    assert outcome["outcome"] == "crashed", outcome
+    assert outcome["error"]["type"] == "PluginCrashed"
+    assert outcome["error"]["message"] == "plugin 'hostile' exited (killed by SIGSYS)"
+    info = _restarted(box, old["pid"])
+    assert info["restarts"] == old["restarts"] + 1
+    crash = wait_for(lambda: [e for e in _audit(box) if e["event"] == "crash" and e.get("pid") == old["pid"]],
+                     what="the crash in the audit trail")
+    assert crash[0]["kind"] == "crashed" and crash[0]["signal"] == signal.SIGSYS
+    assert probe(box, "status")["Seccomp"] == "2"  # the new incarnation serves, sandboxed again
+    host_is_fine(box, sibling_pid)
+
+
+def _oom_violations_total(box: Box) -> float:
+    text = box.daemon.api("GET", "/metrics", token=None).text
+    line = 'plugind_plugin_violations_total{plugin="hostile",type="oom_kill"} '
+    return next((float(ln[len(line):]) for ln in text.splitlines() if ln.startswith(line)), 0.0)
+
+
+def test_memory_exhaustion_is_oom_killed_and_reported(box: Box) -> None:
+    sibling_pid, old = box.pid("sibling"), box.daemon.plugin("hostile")
+    ooms_before = _oom_violations_total(box)
+    outcome = fire(box, "eat_memory", timeout_s=60)
+    # The call fails as a crash, and says why.
+    assert outcome["outcome"] == "crashed", outcome
+    assert outcome["error"] == {
+        "type": "PluginCrashed",
+        "message": "plugin 'hostile' exited (killed by SIGKILL (out of memory))",
+    }
+    info = _restarted(box, old["pid"])
+    assert info["restarts"] == old["restarts"] + 1
+    # GET /api/plugins/hostile lists it as an OOM violation, /metrics counts it, the trail has both.
+    oom = [v for v in info["violations"] if v["type"] == "oom_kill"]
+    assert [v["message"] for v in oom] == ["1 process(es) killed by the kernel OOM killer"], info
+    assert _oom_violations_total(box) == ooms_before + 1
+
+    def audited() -> list[tuple[str, str]]:
+        return sorted(
+            (e["event"], e.get("kind") or e["violations"][0]["type"]) for e in _audit(box)
+            if e["plugin"] == "hostile"
+            and ((e["event"] == "crash" and e["pid"] == old["pid"]) or e["event"] == "violation")
+        )
+
+    wait_for(lambda: len(audited()) == 3, what="the OOM kill in the audit trail")
+    assert audited() == [("crash", "crashed"), ("crash", "oom_killed"), ("violation", "oom_kill")]
+    assert probe(box, "status")["Seccomp"] == "2"  # the new incarnation serves
+    host_is_fine(box, sibling_pid)
+
+
+# -- restricted networking: its own daemon, since it is a different configuration ------------------
+
+NETPROBE = r'''
+from pathlib import Path
+
+
+def gateway():
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            return socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+    return None
+
+
+def fetch(host, port):
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            outcome = s.recv(2).decode()
+    except OSError as exc:
+        outcome = errno.errorcode.get(exc.errno or 0, repr(exc))
+    return {"outcome": outcome, "seconds": time.monotonic() - started}
+'''
+NETPROBE_HOOK = 'gw = gateway()\nreturn {"gateway": gw, **{str(p): fetch(gw, p) for p in data}}'
+
+
+def test_restricted_network_reaches_only_the_allowed_target(tmp_path: Path) -> None:
+    allowed, denied = Server("0.0.0.0"), Server("0.0.0.0")
+    ws = Workspace(tmp_path)
+    ws.sandboxing = True
+    parent = f"plugind-escape-net-{os.getpid()}"
+    # Targets on the host itself are reached through the plugin's gateway (the host end of its veth).
+    ws.extra_config = (
+        f'[sandboxing.cgroups]\nparent = "{parent}"\n'
+        f'[sandboxing.network]\nmode = "restricted"\nallowed_targets = ["10.213.0.0/16:{allowed.port}"]\n'
+    )
+    ws.add(plugin_source("netprobe", {"connect": (0, NETPROBE_HOOK)}, header="import errno\n" + NETPROBE))
+    daemon: RunningDaemon | None = None
+    try:
+        daemon = start(ws, new_session=True)
+        assert daemon.plugin("netprobe")["isolation"]["network"] == "active"
+        out = daemon.call("connect", [allowed.port, denied.port])["data"]
+    finally:
+        allowed.close()
+        denied.close()
+        try:
+            if daemon is not None:
+                stop_daemon(daemon)
+        finally:
+            remove_parent(parent)
+    assert out["gateway"] is not None and out["gateway"].startswith("10.213."), out
+    assert out[str(allowed.port)]["outcome"] == "hi"
+    # Rejected by policy while that server was live, at once (no connect timeout).
+    assert out[str(denied.port)]["outcome"] == "EHOSTUNREACH"
+    assert out[str(denied.port)]["seconds"] < 1.0
+    assert (allowed.hits, denied.hits) == (1, 0)
