@@ -322,9 +322,9 @@ def test_cpu_spin_is_held_at_the_quota_and_others_stay_responsive(box: Box) -> N
         idle = statistics.median(_ping_latencies(client, LATENCY_CALLS))
         before = _cpu_stat(group)
         spin: dict[str, Any] = {}
-        # Four spinning processes: without the quota they would take both CPUs of this machine.
+        # Sixteen spinning processes: without the quota they would take both CPUs of this machine.
         spinner = threading.Thread(
-            target=lambda: spin.update(fire(box, "spin", timeout_s=SPIN_S + 20, seconds=SPIN_S, workers=4))
+            target=lambda: spin.update(fire(box, "spin", timeout_s=SPIN_S + 20, seconds=SPIN_S, workers=16))
         )
         started = time.monotonic()
         spinner.start()
