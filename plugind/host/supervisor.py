@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import signal
 import socket
@@ -51,6 +52,7 @@ plugin_log = logging.getLogger("plugind.plugin")
 EventCallback = Callable[[str, str, Any], None]
 EOF_EXIT_WAIT_S = 1.0
 LOG_LINES_PER_SEC = 200
+EXPIRY_SLACK_S = 1e-6
 # Error types a plugin may report for a hook; anything else is wrapped in HookFailed.
 _REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
 
@@ -64,6 +66,11 @@ class _Incarnation:
     transport: asyncio.Transport | None = None
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     deadlines: dict[int, float] = field(default_factory=dict)
+    # The calls' deadlines as a heap of (when, call id, hook, timeout_s), and one timer for the
+    # earliest: cheaper than a call_later per call. Entries of answered calls (no longer in
+    # `pending`) are dropped lazily, so the timer may fire for nothing and re-arm.
+    expiries: list[tuple[float, int, str, float]] = field(default_factory=list)
+    expiry_timer: asyncio.TimerHandle | None = None
     pings: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     next_id: int = 1
     hello: asyncio.Future[dict[str, Any]] | None = None
@@ -305,9 +312,23 @@ class Supervisor:
                              hook=hook, error_type="TypeError") from None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        inc.pending[call_id] = fut
-        inc.deadlines[call_id] = loop.time() + timeout_s
-        timer = loop.call_later(timeout_s, self._expire, inc, call_id, hook, timeout_s)
+        pending = inc.pending
+        pending[call_id] = fut
+        when = loop.time() + timeout_s
+        inc.deadlines[call_id] = when
+        expiries = inc.expiries
+        while expiries and expiries[0][1] not in pending:
+            heapq.heappop(expiries)  # answered calls (deadlines mostly come in order)
+        heapq.heappush(expiries, (when, call_id, hook, timeout_s))
+        if len(expiries) > 64 and len(expiries) > 2 * len(pending):
+            # Answered calls behind a live earlier deadline: keep the heap in proportion.
+            expiries[:] = [e for e in expiries if e[1] in pending]
+            heapq.heapify(expiries)
+        timer = inc.expiry_timer
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            inc.expiry_timer = loop.call_at(when, self._expire_due, inc)
         try:
             if inc.paused is not None:
                 # The plugin is not reading: wait for room, but never past this call's deadline.
@@ -317,12 +338,27 @@ class Supervisor:
                 inc.transport.write(frame)
             reply = await fut
         finally:
-            timer.cancel()
-            inc.pending.pop(call_id, None)
+            pending.pop(call_id, None)
             inc.deadlines.pop(call_id, None)
         if reply["ok"]:
             return reply["data"]
         raise self._remote_error(hook, reply["error"])
+
+    def _expire_due(self, inc: _Incarnation) -> None:
+        """The expiry timer: fail every call past its deadline, re-arm for the next live one."""
+        inc.expiry_timer = None
+        loop = asyncio.get_running_loop()
+        # The loop runs a timer up to its clock resolution early; count that as due.
+        now = loop.time() + EXPIRY_SLACK_S
+        expiries, pending = inc.expiries, inc.pending
+        while expiries:
+            when, call_id, hook, timeout_s = expiries[0]
+            if call_id in pending and when > now:
+                inc.expiry_timer = loop.call_at(when, self._expire_due, inc)
+                return
+            heapq.heappop(expiries)
+            if call_id in pending:
+                self._expire(inc, call_id, hook, timeout_s)
 
     def _expire(self, inc: _Incarnation, call_id: int, hook: str, timeout_s: float) -> None:
         fut = inc.pending.pop(call_id, None)
@@ -441,6 +477,10 @@ class Supervisor:
                 fut.set_exception(err)
         inc.pending.clear()
         inc.pings.clear()
+        inc.expiries.clear()
+        if inc.expiry_timer is not None:
+            inc.expiry_timer.cancel()
+            inc.expiry_timer = None
 
     def _violation(self, inc: _Incarnation, exc: ProtocolViolation) -> None:
         """The child broke the protocol: record why, fail its calls, kill it. Never raises."""

@@ -332,6 +332,37 @@ def test_a_handler_past_its_deadline_times_out_and_others_keep_working(tmp_path:
     run(tmp_path, body)
 
 
+def test_each_call_times_out_at_its_own_deadline_whatever_the_order(tmp_path: Path) -> None:
+    # The supervisor keeps one expiry timer per child for the earliest deadline in flight.
+    s = settings(shutdown_grace_secs=0.3)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("hangs")
+        await sup.start()
+        # A shorter deadline behind a longer one (the runtime serves in order): the timer moves earlier.
+        first = asyncio.create_task(sup.invoke("go", 1.0, 30))
+        await asyncio.sleep(0)  # let `first` go out before the next call
+        short = "hook 'go' of plugin 'hangs' did not answer within 0.2s"
+        with pytest.raises(HookTimeout, match=re.escape(short)):
+            await sup.invoke("go", 0, 0.2)
+        assert not first.done()
+        assert await first == "late"
+        # The earliest deadline belongs to a call already answered: the timer re-arms for the next one,
+        # a handler the runtime cannot interrupt (SIGALRM blocked), so only the host can time it out.
+        answered = asyncio.create_task(sup.invoke("go", 0, 0.3))
+        stuck = asyncio.create_task(sup.invoke("stuck", 60, 0.6))
+        assert await answered == "late"
+        t0 = time.monotonic()
+        stuck_msg = "hook 'stuck' of plugin 'hangs' did not answer within 0.6s"
+        with pytest.raises(HookTimeout, match=re.escape(stuck_msg)):
+            async with asyncio.timeout(4):  # the heartbeat (5 s) would end it otherwise
+                await stuck
+        assert time.monotonic() - t0 < 3
+        await sup.stop()
+
+    run(tmp_path, body, s)
+
+
 def test_a_wedged_handler_fails_the_heartbeat_and_is_restarted(tmp_path: Path) -> None:
     s = settings(heartbeat_interval_secs=0.1, heartbeat_timeout_secs=0.3)
 

@@ -100,6 +100,24 @@ def test_blocking_channel_round_trip_and_eof() -> None:
         assert cb.recv() is None
 
 
+def test_blocking_channel_sends_the_rest_when_one_sendmsg_is_not_enough() -> None:
+    # A socket with a timeout sends what fits and returns: the channel must send the rest itself.
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        a.settimeout(10)
+        b.settimeout(5)  # a lost tail fails the test instead of hanging it
+        ca, cb = BlockingChannel(a), BlockingChannel(b)
+        got: list[dict[str, object] | None] = []
+        reader = threading.Thread(target=lambda: got.extend([cb.recv(), cb.recv()]))
+        reader.start()
+        big = bytes(range(256)) * 16384  # 4 MiB, far more than the socket buffers hold
+        ca.send({"type": "x", "data": big})
+        ca.send({"type": "y"})
+        reader.join()
+        assert got == [{"type": "x", "data": big}, {"type": "y"}]
+
+
 def test_blocking_channel_refuses_2gb_prefix_without_reading_the_body() -> None:
     a, b = socket.socketpair()
     with a, b:
