@@ -6,12 +6,11 @@ deadline is interrupted by SIGALRM (the host enforces the deadline on its side a
 as a late HookTimeout result.
 
 The deadline alarm (ITIMER_REAL) is armed lazily: a call re-arms it only when it is not armed or
-would fire after this call's limit, and it is not disarmed after the call. On this kind of VM each
-setitimer costs more than its syscall (the two per call were about 3 us of a round trip on a quiet
-machine, 10 us or more under load), so with
-the usual equal deadlines one setitimer per deadline period serves every call in it. When an alarm
-armed for an earlier call fires while a later call is still within its limit, the handler re-arms it
-for that limit; an alarm that fires between calls is ignored.
+would fire after this call's limit, and it is not disarmed after the call. Two setitimer calls per
+call cost about 3 us of a round trip on a quiet machine (10 us or more under load); with the usual
+equal deadlines one setitimer per deadline period now serves every call in it. When an alarm armed
+for an earlier call fires while a later call is still within its limit, the handler re-arms it for
+that limit; an alarm that fires between calls, or during a call without a deadline, is ignored.
 """
 
 from __future__ import annotations
