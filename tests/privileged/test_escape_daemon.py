@@ -86,7 +86,8 @@ class Box:
     server: Server
 
     def tree(self, name: str) -> Path:
-        (tree,) = (self.ws.root / "data" / "extracted").glob(f"{name}-*[!.digest]")
+        """The plugin's extracted tree on the host (next to it: its `.digest` marker file)."""
+        (tree,) = [p for p in (self.ws.root / "data" / "extracted").glob(f"{name}-*") if p.is_dir()]
         return tree
 
     def pid(self, name: str) -> int:
