@@ -104,7 +104,7 @@ class Box:
 
 def remove_parent(parent: str) -> None:
     cgroups.remove_tree(parent)
-    assert group_dirs(parent) == [], f"cgroup parent {parent} left behind"
+    assert group_dirs(parent.lstrip("/")) == [], f"cgroup parent {parent} left behind"
 
 
 def stop_daemon(daemon: RunningDaemon) -> None:
@@ -120,7 +120,8 @@ def stop_daemon(daemon: RunningDaemon) -> None:
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     ws = Workspace(tmp_path_factory.mktemp("escape"))
     ws.sandboxing = True
-    parent = f"plugind-escape-{os.getpid()}"
+    # Absolute: the same place on cgroup v1 and v2, wherever this test process sits.
+    parent = f"/plugind-escape-{os.getpid()}"
     ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
     for files in (hostile(), sibling(), calm()):
         ws.add(files)
@@ -448,7 +449,7 @@ def test_restricted_network_reaches_only_the_allowed_target(tmp_path: Path) -> N
     allowed, denied = Server("0.0.0.0"), Server("0.0.0.0")
     ws = Workspace(tmp_path)
     ws.sandboxing = True
-    parent = f"plugind-escape-net-{os.getpid()}"
+    parent = f"/plugind-escape-net-{os.getpid()}"
     # Targets on the host itself are reached through the plugin's gateway (the host end of its veth).
     ws.extra_config = (
         f'[sandboxing.cgroups]\nparent = "{parent}"\n'
