@@ -102,6 +102,10 @@ class Box:
         return group
 
 
+def _plugin_groups(parent: str) -> list[Path]:
+    return [d for g in group_dirs(parent.lstrip("/")) for d in g.iterdir() if d.is_dir()]
+
+
 def remove_parent(parent: str) -> None:
     cgroups.remove_tree(parent)
     assert group_dirs(parent.lstrip("/")) == [], f"cgroup parent {parent} left behind"
@@ -142,6 +146,9 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
         os.chown(tool, 1000, 1000)
         os.chmod(tool, 0o4755)
         yield b
+        # After everything the hostile plugin did, a clean stop still removes every plugin group.
+        assert daemon.stop(signal.SIGTERM, group=True) == 0, daemon.log()[-4000:]
+        assert _plugin_groups(parent) == [], "plugin cgroups left after a clean shutdown"
     finally:
         HOST_SECRET.unlink(missing_ok=True)
         server.close()
