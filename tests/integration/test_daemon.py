@@ -344,7 +344,7 @@ def test_unix_socket_of_a_live_daemon_is_not_stolen(ws: Workspace, daemon_factor
     first = daemon_factory(ws, env={"PLUGIND_API__UNIX_SOCKET": str(sock)})
     config = ws.write_config(listen=f"127.0.0.1:{free_port()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
-    env.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API__UNIX_SOCKET=str(sock))
+    env.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API_TOKEN=TOKEN, PLUGIND_API__UNIX_SOCKET=str(sock))
     out = subprocess.run(
         [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
         capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
@@ -363,7 +363,9 @@ def test_unix_socket_path_taken_by_a_file_is_refused_and_kept(ws: Workspace) -> 
     taken.write_text("precious")
     config = ws.write_config(listen=f"127.0.0.1:{free_port()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
-    env.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API__UNIX_SOCKET=str(taken))
+    env.update(
+        PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API_TOKEN=TOKEN, PLUGIND_API__UNIX_SOCKET=str(taken)
+    )
     out = subprocess.run(
         [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
         capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
