@@ -5,10 +5,12 @@ socketpair ping-pong floor measured in the same run, and plugin cold start (spaw
 next to `python -c pass`. Targets: round trip within 2x the floor; >= 8,000 calls/s per plugin for
 small payloads (pipelining allowed); ready in under 20 ms.
 
-    .venv/bin/python bench/hooks.py [--calls N] [--sandbox] [--pin]
+    .venv/bin/python bench/hooks.py [--calls N] [--sandbox] [--pin] [--loop asyncio|uvloop]
 
 --pin puts the host side on CPU 0 and the other end (floor echo processes and the plugin) on CPU 1,
 for the floor and for plugind alike: the "across CPUs" figure. Without it the scheduler decides.
+--loop picks the host side's event loop (supervisor and the bare-loop floor alike): by default the
+daemon's own (`plugind.daemon.event_loop_factory`: uvloop when installed), or `asyncio` / `uvloop`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from plugind.config import Settings
+from plugind.daemon import event_loop_factory
 from plugind.host.launcher import Launcher
 from plugind.host.supervisor import Supervisor
 
@@ -39,6 +42,7 @@ def echo(data, ctx):
 """
 
 PIN: tuple[set[int], set[int]] | None = None  # (host CPUs, far-end CPUs) when --pin
+LOOP = "asyncio"  # the host side's event loop, for the report
 
 
 def pin_far_end(pid: int) -> None:
@@ -132,7 +136,7 @@ class _Echo(asyncio.Protocol):
 
 
 async def asyncio_floor(transport: asyncio.Transport, proto: _Echo, floor: Floor, rounds: int) -> list[float]:
-    """The same ping-pong with the host side on a bare asyncio Protocol: no framing, no msgpack."""
+    """The same ping-pong with the host side on a bare Protocol of the same loop: no framing, no msgpack."""
     loop = asyncio.get_running_loop()
     samples = []
     for _ in range(rounds):
@@ -170,7 +174,7 @@ def report(label: str, samples: list[float], floor_samples: list[float], bare: l
     a50 = pct(bare, 0.5)
     print(f"{label:<18} p50 {p50 * 1e6:6.1f} us p99 {p99 * 1e6:7.1f} us "
           f"{1 / statistics.mean(samples):7.0f} calls/s seq | raw floor p50 {f50 * 1e6:5.1f} us "
-          f"p99 {f99 * 1e6:6.1f} us ratio {p50 / f50:4.2f}x (target <= 2x) | bare-asyncio floor "
+          f"p99 {f99 * 1e6:6.1f} us ratio {p50 / f50:4.2f}x (target <= 2x) | bare-{LOOP} floor "
           f"p50 {a50 * 1e6:5.1f} us ratio {p50 / a50:4.2f}x")
 
 
@@ -227,7 +231,14 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--sandbox", action="store_true", help="spawn through the full sandbox")
     parser.add_argument("--pin", action="store_true", help="host on CPU 0, plugin and floor echo on CPU 1")
+    parser.add_argument("--loop", choices=("daemon", "asyncio", "uvloop"), default="daemon",
+                        help="the host side's event loop (default: the one the daemon uses)")
     args = parser.parse_args()
+    factory = event_loop_factory() if args.loop != "asyncio" else None
+    if args.loop == "uvloop" and factory is None:
+        parser.error("--loop uvloop needs the uvloop package")
+    LOOP = "asyncio" if factory is None else factory.__module__.split(".")[0]
+    print(f"loop: {LOOP}")
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
@@ -235,4 +246,5 @@ if __name__ == "__main__":
         PIN = ({cpus[0]}, {cpus[1]})
         os.sched_setaffinity(0, PIN[0])
         print(f"pinned: host on CPU {cpus[0]}, plugin and floor echo on CPU {cpus[1]}")
-    asyncio.run(main(args.calls, args.sandbox))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main(args.calls, args.sandbox))

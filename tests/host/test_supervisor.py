@@ -20,8 +20,10 @@ from typing import Any
 
 import psutil
 import pytest
+import uvloop
 
 from plugind.config import PluginOverride, Settings
+from plugind.daemon import event_loop_factory
 from plugind.errors import (
     HookFailed,
     HookTimeout,
@@ -222,7 +224,8 @@ class Rig:
         return Supervisor(name, tree, manifest, self.settings, self.launcher, self.context, self.on_event)
 
 
-def run(tmp_path: Path, body: Callable[[Rig], Awaitable[None]], s: Settings | None = None) -> None:
+def run(tmp_path: Path, body: Callable[[Rig], Awaitable[None]], s: Settings | None = None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
     async def main() -> None:
         launcher = Launcher()
         await launcher.start()
@@ -236,7 +239,8 @@ def run(tmp_path: Path, body: Callable[[Rig], Awaitable[None]], s: Settings | No
             await launcher.close()
         assert not psutil.pid_exists(launcher.server_pid)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
 
 
 def assert_gone(pid: int | None) -> None:
@@ -361,6 +365,31 @@ def test_each_call_times_out_at_its_own_deadline_whatever_the_order(tmp_path: Pa
         await sup.stop()
 
     run(tmp_path, body, s)
+
+
+def test_on_the_daemons_event_loop_calls_deadlines_and_stop_work_alike(tmp_path: Path) -> None:
+    # The daemon runs on uvloop (plugind.daemon.event_loop_factory); the other tests use asyncio's loop.
+    factory = event_loop_factory()
+    assert factory is uvloop.new_event_loop
+
+    async def body(rig: Rig) -> None:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        hangs, good = rig.supervisor("hangs"), rig.supervisor("good")
+        await asyncio.gather(hangs.start(), good.start())
+        assert await good.invoke("greet", "bob", 5) == "hi bob"
+        results = await asyncio.gather(*(good.invoke("echo", {"n": i}, 10) for i in range(200)))
+        assert results == [{"n": i} for i in range(200)]
+        big = {"body": b"x" * (256 * 1024)}
+        assert await good.invoke("echo", big, 10) == big
+        stuck_msg = "hook 'stuck' of plugin 'hangs' did not answer within 0.3s"
+        with pytest.raises(HookTimeout, match=re.escape(stuck_msg)):
+            await hangs.invoke("stuck", 60, 0.3)
+        pid = good.pid
+        await asyncio.gather(hangs.stop(), good.stop())
+        assert good.last_exit is not None and good.last_exit.code == 0
+        assert_gone(pid)
+
+    run(tmp_path, body, settings(shutdown_grace_secs=0.3), loop_factory=factory)
 
 
 def test_a_wedged_handler_fails_the_heartbeat_and_is_restarted(tmp_path: Path) -> None:
