@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugind.errors import ProtocolViolation
-from plugind.wire import BlockingChannel, FrameBuffer, decode, encode
+from plugind.wire import BlockingChannel, FrameBuffer, RecvBuffer, decode, encode
 from plugind.wire.aio import read_message, write_message
 
 VALUES = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, "", "héllo", b"\x00\xff",
@@ -88,6 +88,49 @@ def test_buffer_compacts_after_many_frames() -> None:
         assert len(buf.feed(frame + frame[:10])) >= 1
         buf.feed(frame[10:])
     assert buf.pending == 0
+
+
+def receive(rb: RecvBuffer, data: bytes, step: int = 1 << 30) -> list[dict[str, object]]:
+    """Hand `data` to `rb` the way a transport does, at most `step` bytes per receive."""
+    out: list[dict[str, object]] = []
+    while data:
+        view = rb.get_buffer()
+        n = min(len(view), len(data), step)
+        view[:n] = data[:n]
+        data = data[n:]
+        out += rb.buffer_updated(n)
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 1 << 30], ids=["bytewise", "7", "4k", "whole"])
+def test_recv_buffer_reassembles_any_split(step: int) -> None:
+    frames = b"".join(encode({"type": "x", "id": i, "pad": "p" * i}) for i in range(50))
+    rb = RecvBuffer()
+    assert [m["id"] for m in receive(rb, frames, step)] == list(range(50))
+    assert rb.pending == 0
+
+
+def test_recv_buffer_grows_for_a_big_frame_and_shrinks_after() -> None:
+    rb = RecvBuffer(max_frame=4 << 20, size=128 * 1024)
+    big = encode({"type": "x", "data": b"b" * (3 << 20)})
+    small = encode({"type": "y"})
+    got = receive(rb, big, step=100_000)
+    assert [m["type"] for m in got] == ["x"] and got[0]["data"] == b"b" * (3 << 20)
+    assert len(rb.get_buffer()) == 128 * 1024  # back to its own size, the 3 MiB are gone
+    got = receive(rb, big + small + small[:3], step=100_000)
+    assert [m["type"] for m in got] == ["x", "y"] and rb.pending == 3
+    assert receive(rb, small[3:]) == [{"type": "y"}]
+    assert len(rb.get_buffer()) == 128 * 1024
+
+
+def test_recv_buffer_refuses_an_oversized_prefix_from_the_header_alone() -> None:
+    rb = RecvBuffer(max_frame=1 << 20, size=128 * 1024)
+    with pytest.raises(ProtocolViolation, match="exceeds the maximum of 1048576 bytes"):
+        receive(rb, struct.pack(">I", 2**31) + b"j" * 70_000)  # leaves less than MIN_FREE of room
+    # A transport that reads again before it is closed must not make room for the 2 GB announced.
+    assert len(rb.get_buffer()) < 1 << 20
+    with pytest.raises(ProtocolViolation, match="empty frame"):
+        receive(RecvBuffer(), b"\x00\x00\x00\x00")
 
 
 def test_blocking_channel_round_trip_and_eof() -> None:
