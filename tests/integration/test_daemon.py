@@ -195,6 +195,54 @@ def test_sigkill_kills_every_child_and_restart_restores_the_set(
     assert again.call("on_request", {"seen": []})["data"] == {"seen": ["keep-a", "keep-b"]}
 
 
+@pytest.mark.root
+def test_sandboxed_daemon_sigkill_leaves_nothing_once_it_starts_again(
+    ws: Workspace, daemon_factory: Factory
+) -> None:
+    ws.sandboxing = True
+    parent = f"/plugind-kill-{os.getpid()}-{ws.root.name}"
+    ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
+    ws.add(echo("keep"))
+    ws.add(echo("gone"))
+    roots = [Path(p) for p in sorted(Path("/sys/fs/cgroup").glob("*")) if (p / "cgroup.procs").exists()]
+    try:
+        daemon = daemon_factory(ws)
+        children = daemon.tree()
+        groups = {name: [r / parent.strip("/") / name for r in roots] for name in ("keep", "gone")}
+        groups = {name: [g for g in gs if g.is_dir()] for name, gs in groups.items()}
+        assert groups["keep"] and groups["gone"], "the plugins have no cgroups"
+        old_inodes = {g: g.stat().st_ino for g in groups["keep"]}
+
+        daemon.proc.kill()
+        daemon.proc.wait(10)
+        _gone, left = psutil.wait_procs(children, timeout=10)
+        assert not [p for p in left if alive(p.pid)], "a sandboxed plugin survived the daemon's SIGKILL"
+        # Nothing of the plugins' jails is visible on the host: their mounts died with their namespaces.
+        with open("/proc/self/mountinfo") as fh:
+            assert str(ws.root) not in fh.read()
+        # The kill left the groups behind (nobody was alive to remove them) ...
+        assert all(g.is_dir() for g in groups["keep"] + groups["gone"])
+        # ... and "gone" cannot come back: its bundle is withdrawn before the restart.
+        for bundle in ws.plugins.glob("gone-*"):
+            bundle.unlink()
+
+        again = daemon_factory(ws)
+        assert again.plugin("keep")["state"] == "running"
+        assert not [g for g in groups["gone"] if g.exists()], "a stale plugin cgroup survived the restart"
+        # "keep" is back in a fresh group: the stale one was removed, not reused with its old counters.
+        for group in groups["keep"]:
+            assert group.is_dir() and group.stat().st_ino != old_inodes[group]
+            assert (group / "cgroup.procs").read_text().split() == [str(again.plugin("keep")["pid"])]
+        assert again.stop() == 0
+    finally:
+        for root in roots:
+            top = root / parent.strip("/")
+            with contextlib.suppress(OSError):
+                for sub in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
+                    sub.rmdir()
+                top.rmdir()
+
+
 def test_unix_socket_and_ctl_over_it(ws: Workspace, daemon_factory: Factory) -> None:
     sock = ws.root / "run" / "api.sock"
     ws.add(echo("solo"))
