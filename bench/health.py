@@ -13,6 +13,7 @@ run it 2-3 times and take the median.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -69,6 +70,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="plugind-bench-health-") as tmp:
         ws = Workspace(Path(tmp), sandboxing=args.sandbox)
         ws.extra_config = "[hooks]\ndefault_timeout_secs = 120.0\n[monitoring]\ncheck_interval_secs = 1.0\n"
+        # A cgroup parent of its own: never share (and clean up) the groups of another daemon.
+        parent = f"/plugind-bench-{os.getpid()}"
+        ws.extra_config += f'[sandboxing.cgroups]\nparent = "{parent}"\n'
         names = [f"burner{i}" for i in range(args.plugins)]
         for name in names:
             ws.add(plugin_source(name, {"burn": (0, BURN)}))
@@ -96,8 +100,14 @@ def main() -> int:
                 raise RuntimeError(f"the burn call failed: {burn_reply['error']!r}")
             results = burn_reply["r"]["results"]  # type: ignore[index]
             assert [r["outcome"] for r in results] == ["ok"] * args.plugins, results
+            # A graceful stop: the plugins' cgroups are removed with them.
+            assert daemon.stop() == 0, "the daemon did not stop cleanly"
         finally:
             reap(daemon)
+            if args.sandbox:
+                from plugind.sandbox.cgroups import remove_tree
+
+                remove_tree(parent)
 
     def line(label: str, xs: list[float]) -> str:
         return (f"{label}: n={len(xs):4d}  p50 {statistics.median(xs) * 1e3:7.2f} ms  "
