@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_harness import group_dirs, unique_parent
 
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
@@ -18,14 +16,6 @@ from plugind.sandbox.plan import CgroupLimits
 
 pytestmark = pytest.mark.root
 HIER = cgroups.detect()
-
-
-@pytest.fixture
-def parent() -> Iterator[str]:
-    p = unique_parent()
-    yield p
-    cgroups.remove_tree(p)
-    assert group_dirs(p) == []
 
 
 def _sleeper() -> int:

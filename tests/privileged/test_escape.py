@@ -14,24 +14,13 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_harness import group_dirs, in_child, libc_call, plan_for, run_probe, started, unique_parent
-
-from plugind.sandbox import cgroups
+from sandbox_harness import in_child, libc_call, plan_for, run_probe, started
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def parent() -> Iterator[str]:
-    p = unique_parent()
-    yield p
-    cgroups.remove_tree(p)
-    assert group_dirs(p) == []
 
 
 def _read1(path: str) -> bytes:

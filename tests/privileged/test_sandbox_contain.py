@@ -14,12 +14,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_harness import group_dirs, make_settings, make_tree, plan_for, run_probe, started, unique_parent
+from sandbox_harness import group_dirs, make_settings, make_tree, plan_for, run_probe, started
 
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
@@ -28,14 +27,6 @@ from plugind.sandbox.plan import build_plan
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def parent() -> Iterator[str]:
-    p = unique_parent()
-    yield p
-    cgroups.remove_tree(p)
-    assert group_dirs(p) == []
 
 
 def _errno_of(fn: Any) -> str:

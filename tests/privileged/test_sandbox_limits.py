@@ -10,25 +10,15 @@ import signal
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_harness import group_dirs, plan_for, started, unique_parent
+from sandbox_harness import plan_for, started
 
-from plugind.sandbox import cgroups
 from plugind.sandbox.contain import cgroup_for, cleanup, spawn_contained
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def parent() -> Iterator[str]:
-    p = unique_parent()
-    yield p
-    cgroups.remove_tree(p)
-    assert group_dirs(p) == []
 
 
 def _echo_forever() -> dict[str, Any]:
