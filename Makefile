@@ -28,6 +28,7 @@ bench: setup
 	$(PY) bench/hooks.py
 	$(PY) bench/hooks.py --sandbox
 	$(PY) bench/sandbox.py
+	$(PY) bench/load.py
 	$(PY) bench/monitor.py
 	$(PY) bench/health.py
 
