@@ -3,10 +3,13 @@ real sandbox made by `spawn_contained`, reporting their outcome over a pipe kept
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import select
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -167,3 +170,35 @@ def in_child(fn: Callable[[], Any]) -> dict[str, Any]:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     return {"exit": os.waitstatus_to_exitcode(status)}
+
+
+class LiveServer:
+    """A live TCP listener answering 'hi'; counts who reached it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.hits = 0
+        self._t = threading.Thread(target=self._serve, daemon=True)
+        self._t.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            with conn:
+                conn.sendall(b"hi")
+
+    def greet(self) -> bytes:
+        """Connect from the host: proves the server really listens."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            return c.recv(2)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self._t.join(5)

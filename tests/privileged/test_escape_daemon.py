@@ -11,7 +11,6 @@ so it gets its own daemon.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from escape_plugin import calm, hostile, sibling
 from integration.conftest import RunningDaemon, alive, reap, start, wait_for
 from kit import Workspace, plugin_source
-from sandbox_harness import group_dirs
+from sandbox_harness import LiveServer, group_dirs
 
 from plugind.sandbox import cgroups
 
@@ -46,44 +45,12 @@ SUID_TOOL = "suid-cat"
 EPERM = -errno.EPERM  # the raw libc calls report -errno
 
 
-class Server:
-    """A live TCP listener answering 'hi'; counts who reached it."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_server((host, 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.hits = 0
-        self._t = threading.Thread(target=self._serve, daemon=True)
-        self._t.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            with conn:
-                conn.sendall(b"hi")
-
-    def greet(self) -> bytes:
-        """Connect from the host: proves the server really listens."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
-            return c.recv(2)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self.sock.close()
-        self._t.join(5)
-
-
 @dataclass
 class Box:
     ws: Workspace
     daemon: RunningDaemon
     parent: str
-    server: Server
+    server: LiveServer
 
     def tree(self, name: str) -> Path:
         """The plugin's extracted tree on the host (next to it: its `.digest` marker file)."""
@@ -130,7 +97,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     for files in (hostile(), sibling(), calm()):
         ws.add(files)
     HOST_SECRET.write_text("host secret\n")
-    server = Server()
+    server = LiveServer()
     daemon: RunningDaemon | None = None
     try:
         daemon = start(ws, new_session=True)
@@ -453,7 +420,7 @@ NETPROBE_HOOK = 'gw = gateway()\nreturn {"gateway": gw, **{str(p): fetch(gw, p) 
 
 
 def test_restricted_network_reaches_only_the_allowed_target(tmp_path: Path) -> None:
-    allowed, denied = Server("0.0.0.0"), Server("0.0.0.0")
+    allowed, denied = LiveServer("0.0.0.0"), LiveServer("0.0.0.0")
     ws = Workspace(tmp_path)
     ws.sandboxing = True
     parent = f"/plugind-escape-net-{os.getpid()}"

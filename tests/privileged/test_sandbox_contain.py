@@ -3,7 +3,6 @@ failures named by step, and nothing left behind (process, mount, cgroup), even a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -12,13 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_harness import group_dirs, make_settings, make_tree, plan_for, run_probe, started
+from sandbox_harness import LiveServer, group_dirs, make_settings, make_tree, plan_for, run_probe, started
 
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
@@ -39,33 +37,6 @@ def _errno_of(fn: Any) -> str:
     return "OK"
 
 
-class _Server:
-    """A live TCP listener on every host address, answering 'hi' to each connection."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("0.0.0.0", 0))
-        self.port = self.sock.getsockname()[1]
-        self.hits = 0
-        self._t = threading.Thread(target=self._serve, daemon=True)
-        self._t.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            conn.sendall(b"hi")
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self.sock.close()
-        self._t.join(5)
-
-
 def _gateway() -> str:
     for line in Path("/proc/net/route").read_text().splitlines()[1:]:
         fields = line.split()
@@ -75,7 +46,7 @@ def _gateway() -> str:
 
 
 def test_restricted_network_reaches_only_allowed_targets(tmp_path: Path, parent: str) -> None:
-    allowed, denied = _Server(), _Server()
+    allowed, denied = LiveServer("0.0.0.0"), LiveServer("0.0.0.0")
     try:
         plan = plan_for(
             tmp_path,
