@@ -44,7 +44,7 @@ from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.wire import messages as m
-from plugind.wire.frames import RecvBuffer, encode
+from plugind.wire.frames import FrameEncoder, RecvBuffer
 
 log = logging.getLogger("plugind.host.supervisor")
 plugin_log = logging.getLogger("plugind.plugin")
@@ -95,6 +95,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.sup = sup
         self.inc = inc
         self.buf = RecvBuffer(max_frame)
+        # The transport calls get_buffer once per read: hand it the RecvBuffer's own method.
+        self.get_buffer = self.buf.get_buffer  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inc.transport = transport  # type: ignore[assignment]  # a stream transport (any loop)
@@ -171,6 +173,8 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         sup = settings.supervisor
         self.max_frame = sup.max_frame_bytes
+        self.spin_us = sup.spin_us
+        self._encoder = FrameEncoder()  # event loop thread only
         self.restart_policy = settings.override_for(name).restart or sup.restart
 
     # ------------------------------------------------------------------ life cycle
@@ -292,7 +296,8 @@ class Supervisor:
             raise
         self.hello_ms = (time.perf_counter() - started) * 1000
         self.hooks = dict(hello["hooks"])
-        self._send(inc, {"type": m.WELCOME, "api": m.API_VERSION, "max_frame": self.max_frame})
+        self._send(inc, {"type": m.WELCOME, "api": m.API_VERSION, "max_frame": self.max_frame,
+                         "spin_us": self.spin_us})
         log.info("plugin %s ready (pid %d, %.1f ms)", self.name, spawned.pid, self.hello_ms,
                  extra={"plugin": self.name})
 
@@ -310,7 +315,8 @@ class Supervisor:
         call_id = inc.next_id
         inc.next_id += 1
         try:
-            frame = encode(m.invoke(call_id, hook, data, round(timeout_s * 1000, 3)))
+            frame = self._encoder.frame_parts({"type": m.INVOKE, "id": call_id, "hook": hook, "data": data,
+                                               "deadline_ms": round(timeout_s * 1000, 3)})
         except ProtocolViolation as exc:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.detail}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None
@@ -339,7 +345,10 @@ class Supervisor:
                 waiters: set[asyncio.Future[Any]] = {fut, inc.paused}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not fut.done() and inc.transport is not None and not inc.transport.is_closing():
-                inc.transport.write(frame)
+                if len(frame) == 1:
+                    inc.transport.write(frame[0])
+                else:
+                    inc.transport.writelines(frame)
             reply = await fut
         finally:
             pending.pop(call_id, None)
@@ -394,9 +403,19 @@ class Supervisor:
     # ------------------------------------------------------------------ receiving
     def _send(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         if inc.transport is not None and not inc.transport.is_closing():
-            inc.transport.write(encode(msg))
+            inc.transport.write(self._encoder.frame(msg))
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
+        if msg["type"] == m.RESULT:
+            # The hot path: a well-formed result for a call in flight, checked inline by the rules of
+            # check_from_plugin; anything else goes the long way below.
+            call_id, ok = msg.get("id"), msg.get("ok")
+            fut = inc.pending.get(call_id) if type(call_id) is int else None
+            if fut is not None and ((ok is True and "data" in msg)
+                                    or (ok is False and isinstance(msg.get("error"), dict))):
+                if not fut.done():
+                    fut.set_result(msg)
+                return
         try:
             kind = m.check_from_plugin(msg)
         except ProtocolViolation as exc:

@@ -282,6 +282,30 @@ def test_start_invoke_many_in_flight_context_and_clean_stop(tmp_path: Path) -> N
     run(tmp_path, body)
 
 
+@pytest.mark.parametrize("spin_us", [0, 1000])
+def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int) -> None:
+    # supervisor.spin_us travels in the welcome: with a budget the plugin serves a burst of calls
+    # without sleeping between them; with 0 it sleeps before each.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        for i in range(20):
+            await sup.invoke("echo", i, 5)
+        assert sup.pid is not None
+        child = psutil.Process(sup.pid)
+        before = child.num_ctx_switches().voluntary
+        for i in range(300):
+            assert await sup.invoke("echo", i, 5) == i
+        slept = child.num_ctx_switches().voluntary - before
+        await sup.stop()
+        if spin_us:
+            assert slept < 90, f"{slept} sleeps for 300 back-to-back calls"
+        else:
+            assert slept >= 240, f"only {slept} sleeps for 300 calls without polling"
+
+    run(tmp_path, body, settings(spin_us=spin_us))
+
+
 def test_context_grants_from_config(tmp_path: Path) -> None:
     s = settings()
     s.plugin = {"good": PluginOverride(context_grants=["shared."])}

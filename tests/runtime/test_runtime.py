@@ -222,6 +222,59 @@ def test_pipelined_calls_are_answered_in_order_and_pings_too(child: Child) -> No
     assert got[-1] == {"type": "pong", "id": 99}
 
 
+def _sleeps(pid: int) -> int:
+    """How often process `pid` has gone to sleep (voluntary context switches)."""
+    return psutil.Process(pid).num_ctx_switches().voluntary
+
+
+@pytest.mark.parametrize("spin_us", [0, 1000])
+def test_a_burst_of_calls_is_served_without_sleeping_when_polling_is_on(child: Child, spin_us: int) -> None:
+    # After answering, the runtime polls its socket for the next call (up to the welcome's spin_us)
+    # instead of sleeping in recv(): a burst of back-to-back calls then costs it (almost) no sleep
+    # and wake-up. With spin_us 0 it sleeps between every two calls.
+    start(child)
+    child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20, "spin_us": spin_us})
+    for i in range(1, 21):  # the poll window grows from 10 us to the budget over the first calls
+        child.call(i, "echo", i)
+    before = _sleeps(child.proc.pid)
+    for i in range(100, 600):
+        assert child.call(i, "echo", i)["data"] == i
+    slept = _sleeps(child.proc.pid) - before
+    if spin_us:
+        assert slept < 100, f"{slept} sleeps for 500 back-to-back calls"
+    else:
+        assert slept >= 400, f"only {slept} sleeps for 500 calls without polling"
+
+
+def test_calls_further_apart_than_the_budget_are_not_polled_for(child: Child) -> None:
+    # Calls 5 ms apart with a 1 ms budget: the poll window drops to 0 after the first long gap, so
+    # the plugin sleeps between calls instead of burning 1 ms of CPU on each.
+    start(child)
+    child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20, "spin_us": 1000})
+    for i in range(1, 21):
+        child.call(i, "echo", i)  # a burst first: the window is at its widest
+    proc = psutil.Process(child.proc.pid)
+    cpu0, sleeps0 = sum(proc.cpu_times()[:2]), _sleeps(child.proc.pid)
+    for i in range(100, 180):
+        time.sleep(0.005)
+        child.call(i, "echo", i)
+    cpu, slept = sum(proc.cpu_times()[:2]) - cpu0, _sleeps(child.proc.pid) - sleeps0
+    assert slept >= 70
+    assert cpu < 0.04, f"{cpu * 1e3:.0f} ms of CPU for 80 calls: polling did not back off"
+
+
+@pytest.mark.parametrize("spin_us", [-1, 1001, 2.5, "100", True])
+def test_a_welcome_asking_for_an_invalid_poll_is_ignored(child: Child, spin_us: object) -> None:
+    start(child)
+    child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20, "spin_us": spin_us})
+    for i in range(1, 21):
+        child.call(i, "echo", i)
+    before = _sleeps(child.proc.pid)
+    for i in range(100, 300):
+        child.call(i, "echo", i)
+    assert _sleeps(child.proc.pid) - before >= 150  # still sleeping: no polling was switched on
+
+
 def test_context_calls_are_proxied_to_the_host(child: Child) -> None:
     start(child)
     child.chan.send({"type": "invoke", "id": 1, "hook": "ctx", "data": "host.version", "deadline_ms": 5000})

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import struct
 import threading
+import time
 
 import msgpack
 import pytest
@@ -13,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugind.errors import ProtocolViolation
-from plugind.wire import BlockingChannel, FrameBuffer, RecvBuffer, decode, encode
+from plugind.wire import BlockingChannel, FrameBuffer, FrameEncoder, RecvBuffer, decode, encode
 from plugind.wire.aio import read_message, write_message
+from plugind.wire.frames import SMALL_FRAME
 
 VALUES = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, "", "héllo", b"\x00\xff",
           [1, [2, [3]]], {"a": {"b": [None]}}, {1: "int key"}]
@@ -193,6 +197,96 @@ def test_blocking_channel_send_is_whole_under_threads() -> None:
             t.join()
         reader.join()
         assert sorted(m["n"] for m in got) == sorted([0, 1, 2, 3] * 100)
+
+
+def test_frame_encoder_matches_encode_and_survives_a_refused_message() -> None:
+    enc = FrameEncoder()
+    small = {"type": "x", "n": 1, "s": "hi"}
+    big = {"type": "x", "data": b"b" * (SMALL_FRAME + 1)}
+    assert enc.frame(small) == encode(small)
+    assert enc.body(small) == encode(small)[4:]
+    assert enc.frame_parts(small) == (encode(small),)
+    parts = enc.frame_parts(big)
+    assert len(parts) == 2 and b"".join(parts) == encode(big)
+    for bad in ({"type": "x", "v": {1, 2}}, {"type": "x", "v": 2**70}, {"type": "x", "v": [object()]}):
+        with pytest.raises(ProtocolViolation, match="cannot encode message"):
+            enc.frame(bad)
+        # Nothing of the refused message is left in the packer to prefix the next one.
+        assert enc.frame(small) == encode(small)
+
+
+def _voluntary_switches() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+def _send_later(sock: socket.socket, delay: float, msg: dict[str, object]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(delay)
+        sock.sendall(encode(msg))
+        os._exit(0)
+    return pid
+
+
+@pytest.mark.parametrize("spin_s", [0.0, 1.0])
+def test_blocking_channel_polls_instead_of_sleeping(spin_s: float) -> None:
+    # A message that arrives while the channel polls is received without the thread going to sleep
+    # (no voluntary context switch; sched_yield counts as an involuntary one). Without polling, the
+    # same wait sleeps in recv().
+    a, b = socket.socketpair()
+    with a, b:
+        chan = BlockingChannel(b)
+        chan.spin_s = 1.0
+        pid = _send_later(a, 0.05, {"type": "x", "n": 1})
+        before = _voluntary_switches()
+        t0 = time.monotonic()
+        msg = chan.recv(spin_s)
+        waited = time.monotonic() - t0
+        slept = _voluntary_switches() - before
+        os.waitpid(pid, 0)
+    assert msg == {"type": "x", "n": 1}
+    assert waited >= 0.04
+    if spin_s:
+        assert slept == 0
+    else:
+        assert slept >= 1
+
+
+def test_blocking_channel_sleeps_after_the_poll_runs_out() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        chan = BlockingChannel(b)
+        pid = _send_later(a, 0.3, {"type": "late"})
+        before = _voluntary_switches()
+        cpu0 = time.thread_time()
+        assert chan.recv(0.01) == {"type": "late"}
+        slept, cpu = _voluntary_switches() - before, time.thread_time() - cpu0
+        os.waitpid(pid, 0)
+    assert slept >= 1
+    assert cpu < 0.15  # it polled for 10 ms, then slept: not 300 ms of spinning
+
+
+def test_blocking_channel_keeps_its_timeout_when_asked_to_poll() -> None:
+    # Asked to poll on a socket with a timeout, the channel still raises the timeout (it does not
+    # swallow it as "nothing yet" and spin on).
+    a, b = socket.socketpair()
+    with a, b:
+        b.settimeout(0.2)
+        chan = BlockingChannel(b)
+        cpu0 = time.thread_time()
+        with pytest.raises(TimeoutError):
+            chan.recv(1.0)
+        assert time.thread_time() - cpu0 < 0.1
+
+
+def test_blocking_channel_max_frame_applies_to_its_buffer() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        chan = BlockingChannel(b)
+        chan.max_frame = 1024
+        a.sendall(struct.pack(">I", 1025))
+        with pytest.raises(ProtocolViolation, match="exceeds the maximum of 1024"):
+            chan.recv()
 
 
 def test_asyncio_reader_writer() -> None:
