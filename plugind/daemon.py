@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -339,8 +340,19 @@ def serve(settings: Settings) -> int:
     Raises ConfigError (bad token file, exposed without a token, cannot listen), PluginError.
     """
     token = load_token(settings)
+    settle_heap()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(Daemon(settings, token=token).run())
+
+
+def settle_heap() -> int:
+    """Collect once, then move every object alive now (the imported modules: about 70,000 objects)
+    out of the collector's reach; returns how many. A full collection of them takes about 15 ms,
+    which an event loop serving hook calls would otherwise pay again at every oldest-generation
+    collection. Objects created later (plugins, requests) are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -353,4 +365,4 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-__all__ = ["Daemon", "bind_tcp", "bind_unix", "check_exposure", "event_loop_factory", "serve"]
+__all__ = ["Daemon", "bind_tcp", "bind_unix", "check_exposure", "event_loop_factory", "serve", "settle_heap"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import select
 import signal
@@ -242,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     ctl = socket.socket(fileno=int(args[1]))
     ctl.setblocking(True)
     server = ForkServer(ctl, _load_sandbox())
+    # Everything imported so far is shared with every plugin child: keep the collector from touching
+    # (and so copying) those pages in the children, and from scanning them in each one.
+    gc.freeze()
     try:
         server.serve()
     except (BrokenPipeError, ConnectionError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -458,6 +459,8 @@ def serve_child(
                                   plugin=name, reason="on_load_failed")
         _fatal(sock, name, err)
         return EXIT_INIT_FAILED
+    # The plugin and its imports live as long as the process: the collector need not scan them again.
+    gc.freeze()
     try:
         rt.send(m.hello(name, plugin.version or version, plugin.priorities, pid=os.getpid()))
         return rt.serve()

@@ -66,6 +66,15 @@ def log(data, ctx):
 def unencodable(data, ctx):
     return {1, 2}
 
+@plugin.hook("gc")
+def collector(data, ctx):
+    import gc
+    before = gc.get_freeze_count()
+    garbage = [data]
+    garbage.append(garbage)  # a cycle made while serving: still collected
+    del garbage
+    return [before, gc.collect() >= 1]
+
 @plugin.on_unload
 def teardown(ctx):
     with open("unload.mark", "w") as f:  # the runtime runs in the plugin's tree
@@ -135,7 +144,7 @@ def test_hello_after_on_load_and_echo(child: Child) -> None:
     hello = child.recv_type("hello")
     assert hello["api"] == 1 and hello["name"] == "demo" and hello["version"] == "2.0"
     assert hello["hooks"] == {"echo": 7, "modules": 0, "raise": 0, "sleep": 0, "async": 0, "ctx": 0,
-                              "log": 0, "unencodable": 0}
+                              "log": 0, "unencodable": 0, "gc": 0}
     assert hello["pid"] == child.proc.pid
     child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20})
     assert child.call(1, "echo", {"a": [1, b"\x00"]}) == {"type": "result", "id": 1, "ok": True,
@@ -154,6 +163,13 @@ def test_runtime_process_imports_nothing_of_the_host(child: Child) -> None:
     forbidden = ("fastapi", "uvicorn", "plugind.host", "plugind.api", "plugind.monitor",
                  "plugind.trust", "plugind.sandbox")
     assert [mod for mod in modules if mod.startswith(forbidden)] == []
+
+
+def test_the_imported_plugin_is_frozen_out_of_the_collector(child: Child) -> None:
+    start(child)
+    frozen, collected = child.call(1, "gc", "x")["data"]
+    assert frozen > 5000  # the runtime, the SDK, the plugin and their imports
+    assert collected is True
 
 
 def test_handler_error_crosses_as_hook_failed(child: Child) -> None:
