@@ -246,6 +246,18 @@ class Supervisor:
         self.plan = build_plan(self.settings, self.name, self.tree, req)
         return dict(self.plan.to_wire())
 
+    def poll_budget_us(self) -> int:
+        """How long the plugin may poll for its next call (the welcome's spin_us): supervisor.spin_us,
+        or 0 for a plugin whose cgroup holds it to less than one CPU. Polling is charged to the
+        quota, and a plugin throttled for it stalls: under a 50% quota, 8 pipelined calls in flight
+        went from 73k to 44k calls/s with polling on (bench/hooks.py --sandbox)."""
+        plan = self.plan
+        if plan is not None and plan.cgroup_backend != "none":
+            quota, period = plan.limits.cpu_quota_us, plan.limits.cpu_period_us
+            if quota is not None and quota < period:
+                return 0
+        return self.spin_us
+
     async def _spawn(self) -> None:
         """Start one incarnation and wait for its hello. Raises as `start` does."""
         loop = asyncio.get_running_loop()
@@ -297,7 +309,7 @@ class Supervisor:
         self.hello_ms = (time.perf_counter() - started) * 1000
         self.hooks = dict(hello["hooks"])
         self._send(inc, {"type": m.WELCOME, "api": m.API_VERSION, "max_frame": self.max_frame,
-                         "spin_us": self.spin_us})
+                         "spin_us": self.poll_budget_us()})
         log.info("plugin %s ready (pid %d, %.1f ms)", self.name, spawned.pid, self.hello_ms,
                  extra={"plugin": self.name})
 

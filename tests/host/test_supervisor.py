@@ -306,6 +306,29 @@ def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int)
     run(tmp_path, body, settings(spin_us=spin_us))
 
 
+@pytest.mark.parametrize(("quota", "backend", "expected"), [
+    (50.0, "auto", 0),  # held to half a CPU: polling would spend the quota
+    (99.0, "v1", 0),
+    (100.0, "auto", 300),  # a whole CPU: polls
+    (0.0, "auto", 300),  # no quota
+    (50.0, "none", 300),  # no cgroup, so no quota is applied
+])
+def test_poll_budget_is_off_under_a_cpu_quota_below_one_cpu(tmp_path: Path, quota: float, backend: str,
+                                                              expected: int) -> None:
+    s = settings(spin_us=300)
+    s.sandboxing.enabled = True
+    s.sandboxing.cgroups.cpu_quota_percent = quota
+    s.sandboxing.cgroups.backend = backend  # type: ignore[assignment]
+    tree = tmp_path / "p"
+    tree.mkdir()
+    manifest = SimpleNamespace(name="p", version="1.0", entrypoint="scenario:plugin", api=1,
+                               requires=SimpleNamespace(network=(), memory_mb=None))
+    sup = Supervisor("p", tree, manifest, s, None, None)  # type: ignore[arg-type]  # never started
+    assert sup.poll_budget_us() == 300  # no plan yet: unsandboxed
+    sup._plan()
+    assert sup.poll_budget_us() == expected
+
+
 def test_context_grants_from_config(tmp_path: Path) -> None:
     s = settings()
     s.plugin = {"good": PluginOverride(context_grants=["shared."])}
