@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import psutil
 
 from plugind.config import Settings
-from plugind.daemon import event_loop_factory
+from plugind.daemon import event_loop_factory, settle_heap
 from plugind.host.launcher import Launcher
 from plugind.host.supervisor import Supervisor
 
@@ -317,5 +317,6 @@ if __name__ == "__main__":
         parser.error("--loop uvloop needs the uvloop package")
     LOOP = "asyncio" if factory is None else factory.__module__.split(".")[0]
     print(f"loop: {LOOP}")
+    settle_heap()  # as `plugind serve` does before its loop starts
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main(args.calls, args.sandbox, chosen, args.spin_us))

@@ -7,6 +7,7 @@ so a peer announcing 2 GB costs us four bytes, not two gigabytes.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import threading
@@ -285,6 +286,8 @@ class BlockingChannel:
         self._send_lock = threading.Lock()
         self._encoder = FrameEncoder()  # used under the send lock only
         self.spin_s = 0.0  # the longest poll before a sleeping receive (see recv), set by the runtime
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
         self._ready: deque[dict[str, Any]] = deque()  # decoded, not yet returned
 
     @property
@@ -320,22 +323,17 @@ class BlockingChannel:
         the CPU between polls (a host sharing this CPU runs meanwhile).
 
         Sleeping in recv() and being woken costs an idle CPU an interrupt and a wake-up, about
-        15-30 us on a VM; data that arrives while we poll costs none of that. Only a blocking socket
-        without a timeout polls.
+        15-30 us on a VM; data that arrives while we poll costs none of that. A socket with a
+        timeout does not poll.
         """
-        recv_into = self.sock.recv_into
-        # A socket with a timeout waits in poll() before every receive, MSG_DONTWAIT or not.
-        if spin_s > 0 and self.sock.gettimeout() is None:
-            flags = socket.MSG_DONTWAIT
-            end = time.monotonic() + spin_s
-            while True:
-                try:
-                    return recv_into(view, 0, flags)
-                except (BlockingIOError, InterruptedError):
-                    if time.monotonic() >= end:
-                        break
-                    os.sched_yield()
-        return recv_into(view)
+        if spin_s > 0 and self.sock.gettimeout() is None:  # a socket's timeout is never extended
+            # poll(0), not a MSG_DONTWAIT receive: an empty poll costs a syscall, an empty receive
+            # also builds a BlockingIOError with its localised message (several microseconds).
+            ready, monotonic, sched_yield = self._poller.poll, time.monotonic, os.sched_yield
+            end = monotonic() + spin_s
+            while not ready(0) and monotonic() < end:
+                sched_yield()
+        return self.sock.recv_into(view)
 
     def recv(self, spin_s: float = 0.0) -> dict[str, Any] | None:
         """The next message, or None at a clean end of stream. Raises ProtocolViolation or OSError.
