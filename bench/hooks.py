@@ -10,15 +10,15 @@ socketpair ping-pong floor measured in the same run, for three placements of the
 
 Each row also shows a bare event-loop floor (the same ping-pong with the host side on a bare
 Protocol of the daemon's loop: no framing, no msgpack) and the CPU time per call of the host and of
-the plugin, so the price of the plugin's adaptive polling (supervisor.spin_us) is on the page next
-to what it buys. Then plugin cold start (spawn request to hello) next to `python -c pass`, and
-pipelined throughput. Targets: round trip within 2x the floor across CPUs; >= 8,000 calls/s per
-plugin for small payloads; ready in under 20 ms.
+the plugin, so the price of adaptive polling (supervisor.spin_us in the plugin, host_spin_us in
+the event loop) is on the page next to what it buys. Then plugin cold start (spawn request to
+hello) next to `python -c pass`, and pipelined throughput. Targets: round trip within 2x the
+floor across CPUs; >= 8,000 calls/s per plugin for small payloads; ready in under 20 ms.
 
     .venv/bin/python bench/hooks.py [--calls N] [--sandbox] [--placement across,same,free]
-                                    [--spin-us N] [--loop daemon|asyncio|uvloop]
+                                    [--spin-us N] [--host-spin-us N] [--loop daemon|asyncio|uvloop]
 
---spin-us overrides supervisor.spin_us (0: the plugin always sleeps between calls).
+--spin-us / --host-spin-us override supervisor.spin_us / host_spin_us (0: that side always sleeps).
 --loop picks the host side's event loop (supervisor and the bare-loop floor alike): by default the
 daemon's own (`plugind.daemon.event_loop_factory`: uvloop when installed), or `asyncio` / `uvloop`.
 """
@@ -222,12 +222,15 @@ async def compare(sup: Supervisor, row: Row, data: object, size: int, rounds: in
         aio.close()
 
 
-async def main(calls: int, sandbox: bool, placements: list[str], spin_us: int | None) -> None:
+async def main(calls: int, sandbox: bool, placements: list[str], spin_us: int | None,
+               host_spin_us: int | None) -> None:
     global FAR
     settings = Settings()
     settings.sandboxing.enabled = sandbox
     if spin_us is not None:
         settings.supervisor.spin_us = spin_us
+    if host_spin_us is not None:
+        settings.supervisor.host_spin_us = host_spin_us
     launcher = Launcher()
     await launcher.start()
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,7 +240,8 @@ async def main(calls: int, sandbox: bool, placements: list[str], spin_us: int | 
         manifest = SimpleNamespace(name="bench", version="1.0", entrypoint="bench:plugin", api=1,
                                    requires=SimpleNamespace(network=(), memory_mb=None))
         print(f"sandbox: {'on (needs root)' if sandbox else 'off (plain fork)'}; "
-              f"supervisor.spin_us = {settings.supervisor.spin_us}; CPUs {ALL_CPUS}")
+              f"supervisor.spin_us = {settings.supervisor.spin_us}, host_spin_us = "
+              f"{settings.supervisor.host_spin_us}; CPUs {ALL_CPUS}")
         try:
             # Cold start: spawn request -> hello received, through the fork-server.
             starts = []
@@ -304,6 +308,8 @@ if __name__ == "__main__":
                              "free (the scheduler decides)")
     parser.add_argument("--spin-us", type=int, default=None,
                         help="override supervisor.spin_us (0: the plugin never polls)")
+    parser.add_argument("--host-spin-us", type=int, default=None,
+                        help="override supervisor.host_spin_us (0: the event loop never polls)")
     parser.add_argument("--loop", choices=("daemon", "asyncio", "uvloop"), default="daemon",
                         help="the host side's event loop (default: the one the daemon uses)")
     args = parser.parse_args()
@@ -319,4 +325,4 @@ if __name__ == "__main__":
     print(f"loop: {LOOP}")
     settle_heap()  # as `plugind serve` does before its loop starts
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.calls, args.sandbox, chosen, args.spin_us))
+        runner.run(main(args.calls, args.sandbox, chosen, args.spin_us, args.host_spin_us))

@@ -89,6 +89,9 @@ class SupervisorSection(_Section):
     # After answering a call that came soon after the previous one, a plugin polls its socket this
     # long before it sleeps (see docs/internals.md, "Adaptive spin"); 0 = always sleep.
     spin_us: int = Field(200, ge=0, le=1000)
+    # While a call is in flight, the daemon's event loop polls instead of sleeping for up to this
+    # long (adapted per plugin; see plugind/host/poll.py); 0 = always sleep.
+    host_spin_us: int = Field(200, ge=0, le=1000)
 
 
 class LimitsSection(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,18 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def two_cpus() -> Iterator[tuple[int, int]]:
+    """Two CPUs (a, b), with this process pinned to a for the test: polling is about a peer on
+    another CPU (on one CPU it only takes turns), so these tests place both ends themselves."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to place the two ends of a socket apart (CI has two)")
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        yield cpus[0], cpus[-1]
+    finally:
+        os.sched_setaffinity(0, before)

@@ -41,10 +41,12 @@ from plugind.errors import (
 )
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
+from plugind.host.poll import LoopPoller, poller_for
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.wire import messages as m
 from plugind.wire.frames import FrameEncoder, RecvBuffer
+from plugind.wire.polling import PollWindow
 
 log = logging.getLogger("plugind.host.supervisor")
 plugin_log = logging.getLogger("plugind.plugin")
@@ -174,6 +176,8 @@ class Supervisor:
         sup = settings.supervisor
         self.max_frame = sup.max_frame_bytes
         self.spin_us = sup.spin_us
+        self._host_poll = PollWindow(sup.host_spin_us / 1e6)
+        self._poller: LoopPoller | None = None  # the event loop's, once a call polls
         self._encoder = FrameEncoder()  # event loop thread only
         self.restart_policy = settings.override_for(name).restart or sup.restart
 
@@ -351,6 +355,7 @@ class Supervisor:
             if timer is not None:
                 timer.cancel()
             inc.expiry_timer = loop.call_at(when, self._expire_due, inc)
+        poll, sent, polling, window = self._host_poll, 0.0, False, 0.0
         try:
             if inc.paused is not None:
                 # The plugin is not reading: wait for room, but never past this call's deadline.
@@ -361,10 +366,23 @@ class Supervisor:
                     inc.transport.write(frame[0])
                 else:
                     inc.transport.writelines(frame)
+                if poll.budget:
+                    sent = time.monotonic()
+                    window = poll.window
+                    if window:
+                        poller = self._poller
+                        if poller is None:
+                            poller = self._poller = poller_for(loop)
+                        poller.begin(window)
+                        polling = True
             reply = await fut
         finally:
             pending.pop(call_id, None)
             inc.deadlines.pop(call_id, None)
+            if polling:
+                self._poller.end()  # type: ignore[union-attr]  # set when polling
+            if sent:
+                poll.update(window if polling else 0.0, time.monotonic() - sent)
         if reply["ok"]:
             return reply["data"]
         raise self._remote_error(hook, reply["error"])

@@ -37,6 +37,7 @@ from plugind.errors import HookFailed, HookTimeout, InitializationError, PluginE
 from plugind.sdk.plugin import Handler, Plugin
 from plugind.wire import messages as m
 from plugind.wire.frames import DEFAULT_MAX_FRAME, BlockingChannel
+from plugind.wire.polling import PollWindow
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 ENTRYPOINT_RE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
@@ -46,7 +47,6 @@ EXIT_INIT_FAILED = 3
 EXIT_PROTOCOL = 4
 ALARM_GRACE_S = 0.02
 MAX_SPIN_US = 1000  # a welcome asking for more is ignored
-SPIN_START_S = 10e-6  # the first poll window once calls come within the budget
 _monotonic = time.monotonic
 
 
@@ -134,9 +134,9 @@ class Runtime:
         # the armed ITIMER_REAL fires (None: not armed); see _arm_deadline.
         self._limit: float | None = None
         self._alarm_at: float | None = None
-        # Adaptive poll (see serve): how long to poll for the next call, and when the last call was
-        # answered. The most it may poll is chan.spin_s.
-        self._window = 0.0
+        # Adaptive poll (see serve): the window, and when the last call was answered. The most it
+        # may poll is chan.spin_s.
+        self._poll = PollWindow()
         self._answered_at = 0.0
 
     # -- sending, safe against SIGALRM landing in the middle of a frame
@@ -285,27 +285,22 @@ class Runtime:
         assert self.plugin is not None
         chan = self.chan
         queue, recv, check, invoke = self._queue, chan.recv, m.check_from_host, self.invoke
-        monotonic = _monotonic
+        monotonic, poll = _monotonic, self._poll
         while True:
             if queue:
                 msg = queue.popleft()  # checked when it was received
             else:
-                # Adaptive poll, as KVM's halt-polling: after answering, poll for the next call for
-                # `window` before sleeping. A call that came while polling leaves the window as it
-                # is; one that came later but within the budget (chan.spin_s) doubles it; one that
-                # came later than that resets it to 0. So a burst of calls is served without
-                # sleeps, and calls further apart than the budget cost (almost) no polling.
-                window = self._window
+                # Adaptive poll (plugind.wire.polling): after answering, poll for the next call
+                # before sleeping, for as long as calls have lately been coming that soon.
+                poll.budget = chan.spin_s
+                window = poll.window
                 got = recv(window)
                 if got is None:
                     return 0
                 check(got)
                 msg = got
-                budget = chan.spin_s
-                if budget:
-                    gap = monotonic() - self._answered_at
-                    if gap > window:
-                        self._window = min(max(2 * window, SPIN_START_S), budget) if gap <= budget else 0.0
+                if poll.budget:
+                    poll.update(window, monotonic() - self._answered_at)
             kind = msg["type"]
             if kind == m.INVOKE:
                 invoke(msg)

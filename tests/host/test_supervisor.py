@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import re
+import resource
 import signal
 import textwrap
 import time
@@ -34,6 +35,7 @@ from plugind.errors import (
 )
 from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
+from plugind.host.poll import poller_for
 from plugind.host.supervisor import Supervisor
 
 HEADER = '''
@@ -304,6 +306,39 @@ def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int)
             assert slept >= 240, f"only {slept} sleeps for 300 calls without polling"
 
     run(tmp_path, body, settings(spin_us=spin_us))
+
+
+def _loop_sleeps() -> int:
+    """Voluntary context switches of this thread (the event loop's): how often it slept."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+@pytest.mark.parametrize("host_spin_us", [0, 1000])
+def test_the_event_loop_polls_for_answers_during_a_burst(tmp_path: Path, host_spin_us: int,
+                                                         two_cpus: tuple[int, int]) -> None:
+    # supervisor.host_spin_us: while a call is in flight the loop polls instead of sleeping in
+    # epoll, so a burst of calls to a plugin on another CPU costs it (almost) no sleeps.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        assert sup.pid is not None
+        os.sched_setaffinity(sup.pid, {two_cpus[1]})
+        for i in range(20):  # the poll windows grow over the first calls
+            await sup.invoke("echo", i, 5)
+        before = _loop_sleeps()
+        for i in range(300):
+            assert await sup.invoke("echo", i, 5) == i
+        slept = _loop_sleeps() - before
+        rounds = poller_for(asyncio.get_running_loop()).rounds
+        await sup.stop()
+        if host_spin_us:
+            assert slept < 90, f"the loop slept {slept} times in 300 back-to-back calls"
+            assert rounds > 300
+        else:
+            assert slept >= 240, f"the loop slept only {slept} times in 300 calls without polling"
+            assert rounds == 0
+
+    run(tmp_path, body, settings(host_spin_us=host_spin_us))
 
 
 @pytest.mark.parametrize(("quota", "backend", "expected"), [

@@ -244,10 +244,12 @@ def _sleeps(pid: int) -> int:
 
 
 @pytest.mark.parametrize("spin_us", [0, 1000])
-def test_a_burst_of_calls_is_served_without_sleeping_when_polling_is_on(child: Child, spin_us: int) -> None:
+def test_a_burst_of_calls_is_served_without_sleeping_when_polling_is_on(
+        child: Child, spin_us: int, two_cpus: tuple[int, int]) -> None:
     # After answering, the runtime polls its socket for the next call (up to the welcome's spin_us)
-    # instead of sleeping in recv(): a burst of back-to-back calls then costs it (almost) no sleep
-    # and wake-up. With spin_us 0 it sleeps between every two calls.
+    # instead of sleeping in recv(): a burst of back-to-back calls from a host on another CPU then
+    # costs it (almost) no sleep and wake-up. With spin_us 0 it sleeps between every two calls.
+    os.sched_setaffinity(child.proc.pid, {two_cpus[1]})
     start(child)
     child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20, "spin_us": spin_us})
     for i in range(1, 21):  # the poll window grows from 10 us to the budget over the first calls
@@ -260,6 +262,29 @@ def test_a_burst_of_calls_is_served_without_sleeping_when_polling_is_on(child: C
         assert slept < 100, f"{slept} sleeps for 500 back-to-back calls"
     else:
         assert slept >= 400, f"only {slept} sleeps for 500 calls without polling"
+
+
+def test_polling_stops_when_another_task_shares_the_plugins_cpu(child: Child,
+                                                                two_cpus: tuple[int, int]) -> None:
+    # A CPU-bound process shares the plugin's CPU: each poll's yield lets it run, so polling would
+    # only take turns with it. The calls then come later than the budget, and the poll window drops
+    # to 0: the runtime sleeps in recv(). Same burst as above, where it hardly sleeps at all.
+    os.sched_setaffinity(child.proc.pid, {two_cpus[1]})
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {two_cpus[1]})
+        start(child)
+        child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20, "spin_us": 1000})
+        for i in range(1, 21):
+            child.call(i, "echo", i)
+        before = _sleeps(child.proc.pid)
+        for i in range(100, 600):
+            assert child.call(i, "echo", i)["data"] == i
+        slept = _sleeps(child.proc.pid) - before
+    finally:
+        hog.kill()
+        hog.wait()
+    assert slept >= 300, f"only {slept} sleeps for 500 calls next to a CPU hog"
 
 
 def test_calls_further_apart_than_the_budget_are_not_polled_for(child: Child) -> None:

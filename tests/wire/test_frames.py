@@ -219,9 +219,12 @@ def _voluntary_switches() -> int:
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
-def _send_later(sock: socket.socket, delay: float, msg: dict[str, object]) -> int:
+def _send_later(sock: socket.socket, delay: float, msg: dict[str, object], cpu: int | None = None) -> int:
+    """Fork a process that sends `msg` on `sock` after `delay` seconds, on `cpu` if given."""
     pid = os.fork()
     if pid == 0:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
         time.sleep(delay)
         sock.sendall(encode(msg))
         os._exit(0)
@@ -229,15 +232,15 @@ def _send_later(sock: socket.socket, delay: float, msg: dict[str, object]) -> in
 
 
 @pytest.mark.parametrize("spin_s", [0.0, 1.0])
-def test_blocking_channel_polls_instead_of_sleeping(spin_s: float) -> None:
+def test_blocking_channel_polls_instead_of_sleeping(spin_s: float, two_cpus: tuple[int, int]) -> None:
     # A message that arrives while the channel polls is received without the thread going to sleep
     # (no voluntary context switch; sched_yield counts as an involuntary one). Without polling, the
-    # same wait sleeps in recv().
+    # same wait sleeps in recv(). The sender runs on the other CPU.
     a, b = socket.socketpair()
     with a, b:
         chan = BlockingChannel(b)
         chan.spin_s = 1.0
-        pid = _send_later(a, 0.05, {"type": "x", "n": 1})
+        pid = _send_later(a, 0.05, {"type": "x", "n": 1}, cpu=two_cpus[1])
         before = _voluntary_switches()
         t0 = time.monotonic()
         msg = chan.recv(spin_s)

@@ -1,0 +1,31 @@
+"""The adaptive poll window both sides use: how long to poll for the peer's next message before
+sleeping, decided the way KVM decides its halt-polling.
+
+- A message that came while polling leaves the window alone.
+- One that came later, but within the budget, doubles it (starting at `START_S`).
+- One that came later than the budget resets it to 0: peers that answer in milliseconds are never
+  polled for, so polling costs (almost) nothing outside bursts. That includes a peer slowed down
+  by a CPU-bound task next to us: our polls would only take turns with it.
+"""
+
+from __future__ import annotations
+
+START_S = 10e-6
+
+
+class PollWindow:
+    """One peer's poll window, in seconds (0: do not poll), within `budget`."""
+
+    __slots__ = ("budget", "window")
+
+    def __init__(self, budget_s: float = 0.0) -> None:
+        self.budget = budget_s
+        self.window = 0.0
+
+    def update(self, window: float, took_s: float) -> None:
+        """A wait that polled for `window` (0: it slept at once) ended after `took_s` seconds."""
+        if self.budget and took_s > window:
+            self.window = min(max(2 * window, START_S), self.budget) if took_s <= self.budget else 0.0
+
+
+__all__ = ["START_S", "PollWindow"]
