@@ -44,6 +44,7 @@ from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.host.poll import LoopPoller, poller_for
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
+from plugind.sandbox.seccomp_audit import seccomp_kill
 from plugind.wire import messages as m
 from plugind.wire.frames import FrameEncoder, RecvBuffer
 from plugind.wire.polling import PollWindow
@@ -87,6 +88,7 @@ class _Incarnation:
     log_count: int = 0
     log_dropped: int = 0
     paused: asyncio.Future[None] | None = None
+    started: float = 0.0  # time.time() at spawn, to tell its kernel log records from older ones
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -267,7 +269,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         plan = self._plan() if self.plan is None else dict(self.plan.to_wire())
         self._gen += 1
-        inc = _Incarnation(self._gen, hello=loop.create_future())
+        inc = _Incarnation(self._gen, hello=loop.create_future(), started=time.time())
         inc.proxy = self.context.proxy_for(self.name, self.settings.override_for(self.name).context_grants) \
             if self.context is not None else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -587,7 +589,14 @@ class Supervisor:
         self.last_exit = status
         if inc.pid is not None:
             self.launcher.forget(inc.pid)
-        crash = PluginCrashed(f"plugin {self.name!r} exited ({status.describe()})", plugin=self.name,
+        how = status.describe()
+        syscall = None
+        if status.signal == signal.SIGSYS and inc.pid is not None:
+            kill = await asyncio.to_thread(seccomp_kill, inc.pid, inc.started)
+            if kill is not None:
+                syscall = kill.name or str(kill.syscall)
+                how = f"{how} in {kill.describe()}, which its seccomp filter forbids"
+        crash = PluginCrashed(f"plugin {self.name!r} exited ({how})", plugin=self.name,
                               exit_code=status.code, signal=status.signal)
         self._fail_calls(inc, inc.violation or crash)
         if inc.hello is not None and not inc.hello.done():
@@ -600,9 +609,12 @@ class Supervisor:
         if status.oom_killed:
             self._emit("oom_killed", {"pid": inc.pid})
         if not clean:
-            self.last_error = self.last_error if inc.violation else (inc.hung or status.describe())
-            self._emit("crashed", {"pid": inc.pid, "exit_code": status.code, "signal": status.signal,
-                                   "reason": self.last_error})
+            self.last_error = self.last_error if inc.violation else (inc.hung or how)
+            detail = {"pid": inc.pid, "exit_code": status.code, "signal": status.signal,
+                      "reason": self.last_error}
+            if syscall is not None:
+                detail["syscall"] = syscall
+            self._emit("crashed", detail)
         if self.restart_policy == "always" or (self.restart_policy == "on-failure" and not clean):
             self._restart_task = asyncio.create_task(self._restart_loop(), name=f"restart-{self.name}")
         else:
