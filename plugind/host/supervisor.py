@@ -200,7 +200,14 @@ class Supervisor:
             self.state = "failed"
             raise
         self.state = "running"
+        self._end_heartbeat()  # one left over from before a failure must not ping alongside
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.name}")
+
+    def _end_heartbeat(self) -> None:
+        """Cancel the heartbeat task (not waiting for it): the plugin is failed or about to restart."""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     async def stop(self, reason: str = "unload") -> None:
         """Shut the child down: `shutdown` frame (it runs on_unload), SIGTERM after
@@ -621,6 +628,7 @@ class Supervisor:
             self._inc = None
             self.pid = None
             self.state = "stopped" if clean else "failed"
+            self._end_heartbeat()
 
     async def _restart_loop(self) -> None:
         sup = self.settings.supervisor
@@ -634,6 +642,7 @@ class Supervisor:
                 self.state = "failed"
                 self._inc = None
                 self.pid = None
+                self._end_heartbeat()  # nothing to ping until someone starts it again
                 self._emit("circuit_open", {"restarts": len(self._restart_times),
                                             "window_s": sup.restart_window_secs,
                                             "reason": self.last_error})

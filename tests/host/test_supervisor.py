@@ -652,6 +652,14 @@ def test_backoff_doubles_and_the_circuit_breaker_opens(tmp_path: Path) -> None:
         assert opened["restarts"] == 3 and opened["reason"] == "exit code 1"
         with pytest.raises(PluginCrashed, match="plugin 'exits' is failed"):
             await sup.invoke("echo", 1, 5)
+        # Nothing is left running for a failed plugin, and starting it again gives it one heartbeat.
+        await asyncio.sleep(0)
+        beats = [t for t in asyncio.all_tasks() if t.get_name() == "heartbeat-exits"]
+        assert beats == []
+        await sup.start()
+        beats = [t for t in asyncio.all_tasks() if t.get_name() == "heartbeat-exits"]
+        assert len(beats) == 1 and sup.state == "running"
+        await sup.stop()
 
     run(tmp_path, body, s)
 
