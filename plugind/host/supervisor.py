@@ -47,7 +47,7 @@ from plugind.sandbox.plan import build_plan
 from plugind.sandbox.seccomp_audit import seccomp_kill
 from plugind.wire import messages as m
 from plugind.wire.frames import FrameEncoder, RecvBuffer
-from plugind.wire.polling import PollWindow
+from plugind.wire.polling import PollWindow, getcpu
 
 log = logging.getLogger("plugind.host.supervisor")
 plugin_log = logging.getLogger("plugind.plugin")
@@ -180,6 +180,7 @@ class Supervisor:
         self.spin_us = sup.spin_us
         self._host_poll = PollWindow(sup.host_spin_us / 1e6)
         self._poller: LoopPoller | None = None  # the event loop's, once a call polls
+        self._plugin_cpu: object = None  # the CPU the plugin answered the last call on
         self._encoder = FrameEncoder()  # event loop thread only
         self.restart_policy = settings.override_for(name).restart or sup.restart
 
@@ -378,7 +379,8 @@ class Supervisor:
                 if poll.budget:
                     sent = time.monotonic()
                     window = poll.window
-                    if window:
+                    # Not for a plugin on this CPU: it needs the CPU we would poll on.
+                    if window and self._plugin_cpu != getcpu():
                         poller = self._poller
                         if poller is None:
                             poller = self._poller = poller_for(loop)
@@ -452,6 +454,7 @@ class Supervisor:
             fut = inc.pending.get(call_id) if type(call_id) is int else None
             if fut is not None and ((ok is True and "data" in msg)
                                     or (ok is False and isinstance(msg.get("error"), dict))):
+                self._plugin_cpu = msg.get("cpu")
                 if not fut.done():
                     fut.set_result(msg)
                 return

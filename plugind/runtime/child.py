@@ -38,6 +38,7 @@ from plugind.sdk.plugin import Handler, Plugin
 from plugind.wire import messages as m
 from plugind.wire.frames import DEFAULT_MAX_FRAME, BlockingChannel
 from plugind.wire.polling import PollWindow
+from plugind.wire.polling import getcpu as _getcpu
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 ENTRYPOINT_RE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
@@ -255,7 +256,7 @@ class Runtime:
                     data = spec.func(msg["data"], self.ctx)
             finally:
                 self._in_handler = False
-            reply = {"type": m.RESULT, "id": call_id, "ok": True, "data": data}
+            reply = {"type": m.RESULT, "id": call_id, "ok": True, "data": data, "cpu": _getcpu()}
             if timeout_s and _monotonic() - start > timeout_s:
                 reply["late"] = True
         except _Deadline:

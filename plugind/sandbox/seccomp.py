@@ -363,6 +363,7 @@ STRICT_CALLS = (
     "clock_nanosleep",
     "nanosleep",
     "gettimeofday",
+    "getcpu",  # sched_getcpu() when neither rseq nor the vDSO answers (the runtime reports its CPU)
     "getpid",
     "gettid",
     "getppid",

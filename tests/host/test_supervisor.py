@@ -341,6 +341,29 @@ def test_the_event_loop_polls_for_answers_during_a_burst(tmp_path: Path, host_sp
     run(tmp_path, body, settings(host_spin_us=host_spin_us))
 
 
+def test_the_event_loop_does_not_poll_for_a_plugin_on_its_own_cpu(tmp_path: Path,
+                                                                  two_cpus: tuple[int, int]) -> None:
+    # Each result says which CPU the plugin answered on. On the loop's own CPU, polling would only
+    # take turns with the plugin it waits for: the loop sleeps in epoll instead.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        assert sup.pid is not None
+        os.sched_setaffinity(sup.pid, {two_cpus[0]})
+        poller = poller_for(asyncio.get_running_loop())
+        for i in range(20):
+            await sup.invoke("echo", i, 5)
+        rounds, before = poller.rounds, _loop_sleeps()
+        for i in range(300):
+            assert await sup.invoke("echo", i, 5) == i
+        rounds, slept = poller.rounds - rounds, _loop_sleeps() - before
+        await sup.stop()
+        assert rounds == 0
+        assert slept >= 150  # it waited for each answer asleep (or the plugin preempted it)
+
+    run(tmp_path, body, settings(host_spin_us=1000), loop_factory=event_loop_factory())
+
+
 @pytest.mark.parametrize(("quota", "backend", "expected"), [
     (50.0, "auto", 0),  # held to half a CPU: polling would spend the quota
     (99.0, "v1", 0),

@@ -258,6 +258,7 @@ def test_a_burst_of_calls_is_served_without_sleeping_when_polling_is_on(
     for i in range(100, 600):
         assert child.call(i, "echo", i)["data"] == i
     slept = _sleeps(child.proc.pid) - before
+    assert child.call(1000, "echo", 0)["cpu"] == two_cpus[1]  # results say where the plugin runs
     if spin_us:
         assert slept < 100, f"{slept} sleeps for 500 back-to-back calls"
     else:
