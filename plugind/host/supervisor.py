@@ -342,7 +342,7 @@ class Supervisor:
         inc.next_id += 1
         try:
             frame = self._encoder.frame_parts({"type": m.INVOKE, "id": call_id, "hook": hook, "data": data,
-                                               "deadline_ms": round(timeout_s * 1000, 3)})
+                                               "deadline_ms": round(timeout_s * 1000, 3), "cpu": getcpu()})
         except ProtocolViolation as exc:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.detail}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None

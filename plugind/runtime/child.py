@@ -135,10 +135,11 @@ class Runtime:
         # the armed ITIMER_REAL fires (None: not armed); see _arm_deadline.
         self._limit: float | None = None
         self._alarm_at: float | None = None
-        # Adaptive poll (see serve): the window, and when the last call was answered. The most it
-        # may poll is chan.spin_s.
+        # Adaptive poll (see serve): the window, when the last call was answered and where the host
+        # sent it from. The most it may poll is chan.spin_s.
         self._poll = PollWindow()
         self._answered_at = 0.0
+        self._host_cpu: object = None  # the CPU the host sent the last call from
 
     # -- sending, safe against SIGALRM landing in the middle of a frame
     def send(self, msg: dict[str, Any]) -> None:
@@ -294,7 +295,9 @@ class Runtime:
                 # Adaptive poll (plugind.wire.polling): after answering, poll for the next call
                 # before sleeping, for as long as calls have lately been coming that soon.
                 poll.budget = chan.spin_s
-                window = poll.window
+                # Not while the host runs on this CPU (its last invoke says where): polling would
+                # only take turns with the very process that is to send the next call.
+                window = poll.window if self._host_cpu != _getcpu() else 0.0
                 got = recv(window)
                 if got is None:
                     return 0
@@ -306,6 +309,7 @@ class Runtime:
             if kind == m.INVOKE:
                 invoke(msg)
                 self._answered_at = monotonic()
+                self._host_cpu = msg.get("cpu")
             elif kind == m.PING:
                 self.send({"type": m.PONG, "id": msg["id"]})
             elif kind == m.SHUTDOWN:

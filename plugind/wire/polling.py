@@ -23,9 +23,9 @@ def _cpu_reader() -> Callable[[], int]:
         return lambda: -1
 
 
-# The CPU this thread runs on (-1 if unknown). A plugin reports its own with each result, so that
-# the host does not poll for an answer from a plugin on its own CPU: polling would only take turns
-# with the very process it waits for (about 8 us a call, bench/hooks.py --placement same).
+# The CPU this thread runs on (-1 if unknown). The host sends its own with each invoke and a plugin
+# its own with each result, so that neither polls for a peer on its own CPU: polling would only take
+# turns with the very process it waits for (bench/hooks.py --placement same).
 getcpu: Callable[[], int] = _cpu_reader()
 
 

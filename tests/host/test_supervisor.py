@@ -285,15 +285,17 @@ def test_start_invoke_many_in_flight_context_and_clean_stop(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("spin_us", [0, 1000])
-def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int) -> None:
-    # supervisor.spin_us travels in the welcome: with a budget the plugin serves a burst of calls
-    # without sleeping between them; with 0 it sleeps before each.
+def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int,
+                                                   two_cpus: tuple[int, int]) -> None:
+    # supervisor.spin_us travels in the welcome: with a budget the plugin (on the other CPU) serves a
+    # burst of calls without sleeping between them; with 0 it sleeps before each.
     async def body(rig: Rig) -> None:
         sup = rig.supervisor("good")
         await sup.start()
+        assert sup.pid is not None
+        os.sched_setaffinity(sup.pid, {two_cpus[1]})
         for i in range(20):
             await sup.invoke("echo", i, 5)
-        assert sup.pid is not None
         child = psutil.Process(sup.pid)
         before = child.num_ctx_switches().voluntary
         for i in range(300):

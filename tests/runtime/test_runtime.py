@@ -103,9 +103,10 @@ class Child:
         self.chan = BlockingChannel(ours)
         self.chan.sock.settimeout(20)
 
-    def call(self, call_id: int, hook: str, data: Any, deadline_ms: float | None = 5000) -> dict[str, Any]:
+    def call(self, call_id: int, hook: str, data: Any, deadline_ms: float | None = 5000,
+             **extra: Any) -> dict[str, Any]:
         self.chan.send({"type": "invoke", "id": call_id, "hook": hook, "data": data,
-                        "deadline_ms": deadline_ms})
+                        "deadline_ms": deadline_ms, **extra})
         return self.recv_type("result")
 
     def recv_type(self, kind: str) -> dict[str, Any]:
@@ -264,6 +265,24 @@ def test_a_burst_of_calls_is_served_without_sleeping_when_polling_is_on(
         assert slept < 100, f"{slept} sleeps for 500 back-to-back calls"
     else:
         assert slept >= 400, f"only {slept} sleeps for 500 calls without polling"
+
+
+def test_no_polling_while_the_host_says_it_runs_on_the_plugins_cpu(child: Child,
+                                                                   two_cpus: tuple[int, int]) -> None:
+    # Each invoke may say which CPU the host sent it from. When that is the plugin's own CPU,
+    # polling would only take turns with the host, so the runtime sleeps between calls. (The host
+    # here really runs on the other CPU; only what it says changes, so the burst is the same as in
+    # the test above, where the plugin hardly sleeps at all.)
+    os.sched_setaffinity(child.proc.pid, {two_cpus[1]})
+    start(child)
+    child.chan.send({"type": "welcome", "api": 1, "max_frame": 1 << 20, "spin_us": 1000})
+    for i in range(1, 21):
+        child.call(i, "echo", i, cpu=two_cpus[1])
+    before = _sleeps(child.proc.pid)
+    for i in range(100, 600):
+        assert child.call(i, "echo", i, cpu=two_cpus[1])["data"] == i
+    slept = _sleeps(child.proc.pid) - before
+    assert slept >= 400, f"only {slept} sleeps for 500 calls from 'its own CPU'"
 
 
 def test_polling_stops_when_another_task_shares_the_plugins_cpu(child: Child,
