@@ -284,24 +284,44 @@ def test_start_invoke_many_in_flight_context_and_clean_stop(tmp_path: Path) -> N
     run(tmp_path, body)
 
 
+def _loop_sleeps() -> int:
+    """Voluntary context switches of this thread (the event loop's): how often it slept."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+async def _burst(rig: Rig, cpu: int, *counters: Callable[[Supervisor], int]) -> list[int]:
+    """Start `good` pinned to `cpu`, let its poll windows grow over 20 calls, then make 300 calls
+    back to back; return how much each counter grew over those."""
+    sup = rig.supervisor("good")
+    await sup.start()
+    assert sup.pid is not None
+    os.sched_setaffinity(sup.pid, {cpu})
+    for i in range(20):
+        await sup.invoke("echo", i, 5)
+    before = [count(sup) for count in counters]
+    for i in range(300):
+        assert await sup.invoke("echo", i, 5) == i
+    grown = [count(sup) - b for count, b in zip(counters, before, strict=True)]
+    await sup.stop()
+    return grown
+
+
+def _plugin_sleeps(sup: Supervisor) -> int:
+    assert sup.pid is not None
+    return int(psutil.Process(sup.pid).num_ctx_switches().voluntary)
+
+
+def _poll_rounds(sup: Supervisor) -> int:
+    return poller_for(asyncio.get_running_loop()).rounds
+
+
 @pytest.mark.parametrize("spin_us", [0, 1000])
 def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int,
                                                    two_cpus: tuple[int, int]) -> None:
     # supervisor.spin_us travels in the welcome: with a budget the plugin (on the other CPU) serves a
     # burst of calls without sleeping between them; with 0 it sleeps before each.
     async def body(rig: Rig) -> None:
-        sup = rig.supervisor("good")
-        await sup.start()
-        assert sup.pid is not None
-        os.sched_setaffinity(sup.pid, {two_cpus[1]})
-        for i in range(20):
-            await sup.invoke("echo", i, 5)
-        child = psutil.Process(sup.pid)
-        before = child.num_ctx_switches().voluntary
-        for i in range(300):
-            assert await sup.invoke("echo", i, 5) == i
-        slept = child.num_ctx_switches().voluntary - before
-        await sup.stop()
+        (slept,) = await _burst(rig, two_cpus[1], _plugin_sleeps)
         if spin_us:
             assert slept < 90, f"{slept} sleeps for 300 back-to-back calls"
         else:
@@ -310,29 +330,13 @@ def test_configured_poll_budget_reaches_the_plugin(tmp_path: Path, spin_us: int,
     run(tmp_path, body, settings(spin_us=spin_us))
 
 
-def _loop_sleeps() -> int:
-    """Voluntary context switches of this thread (the event loop's): how often it slept."""
-    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-
-
 @pytest.mark.parametrize("host_spin_us", [0, 1000])
 def test_the_event_loop_polls_for_answers_during_a_burst(tmp_path: Path, host_spin_us: int,
                                                          two_cpus: tuple[int, int]) -> None:
     # supervisor.host_spin_us: while a call is in flight the loop polls instead of sleeping in
     # epoll, so a burst of calls to a plugin on another CPU costs it (almost) no sleeps.
     async def body(rig: Rig) -> None:
-        sup = rig.supervisor("good")
-        await sup.start()
-        assert sup.pid is not None
-        os.sched_setaffinity(sup.pid, {two_cpus[1]})
-        for i in range(20):  # the poll windows grow over the first calls
-            await sup.invoke("echo", i, 5)
-        before = _loop_sleeps()
-        for i in range(300):
-            assert await sup.invoke("echo", i, 5) == i
-        slept = _loop_sleeps() - before
-        rounds = poller_for(asyncio.get_running_loop()).rounds
-        await sup.stop()
+        slept, rounds = await _burst(rig, two_cpus[1], lambda _: _loop_sleeps(), _poll_rounds)
         if host_spin_us:
             assert slept < 90, f"the loop slept {slept} times in 300 back-to-back calls"
             assert rounds > 300
@@ -348,18 +352,7 @@ def test_the_event_loop_does_not_poll_for_a_plugin_on_its_own_cpu(tmp_path: Path
     # Each result says which CPU the plugin answered on. On the loop's own CPU, polling would only
     # take turns with the plugin it waits for: the loop sleeps in epoll instead.
     async def body(rig: Rig) -> None:
-        sup = rig.supervisor("good")
-        await sup.start()
-        assert sup.pid is not None
-        os.sched_setaffinity(sup.pid, {two_cpus[0]})
-        poller = poller_for(asyncio.get_running_loop())
-        for i in range(20):
-            await sup.invoke("echo", i, 5)
-        rounds, before = poller.rounds, _loop_sleeps()
-        for i in range(300):
-            assert await sup.invoke("echo", i, 5) == i
-        rounds, slept = poller.rounds - rounds, _loop_sleeps() - before
-        await sup.stop()
+        slept, rounds = await _burst(rig, two_cpus[0], lambda _: _loop_sleeps(), _poll_rounds)
         assert rounds == 0
         assert slept >= 150  # it waited for each answer asleep (or the plugin preempted it)
 
