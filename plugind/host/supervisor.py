@@ -341,8 +341,8 @@ class Supervisor:
         call_id = inc.next_id
         inc.next_id += 1
         try:
-            frame = self._encoder.frame_parts({"type": m.INVOKE, "id": call_id, "hook": hook, "data": data,
-                                               "deadline_ms": round(timeout_s * 1000, 3), "cpu": getcpu()})
+            frame = self._encoder.frame_parts(m.invoke(call_id, hook, data, round(timeout_s * 1000, 3),
+                                                       cpu=getcpu()))
         except ProtocolViolation as exc:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.detail}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None

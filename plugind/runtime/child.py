@@ -135,8 +135,8 @@ class Runtime:
         # the armed ITIMER_REAL fires (None: not armed); see _arm_deadline.
         self._limit: float | None = None
         self._alarm_at: float | None = None
-        # Adaptive poll (see serve): the window, when the last call was answered and where the host
-        # sent it from. The most it may poll is chan.spin_s.
+        # Adaptive poll (see serve): the window (its budget is chan.spin_s, both set by the welcome),
+        # when the last call was answered and where the host sent it from.
         self._poll = PollWindow()
         self._answered_at = 0.0
         self._host_cpu: object = None  # the CPU the host sent the last call from
@@ -257,7 +257,7 @@ class Runtime:
                     data = spec.func(msg["data"], self.ctx)
             finally:
                 self._in_handler = False
-            reply = {"type": m.RESULT, "id": call_id, "ok": True, "data": data, "cpu": _getcpu()}
+            reply = m.result_ok(call_id, data, cpu=_getcpu())
             if timeout_s and _monotonic() - start > timeout_s:
                 reply["late"] = True
         except _Deadline:
@@ -294,7 +294,6 @@ class Runtime:
             else:
                 # Adaptive poll (plugind.wire.polling): after answering, poll for the next call
                 # before sleeping, for as long as calls have lately been coming that soon.
-                poll.budget = chan.spin_s
                 # Not while the host runs on this CPU (its last invoke says where): polling would
                 # only take turns with the very process that is to send the next call.
                 window = poll.window if self._host_cpu != _getcpu() else 0.0
@@ -324,7 +323,7 @@ class Runtime:
                     self.chan.max_frame = max_frame
                 spin_us = msg.get("spin_us")
                 if type(spin_us) is int and 0 <= spin_us <= MAX_SPIN_US:
-                    chan.spin_s = spin_us / 1e6
+                    chan.spin_s = poll.budget = spin_us / 1e6
             # a ctx.reply nobody waits for is ignored
 
 

@@ -28,7 +28,7 @@ MIN_FRAME = 1
 RECV_CHUNK = 256 * 1024
 # RecvBuffer offers at least this much room per receive.
 MIN_FREE = 64 * 1024
-# BlockingChannel sends a frame up to this size as one copied buffer, bigger ones with sendmsg.
+# A frame up to this size is sent as one joined buffer, a bigger one as header and body apart.
 SMALL_FRAME = 16 * 1024
 
 
@@ -80,19 +80,13 @@ class FrameEncoder:
 
     def frame(self, msg: dict[str, Any]) -> bytes:
         """One frame (length prefix and body) holding `msg`. Raises ProtocolViolation."""
-        try:
-            body = self._pack(msg)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _unencodable(exc) from exc
+        body = self.body(msg)
         return HEADER.pack(len(body)) + body
 
     def frame_parts(self, msg: dict[str, Any]) -> tuple[bytes, ...]:
         """`frame(msg)` as buffers for a vectored write: one joined buffer up to SMALL_FRAME, the
         length prefix and the body apart beyond (saves copying a big body). Raises ProtocolViolation."""
-        try:
-            body = self._pack(msg)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _unencodable(exc) from exc
+        body = self.body(msg)
         if len(body) <= SMALL_FRAME:
             return (HEADER.pack(len(body)) + body,)
         return HEADER.pack(len(body)), body
@@ -273,7 +267,6 @@ class RecvBuffer:
         return self._end - self._start
 
 
-
 class BlockingChannel:
     """A frame channel over a blocking stream socket, for the plugin runtime (no asyncio needed).
 
@@ -302,21 +295,13 @@ class BlockingChannel:
     def send(self, msg: dict[str, Any]) -> None:
         """Encode and send one message. Raises ProtocolViolation (unencodable) or OSError."""
         with self._send_lock:
-            body = self._encoder.body(msg)
-            size = len(body)
-            if size <= SMALL_FRAME:
-                # Copying a small body behind its header is cheaper than sendmsg's two buffers.
-                frame = HEADER.pack(size) + body
-                sent = self.sock.send(frame)
-                if sent < len(frame):
-                    self.sock.sendall(memoryview(frame)[sent:])
-                return
-            # One syscall and no copy of the body into a frame; a signal or a socket timeout may cut
-            # it short, then the rest goes out with sendall.
-            header = HEADER.pack(size)
-            sent = self.sock.sendmsg((header, body))
-            if sent < HEADER_SIZE + size:
-                self.sock.sendall(memoryview(header + body)[sent:])
+            parts = self._encoder.frame_parts(msg)
+            # One syscall: a small frame joined (cheaper than sendmsg's two buffers), a big one as
+            # header and body (no copy). A signal or a socket timeout may cut it short, then the rest
+            # goes out with sendall.
+            sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
+            if sent < sum(map(len, parts)):
+                self.sock.sendall(memoryview(b"".join(parts))[sent:])
 
     def _wait_recv(self, view: memoryview, spin_s: float) -> int:
         """recv_into `view`; with `spin_s`, first poll for up to that long without sleeping, yielding

@@ -155,14 +155,21 @@ def hello(name: str, version: str, hooks: dict[str, int], *, pid: int | None = N
             "pid": pid}
 
 
-def invoke(call_id: int, hook: str, data: Any, deadline_ms: float | None) -> dict[str, Any]:
-    """A hook call from the host."""
-    return {"type": INVOKE, "id": call_id, "hook": hook, "data": data, "deadline_ms": deadline_ms}
+def invoke(call_id: int, hook: str, data: Any, deadline_ms: float | None, *,
+           cpu: int | None = None) -> dict[str, Any]:
+    """A hook call from the host; `cpu`: the CPU it is sent from (optional)."""
+    msg = {"type": INVOKE, "id": call_id, "hook": hook, "data": data, "deadline_ms": deadline_ms}
+    if cpu is not None:
+        msg["cpu"] = cpu
+    return msg
 
 
-def result_ok(call_id: int, data: Any) -> dict[str, Any]:
-    """A successful hook result."""
-    return {"type": RESULT, "id": call_id, "ok": True, "data": data}
+def result_ok(call_id: int, data: Any, *, cpu: int | None = None) -> dict[str, Any]:
+    """A successful hook result; `cpu`: the CPU the plugin answered on (optional)."""
+    msg = {"type": RESULT, "id": call_id, "ok": True, "data": data}
+    if cpu is not None:
+        msg["cpu"] = cpu
+    return msg
 
 
 def result_error(call_id: int, error: dict[str, Any], *, late: bool = False) -> dict[str, Any]:
