@@ -10,24 +10,40 @@
 # need --privileged, or PLUGIND_SANDBOXING__CGROUPS__BACKEND=none plus the container's own --memory
 # and --pids-limit (the monitor still samples every plugin through /proc).
 
+# BASE_IMAGE: any Debian-based image with Python 3.11 and its venv module. The default is the
+# official python image; `make test-hosts` builds against a bookworm root made from Debian's
+# packages (python3, python3-venv), since no image registry is reachable there.
+ARG BASE_IMAGE=python:3.11-slim
+
 # --- build stage: compile the wheels that need headers (python-prctl needs libcap-dev) ----------
-FROM python:3.11-slim AS build
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libcap-dev \
-    && rm -rf /var/lib/apt/lists/*
+FROM ${BASE_IMAGE} AS build
+# python3-dev only where the base has no Python headers (Debian's python3; the python image has them).
+RUN set -e; apt-get update; \
+    apt-get install -y --no-install-recommends gcc libc6-dev libcap-dev; \
+    if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+        apt-get install -y --no-install-recommends python3-dev; \
+    fi; \
+    rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/build-venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY plugind ./plugind
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN /opt/build-venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- final stage: runtime libraries and the wheels only -----------------------------------------
-FROM python:3.11-slim
-# libcap2: python-prctl links it; libseccomp2: pyseccomp loads it; iproute2: network mode "restricted".
+FROM ${BASE_IMAGE}
+# libcap2: python-prctl links it; libseccomp2: pyseccomp loads it; iproute2 and nftables: network
+# mode "restricted".
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libcap2 libseccomp2 iproute2 \
+    && apt-get install -y --no-install-recommends libcap2 libseccomp2 iproute2 nftables \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels plugind && rm -rf /wheels
+# A virtualenv, so the same steps work whether the base's Python is the image's own or Debian's
+# (which refuses system-wide pip installs).
+RUN python3 -m venv /opt/plugind/.venv \
+    && /opt/plugind/.venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels plugind \
+    && rm -rf /wheels
+ENV PATH=/opt/plugind/.venv/bin:$PATH
 
 RUN groupadd --system plugind && useradd --system --gid plugind --home-dir /var/lib/plugind plugind \
     && mkdir -p /etc/plugind /var/lib/plugind/plugins /var/lib/plugind/data \

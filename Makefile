@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint typecheck pytest bench clean
+.PHONY: setup run test test-hosts lint typecheck pytest bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,12 @@ pytest: setup
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
+
+# The host lane: a Debian 12 guest (systemd, cgroup v2) built from Debian packages and booted with
+# qemu; runs the systemd, privileged, container and rootless lanes; writes build/hosts/report.json.
+# Root; slow under emulation (see docs/operations.md, "Supported hosts"). LANES=systemd,privileged
+test-hosts:
+	python3 scripts/hosts/lane.py $(if $(LANES),--lanes $(LANES))
 
 # Benchmarks print ratios against floors measured in the same run; the sandboxed ones need root.
 bench: setup

@@ -8,7 +8,8 @@ need_apt=()
 # libcap-dev: python-prctl builds against it. libseccomp2: pyseccomp loads it. iproute2: ip(8) for
 # diagnostics. openssl: the digest benchmark compares against `openssl dgst`. nftables: the
 # sandbox's `restricted` network mode filters inside each plugin's network namespace with nft(8).
-for pkg in libcap-dev libseccomp2 iproute2 openssl gcc nftables; do
+# The suite runs shellcheck on the host lane's shell scripts (tests/ops/test_host_lane.py).
+for pkg in libcap-dev libseccomp2 iproute2 openssl gcc nftables shellcheck; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,7 +27,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# Keyed on what pip installs from pyproject.toml, not on tool settings (scripts/install_key.py).
+stamp=.venv/.installed-$(.venv/bin/python scripts/install_key.py)
 if [ ! -f "$stamp" ]; then
     echo "setup: installing Python packages (pinned in pyproject.toml)"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null

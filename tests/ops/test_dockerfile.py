@@ -1,4 +1,4 @@
-"""Dockerfile: two stages on python:3.11-slim, build deps only in the build stage, healthcheck, no secrets."""
+"""Dockerfile: two stages on a base image argument (python:3.11-slim by default), build deps only in the build stage, healthcheck, no secrets."""
 
 from __future__ import annotations
 
@@ -29,18 +29,41 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def stages() -> list[list[tuple[str, str]]]:
+    """The build stages; global ARGs (before the first FROM) are left out (see `global_args`)."""
     result: list[list[tuple[str, str]]] = []
     for op, rest in instructions((REPO / "Dockerfile").read_text()):
         if op == "FROM":
             result.append([])
-        result[-1].append((op, rest))
+        if result:
+            result[-1].append((op, rest))
     return result
 
 
-def test_two_stages_on_python_slim(stages):
+def global_args() -> dict[str, str]:
+    args = {}
+    for op, rest in instructions((REPO / "Dockerfile").read_text()):
+        if op == "FROM":
+            break
+        assert op == "ARG", f"only ARG may come before the first FROM, not {op}"
+        name, _, default = rest.partition("=")
+        args[name] = default
+    return args
+
+
+def test_two_stages_on_the_base_image_argument(stages):
+    assert global_args() == {"BASE_IMAGE": "python:3.11-slim"}  # what users get without --build-arg
     assert len(stages) == 2
-    assert stages[0][0] == ("FROM", "python:3.11-slim AS build")
-    assert stages[1][0] == ("FROM", "python:3.11-slim")
+    assert stages[0][0] == ("FROM", "${BASE_IMAGE} AS build")
+    assert stages[1][0] == ("FROM", "${BASE_IMAGE}")
+
+
+def test_installs_into_a_virtualenv_on_the_path(stages):
+    """Debian's own python3 refuses system-wide pip installs (PEP 668): a venv works on both bases."""
+    final_runs = " ".join(rest for op, rest in stages[1] if op == "RUN")
+    assert "python3 -m venv /opt/plugind/.venv" in final_runs
+    assert "/opt/plugind/.venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels plugind" in final_runs
+    assert ("ENV", "PATH=/opt/plugind/.venv/bin:$PATH") in stages[1]
+    assert "python3-dev" in " ".join(rest for op, rest in stages[0] if op == "RUN")  # headers where missing
 
 
 def test_build_deps_only_in_build_stage(stages):
