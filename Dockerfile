@@ -1,11 +1,13 @@
 # plugind container image. Build: docker build -t plugind .
 # Run (see docs/operations.md, "Container"):
 #   docker run -d --name plugind -p 7070:7070 \
-#     --cap-drop ALL --cap-add SYS_ADMIN --cap-add SETPCAP --cap-add NET_ADMIN \
-#     --cap-add SETUID --cap-add SETGID --cap-add KILL --cap-add DAC_OVERRIDE \
+#     --cap-drop ALL --cap-add SYS_ADMIN --cap-add SYS_CHROOT --cap-add SETPCAP --cap-add NET_ADMIN \
+#     --cap-add SETUID --cap-add SETGID --cap-add SYS_PTRACE --cap-add DAC_OVERRIDE --cap-add SYS_RESOURCE \
 #     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
 #     --cgroupns=private -v plugind-data:/var/lib/plugind -v ./plugins:/var/lib/plugind/plugins:ro \
 #     --env-file secrets.env plugind
+# (The capabilities the sandbox's steps need, listed in docs/operations.md; to name the system call
+# behind a plugin's seccomp kill, add --cap-add SYSLOG --device /dev/kmsg:/dev/kmsg:r.)
 # Docker mounts /sys/fs/cgroup read-only in unprivileged containers: per-plugin cgroup limits then
 # need --privileged, or PLUGIND_SANDBOXING__CGROUPS__BACKEND=none plus the container's own --memory
 # and --pids-limit (the monitor still samples every plugin through /proc).

@@ -182,6 +182,7 @@ class Daemon:
         assert self.launcher is not None
         redactor = setup_logging(settings)
         redactor.add(self.token)
+        check_capabilities(settings)
         if settings.sandboxing.enabled:
             from plugind.sandbox.cgroups import cleanup_stale, effective_parent
 
@@ -334,6 +335,54 @@ class Daemon:
         sdnotify.notify("READY=1")
 
 
+def check_capabilities(settings: Settings) -> list[str]:
+    """What this daemon cannot do for lack of a capability (or of /dev/kmsg), one line each, and
+    logged: an error when plugin loads will fail, a warning when a feature is missing.
+
+    The capabilities come from `plugind.sandbox.steps.CAPABILITIES` for a plan built from
+    `settings` as any plugin's would be. Nothing when sandboxing is off.
+    """
+    if not settings.sandboxing.enabled:
+        return []
+    from plugind.sandbox import steps
+    from plugind.sandbox.plan import build_plan
+    from plugind.sandbox.seccomp_audit import ring_buffer_problem
+
+    try:
+        # Targets' addresses do not change what is needed: do not resolve names here.
+        plan = build_plan(settings, "capability-check", "/", resolve=lambda _host: ["192.0.2.1"])
+    except PluginError as exc:
+        log.debug("no capability check: %s", exc)
+        return []
+    problems: list[str] = []
+    lacking: dict[str, list[tuple[str, steps.Need]]] = {}
+    for step, need in steps.missing(plan):
+        lacking.setdefault(need.capability, []).append((step, need))
+    for cap, needs in sorted(lacking.items()):
+        where = "; ".join(f"{step}: {need.call}" for step, need in needs)
+        step_names = [s for s, _n in needs if s in steps.STEPS]
+        if step_names:
+            effect = f"every sandboxed plugin load will fail at step {step_names[0]!r}"
+        elif needs[0][0] == "monitor":
+            effect = "the monitor cannot count plugins' sockets (max_connections goes unenforced)"
+        else:
+            effect = "a plugin killed by its seccomp filter is reported without the system call's name"
+        line = f"plugind lacks {cap} ({where}): {effect}; {steps.how_to_grant()}"
+        problems.append(line)
+        (log.warning if all(n.best_effort for _s, n in needs) else log.error)("%s", line)
+    if "CAP_SYSLOG" not in lacking:
+        why = ring_buffer_problem()
+        if why is not None:
+            line = (
+                f"cannot read the kernel log ({why}): a plugin killed by its seccomp filter is reported "
+                "without the system call's name (under systemd: DeviceAllow=/dev/kmsg r, no "
+                "ProtectKernelLogs=)"
+            )
+            problems.append(line)
+            log.warning("%s", line)
+    return problems
+
+
 def serve(settings: Settings) -> int:
     """Run the daemon in this process until it is told to stop. Returns the exit status.
 
@@ -365,4 +414,14 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-__all__ = ["Daemon", "bind_tcp", "bind_unix", "check_exposure", "event_loop_factory", "serve", "settle_heap"]
+__all__ = [
+    "Daemon",
+    "bind_tcp",
+    "bind_unix",
+    "check_capabilities",
+    "check_exposure",
+    "event_loop_factory",
+    "serve",
+    "settle_heap",
+]
+

@@ -15,7 +15,7 @@
     │   ├── AlreadyLoaded
     │   ├── NotLoaded
     │   └── InitializationError      the plugin failed in on_load / never said hello
-    ├── SandboxError                 .step, .detail: a configured isolation step failed
+    ├── SandboxError                 .step, .detail, .missing_caps: a configured isolation step failed
     ├── HookError                    .hook
     │   ├── HookTimeout              .timeout_s
     │   └── HookFailed               .error_type, .remote_traceback: raised inside the plugin
@@ -138,11 +138,18 @@ class SandboxError(PluginError):
     code = "sandbox_error"
 
     def __init__(
-        self, message: str, *, plugin: str | None = None, step: str | None = None, detail: str | None = None
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        step: str | None = None,
+        detail: str | None = None,
+        missing_caps: list[str] | None = None,
     ) -> None:
         super().__init__(message, plugin=plugin)
         self.step = step
         self.detail = detail
+        self.missing_caps = missing_caps
 
 
 class HookError(PluginError):

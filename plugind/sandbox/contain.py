@@ -24,27 +24,13 @@ from typing import Any, NoReturn
 import prctl
 
 from plugind.errors import SandboxError
-from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, rlimits, seccomp
+from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, rlimits, seccomp, steps
 from plugind.sandbox.cgroups import cgroup_for
 from plugind.sandbox.plan import SandboxPlan
+from plugind.sandbox.steps import STEPS
 
 log = logging.getLogger("plugind.sandbox.contain")
 
-STEPS = (
-    "pid_ns",
-    "mount_ns",
-    "ipc_ns",
-    "uts_ns",
-    "net_ns",
-    "user_ns",
-    "cgroup",
-    "filesystem",
-    "network",
-    "rlimits",
-    "no_new_privs",
-    "capabilities",
-    "seccomp",
-)
 ACTIVE, OFF = "active", "off"
 _CHILD_FAILED = 121  # exit status of a child that could not finish its steps
 
@@ -108,13 +94,22 @@ _HOST_LINKS: dict[str, str] = {}
 
 
 def _fail(plan: SandboxPlan, step: str, exc: BaseException) -> SandboxError:
-    detail = str(exc)
+    return step_failed(plan, step, str(exc))
+
+
+def step_failed(plan: SandboxPlan, step: str, detail: str) -> SandboxError:
+    """The error for a failed `step`. When plugind lacks a capability the step needs (the usual
+    cause of an EPERM), the message names it and says where to grant it (`steps.CAPABILITIES`)."""
+    lacking = [need for _step, need in steps.missing(plan, [step])]
+    advice = steps.hint(lacking) or (
+        "fix the host or set sandboxing.allow_degraded = true to run without it"
+    )
     return SandboxError(
-        f"sandbox step {step!r} failed for plugin {plan.name}: {detail}; fix the host or set "
-        "sandboxing.allow_degraded = true to run without it",
+        f"sandbox step {step!r} failed for plugin {plan.name}: {detail}; {advice}",
         plugin=plan.name,
         step=step,
         detail=detail,
+        missing_caps=sorted({need.capability for need in lacking}) or None,
     )
 
 
@@ -320,13 +315,7 @@ def _read_report(plan: SandboxPlan, reports: Any) -> dict[str, Any]:
     msg: dict[str, Any] = json.loads(line)
     if "error" in msg:
         err = msg["error"]
-        raise SandboxError(
-            f"sandbox step {err['step']!r} failed for plugin {plan.name}: {err['detail']}; fix the "
-            "host or set sandboxing.allow_degraded = true to run without it",
-            plugin=plan.name,
-            step=err["step"],
-            detail=err["detail"],
-        )
+        raise step_failed(plan, err["step"], err["detail"])
     return msg
 
 

@@ -30,11 +30,17 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def loopback_up() -> None:
-    """Bring `lo` up in the current network namespace (an ioctl: cheaper than a netlink socket)."""
+    """Bring `lo` up in the current network namespace (an ioctl: cheaper than a netlink socket).
+
+    Raises KernelCallError naming the ioctl.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sh14x", b"lo", 0)
         flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+        try:
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+        except OSError as exc:
+            raise c.KernelCallError("ioctl(SIOCSIFFLAGS, lo, IFF_UP)", exc.errno or 1) from exc
 
 
 def slot_addresses(slot: int) -> tuple[str, str]:

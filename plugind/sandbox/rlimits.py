@@ -6,6 +6,12 @@ import resource
 
 from plugind.sandbox.plan import SandboxPlan
 
+NAMES = {
+    resource.RLIMIT_CORE: "RLIMIT_CORE",
+    resource.RLIMIT_FSIZE: "RLIMIT_FSIZE",
+    resource.RLIMIT_NOFILE: "RLIMIT_NOFILE",
+}
+
 
 def limits_for(plan: SandboxPlan) -> dict[int, int]:
     """RLIMIT_* -> value (soft = hard) for `plan`."""
@@ -17,9 +23,13 @@ def limits_for(plan: SandboxPlan) -> dict[int, int]:
 
 
 def apply(plan: SandboxPlan) -> None:
-    """Set the limits in this process. Raises OSError/ValueError from setrlimit."""
+    """Set the limits in this process. Raises OSError/ValueError naming the setrlimit call (raising
+    a hard limit needs CAP_SYS_RESOURCE)."""
     for which, value in limits_for(plan).items():
-        resource.setrlimit(which, (value, value))
+        try:
+            resource.setrlimit(which, (value, value))
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"setrlimit({NAMES[which]}, {value}): {exc}") from exc
 
 
-__all__ = ["apply", "limits_for"]
+__all__ = ["NAMES", "apply", "limits_for"]

@@ -69,6 +69,21 @@ def parse_record(line: str, pid: int, since: float) -> SeccompKill | None:
     return SeccompKill(syscall=nr, name=syscall_name(arch, nr), arch=arch, signal=int(match["sig"]))
 
 
+def ring_buffer_problem(path: str = KMSG) -> str | None:
+    """Why `seccomp_kill` cannot read the kernel's ring buffer here, or None when it can.
+
+    Under systemd, `ProtectKernelLogs=yes` hides /dev/kmsg and a closed `DevicePolicy` (implied by
+    `ProtectClock=yes`) refuses it unless `DeviceAllow=/dev/kmsg r`; with `dmesg_restrict = 1` the
+    kernel wants CAP_SYSLOG; containers usually have no /dev/kmsg at all.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"open({path}): {exc.strerror}"
+    os.close(fd)
+    return None
+
+
 def seccomp_kill(pid: int, since: float, path: str = KMSG) -> SeccompKill | None:
     """The newest seccomp kill of `pid` logged at or after `since` (time.time()), or None.
 
@@ -102,4 +117,4 @@ def seccomp_kill(pid: int, since: float, path: str = KMSG) -> SeccompKill | None
     return found
 
 
-__all__ = ["SeccompKill", "parse_record", "seccomp_kill", "syscall_name"]
+__all__ = ["SeccompKill", "parse_record", "ring_buffer_problem", "seccomp_kill", "syscall_name"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plugind.sandbox.seccomp_audit import parse_record, seccomp_kill, syscall_name
+from plugind.sandbox.seccomp_audit import parse_record, ring_buffer_problem, seccomp_kill, syscall_name
 
 RECORD = ('5,2080,10057816365,-;audit: type=1326 audit(1795630204.648:203): auid=4294967295 uid=0 '
           'gid=0 ses=4294967295 pid=5079 comm="python" exe="/usr/bin/python3.11" sig=31 '
@@ -39,6 +39,14 @@ def test_unknown_numbers_are_described_by_number() -> None:
 
 def test_an_unreadable_ring_buffer_gives_nothing(tmp_path: Path) -> None:
     assert seccomp_kill(1, 0.0, path=str(tmp_path / "no-kmsg")) is None
+
+
+def test_ring_buffer_problem_says_why_it_cannot_be_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no-kmsg"
+    assert ring_buffer_problem(str(missing)) == f"open({missing}): No such file or directory"
+    readable = tmp_path / "kmsg"
+    readable.write_text("")
+    assert ring_buffer_problem(str(readable)) is None
 
 
 def test_a_file_of_records_is_read_to_the_newest_match(tmp_path: Path) -> None:
