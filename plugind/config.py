@@ -59,6 +59,9 @@ class ApiSection(_Section):
     token_file: Path | None = Path("data/dev-api-token")
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     open_metrics: bool = True
+    # What /ready needs once start-up is done: "started" nothing more, "any" at least one configured
+    # plugin running if any failed, "all" every configured plugin running (see docs/operations.md).
+    ready_requires: Literal["started", "any", "all"] = "any"
 
     @field_validator("listen")
     @classmethod

@@ -163,6 +163,7 @@ class Daemon:
         self._startup: asyncio.Task[None] | None = None
         self._signalled = False
         self._server: _Server | None = None
+        self._status = ""  # the last STATUS= sent to systemd
         self.exit_code = 0
 
     async def run(self) -> int:
@@ -269,11 +270,13 @@ class Daemon:
         if not self._signalled:
             self._signalled = True
             log.info("signal %d: shutting down", sig)
-            sdnotify.notify("STOPPING=1")
+            sdnotify.notify("STOPPING=1\nSTATUS=stopping: unloading plugins")
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         assert self.registry is not None and self.monitor is not None
+        # Before the listeners open: `systemctl status` says what a slow start is doing.
+        sdnotify.notify("STATUS=starting: scanning and loading plugins")
         self._startup = asyncio.get_running_loop().create_task(self._start_plugins())
         # WATCHDOG=1 from the event loop itself when systemd asks (WatchdogSec): a stalled loop
         # stops the pings and gets the daemon restarted.
@@ -327,12 +330,35 @@ class Daemon:
     async def _start_plugins(self) -> None:
         assert self.registry is not None
         try:
-            loaded = await self.registry.start()
+            await self.registry.start()
         except Exception:
             log.exception("start-up failed")
             raise
-        log.info("ready: %d plugins loaded (%s)", len(loaded), ", ".join(loaded) or "none")
-        sdnotify.notify("READY=1")
+        # Each failed plugin got its own error line; this is the one line that sums them up, and
+        # `systemctl status` shows it (STATUS=) until the set changes.
+        summary = self.registry.load_summary()
+        if self.registry.failed_plugins():
+            log.error("ready, degraded: %s", summary)
+        else:
+            log.info("ready: %s", summary)
+        self._status = _status_line(summary)
+        sdnotify.notify(f"READY=1\nSTATUS={self._status}")
+        self.registry.change_listeners.append(self._update_status)
+
+    def _update_status(self) -> None:
+        """STATUS= again whenever the summary changes (a load, an unload, a plugin that gave up)."""
+        if self.registry is None or self.registry.shutting_down:
+            return
+        status = _status_line(self.registry.load_summary())
+        if status != self._status:
+            self._status = status
+            sdnotify.notify(f"STATUS={status}")
+
+
+def _status_line(text: str, limit: int = 1000) -> str:
+    # STATUS= is one line; a long list of failures is cut rather than flooding `systemctl status`.
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def check_capabilities(settings: Settings) -> list[str]:
@@ -424,4 +450,3 @@ __all__ = [
     "serve",
     "settle_heap",
 ]
-

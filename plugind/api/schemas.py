@@ -52,11 +52,15 @@ class HealthReply(BaseModel):
     status: Literal["ok"]
     plugins_loaded: int
     plugins_total: int
+    plugins_failed: int = Field(0, description="configured plugins that do not run (see /ready)")
 
 
 class ReadyReply(BaseModel):
     ready: bool
-    status: str
+    status: Literal["starting", "shutting down", "ready", "degraded", "failed"]
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="configured plugins that do not run: name -> why"
+    )
 
 
 class PluginSummary(BaseModel):

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "list":
             for p in api.plugins():
                 pid = p.get("pid") or "-"
-                print(f"{p['name']:<24} {p['version']:<10} {p['trust_level']:<10} {p['state']:<10} {pid}")
+                version = p["version"] or "-"  # a wanted plugin whose bundle is gone
+                print(f"{p['name']:<24} {version:<10} {p['trust_level']:<10} {p['state']:<11} {pid}")
         elif args.action == "load":
             print(api.load(args.name)["message"])
         elif args.action == "unload":

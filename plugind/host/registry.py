@@ -1,9 +1,16 @@
 """PluginRegistry: the desired state, available vs loaded plugins, and every load/unload/scan.
 
 Plugins are addressed by name only (`[a-z0-9][a-z0-9_-]{0,62}`) and looked up among the bundles of
-the last scan of `plugins.directory`: a name from outside never becomes a path. The loaded set is
-persisted atomically to `plugins.state_file` and restored at start, where it wins over `auto_load`.
-Blocking work (hashing, verifying, extracting) runs in threads so the event loop keeps answering.
+the last scan of `plugins.directory`: a name from outside never becomes a path. Blocking work
+(hashing, verifying, extracting) runs in threads so the event loop keeps answering.
+
+`plugins.state_file` records the operator's intent: the plugins that *should* be loaded, written
+atomically and restored at start, where it wins over `auto_load` (which only seeds it on the very
+first start). Only the operator changes it: an explicit load adds a plugin once it loaded, an
+explicit unload removes it, and so does the resource monitor's auto-unload, which carries out the
+operator's own `[monitoring]` policy. A load that fails never changes it, whatever the cause (the
+host's sandbox, cgroups or fork-server, the plugin's own init, a shutdown): the plugin stays wanted,
+is reported by `failed_plugins()` (and `/ready`), and is tried again at the next start.
 """
 
 from __future__ import annotations
@@ -131,12 +138,18 @@ class PluginRegistry:
         self._available: dict[str, AvailablePlugin] = {}
         self._loaded: dict[str, LoadedPlugin] = {}
         self._busy: set[str] = set()
+        # The operator's intent (the state file), in order; None until `start` has read it.
+        self._wanted: list[str] | None = None
+        self._failed: dict[str, str] = {}  # wanted but not loaded: name -> why its last load failed
+        self._early: list[str] = []  # loaded through the API before `start` read the state file
         self._scan_lock = asyncio.Lock()
         self._persist_lock = asyncio.Lock()
         self.ready = False
         self.shutting_down = False
         # Also told of every supervisor event (name, kind, detail), e.g. the monitor of OOM kills.
         self.event_listeners: list[Callable[[str, str, Any], None]] = []
+        # Called (no arguments) whenever the loaded, wanted or failed set may have changed.
+        self.change_listeners: list[Callable[[], None]] = []
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -168,11 +181,40 @@ class PluginRegistry:
         return name in self._loaded
 
     def state_of(self, name: str) -> str:
-        """"running", "failed", ... for a loaded plugin, "loading" while it loads, else "available"."""
+        """"running", "failed", ... for a loaded plugin, "loading" while it loads, "load_failed" for a
+        wanted plugin whose load failed, else "available"."""
         loaded = self._loaded.get(name)
         if loaded is not None:
             return str(loaded.supervisor.state)
-        return "loading" if name in self._busy else "available"
+        if name in self._busy:
+            return "loading"
+        return "load_failed" if name in self._failed else "available"
+
+    def wanted_plugins(self) -> list[str]:
+        """The operator's intent: every plugin that should be loaded (the state file), in order."""
+        return list(self._wanted or ())
+
+    def failed_plugins(self) -> dict[str, str]:
+        """Wanted plugins that do not run, in intent order: name -> why (the error of their last
+        load, or the supervisor's last error once it gave up restarting one)."""
+        out: dict[str, str] = {}
+        for name in self._wanted or ():
+            loaded = self._loaded.get(name)
+            if loaded is None and name in self._failed:
+                out[name] = self._failed[name]
+            elif loaded is not None and loaded.supervisor.state == "failed":
+                out[name] = str(getattr(loaded.supervisor, "last_error", None) or "failed")
+        return out
+
+    def load_summary(self) -> str:
+        """One line for logs and `systemctl status`: "loaded 3 of 4 configured plugins; failed: a (...)"."""
+        wanted = self._wanted or []
+        failed = self.failed_plugins()
+        running = sum(1 for n in wanted if n in self._loaded and n not in failed)
+        text = f"loaded {running} of {len(wanted)} configured plugins"
+        if failed:
+            text += "; failed: " + ", ".join(f"{n} ({why})" for n, why in failed.items())
+        return text
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -247,7 +289,7 @@ class PluginRegistry:
         UntrustedPlugin,
         SignatureInvalid / BundleError (tampered), InitializationError, SandboxError.
         """
-        loaded = await self._load(name)
+        loaded = await self._load(name, explicit=True)
         await self.persist()
         return loaded
 
@@ -255,7 +297,9 @@ class PluginRegistry:
         """Same as `load_plugin` (the integration guide's name for it)."""
         return await self.load_plugin(name)
 
-    async def _load(self, name: str) -> LoadedPlugin:
+    async def _load(self, name: str, *, explicit: bool, at_start: bool = False) -> LoadedPlugin:
+        # explicit: the operator asked (API, CLI, library), so a success makes the plugin wanted.
+        # at_start: the caller logs the failure itself, as one line.
         try:
             validate_name(name)
         except LoadError as exc:
@@ -274,7 +318,7 @@ class PluginRegistry:
                 "(add one, then rescan)",
                 plugin=name,
             )
-            await self._refused(name, err)
+            await self._refused(name, err, quiet=at_start)
             raise err
         self._busy.add(name)
         self._publish_states()
@@ -296,7 +340,7 @@ class PluginRegistry:
             except PluginError as exc:
                 if exc.plugin is None:
                     exc.plugin = name
-                await self._refused(name, exc)
+                await self._refused(name, exc, quiet=at_start)
                 raise
             except BaseException:
                 # Cancelled (shutdown during start-up) or a bug: never leave a child behind.
@@ -307,6 +351,11 @@ class PluginRegistry:
             loaded = LoadedPlugin(name, str(vb.version), vb.digest, level, bundle.tree, sup)
             self._loaded[name] = loaded
             self.hooks.register(name, dict(sup.hooks), sup)
+            self._failed.pop(name, None)
+            if explicit and self._wanted is not None and name not in self._wanted:
+                self._wanted.append(name)
+            elif explicit and self._wanted is None:
+                self._early.append(name)  # loaded before `start` read the state file
         finally:
             self._busy.discard(name)
             self._publish_states()
@@ -314,21 +363,43 @@ class PluginRegistry:
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
 
-    async def _refused(self, name: str | None, exc: PluginError, **extra: Any) -> None:
+    async def _refused(
+        self, name: str | None, exc: PluginError, *, quiet: bool = False, **extra: Any
+    ) -> None:
         reason = getattr(exc, "reason", None) or exc.code
         metrics.load_failed(str(reason))
+        if name is not None and name in (self._wanted or ()):
+            self._failed[name] = failure_reason(exc)  # still wanted: reported, retried at next start
         await self._audit("refused", name, reason=str(reason), error=str(exc), **extra)
-        log.warning("load of %s refused: %s", name, exc, extra={"plugin": name})
+        if not quiet:
+            log.warning("load of %s refused: %s", name, exc, extra={"plugin": name})
 
-    async def unload_plugin(self, name: str, reason: str = "requested") -> None:
-        """Stop the loaded plugin `name` (on_unload, SIGTERM, SIGKILL) and forget its hooks.
+    async def unload_plugin(self, name: str, reason: str = "requested") -> bool:
+        """Stop the loaded plugin `name` (on_unload, SIGTERM, SIGKILL), forget its hooks, and stop
+        wanting it: it is no longer loaded at start.
 
-        Raises LoadError(reason="invalid_name"), NotLoaded.
+        A wanted plugin that is not running because its load failed is only forgotten. Returns True
+        when a running plugin was stopped, False when it was only forgotten.
+        Raises LoadError(reason="invalid_name"), NotLoaded (neither loaded nor wanted).
         """
-        await self._unload(name, reason)
+        validate_name(name)
+        if name not in self._loaded and name not in self._busy and name in (self._wanted or ()):
+            self._unwant(name)
+            self._publish_states()
+            await self._audit("unload", name, reason=reason, running=False)
+            log.info("%s is no longer wanted (%s; it was not running)", name, reason, extra={"plugin": name})
+            await self.persist()
+            return False
+        await self._unload(name, reason, forget=True)
         await self.persist()
+        return True
 
-    async def _unload(self, name: str, reason: str) -> None:
+    def _unwant(self, name: str) -> None:
+        if self._wanted is not None and name in self._wanted:
+            self._wanted.remove(name)
+        self._failed.pop(name, None)
+
+    async def _unload(self, name: str, reason: str, *, forget: bool) -> None:
         validate_name(name)
         loaded = self._loaded.get(name)
         if loaded is None or name in self._busy:
@@ -340,25 +411,36 @@ class PluginRegistry:
         finally:
             self._loaded.pop(name, None)
             self._busy.discard(name)
+            if forget:
+                self._unwant(name)
             metrics.forget_plugin(name)
             self._publish_states()
         await self._audit("unload", name, reason=reason)
         log.info("unloaded %s (%s)", name, reason, extra={"plugin": name})
 
     async def unload_all(self, reason: str = "shutdown", *, persist: bool = False) -> None:
-        """Stop every loaded plugin concurrently. The persisted set is kept unless `persist`."""
+        """Stop every loaded plugin concurrently. They stay wanted (the state file is kept) unless
+        `persist`, which makes this the operator's unload of every plugin (the state file empties)."""
         names = list(self._loaded)
         results = await asyncio.gather(
-            *(self._unload(n, reason) for n in names), return_exceptions=True
+            *(self._unload(n, reason, forget=persist) for n in names), return_exceptions=True
         )
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("unloading %s failed: %s", name, result, extra={"plugin": name})
         if persist:
+            for name in list(self._wanted or ()):
+                self._unwant(name)
+            self._publish_states()
             await self.persist()
 
     async def monitor_unload(self, name: str, reason: str) -> None:
-        """The resource monitor's unload callback: unload and record why (never raises NotLoaded)."""
+        """The resource monitor's unload callback: unload and record why (never raises NotLoaded).
+
+        The plugin is no longer wanted afterwards: the monitor carries out the operator's own
+        `[monitoring]` policy (limits, `auto_unmount`), and a restart must not quietly bring back a
+        plugin that policy removed. The operator loads it again once it is fixed.
+        """
         if name not in self._loaded:
             return
         await self.unload_plugin(name, reason)
@@ -366,31 +448,39 @@ class PluginRegistry:
     # -- start-up and shutdown -----------------------------------------------------------------
 
     async def start(self) -> list[str]:
-        """Scan, restore the persisted set (or auto-load), fire `on_startup`. Returns loaded names."""
+        """Scan, load the wanted set (the state file, or on a first start what `auto_load` admits),
+        fire `on_startup`. Returns the loaded names; `failed_plugins()` says what did not load."""
         if self.settings.plugins.scan_on_start:
             await self.scan_directory()
         wanted = await asyncio.to_thread(self._read_state)
         restoring = wanted is not None
-        if wanted is None and self.settings.plugins.auto_load:
+        if wanted is None:
             wanted = [
                 p.name
                 for p in self.get_available_plugins()
-                if p.trust_level == "trusted"
-                or (not self.settings.security.only_trusted and p.trust_level == "signed")
+                if self.settings.plugins.auto_load
+                and (
+                    p.trust_level == "trusted"
+                    or (not self.settings.security.only_trusted and p.trust_level == "signed")
+                )
             ]
-        for name in wanted or []:
+        early = [n for n in self._early if n not in wanted]  # loaded through the API meanwhile
+        self._wanted = [*wanted, *early]
+        self._early.clear()
+        for name in wanted:
             if name in self._loaded:
                 continue
             try:
-                await self._load(name)
+                await self._load(name, explicit=False, at_start=True)
             except PluginError as exc:
                 log.error("could not load %s at start: %s", name, exc, extra={"plugin": name})
-        if not restoring:
-            # First start: from now on the persisted set, not auto_load, decides. A restored set is
-            # not rewritten here, so a plugin that failed to come back once is not forgotten.
+        if not restoring or early:
+            # First start: from now on the state file, not auto_load, decides, whatever loaded. A
+            # restored intent is not rewritten: failed loads leave it as it is.
             await self.persist()
         await self.fire("on_startup", {"host": "plugind"})
         self.ready = True
+        self._notify_changed()
         return list(self._loaded)
 
     async def shutdown(self) -> None:
@@ -400,6 +490,7 @@ class PluginRegistry:
         if self._loaded:
             await self.fire("on_shutdown", {"host": "plugind"})
         await self.unload_all("shutdown", persist=False)
+        self._notify_changed()
 
     async def fire(self, hook: str, data: Any) -> HookResult:
         """Run a lifecycle hook with the `all` policy; failures are logged, never raised."""
@@ -459,6 +550,14 @@ class PluginRegistry:
             counts[str(loaded.supervisor.state)] = counts.get(str(loaded.supervisor.state), 0) + 1
         counts["starting"] = counts.get("starting", 0) + len(self._busy - set(self._loaded))
         metrics.set_plugin_states(counts)
+        self._notify_changed()
+
+    def _notify_changed(self) -> None:
+        for listener in self.change_listeners:
+            try:
+                listener()
+            except Exception:  # a listener (sd_notify STATUS=) must not break a load or unload
+                log.exception("change listener failed")
 
     def _read_state(self) -> list[str] | None:
         path = Path(self.settings.plugins.state_file)
@@ -477,9 +576,14 @@ class PluginRegistry:
         return list(dict.fromkeys(valid))
 
     async def persist(self) -> None:
-        """Write the loaded set to `plugins.state_file` atomically (serialised: last call wins)."""
+        """Write the wanted set to `plugins.state_file` atomically (serialised: last call wins).
+
+        A no-op until `start` has read the file: writing earlier would replace the intent unread.
+        """
         async with self._persist_lock:
-            body = json.dumps({"version": STATE_VERSION, "loaded": list(self._loaded)}, indent=1)
+            if self._wanted is None:
+                return
+            body = json.dumps({"version": STATE_VERSION, "loaded": list(self._wanted)}, indent=1)
             await asyncio.to_thread(self._write_state, body)
 
     def _write_state(self, body: str) -> None:
@@ -488,10 +592,28 @@ class PluginRegistry:
         atomic_write(path, (body + "\n").encode("utf-8"))
 
 
+def failure_reason(exc: PluginError) -> str:
+    """A short why for summaries ("sandbox step 'filesystem': setns(...): EPERM ...; lacks CAP_X").
+
+    The full message (with its advice) stays in the log line of the failure and the audit trail.
+    """
+    step = getattr(exc, "step", None)
+    detail = getattr(exc, "detail", None)
+    if step and detail:
+        text = f"sandbox step {step!r}: {detail}"
+        lacking = getattr(exc, "missing_caps", None)
+        if lacking:
+            text += f"; plugind lacks {', '.join(lacking)}"
+        return text
+    what = str(exc).split("; ", 1)[0]  # what failed; the advice after it is in the full message
+    return what if len(what) <= 300 else what[:297] + "..."
+
+
 __all__ = [
     "AvailablePlugin",
     "LoadedPlugin",
     "PluginRegistry",
     "SupervisorLike",
+    "failure_reason",
     "validate_name",
 ]

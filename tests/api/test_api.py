@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,9 +27,9 @@ def test_health_ready_metrics_docs_are_open(ws: Workspace, run_api: RunApi) -> N
         bare = {"Authorization": ""}
         health = await api.client.get("/health", headers=bare)
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "plugins_loaded": 1, "plugins_total": 1}
+        assert health.json() == {"status": "ok", "plugins_loaded": 1, "plugins_total": 1, "plugins_failed": 0}
         ready = await api.client.get("/ready", headers=bare)
-        assert ready.status_code == 200 and ready.json() == {"ready": True, "status": "ready"}
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "status": "ready", "failed": {}}
         text = (await api.client.get("/metrics", headers=bare)).text
         assert 'plugind_build_info{version="0.1.0"} 1.0' in text
         assert 'plugind_plugins{state="running"} 1.0' in text
@@ -43,7 +44,7 @@ def test_ready_is_503_until_started(ws: Workspace, run_api: RunApi) -> None:
     async def scenario(api: Api) -> None:
         reply = await api.client.get("/ready")
         assert reply.status_code == 503
-        assert reply.json() == {"ready": False, "status": "starting"}
+        assert reply.json() == {"ready": False, "status": "starting", "failed": {}}
         await api.registry.start()
         assert (await api.client.get("/ready")).status_code == 200
         api.registry.shutting_down = True
@@ -316,3 +317,32 @@ def test_metrics_can_require_the_token(ws: Workspace, run_api: RunApi) -> None:
         assert (await api.client.get("/health", headers={"Authorization": ""})).status_code == 200
 
     run_api(scenario, configure=closed)
+
+
+def test_a_wanted_plugin_without_a_bundle_is_listed_as_failed_and_can_be_forgotten(
+    ws: Workspace, run_api: RunApi
+) -> None:
+    add_echo(ws)
+    (ws.root / "data" / "loaded.json").write_text('{"version": 1, "loaded": ["echo", "ghost"]}')
+
+    async def scenario(api: Api) -> None:
+        listed = {p["name"]: p for p in (await api.client.get("/api/plugins")).json()}
+        assert listed["echo"]["state"] == "running"
+        ghost = listed["ghost"]
+        assert (ghost["version"], ghost["trust_level"], ghost["state"]) == ("", "unknown", "load_failed")
+        assert ghost["error"].startswith("unknown plugin 'ghost': no bundle for it in ")
+        assert (await api.client.get("/api/plugins/ghost")).json()["state"] == "load_failed"
+        assert (await api.client.get("/health")).json()["plugins_failed"] == 1
+        ready = (await api.client.get("/ready")).json()
+        assert (ready["status"], list(ready["failed"])) == ("degraded", ["ghost"])
+        reply = await api.client.post("/api/plugins/unload", json={"plugin_name": "ghost"})
+        assert reply.status_code == 200
+        assert reply.json()["message"] == (
+            "ghost was not running (its load had failed); it is no longer loaded at start"
+        )
+        assert (await api.client.get("/api/plugins/ghost")).status_code == 404
+        again = await api.client.post("/api/plugins/unload", json={"plugin_name": "ghost"})
+        assert again.status_code == 409
+
+    run_api(scenario)
+    assert json.loads((ws.root / "data" / "loaded.json").read_text())["loaded"] == ["echo"]

@@ -17,7 +17,14 @@ import pytest
 from integration.kit import Workspace, plugin_source
 
 from plugind.audit import AuditLog
-from plugind.errors import AlreadyLoaded, LoadError, NotLoaded, PluginNotFound, UntrustedPlugin
+from plugind.errors import (
+    AlreadyLoaded,
+    InitializationError,
+    LoadError,
+    NotLoaded,
+    PluginNotFound,
+    UntrustedPlugin,
+)
 from plugind.host import HookRegistry, PluginContext, PluginLoader, PluginRegistry
 from plugind.host.launcher import Launcher
 from plugind.host.supervisor import Supervisor
@@ -247,3 +254,157 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# -- the state file is the operator's intent --------------------------------------------------------
+
+
+def broken(name: str, why: str = "no database", version: str = "1.0.0") -> dict[str, str]:
+    """A plugin whose own on_load fails."""
+    return plugin_source(name, {"on_request": (0, "return data")}, on_load=f"raise RuntimeError({why!r})",
+                         version=version)
+
+
+def test_a_failed_load_stays_wanted_and_a_later_persist_keeps_it(ws: Workspace) -> None:
+    ws.add(echo("good"))
+    ws.add(broken("flaky"))
+    ws.add(echo("later"))
+    state_file(ws).write_text(json.dumps({"version": 1, "loaded": ["flaky", "good"]}))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert await reg.start() == ["good"]
+        assert reg.wanted_plugins() == ["flaky", "good"]
+        (why,) = reg.failed_plugins().values()
+        assert list(reg.failed_plugins()) == ["flaky"] and "no database" in why
+        assert reg.state_of("flaky") == "load_failed"
+        assert reg.load_summary() == f"loaded 1 of 2 configured plugins; failed: flaky ({why})"
+        # Persisting for another plugin's sake writes the intent, not just what runs.
+        await reg.load_plugin("later")
+        assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky", "good", "later"]
+        await reg.unload_plugin("good")
+        assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky", "later"]
+        # An explicit load that fails again changes nothing; one of a plugin nobody wanted adds nothing.
+        with pytest.raises(InitializationError, match="no database"):
+            await reg.load_plugin("flaky")
+        assert reg.wanted_plugins() == ["flaky", "later"]
+
+    run(ws, scenario)
+    # A new version fixes it: the next start loads it, because it was still wanted.
+    ws.add(echo("flaky", version="1.0.1"))
+
+    async def fixed(reg: PluginRegistry) -> None:
+        assert await reg.start() == ["flaky", "later"]
+        assert reg.failed_plugins() == {}
+        assert reg.load_summary() == "loaded 2 of 2 configured plugins"
+
+    run(ws, fixed)
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky", "later"]
+
+
+def test_a_failed_explicit_load_of_an_unwanted_plugin_is_not_remembered(ws: Workspace) -> None:
+    ws.auto_load = False
+    ws.add(broken("stranger"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        with pytest.raises(InitializationError):
+            await reg.load_plugin("stranger")
+        assert reg.wanted_plugins() == [] and reg.failed_plugins() == {}
+        assert reg.state_of("stranger") == "available"
+
+    run(ws, scenario)
+    assert json.loads(state_file(ws).read_text())["loaded"] == []
+
+
+def test_unloading_a_wanted_plugin_that_failed_forgets_it(ws: Workspace) -> None:
+    ws.add(broken("flaky"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert await reg.start() == []
+        assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky"]  # first start: auto_load
+        assert await reg.unload_plugin("flaky") is False
+        assert reg.wanted_plugins() == [] and reg.failed_plugins() == {}
+        assert reg.load_summary() == "loaded 0 of 0 configured plugins"
+        with pytest.raises(NotLoaded, match="plugin 'flaky' is not loaded"):
+            await reg.unload_plugin("flaky")
+
+    run(ws, scenario)
+    assert json.loads(state_file(ws).read_text())["loaded"] == []
+    entries = AuditLog(ws.root / "data" / "audit.log").tail(20)
+    assert [(e["event"], e.get("running")) for e in entries if e["event"] == "unload"] == [("unload", False)]
+
+
+def test_the_monitors_auto_unload_is_the_operators_policy(ws: Workspace) -> None:
+    ws.add(echo("hog"))
+    ws.add(echo("calm"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        await reg.monitor_unload("hog", "resource limits exceeded in 3 consecutive checks: memory")
+        assert reg.wanted_plugins() == ["calm"] and reg.failed_plugins() == {}
+
+    run(ws, scenario)
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["calm"]
+
+
+def test_a_load_before_start_neither_overwrites_nor_loses_the_intent(ws: Workspace) -> None:
+    ws.add(echo("early"))
+    ws.add(echo("kept"))
+    state_file(ws).write_text(json.dumps({"version": 1, "loaded": ["kept"]}))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.scan_directory()
+        await reg.load_plugin("early")  # e.g. the API, while start-up still scans
+        assert json.loads(state_file(ws).read_text())["loaded"] == ["kept"]
+        assert sorted(await reg.start()) == ["early", "kept"]
+        assert reg.wanted_plugins() == ["kept", "early"]
+
+    run(ws, scenario)
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["kept", "early"]
+
+
+def test_shutdown_keeps_every_wanted_plugin(ws: Workspace) -> None:
+    ws.add(echo("one"))
+    ws.add(broken("two"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        await reg.shutdown()
+        assert reg.wanted_plugins() == ["one", "two"]
+
+    run(ws, scenario)
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["one", "two"]
+
+
+@pytest.mark.root
+def test_a_start_that_fails_for_a_host_reason_keeps_the_intent(ws: Workspace) -> None:
+    # Every sandboxed load fails at step 'filesystem': a read-only bind source the operator
+    # configured does not exist yet. That is the host's fault; the plugins stay wanted.
+    needed = ws.root / "shared-data"
+    ws.sandboxing = True
+    ws.extra_config = (
+        f'[sandboxing.cgroups]\nbackend = "none"\n'
+        f'[sandboxing.filesystem]\nread_only_paths = ["{needed}"]\n'
+    )
+    ws.add(echo("a"))
+    ws.add(echo("b"))
+
+    async def failing(reg: PluginRegistry) -> None:
+        assert await reg.start() == []
+        failed = reg.failed_plugins()
+        assert list(failed) == ["a", "b"]
+        assert failed["a"].startswith("sandbox step 'filesystem': stat(")
+        assert str(needed) in failed["a"] and "ENOENT" in failed["a"]
+        assert reg.load_summary().startswith("loaded 0 of 2 configured plugins; failed: a (sandbox step")
+
+    run(ws, failing)
+    assert json.loads(state_file(ws).read_text())["loaded"] == ["a", "b"]
+
+    needed.mkdir()
+
+    async def fixed(reg: PluginRegistry) -> None:
+        assert await reg.start() == ["a", "b"]
+        assert reg.get_plugin("a").supervisor.isolation["filesystem"] == "active"  # type: ignore[union-attr]
+        assert reg.load_summary() == "loaded 2 of 2 configured plugins"
+
+    run(ws, fixed)

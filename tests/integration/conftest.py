@@ -65,6 +65,7 @@ class RunningDaemon:
     log_path: Path
     notify: socket.socket
     seen_pids: set[int] = field(default_factory=set)
+    ready_notification: list[str] = field(default_factory=list)  # the datagram that said READY=1
 
     @property
     def url(self) -> str:
@@ -141,7 +142,13 @@ class RunningDaemon:
 
 
 def start(
-    ws: Workspace, *, env: dict[str, str] | None = None, wait_ready: bool = True, new_session: bool = False
+    ws: Workspace,
+    *,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    new_session: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
+    ready_status: int = 200,
 ) -> RunningDaemon:
     port = free_port()
     config = ws.write_config(listen=f"127.0.0.1:{port}")
@@ -166,6 +173,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=new_session,  # its own process group, as under a terminal
+            preexec_fn=preexec_fn,  # e.g. a bounding set without a capability, as a unit might leave
         )
     daemon = RunningDaemon(ws, proc, port, log_path, notify)
     if wait_ready:
@@ -174,12 +182,13 @@ def start(
             while True:
                 lines = notify.recv(4096).decode().splitlines()
                 if "READY=1" in lines:
+                    daemon.ready_notification = lines
                     break
         except TimeoutError:
             proc.kill()
             proc.wait()
             raise AssertionError(f"daemon not ready within {READY_TIMEOUT_S} s:\n{daemon.log()}") from None
-        assert daemon.api("GET", "/ready").status_code == 200
+        assert daemon.api("GET", "/ready").status_code == ready_status
         daemon.tree()
     return daemon
 
@@ -209,7 +218,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 def daemon_factory() -> Iterator[Callable[..., RunningDaemon]]:
-    """start(ws, env=None, wait_ready=True) -> RunningDaemon; every daemon is reaped at teardown."""
+    """start(ws, env=None, wait_ready=True, ...) -> RunningDaemon; every daemon is reaped at teardown."""
     started: list[RunningDaemon] = []
 
     def factory(ws: Workspace, **kw: Any) -> RunningDaemon:

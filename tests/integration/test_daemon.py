@@ -38,7 +38,9 @@ def test_examples_load_call_unload_over_http_and_ctl(ws: Workspace, daemon_facto
     for name in ("header-tagger", "schema-validator", "rate-limiter"):
         ws.add_dir(EXAMPLES / name)
     daemon = daemon_factory(ws)
-    assert daemon.api("GET", "/health").json() == {"status": "ok", "plugins_loaded": 3, "plugins_total": 3}
+    assert daemon.api("GET", "/health").json() == {
+        "status": "ok", "plugins_loaded": 3, "plugins_total": 3, "plugins_failed": 0
+    }
 
     listed = ctl(daemon, "list")
     assert listed.returncode == 0, listed.stderr
@@ -85,7 +87,7 @@ def test_examples_load_call_unload_over_http_and_ctl(ws: Workspace, daemon_facto
     loaded = ctl(daemon, "load", "rate-limiter")
     assert loaded.returncode == 0 and loaded.stdout.startswith("loaded rate-limiter 1.0.0 (pid ")
     health = json.loads(ctl(daemon, "health").stdout)
-    assert health == {"plugins_loaded": 3, "plugins_total": 3, "status": "ok"}
+    assert health == {"plugins_loaded": 3, "plugins_total": 3, "plugins_failed": 0, "status": "ok"}
     assert daemon.stop() == 0
 
 

@@ -22,7 +22,7 @@ from plugind.sandbox.plan import build_plan
 
 def settings(overrides: dict[str, Any]) -> Settings:
     s = Settings()
-    s.sandboxing.cgroups.parent = f"plugind/captest-{os.getpid()}"
+    s.sandboxing.cgroups.parent = f"plugind-captest-{os.getpid()}"  # ours alone: removed at the end
     for key, value in overrides.items():
         obj: Any = s.sandboxing
         *path, last = key.split(".")

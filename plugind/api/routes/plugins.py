@@ -42,8 +42,12 @@ def _summary(reg: PluginRegistry, name: str) -> PluginSummary:
             hash=loaded.digest,
             description=avail.description if avail else "",
         )
+    failed = reg.failed_plugins().get(name)
     if avail is None:
-        raise HTTPException(404, f"unknown plugin {name!r}")
+        if failed is None:
+            raise HTTPException(404, f"unknown plugin {name!r}")
+        # Wanted, but its bundle is gone: listed, so the operator sees why it does not run.
+        return PluginSummary(name=name, version="", trust_level="unknown", state="load_failed", error=failed)
     return PluginSummary(
         name=name,
         version=avail.version,
@@ -51,7 +55,7 @@ def _summary(reg: PluginRegistry, name: str) -> PluginSummary:
         state=reg.state_of(name),
         hash=avail.digest,
         description=avail.description,
-        error=avail.error,
+        error=failed or avail.error,
     )
 
 
@@ -72,7 +76,9 @@ async def list_plugins(request: Request) -> list[PluginSummary]:
     """Every known plugin: name, version, trust level, state, pid, hash."""
     reg = _deps.registry(request)
     names = sorted(
-        {p.name for p in reg.get_available_plugins()} | {p.name for p in reg.get_loaded_plugins()}
+        {p.name for p in reg.get_available_plugins()}
+        | {p.name for p in reg.get_loaded_plugins()}
+        | set(reg.failed_plugins())
     )
     return [_summary(reg, n) for n in names]
 
@@ -116,9 +122,14 @@ async def load(request: Request, body: PluginNameRequest) -> ActionReply:
 
 @router.post("/plugins/unload", response_model=ActionReply, responses=_ERRORS)
 async def unload(request: Request, body: PluginNameRequest) -> ActionReply:
-    """Unload a loaded plugin. 409 when it is not loaded."""
-    await _deps.registry(request).unload_plugin(body.plugin_name)
-    return ActionReply(success=True, message=f"unloaded {body.plugin_name}")
+    """Unload a plugin: it stops, and is no longer loaded at start. 409 when it is neither loaded
+    nor wanted (a wanted plugin whose load failed is only forgotten)."""
+    name = body.plugin_name
+    if await _deps.registry(request).unload_plugin(name):
+        return ActionReply(success=True, message=f"unloaded {name}")
+    return ActionReply(
+        success=True, message=f"{name} was not running (its load had failed); it is no longer loaded at start"
+    )
 
 
 @router.post("/plugins/rescan", response_model=RescanReply, responses=_ERRORS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -18,18 +20,47 @@ async def health(request: Request) -> HealthReply:
     """Liveness: answers as long as the event loop runs, whatever the plugins do."""
     reg = _deps.registry(request)
     return HealthReply(
-        status="ok", plugins_loaded=reg.plugin_count(), plugins_total=reg.total_plugin_count()
+        status="ok",
+        plugins_loaded=reg.plugin_count(),
+        plugins_total=reg.total_plugin_count(),
+        plugins_failed=len(reg.failed_plugins()),
     )
+
+
+def readiness(
+    *, started: bool, stopping: bool, running: int, failed: dict[str, str], requires: str
+) -> tuple[int, ReadyReply]:
+    """(HTTP status, body) of `/ready`; `requires` is `api.ready_requires` ("started", "any", "all").
+
+    503 before the start-up scan and load finished and from SIGTERM on. After that the body says
+    "ready", "degraded" (some configured plugins do not run) or "failed" (none of them runs), with
+    each failed plugin and why; whether that is still 200 is the operator's choice: "started"
+    always, "any" unless none runs, "all" only when every configured plugin runs.
+    """
+    if stopping:
+        return 503, ReadyReply(ready=False, status="shutting down")
+    if not started:
+        return 503, ReadyReply(ready=False, status="starting")
+    if not failed:
+        return 200, ReadyReply(ready=True, status="ready")
+    ok = requires == "started" or (requires == "any" and running > 0)
+    status: Literal["degraded", "failed"] = "degraded" if running else "failed"
+    return (200 if ok else 503), ReadyReply(ready=ok, status=status, failed=failed)
 
 
 @router.get("/ready", response_model=ReadyReply, responses={503: {"model": ReadyReply}})
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: 200 once the start-up scan and auto-load are done; 503 before and while stopping."""
+    """Readiness: start-up done, not stopping, and the configured plugins run (`api.ready_requires`)."""
     reg = _deps.registry(request)
-    if reg.ready and not reg.shutting_down:
-        return JSONResponse({"ready": True, "status": "ready"})
-    state = "shutting down" if reg.shutting_down else "starting"
-    return JSONResponse({"ready": False, "status": state}, status_code=503)
+    failed = reg.failed_plugins()
+    code, body = readiness(
+        started=reg.ready,
+        stopping=reg.shutting_down,
+        running=sum(1 for n in reg.wanted_plugins() if reg.is_loaded(n) and n not in failed),
+        failed=failed,
+        requires=_deps.settings(request).api.ready_requires,
+    )
+    return JSONResponse(body.model_dump(), status_code=code)
 
 
 @metrics_router.get("/metrics", response_class=Response)
