@@ -27,7 +27,7 @@ mirror=${PLUGIND_HOSTS_MIRROR:-http://deb.debian.org/debian}
 # `make setup` and the privileged suite need, and Debian's Docker engine for the container lane.
 packages=(
     systemd systemd-sysv udev dbus kmod procps iproute2 nftables iptables psmisc
-    libseccomp2 libcap2 libcap-dev gcc make git ca-certificates curl openssl rsync
+    libseccomp2 libcap2 libcap-dev gcc make git ca-certificates curl openssl rsync shellcheck
     python3 python3-venv python3-dev python3-pip e2fsprogs util-linux
     linux-image-amd64 initramfs-tools zstd docker.io uidmap
 )
