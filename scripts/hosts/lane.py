@@ -192,8 +192,10 @@ def prepared_image(build: Path, base: Path, key: str, started: float) -> Path:
     for old in build.glob("prepared-*.qcow2"):
         old.unlink()
     log("preparing the guest (project venv, pip cache, Docker base image): once per recipe", started)
-    work = prepared.with_suffix(".partial")
-    qcow2_over(base, "raw", work)
+    # An interrupted or failed preparation is resumed (every step of prepare.sh is idempotent).
+    work = build / f"prepared-{key}.partial"
+    if not work.exists():
+        qcow2_over(base, "raw", work)
     share = new_share(build, ["prepare"])
     shutil.copy(build / f"container-base-{key}.tar", share / "container-base.tar")
     rc = boot(

@@ -1,4 +1,5 @@
-"""Dockerfile: two stages on a base image argument (python:3.11-slim by default), build deps only in the build stage, healthcheck, no secrets."""
+"""Dockerfile: two stages on a base image argument (python:3.11-slim by default), build deps only in
+the build stage, a virtualenv, healthcheck, no secrets."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_installs_into_a_virtualenv_on_the_path(stages):
     """Debian's own python3 refuses system-wide pip installs (PEP 668): a venv works on both bases."""
     final_runs = " ".join(rest for op, rest in stages[1] if op == "RUN")
     assert "python3 -m venv /opt/plugind/.venv" in final_runs
-    assert "/opt/plugind/.venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels plugind" in final_runs
+    pip = "/opt/plugind/.venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels plugind"
+    assert pip in final_runs
     assert ("ENV", "PATH=/opt/plugind/.venv/bin:$PATH") in stages[1]
     assert "python3-dev" in " ".join(rest for op, rest in stages[0] if op == "RUN")  # headers where missing
 
