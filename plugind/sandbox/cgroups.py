@@ -347,6 +347,22 @@ def _v2_enable_controllers(root: Path, rel_parent: str, wanted: Iterable[str]) -
         _mkdir(path)
 
 
+def _write_v2_limit(path: Path, value: str) -> None:
+    try:
+        _write(path, value)
+    except SandboxError as exc:
+        if path.exists():
+            raise
+        # cgroupfs makes no files: without the controller the write fails with a bare EACCES.
+        controller = path.name.partition(".")[0]
+        raise SandboxError(
+            f"cgroup v2 file {path.name} is missing in {path.parent}: the {controller} controller is "
+            "not enabled for plugind's groups; delegate it to plugind (systemd: Delegate=yes in the unit)",
+            step="cgroup",
+            detail=exc.detail,
+        ) from exc
+
+
 def create_group(
     backend: str, parent: str, name: str, limits: CgroupLimits, hier: Hierarchy | None = None
 ) -> CgroupHandle:
@@ -360,27 +376,34 @@ def create_group(
         path = root / rel
         _mkdir(path)
         handle = CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
-        for fname, value in v2_settings(limits).items():
-            if fname == "io.weight" and not (path / fname).exists():
-                continue  # no io controller delegated: weight is best effort
-            _write(path / fname, value)
+        try:
+            for fname, value in v2_settings(limits).items():
+                if fname == "io.weight" and not (path / fname).exists():
+                    continue  # no io controller delegated: weight is best effort
+                _write_v2_limit(path / fname, value)
+        except SandboxError:
+            handle.remove()  # a group without its limits is never left behind
+            raise
         return handle
     dirs = _v1_dirs(hier, rel)
     for controller in dirs:
         _ensure_parents(Path(hier.v1_paths[controller]), rel)
     handle = CgroupHandle("v1", dirs)
-    for controller, fname, value in v1_settings(limits):
-        d = dirs.get(controller)
-        if d is None or not (d / fname).exists():
-            if controller == "blkio" or fname.startswith("memory.memsw"):
-                continue  # no BFQ scheduler or no swap accounting: best effort, as on v2 without io
-            handle.remove()
-            raise SandboxError(
-                f"cgroup v1 file {controller}/{fname} is missing on this host",
-                step="cgroup",
-                detail=f"open({d}/{fname}): ENOENT",
-            )
-        _write(d / fname, value)
+    try:
+        for controller, fname, value in v1_settings(limits):
+            d = dirs.get(controller)
+            if d is None or not (d / fname).exists():
+                if controller == "blkio" or fname.startswith("memory.memsw"):
+                    continue  # no BFQ scheduler or no swap accounting: best effort, as on v2 without io
+                raise SandboxError(
+                    f"cgroup v1 file {controller}/{fname} is missing on this host",
+                    step="cgroup",
+                    detail=f"open({d}/{fname}): ENOENT",
+                )
+            _write(d / fname, value)
+    except SandboxError:
+        handle.remove()  # a group without its limits is never left behind
+        raise
     return handle
 
 

@@ -60,11 +60,11 @@ def host_pids(daemon):
     }
 
 
-def shadow_and_root(secret):
+def shadow_and_root(secret, home):
     return {
         "shadow": attempt(lambda: open("/etc/shadow").read()),
         "secret": attempt(lambda: open(secret).read()),
-        "root": sorted(os.listdir("/root")) if os.path.isdir("/root") else None,
+        "home": sorted(os.listdir(home)) if os.path.isdir(home) else None,
     }
 
 

@@ -17,16 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cgroup_host
+
 from plugind.config import Settings
-from plugind.sandbox import cgroups
 from plugind.sandbox.contain import Spawned, cleanup, oom_killed, spawn_contained
 from plugind.sandbox.plan import SandboxPlan, build_plan
 
 _counter = itertools.count()
 
 
-def unique_parent() -> str:
-    return f"plugind/test-{os.getpid()}-{next(_counter)}"
+def unique_parent(*, limits: bool = True) -> str:
+    """A fresh cgroup parent under the session's own (see cgroup_host), absolute in its hierarchy;
+    the test skips, saying why, on a host without cgroup controllers unless `limits` is false."""
+    return f"{cgroup_host.session_parent(limits=limits).path}/t{next(_counter)}"
 
 
 def make_settings(parent: str, **sandboxing: Any) -> Settings:
@@ -144,11 +147,7 @@ def plan_for(tmp_path: Path, parent: str, name: str = "probe", **sandboxing: Any
 
 def group_dirs(parent: str) -> list[Path]:
     """Every directory of `parent` in every mounted hierarchy (what must be gone afterwards)."""
-    hier = cgroups.detect()
-    roots = list(dict.fromkeys(hier.v1_paths.values()))
-    if hier.v2_path:
-        roots.append(hier.v2_path)
-    return [Path(r, parent) for r in roots if Path(r, parent).exists()]
+    return [r / parent.lstrip("/") for r in cgroup_host.HOST.roots if (r / parent.lstrip("/")).exists()]
 
 
 def libc_call(name: str, *args: Any) -> int:

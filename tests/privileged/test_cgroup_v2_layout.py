@@ -1,9 +1,10 @@
-"""The cgroup v2 layout writer against the real kernel, on this host's controller-less cgroup2 mount.
+"""The cgroup v2 layout writer against the real kernel, in groups of the tests' own on this host's
+cgroup2 mount (with whatever controllers reach them: none on a hybrid host, memory, cpu, pids and
+io on a v2 host).
 
-A unique group made by each test stands in for the daemon's delegated unit cgroup; real processes
-are moved with `cgroup.procs` and checked in `/proc/PID/cgroup` and `cgroup.events`. Controller
-files do not exist here, so enabling one must be refused by name. Only groups the test created are
-touched, and all of them are removed afterwards.
+A unique group made by each test stands in for the daemon's unit cgroup; real processes are moved
+with `cgroup.procs` and checked in `/proc/PID/cgroup` and `cgroup.events`. Only groups the test
+created are touched, and all of them are removed afterwards.
 """
 
 from __future__ import annotations
@@ -13,37 +14,72 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cgroup_host import HOST, REQUIRED, WANTED, session_parent
 
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
 from plugind.sandbox.cgroup_layout import Enable, own_cgroup
 
-pytestmark = pytest.mark.root
-HIER = cgroups.detect()
-V2 = Path(HIER.v2_path) if HIER.v2_path else None
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(HOST.v2_mount is None, reason="no cgroup2 mount on this host"),
+]
+V2 = HOST.v2_mount or Path("/nonexistent")
 _n = itertools.count()
+
+
+@contextmanager
+def _unit(delegate: tuple[str, ...]) -> Iterator[str]:
+    """`<tests' v2 parent>/layout-N/svc`, whose parent hands it `delegate` (those that reach it)."""
+    sp = session_parent(limits=False)
+    assert sp.v2_path is not None
+    top = f"{sp.v2_path}/layout-{next(_n)}"
+    _dir(top).mkdir()
+    offered = _controllers(top)
+    enable = [c for c in delegate if c in offered]
+    if enable:
+        (_dir(top) / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in enable))
+    _dir(f"{top}/svc").mkdir()
+    try:
+        yield f"{top}/svc"
+    finally:
+        dirs = sorted((p for p in _dir(top).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for d in [*dirs, _dir(top)]:
+            cgroups.CgroupHandle("v2", {"pids": d}).remove()
+        assert not _dir(top).exists()
 
 
 @pytest.fixture
 def unit() -> Iterator[str]:
-    """`/plugind-layout-test-PID-N/svc`: a fresh group in the cgroup2 hierarchy, removed afterwards."""
-    if V2 is None:
-        pytest.skip("no cgroup2 mount")
-    top = f"plugind-layout-test-{os.getpid()}-{next(_n)}"
-    (V2 / top / "svc").mkdir(parents=True)
-    yield f"/{top}/svc"
-    dirs = sorted((p for p in (V2 / top).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-    for d in [*dirs, V2 / top]:
-        cgroups.CgroupHandle("v2", {"pids": d}).remove()
-    assert not (V2 / top).exists()
+    """A unit cgroup given every controller plugind wants that reaches the tests' parent, as
+    systemd gives a unit with Delegate=yes."""
+    with _unit(WANTED) as u:
+        if HOST.layout == "v2":  # else this would prove nothing about the controllers
+            assert _controllers(u) >= REQUIRED, _controllers(u)
+        yield u
+
+
+@pytest.fixture
+def bare_unit() -> Iterator[str]:
+    """A unit cgroup given no controller at all (a unit without Delegate=yes, on any host)."""
+    with _unit(()) as u:
+        yield u
 
 
 def _dir(path: str) -> Path:
-    assert V2 is not None
     return V2 / path.lstrip("/")
+
+
+def _controllers(path: str) -> set[str]:
+    return set((_dir(path) / "cgroup.controllers").read_text().split())
+
+
+def _subtree(path: str) -> set[str]:
+    return set((_dir(path) / "cgroup.subtree_control").read_text().split())
 
 
 def _sleeper() -> int:
@@ -72,7 +108,7 @@ def _procs(path: str) -> list[int]:
 
 
 def test_layout_moves_our_processes_into_the_leaf_and_cleanup_stays_under_the_parent(unit: str) -> None:
-    assert V2 is not None
+    delegated = _controllers(unit) & set(WANTED)  # none on a hybrid host; memory, cpu, pids, io on v2
     daemon, forkserver = _sleeper(), _sleeper()
     plugin = _sleeper()
     try:
@@ -85,12 +121,17 @@ def test_layout_moves_our_processes_into_the_leaf_and_cleanup_stays_under_the_pa
         assert _v2_path_of(daemon) == _v2_path_of(forkserver) == f"{unit}/daemon"
         assert _procs(unit) == [] and _procs(f"{unit}/daemon") == sorted([daemon, forkserver])
         assert (_populated(unit), _populated(f"{unit}/daemon"), _populated(layout.parent)) == (1, 1, 0)
+        # Every controller the unit was given is handed down to the plugin groups, and only those.
+        assert _subtree(unit) == _controllers(layout.parent) == _subtree(layout.parent) == delegated
+        assert _subtree(f"{unit}/daemon") == set()
 
         # A plugin group under the parent, left populated as a SIGKILLed daemon would leave it.
         group = _dir(layout.parent) / "p1"
         group.mkdir()
         cgroups.CgroupHandle("v2", {"pids": group}).attach(plugin)
         assert _populated(layout.parent) == 1
+        assert (group / "memory.max").exists() == ("memory" in delegated)
+        assert (group / "pids.max").exists() == ("pids" in delegated)
         removed = cgroups.cleanup_stale(layout.parent, cgroups.Hierarchy(str(V2), frozenset(), {}))
         assert removed == [str(group)]
         assert os.waitpid(plugin, 0)[1] == signal.SIGKILL  # killed through cgroup.kill / its pids
@@ -111,7 +152,6 @@ def test_layout_moves_our_processes_into_the_leaf_and_cleanup_stays_under_the_pa
 
 
 def test_a_group_holding_foreign_processes_is_refused_and_left_alone(unit: str) -> None:
-    assert V2 is not None
     ours, stranger = _sleeper(), _sleeper()
     try:
         for pid in (ours, stranger):
@@ -122,30 +162,50 @@ def test_a_group_holding_foreign_processes_is_refused_and_left_alone(unit: str) 
         assert ei.value.step == "cgroup"
         assert _procs(unit) == sorted([ours, stranger])
         assert not (_dir(unit) / "daemon").exists() and not (_dir(unit) / "plugins").exists()
+        assert _subtree(unit) == set()
     finally:
         _reap(ours)
         _reap(stranger)
 
 
-def test_enabling_a_controller_the_group_does_not_offer_is_refused_by_name(unit: str) -> None:
-    assert V2 is not None
-    offered = (_dir(unit) / "cgroup.controllers").read_text().split()
-    if "memory" in offered:
-        pytest.skip("this cgroup2 mount offers the memory controller")
+def test_enabling_a_controller_the_group_is_not_given_is_refused_by_name(bare_unit: str) -> None:
+    # Its parent hands it nothing, so memory is not offered there whatever the host has.
+    unit = bare_unit
+    assert _controllers(unit) == set()
     with pytest.raises(
         SandboxError,
         match=rf"cannot enable cgroup controller\(s\) memory in {V2}{unit}: {V2}{unit}/cgroup\.controllers "
-        r"offers only \[.*\]; delegate them to plugind \(systemd: Delegate=yes",
+        r"offers only \[\]; delegate them to plugind \(systemd: Delegate=yes",
     ) as ei:
         cgroups.apply_layout([Enable(unit, ("memory",))], V2)
     assert ei.value.step == "cgroup" and "cgroup.controllers" in ei.value.detail
-    assert "memory" not in (_dir(unit) / "cgroup.subtree_control").read_text().split()
+    assert _subtree(unit) == set()
+
+
+def test_enabling_a_controller_in_a_group_holding_a_process_fails_with_the_kernels_reason(unit: str) -> None:
+    # The "no internal processes" rule: a group with a process of its own hands no controller down.
+    given = sorted(_controllers(unit) & set(WANTED))
+    if not given:
+        pytest.skip(f"no controller reaches the tests' cgroup2 groups here ({HOST.describe()})")
+    sleeper = _sleeper()
+    try:
+        (_dir(unit) / "cgroup.procs").write_text(str(sleeper))
+        with pytest.raises(
+            SandboxError,
+            match=rf"cannot write '\+{given[0]}' to {V2}{unit}/cgroup\.subtree_control: "
+            "Device or resource busy",
+        ) as ei:
+            cgroups.apply_layout([Enable(unit, (given[0],))], V2)
+        assert ei.value.step == "cgroup" and ei.value.detail.endswith(": EBUSY")
+        assert _subtree(unit) == set() and _procs(unit) == [sleeper]
+    finally:
+        _reap(sleeper)
 
 
 def test_effective_parent_from_the_real_proc_self_cgroup(unit: str) -> None:
     # What the daemon calls at start-up, run by a process that really sits in the "unit" group, with
-    # a hierarchy that claims v2 controllers so that the v2 path is taken on this hybrid host.
-    assert V2 is not None
+    # a hierarchy that claims v2 controllers so that the v2 path is taken on a hybrid host too.
+    delegated = _controllers(unit) & set(WANTED)
     claims_v2 = cgroups.Hierarchy(str(V2), frozenset({"memory", "cpu", "pids"}), {})
     forkserver = _sleeper()
     go_r, go_w = os.pipe()
@@ -175,6 +235,7 @@ def test_effective_parent_from_the_real_proc_self_cgroup(unit: str) -> None:
         assert out == {"parent": f"{unit}/plugins"}
         assert _v2_path_of(forkserver) == f"{unit}/daemon"
         assert _procs(unit) == [] and _dir(f"{unit}/plugins").is_dir()
+        assert _controllers(f"{unit}/plugins") == _subtree(f"{unit}/plugins") == delegated
     finally:
         os.close(go_w)
         _reap(forkserver)
@@ -184,10 +245,10 @@ def test_effective_parent_keeps_v1_none_and_absolute_parents() -> None:
     # No layout (and no write) unless v2 is chosen and the parent is relative. (The refusal outside a
     # delegated group is exercised above, inside a test group: running it from this process's own
     # cgroup would, if the check were ever broken, move pytest itself.)
-    assert cgroups.effective_parent("v1", "plugind", [os.getpid()], HIER) == "plugind"
-    assert cgroups.effective_parent("none", "plugind", [os.getpid()], HIER) == "plugind"
-    if V2 is None:
-        return
+    hier = cgroups.detect()
+    assert cgroups.effective_parent("v1", "plugind", [os.getpid()], hier) == "plugind"
+    assert cgroups.effective_parent("none", "plugind", [os.getpid()], hier) == "plugind"
     claims_v2 = cgroups.Hierarchy(str(V2), frozenset({"memory", "cpu", "pids"}), {})
+    srv_existed = (V2 / "srv").exists()
     assert cgroups.effective_parent("v2", "/srv/plugind", [os.getpid()], claims_v2) == "/srv/plugind"
-    assert not (V2 / "srv").exists()
+    assert (V2 / "srv").exists() == srv_existed

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cgroup_host import entries_needed_in, fstype_of, root_home, runtime_dirs
 from sandbox_harness import in_child, libc_call, plan_for, run_probe, started
 
 pytestmark = pytest.mark.root
@@ -68,24 +69,30 @@ def test_cannot_see_host_pids_or_signal_the_daemon(tmp_path: Path, parent: str) 
 
 
 def test_cannot_read_shadow_or_host_root(tmp_path: Path, parent: str) -> None:
-    secret = Path(f"/root/.plugind-escape-{os.getpid()}")
+    home = root_home()  # where a secret of the host's root lives, whatever this host calls it
+    assert home.is_dir(), f"root's home {home} does not exist on this host"
+    secret = home / f".plugind-escape-{os.getpid()}"
     secret.write_text("host secret")
+    plan = plan_for(tmp_path, parent)
+    # Visible in there: only the way to what the runtime runs from (a pyenv interpreter or a venv
+    # under root's home), or nothing at all (a system interpreter, a checkout elsewhere).
+    expected = entries_needed_in(home, [*runtime_dirs(), plan.tree])
     try:
 
         def probe() -> dict[str, Any]:
             return {
                 "shadow": _errno_of(lambda: open("/etc/shadow").read()),
                 "secret": _errno_of(lambda: open(str(secret)).read()),
-                "root": sorted(os.listdir("/root")),
+                "home": sorted(os.listdir(home)) if os.path.isdir(home) else None,
                 "etc": sorted(os.listdir("/etc")),
             }
 
-        out = run_probe(plan_for(tmp_path, parent), probe)
+        out = run_probe(plan, probe)
     finally:
         secret.unlink()
     assert out.result["shadow"] == "ENOENT"
     assert out.result["secret"] == "ENOENT"
-    assert out.result["root"] == [".pyenv"]  # only the interpreter's own directory is bound
+    assert out.result["home"] == expected, (home, runtime_dirs())
     assert "shadow" not in out.result["etc"] and "passwd" not in out.result["etc"]
 
 
@@ -288,10 +295,15 @@ def test_cannot_chroot_back_out(tmp_path: Path, parent: str) -> None:
             os.chdir("..")
         return {"chroot": chroot, "cwd": os.getcwd(), "top": sorted(os.listdir("."))}
 
-    out = run_probe(plan_for(tmp_path, parent), probe)
+    plan = plan_for(tmp_path, parent)
+    out = run_probe(plan, probe)
     assert out.result["chroot"] == "EPERM"
     assert out.result["cwd"] == "/"
-    assert "var" not in out.result["top"] and "home" not in out.result["top"]
+    # Still the jail's root: of the host's private top-level directories, only those on the way to
+    # what the runtime runs from or the plugin's tree (e.g. /root for a pyenv interpreter) are there.
+    private = {"home", "root", "var", "srv", "boot", "mnt", "media", "opt", "run", "sys"}
+    needed = set(entries_needed_in("/", [*runtime_dirs(), plan.tree]) or [])
+    assert set(out.result["top"]) & private <= needed, out.result["top"]
 
 
 def test_cannot_read_another_plugins_files_or_memory(tmp_path: Path, parent: str) -> None:
@@ -358,15 +370,18 @@ def test_filling_tmp_is_capped(tmp_path: Path, parent: str) -> None:
 def test_no_host_mount_is_left_in_the_namespace(tmp_path: Path, parent: str) -> None:
     def probe() -> dict[str, Any]:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
-        return {
-            "points": sorted({ln.split()[4] for ln in lines}),
-            "fstypes": sorted({ln.partition(" - ")[2].split()[0] for ln in lines}),
-        }
+        return {"mounts": sorted({(ln.split()[4], ln.partition(" - ")[2].split()[0]) for ln in lines})}
 
     out = run_probe(plan_for(tmp_path, parent), probe)
-    assert set(out.result["fstypes"]) <= {"tmpfs", "proc", "ext4", "xfs", "btrfs", "overlay", "devtmpfs"}
-    assert "cgroup" not in out.result["fstypes"] and "sysfs" not in out.result["fstypes"]
-    assert "/sys" not in out.result["points"] and "/run" not in out.result["points"]
+    mounts = [tuple(m) for m in out.result["mounts"]]
+    points, fstypes = {p for p, _ in mounts}, {t for _, t in mounts}
+    assert not fstypes & {"cgroup", "cgroup2", "sysfs", "debugfs", "tracefs", "securityfs", "bpf", "devpts"}
+    assert "/sys" not in points and "/run" not in points
+    # Every other mount is the jail's own (tmpfs, proc, the /dev nodes) or a bind of the same path of
+    # the host, on the host's filesystem there (ext4, xfs, overlay, 9p, ... whatever this host uses).
+    for point, fstype in mounts:
+        if fstype not in ("tmpfs", "proc", "devtmpfs"):
+            assert fstype == fstype_of(point), (point, fstype)
 
 
 def test_cannot_inject_terminal_input(tmp_path: Path, parent: str) -> None:

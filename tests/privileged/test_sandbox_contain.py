@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -12,10 +13,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cgroup_host import HOST, WANTED, enable
 from sandbox_harness import LiveServer, group_dirs, make_settings, make_tree, plan_for, run_probe, started
 
 from plugind.errors import SandboxError
@@ -131,26 +135,69 @@ def test_config_paths_read_only_writable_and_bind_mounts(tmp_path: Path, parent:
     assert (rw / "out").read_text() == "written inside"
 
 
-def test_unusable_cgroup_backend_fails_naming_the_step(tmp_path: Path, parent: str) -> None:
-    plan = plan_for(tmp_path, parent, cgroups__backend="v2")  # this host has no v2 controllers
-    msg = r"sandbox step 'cgroup' failed for plugin probe: cgroup v2 is not usable"
-    with pytest.raises(SandboxError, match=msg) as ei:
-        spawn_contained(plan, lambda hooks: os._exit(0), [])
-    assert ei.value.step == "cgroup"
-    assert ei.value.plugin == "probe"
-    assert "allow_degraded" in str(ei.value)
+# Cgroup set-ups that cannot work on this host, whatever it offers: the backend it lacks (v2 on a
+# v1 or hybrid host, v1 elsewhere) and, where controllers are handed down (v2), a parent that holds a
+# process of its own, so the kernel refuses to enable controllers in it (no internal processes).
+UNUSABLE = ["backend-the-host-lacks"] + (["parent-holding-a-process"] if HOST.layout == "v2" else [])
 
 
-def test_degraded_step_is_reported_and_the_rest_still_holds(tmp_path: Path, parent: str) -> None:
-    plan = plan_for(tmp_path, parent, cgroups__backend="v2", allow_degraded=True)
+@contextmanager
+def _unusable_cgroup(case: str, parent: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(the plan's cgroup parent, sandboxing settings, what the error says) for `case` on this host."""
+    if case == "backend-the-host-lacks" and HOST.layout == "v1":
+        where = re.escape(str(HOST.v2_mount or "not mounted"))
+        yield parent, {"cgroups__backend": "v2"}, rf"cgroup v2 is not usable: the unified hierarchy \({where}"
+    elif case == "backend-the-host-lacks":
+        yield parent, {"cgroups__backend": "v1"}, r"cgroup v1 is not usable: controllers mounted \[.*\], need"
+    else:  # as a unit given controllers (Delegate=yes) whose own process still sits in it
+        busy = HOST.v2(parent) / "busy"
+        busy.mkdir(parents=True)
+        assert enable(HOST.v2(parent), WANTED), "no controller to hand to the busy group"
+        holder = os.fork()
+        if holder == 0:
+            signal.pause()
+            os._exit(0)
+        try:
+            (busy / "cgroup.procs").write_text(str(holder))
+            says = rf"cannot write '\+memory[^']*' to {re.escape(str(busy))}/cgroup\.subtree_control: "
+            yield f"{parent}/busy", {}, says + "Device or resource busy"
+            assert (busy / "cgroup.procs").read_text().split() == [str(holder)]  # left as it was
+            assert not (busy / "probe").exists()
+        finally:
+            os.kill(holder, signal.SIGKILL)
+            os.waitpid(holder, 0)
 
-    def probe() -> dict[str, Any]:
-        return {"seccomp": Path("/proc/self/status").read_text().count("Seccomp:\t2")}
 
-    out = run_probe(plan, probe)
-    assert out.spawned.steps["cgroup"].startswith("degraded: cgroup v2 is not usable")
-    assert out.spawned.steps["filesystem"] == "active"
-    assert out.result == {"seccomp": 1}
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_unusable_cgroup_set_up_fails_naming_the_step(tmp_path: Path, any_parent: str, case: str) -> None:
+    with _unusable_cgroup(case, any_parent) as (cg_parent, settings, says):
+        plan = plan_for(tmp_path, cg_parent, **settings)
+        children_before = _children()
+        failed = "sandbox step 'cgroup' failed for plugin probe: "
+        with pytest.raises(SandboxError, match=failed + says) as ei:
+            spawn_contained(plan, lambda hooks: os._exit(0), [])
+        assert ei.value.step == "cgroup"
+        assert ei.value.plugin == "probe"
+        assert "allow_degraded" in str(ei.value)
+        assert _children() == children_before  # the child it forked is gone
+        assert not [d for d in group_dirs(cg_parent) if (d / "probe").exists()]
+
+
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_degraded_step_is_reported_and_the_rest_still_holds(
+    tmp_path: Path, any_parent: str, case: str
+) -> None:
+    with _unusable_cgroup(case, any_parent) as (cg_parent, settings, says):
+        plan = plan_for(tmp_path, cg_parent, allow_degraded=True, **settings)
+
+        def probe() -> dict[str, Any]:
+            return {"seccomp": Path("/proc/self/status").read_text().count("Seccomp:\t2")}
+
+        out = run_probe(plan, probe)
+        assert re.match(f"degraded: {says}", out.spawned.steps["cgroup"]), out.spawned.steps["cgroup"]
+        assert out.spawned.steps["filesystem"] == "active"
+        assert out.result == {"seccomp": 1}
+        assert not [d for d in group_dirs(cg_parent) if (d / "probe").exists()]
 
 
 def test_child_side_failure_names_step_and_syscall_and_leaves_nothing(tmp_path: Path, parent: str) -> None:
