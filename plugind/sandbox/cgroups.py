@@ -21,13 +21,17 @@ from plugind.errors import SandboxError
 from plugind.sandbox.cgroup_layout import (
     Enable,
     Layout,
+    Level,
     Mkdir,
     Move,
     Op,
     delegated_base,
+    internal_processes,
     own_cgroup,
     parse_controllers,
+    plan_parent_controllers,
     plan_v2_layout,
+    writable_top,
 )
 from plugind.sandbox.plan import CgroupLimits, SandboxPlan
 
@@ -35,7 +39,6 @@ log = logging.getLogger("plugind.sandbox.cgroups")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
-V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
 
 
 # --- detection (pure parsing + one read) ------------------------------------------------------------
@@ -147,6 +150,18 @@ def v2_settings(limits: CgroupLimits) -> dict[str, str]:
     return out
 
 
+# Settings a host may lack without the group losing its point: skipped when the kernel makes no such
+# file (an error writing one that exists still fails the load). Those that leave a limit unapplied
+# are reported in the plugin's isolation report; a missing I/O weight (a share, not a limit) is not.
+NO_SWAP_ACCOUNTING = "no swap accounting in this kernel, so its swap use is not limited"
+BEST_EFFORT = {
+    "memory.swap.max": NO_SWAP_ACCOUNTING,
+    "memory.memsw.limit_in_bytes": NO_SWAP_ACCOUNTING,
+    "io.weight": "",
+    "blkio.bfq.weight": "",
+}
+
+
 def v1_settings(limits: CgroupLimits) -> list[tuple[str, str, str]]:
     """(controller, file, value) for v1 groups, in the order to write them.
 
@@ -225,9 +240,12 @@ def _mkdir(path: Path) -> None:
 class CgroupHandle:
     """A plugin's group: one directory (v2) or one per controller (v1)."""
 
-    def __init__(self, backend: str, dirs: Mapping[str, Path]) -> None:
+    def __init__(self, backend: str, dirs: Mapping[str, Path], gaps: Iterable[str] = ()) -> None:
         self.backend = backend
         self.dirs = dict(dirs)
+        # Limits that could not be applied on this host, e.g. "memory.swap.max (no swap accounting
+        # ...)": `create_group` fills it, the isolation report shows it.
+        self.gaps = tuple(gaps)
 
     @property
     def path(self) -> str:
@@ -323,28 +341,38 @@ def _ensure_parents(base: Path, rel: str) -> Path:
     return path
 
 
-def _v2_enable_controllers(root: Path, rel_parent: str, wanted: Iterable[str]) -> None:
-    wanted = tuple(wanted)
-    # A parent that already passes on every controller it has (the delegated layout made at start-up,
-    # or an earlier load) is ready: write nothing above it, where systemd is the only writer.
-    with contextlib.suppress(OSError):
-        available = set((root / rel_parent / "cgroup.controllers").read_text().split())
-        enabled = set((root / rel_parent / "cgroup.subtree_control").read_text().split())
-        if all(c in enabled for c in wanted if c in available):
-            return
-    # An absolute parent on a host without delegation: each level from the root down to our parent
-    # must delegate the controllers to its children.
-    path = root
-    for part in [*Path(rel_parent).parts, None]:
-        available = set((path / "cgroup.controllers").read_text().split())
-        enabled = set((path / "cgroup.subtree_control").read_text().split())
-        missing = [c for c in wanted if c in available and c not in enabled]
-        if missing:
-            _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
-        if part is None:
-            break
-        path = path / part
-        _mkdir(path)
+def _read_level(root: Path, path: str) -> Level:
+    d = root / path.lstrip("/")
+    if not d.is_dir():
+        return Level(path, None)
+    # The hierarchy's real root (the only group without cgroup.type) is exempt from the rule.
+    exempt = path == "/" and not (d / "cgroup.type").exists()
+    return Level(
+        path,
+        parse_controllers(_read_text(d / "cgroup.controllers")),
+        parse_controllers(_read_text(d / "cgroup.subtree_control")),
+        () if exempt else tuple(int(x) for x in _read_text(d / "cgroup.procs").split()),
+    )
+
+
+def _v2_prepare_parent(root: Path, parent: str, proc_self_cgroup: str | None) -> None:
+    """Make the absolute v2 `parent` and give its children their controllers (`plan_parent_controllers`),
+    writing nothing above `writable_top`. Raises SandboxError."""
+    if proc_self_cgroup is None:
+        proc_self_cgroup = _read_text(Path("/proc/self/cgroup"))
+    try:
+        own = own_cgroup(proc_self_cgroup)
+    except SandboxError:
+        own = "/"  # not in this hierarchy's view: no delegated base of ours to stay inside
+    top = writable_top(parent, own)
+    parts = [p for p in parent.split("/") if p]
+    skip = len([p for p in top.split("/") if p])
+    paths = ["/" + "/".join(parts[:i]) for i in range(skip, len(parts) + 1)]
+    levels: list[Level] = []
+    for path in paths:
+        level = _read_level(root, path) if not levels or levels[-1].offered is not None else Level(path, None)
+        levels.append(level)
+    apply_layout(plan_parent_controllers(levels), root)
 
 
 def _write_v2_limit(path: Path, value: str) -> None:
@@ -363,24 +391,53 @@ def _write_v2_limit(path: Path, value: str) -> None:
         ) from exc
 
 
+def _gap(fname: str) -> str | None:
+    why = BEST_EFFORT.get(fname)
+    return f"{fname} ({why})" if why else None
+
+
+def write_v2_limits(path: Path, limits: CgroupLimits) -> list[str]:
+    """Write the v2 limits into the group `path`; returns the gaps (see `CgroupHandle.gaps`).
+
+    A best-effort file (`BEST_EFFORT`) the kernel does not make is skipped; any other missing file,
+    and any write that fails, raises SandboxError.
+    """
+    gaps = []
+    for fname, value in v2_settings(limits).items():
+        if fname in BEST_EFFORT and not (path / fname).exists():
+            if gap := _gap(fname):
+                gaps.append(gap)
+            continue
+        _write_v2_limit(path / fname, value)
+    return gaps
+
+
 def create_group(
-    backend: str, parent: str, name: str, limits: CgroupLimits, hier: Hierarchy | None = None
+    backend: str,
+    parent: str,
+    name: str,
+    limits: CgroupLimits,
+    hier: Hierarchy | None = None,
+    *,
+    proc_self_cgroup: str | None = None,
 ) -> CgroupHandle:
-    """Create `<parent>/<name>` with the limits applied. Raises SandboxError (step "cgroup")."""
+    """Create `<parent>/<name>` with the limits applied. Raises SandboxError (step "cgroup").
+
+    v2: the controllers its limits need are enabled on the way to `parent` where missing and allowed
+    (`cgroup_layout.plan_parent_controllers`; `proc_self_cgroup`, this process's by default, tells
+    which part of the hierarchy is plugind's to write).
+    """
     hier = hier or detect_cached()
     rel = f"{parent.strip('/')}/{name}"
     if backend == "v2":
         assert hier.v2_path is not None
         root = Path(hier.v2_path)
-        _v2_enable_controllers(root, parent.strip("/"), V2_CONTROLLERS)
+        _v2_prepare_parent(root, "/" + parent.strip("/"), proc_self_cgroup)
         path = root / rel
         _mkdir(path)
         handle = CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
         try:
-            for fname, value in v2_settings(limits).items():
-                if fname == "io.weight" and not (path / fname).exists():
-                    continue  # no io controller delegated: weight is best effort
-                _write_v2_limit(path / fname, value)
+            handle.gaps = tuple(write_v2_limits(path, limits))
         except SandboxError:
             handle.remove()  # a group without its limits is never left behind
             raise
@@ -389,12 +446,15 @@ def create_group(
     for controller in dirs:
         _ensure_parents(Path(hier.v1_paths[controller]), rel)
     handle = CgroupHandle("v1", dirs)
+    gaps = []
     try:
         for controller, fname, value in v1_settings(limits):
             d = dirs.get(controller)
             if d is None or not (d / fname).exists():
-                if controller == "blkio" or fname.startswith("memory.memsw"):
-                    continue  # no BFQ scheduler or no swap accounting: best effort, as on v2 without io
+                if fname in BEST_EFFORT:  # no BFQ scheduler, no swap accounting
+                    if gap := _gap(fname):
+                        gaps.append(gap)
+                    continue
                 raise SandboxError(
                     f"cgroup v1 file {controller}/{fname} is missing on this host",
                     step="cgroup",
@@ -404,6 +464,7 @@ def create_group(
     except SandboxError:
         handle.remove()  # a group without its limits is never left behind
         raise
+    handle.gaps = tuple(gaps)
     return handle
 
 
@@ -463,7 +524,8 @@ def apply_layout(ops: Iterable[Op], root: Path) -> None:
     """Apply `cgroup_layout` ops under the v2 mount `root`. Raises SandboxError (step "cgroup").
 
     An Enable is checked against the group's `cgroup.controllers` first: a controller that is not
-    offered there is refused by name instead of leaving the kernel's bare EINVAL.
+    offered there is refused by name instead of leaving the kernel's bare EINVAL; one refused with
+    EBUSY because the group holds processes is reported with the rule that forbids it and the fix.
     """
     for op in ops:
         path = root / op.path.lstrip("/")
@@ -482,7 +544,25 @@ def apply_layout(ops: Iterable[Op], root: Path) -> None:
                     step="cgroup",
                     detail=f"read({path}/cgroup.controllers): {' '.join(available) or '(empty)'}",
                 )
-            _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in op.controllers))
+            _enable(path, op.path, op.controllers)
+
+
+def _enable(path: Path, group: str, controllers: Iterable[str]) -> None:
+    controllers = tuple(controllers)
+    try:
+        _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in controllers))
+    except SandboxError as exc:
+        cause = exc.__cause__
+        pids = _read_text(path / "cgroup.procs").split() if path.is_dir() else []
+        if not (isinstance(cause, OSError) and cause.errno == errno.EBUSY and pids):
+            raise
+        # The kernel says only EBUSY; the reason is the group's own processes.
+        raise SandboxError(
+            f"cannot enable {', '.join(controllers)} in {path}/cgroup.subtree_control: "
+            + internal_processes(group, [int(p) for p in pids], controllers),
+            step="cgroup",
+            detail=exc.detail,
+        ) from cause
 
 
 def _read_text(path: Path) -> str:
@@ -564,6 +644,7 @@ def cgroup_for(plan: SandboxPlan) -> CgroupHandle | None:
 
 
 __all__ = [
+    "BEST_EFFORT",
     "CgroupHandle",
     "CgroupUsage",
     "Hierarchy",
@@ -581,4 +662,5 @@ __all__ = [
     "prepare_v2_layout",
     "v1_settings",
     "v2_settings",
+    "write_v2_limits",
 ]

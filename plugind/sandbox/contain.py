@@ -285,7 +285,9 @@ def _parent(
                 existing.remove()  # a previous run of this plugin that nobody cleaned up
             groups.append(cgroups.create_group(backend, plan.cgroup_parent, plan.name, plan.limits))
             groups[0].attach(pid)
-            steps["cgroup"] = ACTIVE
+            # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
+            gaps = groups[0].gaps
+            steps["cgroup"] = f"{ACTIVE}, without {'; '.join(gaps)}" if gaps else ACTIVE
     except SandboxError as exc:
         degrade("cgroup", exc)
     first = _read_report(plan, reports)  # the child's namespaces exist now

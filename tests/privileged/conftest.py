@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import cgroup_host
 import pytest
-from sandbox_harness import group_dirs, unique_parent
+from cgroup_host import group_dirs, unique_parent
 
 from plugind.sandbox import cgroups
 
 
-def pytest_report_header() -> list[str]:
-    host = cgroup_host.HOST
-    lines = [host.describe()]
-    if host.layout == "v1":
-        lines.append("tests' v1 groups: under /<each v1 mount>/plugind-tests-PID")
-    if host.v2_mount is not None:
-        base = cgroup_host.choose_v2_base(host, os.getpid())
-        lines.append(base if isinstance(base, str) else f"tests' cgroup2 groups: {base.how}")
-    return lines
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for sp in cgroup_host.DONE:
-        terminalreporter.write_line(sp if isinstance(sp, str) else sp.summary)
-
-
 @pytest.fixture(scope="session", autouse=True)
-def session_cgroups() -> Iterator[cgroup_host.SessionParent | str]:
-    """The tests' own cgroup parent for the whole session (see cgroup_host); removed at the end."""
-    yield from cgroup_host.session()
+def session_cgroups(cgroup_session: cgroup_host.SessionParent | str) -> cgroup_host.SessionParent | str:
+    """Every test here runs with the tests' own cgroup parent in place (see cgroup_host)."""
+    return cgroup_session
 
 
 def _parent(limits: bool) -> Iterator[str]:

@@ -1,10 +1,9 @@
-"""Helpers for the sandbox tests: a unique cgroup parent per test, and hostile probes run inside a
-real sandbox made by `spawn_contained`, reporting their outcome over a pipe kept in `keep_fds`."""
+"""Helpers for the sandbox tests: hostile probes run inside a real sandbox made by `spawn_contained`,
+reporting their outcome over a pipe kept in `keep_fds` (cgroup parents: tests/cgroup_host.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import select
@@ -17,19 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cgroup_host
-
 from plugind.config import Settings
 from plugind.sandbox.contain import Spawned, cleanup, oom_killed, spawn_contained
 from plugind.sandbox.plan import SandboxPlan, build_plan
-
-_counter = itertools.count()
-
-
-def unique_parent(*, limits: bool = True) -> str:
-    """A fresh cgroup parent under the session's own (see cgroup_host), absolute in its hierarchy;
-    the test skips, saying why, on a host without cgroup controllers unless `limits` is false."""
-    return f"{cgroup_host.session_parent(limits=limits).path}/t{next(_counter)}"
 
 
 def make_settings(parent: str, **sandboxing: Any) -> Settings:
@@ -143,11 +132,6 @@ def run_probe(
 
 def plan_for(tmp_path: Path, parent: str, name: str = "probe", **sandboxing: Any) -> SandboxPlan:
     return build_plan(make_settings(parent, **sandboxing), name, make_tree(tmp_path, name))
-
-
-def group_dirs(parent: str) -> list[Path]:
-    """Every directory of `parent` in every mounted hierarchy (what must be gone afterwards)."""
-    return [r / parent.lstrip("/") for r in cgroup_host.HOST.roots if (r / parent.lstrip("/")).exists()]
 
 
 def libc_call(name: str, *args: Any) -> int:

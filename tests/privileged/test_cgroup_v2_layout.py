@@ -23,6 +23,7 @@ from cgroup_host import HOST, REQUIRED, WANTED, session_parent
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
 from plugind.sandbox.cgroup_layout import Enable, own_cgroup
+from plugind.sandbox.plan import CgroupLimits
 
 pytestmark = [
     pytest.mark.root,
@@ -157,7 +158,8 @@ def test_a_group_holding_foreign_processes_is_refused_and_left_alone(unit: str) 
         for pid in (ours, stranger):
             (_dir(unit) / "cgroup.procs").write_text(str(pid))
         with pytest.raises(SandboxError, match=rf"cgroup {unit} holds processes that are not plugind's "
-                           rf"\(pids \[{stranger}\]\), so it is not delegated") as ei:
+                           rf"\(pids \[{stranger}\]\), so it is not delegated .*: run plugind as the only "
+                           r"process of a cgroup delegated to it: .*systemd-run --scope -p Delegate=") as ei:
             cgroups.prepare_v2_layout("plugins", [ours], V2, proc_self_cgroup=f"0::{unit}\n")
         assert ei.value.step == "cgroup"
         assert _procs(unit) == sorted([ours, stranger])
@@ -182,8 +184,9 @@ def test_enabling_a_controller_the_group_is_not_given_is_refused_by_name(bare_un
     assert _subtree(unit) == set()
 
 
-def test_enabling_a_controller_in_a_group_holding_a_process_fails_with_the_kernels_reason(unit: str) -> None:
-    # The "no internal processes" rule: a group with a process of its own hands no controller down.
+def test_enabling_a_controller_in_a_group_holding_a_process_names_the_rule_and_the_fix(unit: str) -> None:
+    # The "no internal processes" rule: a group with a process of its own hands no controller down;
+    # the kernel says only EBUSY, the error says why and what to do.
     given = sorted(_controllers(unit) & set(WANTED))
     if not given:
         pytest.skip(f"no controller reaches the tests' cgroup2 groups here ({HOST.describe()})")
@@ -192,12 +195,74 @@ def test_enabling_a_controller_in_a_group_holding_a_process_fails_with_the_kerne
         (_dir(unit) / "cgroup.procs").write_text(str(sleeper))
         with pytest.raises(
             SandboxError,
-            match=rf"cannot write '\+{given[0]}' to {V2}{unit}/cgroup\.subtree_control: "
-            "Device or resource busy",
+            match=rf"^cannot enable {given[0]} in {V2}{unit}/cgroup\.subtree_control: cgroup {unit} holds "
+            rf"processes \(pids \[{sleeper}\]\), and cgroup v2 lets a group hand controllers to its children "
+            r"only while it holds none \(the \"no internal processes\" rule\), so it cannot enable "
+            rf"{given[0]} for them: run plugind as the only process of a cgroup delegated to it: under its "
+            r"unit \(systemd/plugind\.service: Delegate=yes, nothing else started in it\), or in a scope",
         ) as ei:
             cgroups.apply_layout([Enable(unit, (given[0],))], V2)
         assert ei.value.step == "cgroup" and ei.value.detail.endswith(": EBUSY")
         assert _subtree(unit) == set() and _procs(unit) == [sleeper]
+    finally:
+        _reap(sleeper)
+
+
+@pytest.fixture
+def holder() -> Iterator[str]:
+    """A new group under the tests' cgroup2 parent that hands nothing down (its subtree_control empty)."""
+    sp = session_parent(limits=False)
+    assert sp.v2_path is not None
+    top = f"{sp.v2_path}/abs-{next(_n)}"
+    _dir(top).mkdir()
+    try:
+        yield top
+    finally:
+        for d in sorted((p for p in _dir(top).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            cgroups.CgroupHandle("v2", {"pids": d}).remove()
+        cgroups.CgroupHandle("v2", {"pids": _dir(top)}).remove()
+        assert not _dir(top).exists()
+
+
+def test_an_absolute_parent_below_a_group_handing_nothing_down_gets_its_controllers(holder: str) -> None:
+    # An absolute plugin parent `<holder>/plugind` whose own parent hands nothing down: the
+    # controllers are enabled where missing on the way (this process's cgroup is not above it, so
+    # plugind may write from the root down), or, where they do not reach the tests' groups (a hybrid
+    # host), the load fails before any group is made, naming them.
+    assert _subtree(holder) == set()
+    parent = f"{holder}/plugind"
+    hier = cgroups.Hierarchy(str(V2), HOST.v2_controllers, {})
+    limits = CgroupLimits(memory_bytes=32 << 20, cpu_quota_us=20_000, pids_max=8)
+    if not set(REQUIRED) <= _controllers(holder):
+        with pytest.raises(SandboxError, match=rf"^cannot give the plugin groups under {parent} the cgroup "
+                           r"controller\(s\) memory, pids, cpu: ") as ei:
+            cgroups.create_group("v2", parent, "p", limits, hier)
+        assert ei.value.detail == f"controllers missing under {parent}: memory pids cpu"
+        assert not _dir(parent).exists()
+        return
+    group = cgroups.create_group("v2", parent, "p", limits, hier)
+    assert _subtree(holder) >= REQUIRED and _subtree(parent) >= REQUIRED
+    assert _controllers(f"{parent}/p") >= REQUIRED
+    assert (_dir(f"{parent}/p") / "memory.max").read_text().strip() == str(32 << 20)
+    assert (_dir(f"{parent}/p") / "cpu.max").read_text().split() == ["20000", "100000"]
+    assert (_dir(f"{parent}/p") / "pids.max").read_text().strip() == "8"
+    assert group.gaps == (() if (_dir(f"{parent}/p") / "memory.swap.max").exists() else (
+        "memory.swap.max (no swap accounting in this kernel, so its swap use is not limited)",))
+
+
+def test_an_absolute_parent_below_a_group_holding_a_process_is_refused_naming_it(holder: str) -> None:
+    if not set(REQUIRED) <= _controllers(holder):
+        pytest.skip(f"memory, cpu and pids do not reach the tests' cgroup2 groups here ({HOST.describe()})")
+    sleeper = _sleeper()
+    try:
+        (_dir(holder) / "cgroup.procs").write_text(str(sleeper))
+        hier = cgroups.Hierarchy(str(V2), HOST.v2_controllers, {})
+        with pytest.raises(SandboxError, match=rf"^cannot give the plugin groups under {holder}/plugind the "
+                           rf"cgroup controller\(s\) memory, pids, cpu: cgroup {holder} holds processes "
+                           rf"\(pids \[{sleeper}\]\), and cgroup v2 lets a group hand controllers to its "
+                           r"children only while it holds none \(the \"no internal processes\" rule\)"):
+            cgroups.create_group("v2", f"{holder}/plugind", "p", CgroupLimits(), hier)
+        assert _subtree(holder) == set() and not _dir(f"{holder}/plugind").exists()
     finally:
         _reap(sleeper)
 

@@ -126,15 +126,19 @@ def bare_view() -> Iterator[Path]:
 
 
 def test_a_limit_the_hierarchy_cannot_apply_fails_closed_and_leaves_no_group(bare_view: Path) -> None:
-    # A v2 write where the controller is not delegated must fail, never be silently skipped.
+    # Limits where the controllers are not delegated must fail, never be silently skipped; and before
+    # any group is made, naming what is missing and where.
     assert (bare_view / "cgroup.controllers").read_text().split() == []
     view = cgroups.Hierarchy(str(bare_view), frozenset(), {})
-    with pytest.raises(SandboxError, match=rf"cgroup v2 file memory\.max is missing in {bare_view}/p/nomem: "
-                       "the memory controller is not enabled for plugind's groups; delegate it") as ei:
+    with pytest.raises(
+        SandboxError,
+        match=r"^cannot give the plugin groups under /p the cgroup controller\(s\) memory, pids, cpu: / "
+        r"is not given memory, pids, cpu \(its cgroup\.controllers: none\): the root of the cgroup2 "
+        r"hierarchy here does not offer them: .* in a container, the container's cgroup was not given them",
+    ) as ei:
         cgroups.create_group("v2", "p", "nomem", CgroupLimits(memory_bytes=1 << 20), view)
-    assert ei.value.step == "cgroup"
-    assert f"write({bare_view}/p/nomem/memory.max, '1048576')" in ei.value.detail
-    assert not (bare_view / "p" / "nomem").exists()
+    assert ei.value.step == "cgroup" and ei.value.detail == "controllers missing under /p: memory pids cpu"
+    assert not (bare_view / "p").exists()
 
 
 @pytest.mark.skipif(HOST.v2_mount is None, reason="no cgroup2 mount on this host")

@@ -31,11 +31,11 @@ import pytest
 # The daemon fixtures import their kit as a top-level module; make it importable the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from cgroup_host import HOST, entries_needed_in, root_home, runtime_dirs, session_parent
+from cgroup_host import HOST, entries_needed_in, group_dirs, root_home, runtime_dirs, session_parent
 from escape_plugin import calm, hostile, sibling
 from integration.conftest import RunningDaemon, alive, reap, start, wait_for
 from kit import Workspace, plugin_source
-from sandbox_harness import LiveServer, group_dirs
+from sandbox_harness import LiveServer
 
 from plugind.sandbox import cgroups
 

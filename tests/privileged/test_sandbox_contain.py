@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cgroup_host import HOST, WANTED, enable
-from sandbox_harness import LiveServer, group_dirs, make_settings, make_tree, plan_for, run_probe, started
+from cgroup_host import HOST, WANTED, enable, group_dirs
+from sandbox_harness import LiveServer, make_settings, make_tree, plan_for, run_probe, started
 
 from plugind.errors import SandboxError
 from plugind.sandbox import cgroups
@@ -137,7 +137,8 @@ def test_config_paths_read_only_writable_and_bind_mounts(tmp_path: Path, parent:
 
 # Cgroup set-ups that cannot work on this host, whatever it offers: the backend it lacks (v2 on a
 # v1 or hybrid host, v1 elsewhere) and, where controllers are handed down (v2), a parent that holds a
-# process of its own, so the kernel refuses to enable controllers in it (no internal processes).
+# process of its own, so no controller can be enabled in it (no internal processes): refused, naming
+# the rule and the group, before anything is written.
 UNUSABLE = ["backend-the-host-lacks"] + (["parent-holding-a-process"] if HOST.layout == "v2" else [])
 
 
@@ -159,8 +160,12 @@ def _unusable_cgroup(case: str, parent: str) -> Iterator[tuple[str, dict[str, An
             os._exit(0)
         try:
             (busy / "cgroup.procs").write_text(str(holder))
-            says = rf"cannot write '\+memory[^']*' to {re.escape(str(busy))}/cgroup\.subtree_control: "
-            yield f"{parent}/busy", {}, says + "Device or resource busy"
+            group = re.escape(f"{parent}/busy")
+            yield f"{parent}/busy", {}, (
+                rf"cannot give the plugin groups under {group} the cgroup controller\(s\) memory, pids, cpu: "
+                rf"cgroup {group} holds processes \(pids \[{holder}\]\), and cgroup v2 lets a group hand "
+                r"controllers to its children only while it holds none \(the \"no internal processes\" rule\)"
+            )
             assert (busy / "cgroup.procs").read_text().split() == [str(holder)]  # left as it was
             assert not (busy / "probe").exists()
         finally:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_harness import group_dirs, make_settings, unique_parent
+from cgroup_host import group_dirs, unique_parent
+from sandbox_harness import make_settings
 
 from plugind.host.launcher import Launcher, SpawnRequest
 from plugind.sandbox import cgroups

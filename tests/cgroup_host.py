@@ -22,10 +22,17 @@ the parent of its own cgroup (under systemd a slice, which never holds processes
 groups then sitting beside their own. Controllers the host offers but that do not reach the base
 are enabled on the way down from the root, only where missing, as plugind does for an absolute
 parent. At the end the tests' parent is removed and the process moves back where it was.
+
+The session fixture (`cgroup_session`, tests/conftest.py) makes that parent once for every test
+directory that asks for it. Under it, `unique_parent()` gives a test a plugin parent of its own, and
+`daemon_group()` gives a test daemon what a `Delegate=yes` unit gives the real one: on the v2
+backend a group of its own that it enters at exec and is alone in, so it makes its own layout
+(`<group>/daemon`, `<group>/plugind`) with the default relative parent; on v1 a unique parent.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import sys
@@ -339,13 +346,85 @@ def session_parent(*, limits: bool = True) -> SessionParent:
     import pytest
 
     if not _SESSION:
-        raise RuntimeError("the tests' cgroup parent is made by tests/privileged/conftest.py")
+        raise RuntimeError("the tests' cgroup parent is made by the cgroup_session fixture (tests/conftest)")
     sp = _SESSION[0]
     if isinstance(sp, str):
         pytest.skip(sp)
     if limits and sp.host.backend is None:
         pytest.skip(f"no cgroup controllers to limit a plugin with on this host: {sp.host.describe()}")
     return sp
+
+
+# --- groups of one test's own under the session's parent ---------------------------------------
+
+_counter = itertools.count()
+
+
+def unique_parent(*, limits: bool = True) -> str:
+    """A fresh cgroup parent under the session's own, absolute in its hierarchy; the test skips,
+    saying why, on a host without cgroup controllers unless `limits` is false."""
+    return f"{session_parent(limits=limits).path}/t{next(_counter)}"
+
+
+def group_dirs(parent: str) -> list[Path]:
+    """Every directory of `parent` in every mounted hierarchy (what must be gone afterwards)."""
+    return [r / parent.lstrip("/") for r in HOST.roots if (r / parent.lstrip("/")).exists()]
+
+
+def _remove_under(d: Path) -> None:
+    # Deepest first, killing whatever is left in each group (a daemon that died without cleaning up).
+    for g in _groups_under(d) if d.exists() else []:
+        cgroups.CgroupHandle("v1", {"pids": g}).remove()
+
+
+@dataclass(frozen=True)
+class DaemonGroup:
+    """Where one test daemon goes and where its plugins' groups appear (see `daemon_group`)."""
+
+    host: CgroupHost
+    parent: str  # its [sandboxing.cgroups] parent
+    unit: str | None  # v2 backend: the daemon's own group (absolute in the v2 hierarchy)
+    plugins: str  # where its plugin groups appear, absolute in each hierarchy of the backend
+
+    def enter(self) -> None:
+        """Run in the daemon's process before exec (a `preexec_fn`): join its own group, as systemd
+        starts a unit's main process; when an earlier daemon left the `daemon` leaf there (a
+        restart), join that leaf, as systemd's DelegateSubgroup=daemon does (the group itself hands
+        controllers down by then, so it takes no process)."""
+        if self.unit is None:
+            return
+        unit = self.host.v2(self.unit)
+        leaf = unit / "daemon"
+        (leaf if leaf.is_dir() else unit).joinpath("cgroup.procs").write_text(str(os.getpid()))
+
+    def plugin_dirs(self, name: str) -> list[Path]:
+        """The directories of plugin `name`'s group that exist now, in every hierarchy of the backend."""
+        roots = [self.host.v2_mount] if self.unit is not None else v1_roots(self.host)
+        return [d for r in roots if r is not None and (d := r / self.plugins.lstrip("/") / name).is_dir()]
+
+    def remove(self) -> list[Path]:
+        """Remove everything of this daemon's (after it is gone); returns what is left, if anything."""
+        if self.unit is not None:
+            _remove_under(self.host.v2(self.unit))
+            return [self.host.v2(self.unit)] if self.host.v2(self.unit).exists() else []
+        cgroups.remove_tree(self.plugins)
+        return group_dirs(self.plugins)
+
+
+def daemon_group(sp: SessionParent) -> DaemonGroup:
+    """A place of its own for one test daemon under the session parent `sp`.
+
+    On the v2 backend: a new group `<sp>/dN` that the daemon enters at exec (`DaemonGroup.enter`) and
+    is alone in, as in a unit with Delegate=yes; with the default relative parent it moves itself into
+    `dN/daemon` and puts its plugins under `dN/plugind`. Elsewhere: the unique parent `<sp>/dN`, where
+    the v1 backend (or none) needs no move.
+    """
+    label = f"d{next(_counter)}"
+    if sp.host.backend == "v2" and sp.v2_path is not None:
+        unit = f"{sp.v2_path}/{label}"
+        sp.host.v2(unit).mkdir()
+        return DaemonGroup(sp.host, "plugind", unit, f"{unit}/plugind")
+    return DaemonGroup(sp.host, f"{sp.path}/{label}", None, f"{sp.path}/{label}")
 
 
 # --- the sandbox's view of the host's files ------------------------------------------------------
