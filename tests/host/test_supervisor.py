@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 import uvloop
+from cgroup_host import group_dirs
 
 from plugind.config import PluginOverride, Settings
 from plugind.daemon import event_loop_factory
@@ -766,9 +767,10 @@ def test_a_plugin_that_stops_reading_cannot_block_callers_past_their_deadline(tm
 
 
 @pytest.mark.root
-def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path) -> None:
+def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path, cgroup_parent: str) -> None:
     s = settings()
     s.sandboxing.enabled = True
+    s.sandboxing.cgroups.parent = cgroup_parent  # the tests' own, never the hierarchy's root
 
     async def body(rig: Rig) -> None:
         assert rig.launcher.sandbox_available
@@ -776,6 +778,8 @@ def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path) -> None:
         sup.manifest.requires = SimpleNamespace(network=(), memory_mb=None)
         await sup.start()
         assert sup.isolation["pid_ns"] == "active" and sup.isolation["seccomp"] == "active"
+        assert sup.isolation["cgroup"].startswith("active"), sup.isolation
+        assert group_dirs(f"{cgroup_parent}/whoami"), f"no cgroup for the plugin under {cgroup_parent}"
         assert await sup.invoke("whoami", None, 5) == {"pid": 1, "cwd": str(tmp_path / "whoami")}
         with pytest.raises(HookTimeout):  # SIGALRM deadlines work under seccomp too
             await sup.invoke("sleep", 30, 0.2)
@@ -787,6 +791,7 @@ def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path) -> None:
         assert (await sup.invoke("whoami", None, 5))["pid"] == 1
         await sup.stop()
         assert sup.last_exit is not None and sup.last_exit.code == 0
+        assert group_dirs(f"{cgroup_parent}/whoami") == [], "the plugin's cgroup outlived it"
 
     run(tmp_path, body, s)
 

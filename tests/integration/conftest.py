@@ -4,6 +4,11 @@
 starts `python -m plugind serve --config ...` with its own NOTIFY_SOCKET, waits for systemd's
 READY=1 datagram (an event, not a sleep), and returns a `RunningDaemon`. Teardown SIGKILLs what is
 left and checks that no process it ever saw survives.
+
+As root, `daemon_factory` gives a sandboxed daemon a cgroup place of its own under the tests'
+session parent (`cgroup_host.daemon_group`), the same one for every daemon of a Workspace (a
+restart finds what its predecessor left): on cgroup v2 it starts alone in its own group, as under a
+`Delegate=yes` unit, and keeps the default relative parent; it is removed (checked empty) at teardown.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cgroup_host
 import httpx
 import psutil
 import pytest
+from cgroup_host import DaemonGroup, SessionParent
 from kit import Workspace
 
 TOKEN = "integration-token-0123456789"
@@ -64,6 +71,7 @@ class RunningDaemon:
     port: int
     log_path: Path
     notify: socket.socket
+    cgroup: DaemonGroup | None = None  # where it and its plugins' groups live, if placed
     seen_pids: set[int] = field(default_factory=set)
     ready_notification: list[str] = field(default_factory=list)  # the datagram that said READY=1
 
@@ -149,7 +157,9 @@ def start(
     new_session: bool = False,
     preexec_fn: Callable[[], None] | None = None,
     ready_status: int = 200,
+    cgroup: DaemonGroup | None = None,
 ) -> RunningDaemon:
+    """Start a daemon for `ws` (see the module's docstring); with `cgroup`, in that place of its own."""
     port = free_port()
     config = ws.write_config(listen=f"127.0.0.1:{port}")
     notify_path = ws.root / "notify.sock"
@@ -163,8 +173,18 @@ def start(
         "PLUGIND_API_TOKEN": TOKEN,
         "NOTIFY_SOCKET": str(notify_path),
         "PYTHONUNBUFFERED": "1",
+        **({"PLUGIND_SANDBOXING__CGROUPS__PARENT": cgroup.parent} if cgroup else {}),
         **(env or {}),
     }
+    before_exec = preexec_fn
+    if cgroup is not None:
+        place = cgroup
+
+        def before_exec() -> None:
+            place.enter()
+            if preexec_fn is not None:
+                preexec_fn()
+
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
@@ -173,9 +193,9 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=new_session,  # its own process group, as under a terminal
-            preexec_fn=preexec_fn,  # e.g. a bounding set without a capability, as a unit might leave
+            preexec_fn=before_exec,  # e.g. a bounding set without a capability, as a unit might leave
         )
-    daemon = RunningDaemon(ws, proc, port, log_path, notify)
+    daemon = RunningDaemon(ws, proc, port, log_path, notify, cgroup)
     if wait_ready:
         notify.settimeout(READY_TIMEOUT_S)
         try:
@@ -217,11 +237,17 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 @pytest.fixture
-def daemon_factory() -> Iterator[Callable[..., RunningDaemon]]:
-    """start(ws, env=None, wait_ready=True, ...) -> RunningDaemon; every daemon is reaped at teardown."""
+def daemon_factory(cgroup_session: SessionParent | str) -> Iterator[Callable[..., RunningDaemon]]:
+    """start(ws, env=None, wait_ready=True, ...) -> RunningDaemon; every daemon is reaped at teardown,
+    then the cgroup places given to sandboxed daemons (as root) are removed and checked gone."""
     started: list[RunningDaemon] = []
+    places: dict[Path, DaemonGroup] = {}
 
     def factory(ws: Workspace, **kw: Any) -> RunningDaemon:
+        if ws.sandboxing and not isinstance(cgroup_session, str):
+            if ws.root not in places:
+                places[ws.root] = cgroup_host.daemon_group(cgroup_session)
+            kw.setdefault("cgroup", places[ws.root])
         d = start(ws, **kw)
         started.append(d)
         return d
@@ -229,6 +255,8 @@ def daemon_factory() -> Iterator[Callable[..., RunningDaemon]]:
     yield factory
     for d in started:
         reap(d)
+    left = [d for place in places.values() for d in place.remove()]
+    assert not left, f"cgroups left behind by the test's daemons: {left}"
 
 
 class HealthProbe:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from cgroup_host import session_parent
 from conftest import TOKEN, RunningDaemon, alive, free_port
 from kit import REPO, Workspace, plugin_source
 from scenarios import echo
@@ -201,48 +201,41 @@ def test_sigkill_kills_every_child_and_restart_restores_the_set(
 def test_sandboxed_daemon_sigkill_leaves_nothing_once_it_starts_again(
     ws: Workspace, daemon_factory: Factory
 ) -> None:
+    session_parent()  # skips, saying why, on a host without cgroup controllers
+    # The factory gives the daemon a cgroup place of its own (cgroup_host.daemon_group), kept for the
+    # restart: on cgroup v2 its group, which it finds holding its `daemon` leaf and stale plugin groups.
     ws.sandboxing = True
-    parent = f"/plugind-kill-{os.getpid()}-{ws.root.name}"
-    ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
     ws.add(echo("keep"))
     ws.add(echo("gone"))
-    roots = [Path(p) for p in sorted(Path("/sys/fs/cgroup").glob("*")) if (p / "cgroup.procs").exists()]
-    try:
-        daemon = daemon_factory(ws)
-        children = daemon.tree()
-        groups = {name: [r / parent.strip("/") / name for r in roots] for name in ("keep", "gone")}
-        groups = {name: [g for g in gs if g.is_dir()] for name, gs in groups.items()}
-        assert groups["keep"] and groups["gone"], "the plugins have no cgroups"
-        old_inodes = {g: g.stat().st_ino for g in groups["keep"]}
+    daemon = daemon_factory(ws)
+    assert daemon.cgroup is not None
+    children = daemon.tree()
+    groups = {name: daemon.cgroup.plugin_dirs(name) for name in ("keep", "gone")}
+    assert groups["keep"] and groups["gone"], f"the plugins have no cgroups under {daemon.cgroup.plugins}"
+    old_inodes = {g: g.stat().st_ino for g in groups["keep"]}
 
-        daemon.proc.kill()
-        daemon.proc.wait(10)
-        _gone, left = psutil.wait_procs(children, timeout=10)
-        assert not [p for p in left if alive(p.pid)], "a sandboxed plugin survived the daemon's SIGKILL"
-        # Nothing of the plugins' jails is visible on the host: their mounts died with their namespaces.
-        with open("/proc/self/mountinfo") as fh:
-            assert str(ws.root) not in fh.read()
-        # The kill left the groups behind (nobody was alive to remove them) ...
-        assert all(g.is_dir() for g in groups["keep"] + groups["gone"])
-        # ... and "gone" cannot come back: its bundle is withdrawn before the restart.
-        for bundle in ws.plugins.glob("gone-*"):
-            bundle.unlink()
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    _gone, left = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in left if alive(p.pid)], "a sandboxed plugin survived the daemon's SIGKILL"
+    # Nothing of the plugins' jails is visible on the host: their mounts died with their namespaces.
+    with open("/proc/self/mountinfo") as fh:
+        assert str(ws.root) not in fh.read()
+    # The kill left the groups behind (nobody was alive to remove them) ...
+    assert all(g.is_dir() for g in groups["keep"] + groups["gone"])
+    # ... and "gone" cannot come back: its bundle is withdrawn before the restart.
+    for bundle in ws.plugins.glob("gone-*"):
+        bundle.unlink()
 
-        again = daemon_factory(ws)
-        assert again.plugin("keep")["state"] == "running"
-        assert not [g for g in groups["gone"] if g.exists()], "a stale plugin cgroup survived the restart"
-        # "keep" is back in a fresh group: the stale one was removed, not reused with its old counters.
-        for group in groups["keep"]:
-            assert group.is_dir() and group.stat().st_ino != old_inodes[group]
-            assert (group / "cgroup.procs").read_text().split() == [str(again.plugin("keep")["pid"])]
-        assert again.stop() == 0
-    finally:
-        for root in roots:
-            top = root / parent.strip("/")
-            with contextlib.suppress(OSError):
-                for sub in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
-                    sub.rmdir()
-                top.rmdir()
+    again = daemon_factory(ws)
+    assert again.cgroup is daemon.cgroup
+    assert again.plugin("keep")["state"] == "running"
+    assert not [g for g in groups["gone"] if g.exists()], "a stale plugin cgroup survived the restart"
+    # "keep" is back in a fresh group: the stale one was removed, not reused with its old counters.
+    for group in groups["keep"]:
+        assert group.is_dir() and group.stat().st_ino != old_inodes[group]
+        assert (group / "cgroup.procs").read_text().split() == [str(again.plugin("keep")["pid"])]
+    assert again.stop() == 0
 
 
 def test_unix_socket_and_ctl_over_it(ws: Workspace, daemon_factory: Factory) -> None:
@@ -325,31 +318,18 @@ def test_ctl_errors_are_one_line(ws: Workspace) -> None:
 
 @pytest.mark.root
 def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Factory) -> None:
+    session_parent()  # skips, saying why, on a host without cgroup controllers
+    # The daemon gets a cgroup place of its own from the factory, so it neither clears nor uses the
+    # groups of other daemons (other tests, a `make run`).
     ws.sandboxing = True
-    # A cgroup parent of our own: the daemon removes stale groups under its parent at start, and
-    # other daemons (other tests, a `make run`) use the default one.
-    parent = f"plugind-it-{os.getpid()}-{ws.root.name}"
-    ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
     ws.add(echo("boxed"))
-    try:
-        run_sandboxed(ws, daemon_factory, parent)
-    finally:
-        # The daemon removes its plugins' groups; the parent made for this test is ours to remove.
-        # (If the test failed with the daemon still up, the groups are busy: leave them.)
-        for group in sorted(Path("/sys/fs/cgroup").glob(f"*/{parent}")):
-            with contextlib.suppress(OSError):
-                for sub in sorted((p for p in group.rglob("*") if p.is_dir()), reverse=True):
-                    sub.rmdir()
-                group.rmdir()
-
-
-def run_sandboxed(ws: Workspace, daemon_factory: Factory, parent: str) -> None:
     daemon = daemon_factory(ws, new_session=True)
     info = daemon.plugin("boxed")
     assert info["state"] == "running", daemon.log()
     steps = info["isolation"]
     for step in ("pid_ns", "mount_ns", "net_ns", "filesystem", "no_new_privs", "capabilities", "seccomp"):
         assert steps.get(step) == "active", steps
+    assert steps["cgroup"].startswith("active"), steps  # "active, without ..." names a limit the host lacks
     # The sandboxed child is not a plain child of the fork-server's view of the world: its own pid
     # namespace makes it PID 1 there.
     with open(f"/proc/{info['pid']}/status") as fh:
@@ -357,8 +337,10 @@ def run_sandboxed(ws: Workspace, daemon_factory: Factory, parent: str) -> None:
     assert status["NSpid"].split()[-1] == "1"
     assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["boxed"]}
-    groups = sorted(Path("/sys/fs/cgroup").glob(f"*/{parent}/boxed"))
-    assert groups, "the plugin has no cgroup"
+    assert daemon.cgroup is not None
+    groups = daemon.cgroup.plugin_dirs("boxed")
+    assert groups, f"the plugin has no cgroup under {daemon.cgroup.plugins}"
+    assert all(str(info["pid"]) in (g / "cgroup.procs").read_text().split() for g in groups)
     # A signal to the whole process group (`timeout make run`, Ctrl-C, a service manager's
     # KillMode=control-group): the fork-server must not die of it before the daemon has unloaded its
     # plugins, and their cgroups must be gone afterwards.

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from cgroup_host import session_parent
 from conftest import TOKEN, RunningDaemon, alive, wait_for
 from kit import Workspace, plugin_source
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,7 +66,10 @@ def gauge(samples: dict, name: str, plugin: str) -> float | None:
 def test_memory_and_fd_hogs_are_seen_measured_and_unloaded(
     ws: Workspace, daemon_factory: Factory, sandboxed: bool
 ) -> None:
-    # Sandboxed, the plugins live in their own pid and net namespaces and cgroups.
+    # Sandboxed, the plugins live in their own pid and net namespaces and cgroups (under the cgroup
+    # place the factory gives the daemon; the monitor reads their counters there).
+    if sandboxed:
+        session_parent()  # skips, saying why, on a host without cgroup controllers
     ws.sandboxing = sandboxed
     ws.auto_load = False
     ws.extra_config = MONITORING
@@ -76,6 +80,12 @@ def test_memory_and_fd_hogs_are_seen_measured_and_unloaded(
     for name in ("memhog", "fdhog", "calm"):
         assert daemon.load(name).status_code == 200
     pids = {name: daemon.plugin(name)["pid"] for name in ("memhog", "fdhog")}
+    if sandboxed:
+        assert daemon.cgroup is not None
+        for name, pid in pids.items():
+            groups = daemon.cgroup.plugin_dirs(name)
+            assert groups, f"{name} has no cgroup under {daemon.cgroup.plugins}"
+            assert all((g / "cgroup.procs").read_text().split() == [str(pid)] for g in groups)
 
     # Within limits: sampled and exported, no violation.
     before = wait_for(

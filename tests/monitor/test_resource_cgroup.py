@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -19,16 +18,13 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def group() -> Iterator[cgroups.CgroupHandle]:
+def group(cgroup_parent: str) -> Iterator[cgroups.CgroupHandle]:
+    """A plugin group with limits, under the tests' own cgroup parent (removed by its fixture)."""
     hier = cgroups.detect()
     backend = cgroups.choose_backend("auto", hier)
-    if backend is None:
-        pytest.skip("no usable cgroup hierarchy on this host")
-    parent = f"plugind-test-monitor-{uuid.uuid4().hex[:8]}"
+    assert backend is not None, "cgroup_parent skips where the host offers no controllers"
     limits = CgroupLimits(memory_bytes=96 * MIB, pids_max=64)
-    handle = cgroups.create_group(backend, parent, "cg", limits, hier)
-    yield handle
-    cgroups.remove_tree(parent, hier)
+    yield cgroups.create_group(backend, cgroup_parent, "cg", limits, hier)
 
 
 def test_cgroup_counters_violations_and_oom_kill(hog, group):
