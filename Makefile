@@ -7,9 +7,17 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
+# On a systemd host with cgroup v2 the daemon must be alone in a cgroup delegated to it (its plugin
+# groups go beside it; docs/sandbox.md), which a login shell's session is not: there it runs in a
+# transient scope of its own. Elsewhere (no systemd as PID 1, cgroup v1 or hybrid) it runs as is.
 run: setup
 	@$(PY) scripts/dev_prepare.py
-	@set -a; . data/dev.env; set +a; exec $(VENV)/bin/plugind serve --config config/plugins.toml
+	@set -a; . data/dev.env; set +a; \
+	if [ -d /run/systemd/system ] && [ -f /sys/fs/cgroup/cgroup.controllers ]; then \
+		exec systemd-run $$([ "$$(id -u)" -eq 0 ] || echo --user) --scope --collect -p Delegate=yes \
+			--unit=plugind-dev-$$$$ $(VENV)/bin/plugind serve --config config/plugins.toml; \
+	fi; \
+	exec $(VENV)/bin/plugind serve --config config/plugins.toml
 
 lint: setup
 	$(VENV)/bin/ruff check plugind tests bench examples scripts
