@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from install_key import install_key  # noqa: E402
-from report import LANES, validate_report  # noqa: E402
+from report import LANES, TABLE_BEGIN, TABLE_END, supported_hosts_table, validate_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -234,6 +234,22 @@ def keep_logs(share: Path, dest: Path) -> None:
     shutil.copytree(share / "out", dest)
 
 
+def publish(build: Path) -> int:
+    """Copy the last report to docs/hosts-report.json and remake the docs' "Supported hosts" table."""
+    report = read_json(build / "report.json")
+    problems = validate_report(report, list(report.get("lanes", {})))
+    if not report or problems:
+        log(f"no valid report to publish in {build}: {'; '.join(problems) or 'missing'}")
+        return 1
+    (REPO / "docs" / "hosts-report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    ops = REPO / "docs" / "operations.md"
+    text = ops.read_text(encoding="utf-8")
+    begin, end = text.index(TABLE_BEGIN), text.index(TABLE_END) + len(TABLE_END)
+    ops.write_text(text[:begin] + supported_hosts_table(report) + text[end:], encoding="utf-8")
+    log(f"published {build / 'report.json'} to docs/hosts-report.json and docs/operations.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 only when every lane held."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -241,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         "--lanes", default=",".join(LANES), help=f"comma-separated subset of {','.join(LANES)}"
     )
     parser.add_argument("--build", type=Path, default=REPO / "build" / "hosts")
+    parser.add_argument("--publish", action="store_true", help="publish the last report into docs/ (no run)")
     args = parser.parse_args(argv)
+    if args.publish:
+        return publish(args.build.resolve())
     lanes = [lane for lane in args.lanes.split(",") if lane]
     unknown = sorted(set(lanes) - set(LANES))
     if unknown:

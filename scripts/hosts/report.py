@@ -95,3 +95,91 @@ def validate_report(report: object, lanes: list[str] | tuple[str, ...] = LANES) 
         if name == "privileged" and result.get("ok") is True and result.get("failed") != 0:
             problems.append("lanes.privileged: ok with failed tests")
     return problems
+
+
+# --- the "Supported hosts" table of docs/operations.md, made from a report --------------------
+
+TABLE_BEGIN = (
+    "<!-- supported-hosts: made by `scripts/hosts/lane.py --publish` from docs/hosts-report.json -->"
+)
+TABLE_END = "<!-- /supported-hosts -->"
+
+
+def _steps_summary(steps: dict[str, dict[str, str]]) -> str:
+    """ "all 13 active", or the active count and each step that is not, with its state."""
+    states: dict[str, set[str]] = {}
+    for by_step in steps.values():
+        for step, state in by_step.items():
+            states.setdefault(step, set()).add(state)
+    active = sorted(s for s, seen in states.items() if seen == {"active"})
+    others = sorted(f"{s}: {' / '.join(sorted(seen))}" for s, seen in states.items() if seen != {"active"})
+    if not others:
+        return f"all {len(active)} active"
+    return f"{len(active)} of {len(states)} active; " + "; ".join(others)
+
+
+def supported_hosts_table(report: dict[str, Any]) -> str:
+    """The markdown table (between its markers) for the lanes of `report`."""
+    guest = report["guest"]
+    host = f"{guest['os']}, kernel {guest['kernel']}, {guest['systemd'].split(' (')[0]}"
+    lanes = report["lanes"]
+    rows = []
+
+    def verdict(result: dict[str, Any]) -> str:
+        return "holds" if result.get("ok") else f"**fails**: {result.get('detail', '')}"
+
+    if "systemd" in lanes:
+        r = lanes["systemd"]
+        checks = r.get("checks", {})
+        rows.append(
+            (
+                f"{host}: `systemctl start plugind` (shipped unit)",
+                f"{guest['cgroup']}, delegated",
+                _steps_summary(r.get("steps", {})),
+                f"{verdict(r)}: {r.get('plugins_loaded')} of {r.get('plugins_total')} examples loaded; "
+                f"{sum(c['ok'] for c in checks.values())} of {len(checks)} checks (limits set and "
+                "enforced: OOM kill, fork bomb, CPU quota; watchdog restart; restart; clean stop; "
+                "JSON logs)",
+            )
+        )
+    if "privileged" in lanes:
+        r = lanes["privileged"]
+        rows.append(
+            (
+                f"{host}: `tests/privileged` as root",
+                f"{guest['cgroup']}, delegated unit",
+                "-",
+                f"{verdict(r)}: {r.get('passed')} passed, {r.get('failed')} failed, "
+                f"{r.get('skipped')} skipped",
+            )
+        )
+    if "container" in lanes:
+        r = lanes["container"]
+        rows.append(
+            (
+                f"{host}: Docker (`docker.io`), the documented `docker run`",
+                f"{guest['cgroup']}, container",
+                _steps_summary(r.get("steps", {})),
+                f"{verdict(r)}: HEALTHCHECK healthy, examples loaded, `docker stop` clean"
+                if r.get("ok")
+                else verdict(r),
+            )
+        )
+    if "rootless" in lanes:
+        r = lanes["rootless"]
+        rows.append(
+            (
+                f"{host}: unprivileged daemon, user namespace",
+                f"{guest['cgroup']}, delegated to the user",
+                _steps_summary(r.get("steps", {})),
+                verdict(r),
+            )
+        )
+    lines = [
+        TABLE_BEGIN,
+        "| host and run | cgroups | isolation steps | what was verified |",
+        "|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines.append(TABLE_END)
+    return "\n".join(lines)

@@ -126,6 +126,7 @@ def test_the_published_report_conforms_and_the_docs_table_matches_it() -> None:
     ops = (REPO / "docs" / "operations.md").read_text()
     assert "## Supported hosts" in ops
     table = ops.split("## Supported hosts", 1)[1].split("\n## ", 1)[0]
+    assert report.supported_hosts_table(published) in table  # remade by `lane.py --publish`
     systemd = published["lanes"]["systemd"]
     assert published["guest"]["os"] in table and published["guest"]["kernel"] in table
     assert f"{systemd['plugins_loaded']} of {systemd['plugins_total']}" in table
@@ -167,3 +168,16 @@ def test_expected_cgroup_values_follow_the_shipped_configuration() -> None:
     over = {**config, "plugin": {"small": {"memory_limit_mb": 32}}}
     assert lanes.expected_limits(over, "small")["memory.max"] == str(32 * 1024 * 1024)
     assert lanes.expected_limits(over, "other")["memory.max"] == want["memory.max"]
+
+
+def test_the_table_names_each_step_that_is_not_active_and_each_failing_lane() -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["lanes"]["systemd"]["steps"] = {"a": {"seccomp": "active", "cgroup": "active"},
+                                        "b": {"seccomp": "active", "cgroup": "degraded: no io"}}
+    doc["lanes"]["container"] = {"ok": False, "detail": "docker build failed", "seconds": 3}
+    table = report.supported_hosts_table(doc)
+    assert table.startswith(report.TABLE_BEGIN) and table.endswith(report.TABLE_END)
+    assert "1 of 2 active; cgroup: active / degraded: no io" in table
+    assert "**fails**: docker build failed" in table
+    assert "65 passed, 0 failed, 0 skipped" in table
+    assert report.supported_hosts_table(GOOD).count("\n| ") == 5  # a header and one row per lane
