@@ -26,7 +26,9 @@ RUN set -e; apt-get update; \
         apt-get install -y --no-install-recommends python3-dev; \
     fi; \
     rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/build-venv
+# A current pip: Debian's (23.0) builds sdists such as python-prctl without PEP 517 isolation and
+# fails for want of `wheel`.
+RUN python3 -m venv /opt/build-venv && /opt/build-venv/bin/pip install --no-cache-dir --upgrade pip
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY plugind ./plugind
