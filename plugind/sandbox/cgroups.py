@@ -240,12 +240,12 @@ def _mkdir(path: Path) -> None:
 class CgroupHandle:
     """A plugin's group: one directory (v2) or one per controller (v1)."""
 
-    def __init__(self, backend: str, dirs: Mapping[str, Path], gaps: Iterable[str] = ()) -> None:
+    def __init__(self, backend: str, dirs: Mapping[str, Path]) -> None:
         self.backend = backend
         self.dirs = dict(dirs)
         # Limits that could not be applied on this host, e.g. "memory.swap.max (no swap accounting
         # ...)": `create_group` fills it, the isolation report shows it.
-        self.gaps = tuple(gaps)
+        self.gaps: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -370,8 +370,8 @@ def _v2_prepare_parent(root: Path, parent: str, proc_self_cgroup: str | None) ->
     paths = ["/" + "/".join(parts[:i]) for i in range(skip, len(parts) + 1)]
     levels: list[Level] = []
     for path in paths:
-        level = _read_level(root, path) if not levels or levels[-1].offered is not None else Level(path, None)
-        levels.append(level)
+        made_on_the_way = bool(levels) and levels[-1].offered is None
+        levels.append(Level(path, None) if made_on_the_way else _read_level(root, path))
     apply_layout(plan_parent_controllers(levels), root)
 
 
@@ -553,13 +553,15 @@ def _enable(path: Path, group: str, controllers: Iterable[str]) -> None:
         _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in controllers))
     except SandboxError as exc:
         cause = exc.__cause__
-        pids = _read_text(path / "cgroup.procs").split() if path.is_dir() else []
-        if not (isinstance(cause, OSError) and cause.errno == errno.EBUSY and pids):
+        if not (isinstance(cause, OSError) and cause.errno == errno.EBUSY):
             raise
         # The kernel says only EBUSY; the reason is the group's own processes.
+        pids = [int(p) for p in _read_text(path / "cgroup.procs").split()]
+        if not pids:
+            raise
         raise SandboxError(
             f"cannot enable {', '.join(controllers)} in {path}/cgroup.subtree_control: "
-            + internal_processes(group, [int(p) for p in pids], controllers),
+            + internal_processes(group, pids, controllers),
             step="cgroup",
             detail=exc.detail,
         ) from cause
