@@ -287,7 +287,8 @@ def _parent(
             groups[0].attach(pid)
             # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
             gaps = groups[0].gaps
-            steps["cgroup"] = f"{ACTIVE}, without {'; '.join(gaps)}" if gaps else ACTIVE
+            # A limit the host lacks: the group holds, but the report says what it does not do.
+            steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
     except SandboxError as exc:
         degrade("cgroup", exc)
     first = _read_report(plan, reports)  # the child's namespaces exist now

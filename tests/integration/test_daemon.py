@@ -329,7 +329,8 @@ def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Facto
     steps = info["isolation"]
     for step in ("pid_ns", "mount_ns", "net_ns", "filesystem", "no_new_privs", "capabilities", "seccomp"):
         assert steps.get(step) == "active", steps
-    assert steps["cgroup"].startswith("active"), steps  # "active, without ..." names a limit the host lacks
+    # "degraded: without ..." names a limit the host lacks (no swap accounting); the group holds.
+    assert steps["cgroup"] == "active" or steps["cgroup"].startswith("degraded: without "), steps
     # The sandboxed child is not a plain child of the fork-server's view of the world: its own pid
     # namespace makes it PID 1 there.
     with open(f"/proc/{info['pid']}/status") as fh:
