@@ -79,6 +79,11 @@ class _State:
     violation_count: int = 0
     last: Sample | None = None
     unloading: bool = False
+    # One OOM kill of this incarnation can reach us twice: a sweep that reads the group's counter
+    # before the group goes, and the supervisor's exit report. Each source's count that the other
+    # has not yet matched, so the kill is reported once, whichever comes first.
+    ooms_from_sweeps: int = 0
+    ooms_from_events: int = 0
 
 
 class ResourceMonitor:
@@ -217,6 +222,11 @@ class ResourceMonitor:
             new_ooms = max(0, sample.oom_kills - previous.oom_kills)
         elif previous is None:
             new_ooms = sample.oom_kills
+        if new_ooms and count:
+            matched = min(new_ooms, state.ooms_from_events)  # the supervisor reported these already
+            state.ooms_from_events -= matched
+            new_ooms -= matched
+            state.ooms_from_sweeps += new_ooms
         usage = Usage(sample.memory_bytes, sample.threads, sample.fds, sample.connections)
         found = evaluate(
             usage, self.limits_for(plugin), cpu_ms_per_interval=cpu_ms, new_oom_kills=new_ooms or 0
@@ -347,15 +357,23 @@ class ResourceMonitor:
 
         A sweep sees OOM kills only in a live group's counter, and a plugin the kernel killed between
         two sweeps has its group removed (and made anew by the restart) before the next one; the
-        exit status the supervisor got is the reliable report. It is not part of a streak: the kill
-        already ended that process, and repeated crashes are the circuit breaker's business.
+        exit status the supervisor got is the reliable report. A kill that a sweep of the same
+        incarnation already counted is not reported again (nor one reported here by a later sweep).
+        It is not part of a streak: the kill already ended that process, and repeated crashes are
+        the circuit breaker's business.
         """
         if kind != "oom_killed":
             return
+        state = self._states.get(name)
+        this_incarnation = state is not None and isinstance(detail, dict) and detail.get("pid") == state.pid
+        if state is not None and this_incarnation:
+            if state.ooms_from_sweeps > 0:  # a sweep saw this kill in the group's counter already
+                state.ooms_from_sweeps -= 1
+                return
+            state.ooms_from_events += 1
         found = OomKill(count=1)
         metrics.violation(name, found.type)
         self._recent_for(name).append({"time": time.time(), **found.as_dict()})
-        state = self._states.get(name)
         if state is not None:
             state.violation_count += 1
         if self.unmount_behavior(name).log_violations:
