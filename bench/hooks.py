@@ -11,9 +11,12 @@ socketpair ping-pong floor measured in the same run, for three placements of the
 Each row also shows a bare event-loop floor (the same ping-pong with the host side on a bare
 Protocol of the daemon's loop: no framing, no msgpack) and the CPU time per call of the host and of
 the plugin, so the price of adaptive polling (supervisor.spin_us in the plugin, host_spin_us in
-the event loop) is on the page next to what it buys. Then plugin cold start (spawn request to
-hello) next to `python -c pass`, and pipelined throughput. Targets: round trip within 2x the
-floor across CPUs; >= 8,000 calls/s per plugin for small payloads; ready in under 20 ms.
+the event loop) is on the page next to what it buys, with how often per call each side went to
+sleep (voluntary context switches: the wake-ups polling saves). Then how polling backs off (calls
+spaced further apart than the budget, a CPU-bound task on the plugin's CPU), which the tests check
+as decisions only (tests/runtime/test_runtime.py), plugin cold start (spawn request to hello) next
+to `python -c pass`, and pipelined throughput. Targets: round trip within 2x the floor across CPUs;
+>= 8,000 calls/s per plugin for small payloads; ready in under 20 ms.
 
     .venv/bin/python bench/hooks.py [--calls N] [--sandbox] [--placement across,same,free]
                                     [--spin-us N] [--host-spin-us N] [--loop daemon|asyncio|uvloop]
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -172,8 +176,18 @@ async def asyncio_floor(transport: asyncio.Transport, proto: _Echo, floor: Floor
     return samples
 
 
+def loop_sleeps() -> int:
+    """How often this thread (the event loop's) has gone to sleep: voluntary context switches."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+def plugin_sleeps(child: psutil.Process) -> int:
+    return int(child.num_ctx_switches().voluntary)
+
+
 class Row:
-    """One placement and payload: samples of plugind, the raw floor and the bare-loop floor, and CPU."""
+    """One placement and payload: samples of plugind, the raw floor and the bare-loop floor, CPU and
+    sleeps."""
 
     def __init__(self, placement: str, label: str) -> None:
         self.placement, self.label = placement, label
@@ -181,6 +195,7 @@ class Row:
         self.raw: list[float] = []
         self.bare: list[float] = []
         self.host_cpu = self.plugin_cpu = 0.0
+        self.host_sleeps = self.plugin_sleeps = 0
 
     def ratio(self) -> float:
         return pct(self.ours, 0.5) / pct(self.raw, 0.5)
@@ -192,13 +207,14 @@ class Row:
         print(f"{self.placement:<7} {self.label:<7} {p50 * 1e6:7.1f} {p99 * 1e6:7.1f} "
               f"{1 / statistics.mean(self.ours):8.0f} | {f50 * 1e6:6.1f} {f99 * 1e6:6.1f} "
               f"{self.ratio():5.2f}x | {a50 * 1e6:6.1f} {p50 / a50:5.2f}x | "
-              f"{self.host_cpu / n * 1e6:6.1f} {self.plugin_cpu / n * 1e6:6.1f}")
+              f"{self.host_cpu / n * 1e6:6.1f} {self.plugin_cpu / n * 1e6:6.1f} | "
+              f"{self.host_sleeps / n:6.2f} {self.plugin_sleeps / n:6.2f}")
 
 
 HEADER_LINE = (f"{'':<7} {'':<7} {'plugind (us)':>16} {'calls/s':>8} | {'raw floor (us)':>13} "
-               f"{'ratio':>6} | {'bare loop':>13} | {'CPU/call (us)':>13}\n"
+               f"{'ratio':>6} | {'bare loop':>13} | {'CPU/call (us)':>13} | {'sleeps/call':>13}\n"
                f"{'place':<7} {'payload':<7} {'p50':>7} {'p99':>7} {'seq':>8} | {'p50':>6} {'p99':>6} "
-               f"{'':>6} | {'p50':>6} {'ratio':>6} | {'host':>6} {'plugin':>6}")
+               f"{'':>6} | {'p50':>6} {'ratio':>6} | {'host':>6} {'plugin':>6} | {'loop':>6} {'plugin':>6}")
 
 
 async def compare(sup: Supervisor, row: Row, data: object, size: int, rounds: int) -> None:
@@ -212,14 +228,67 @@ async def compare(sup: Supervisor, row: Row, data: object, size: int, rounds: in
             row.raw += floor.measure(rounds // 10)
             row.bare += await asyncio_floor(transport, proto, aio, rounds // 10)
             c0, h0 = sum(child.cpu_times()[:2]), time.process_time()
+            s0, l0 = plugin_sleeps(child), loop_sleeps()
             row.ours += await round_trips(sup, data, rounds // 10)
             row.plugin_cpu += sum(child.cpu_times()[:2]) - c0
             row.host_cpu += time.process_time() - h0
+            row.plugin_sleeps += plugin_sleeps(child) - s0
+            row.host_sleeps += loop_sleeps() - l0
     finally:
         transport.close()
         await asyncio.sleep(0)  # let the transport actually close its socket
         floor.close()
         aio.close()
+
+
+def run_ns(pid: int) -> int:
+    """CPU time of the (single-threaded) process `pid` in nanoseconds: finer than cpu_times' ticks."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+async def plugin_per_call(sup: Supervisor, calls: int, gap_s: float = 0.0) -> tuple[float, float]:
+    """The plugin's sleeps and CPU seconds per call over `calls` echo calls, `gap_s` apart."""
+    assert sup.pid is not None
+    child = psutil.Process(sup.pid)
+    s0, c0 = plugin_sleeps(child), run_ns(sup.pid)
+    for _ in range(calls):
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        await sup.invoke("echo", SMALL, 5.0)
+    return (plugin_sleeps(child) - s0) / calls, (run_ns(sup.pid) - c0) / 1e9 / calls
+
+
+async def backoff(sup: Supervisor, budget_us: int) -> None:
+    """How the plugin's polling backs off, host and plugin on two CPUs: calls 5 ms apart (each later
+    than the budget: it should sleep, not poll, and spend far less CPU per call than the budget),
+    and a burst while a CPU-bound process shares the plugin's CPU (where polling takes turns with
+    it), next to the same burst without it. The tests check the decisions behind these figures with
+    a scripted clock (tests/runtime/test_runtime.py); what the scheduler makes of them is here."""
+    assert sup.pid is not None
+    if len(ALL_CPUS) < 2:
+        print("polling back-off: needs two CPUs, skipped")
+        return
+    os.sched_setaffinity(0, {ALL_CPUS[0]})
+    os.sched_setaffinity(sup.pid, {ALL_CPUS[-1]})
+    await round_trips(sup, SMALL, 200)  # the windows grow
+    burst, burst_cpu = await plugin_per_call(sup, 1000)
+    spaced, spaced_cpu = await plugin_per_call(sup, 200, gap_s=0.005)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {ALL_CPUS[-1]})
+        await round_trips(sup, SMALL, 200)
+        shared, _ = await plugin_per_call(sup, 1000)
+    finally:
+        hog.kill()
+        hog.wait()
+    budget = f"{spaced_cpu / (budget_us * 1e-6):.2f}x its {budget_us} us budget" if budget_us else "no budget"
+    print(f"polling back-off: the plugin's sleeps (voluntary context switches) and CPU per call\n"
+          f"  burst across CPUs            {burst:5.2f} sleeps   {burst_cpu * 1e6:7.1f} us\n"
+          f"  calls 5 ms apart             {spaced:5.2f} sleeps   {spaced_cpu * 1e6:7.1f} us ({budget})\n"
+          f"  burst, a CPU hog on its CPU  {shared:5.2f} sleeps   "
+          f"({shared / max(burst, 0.01):.1f}x the burst's)")
+    os.sched_setaffinity(0, set(ALL_CPUS))
+    os.sched_setaffinity(sup.pid, set(ALL_CPUS))
 
 
 async def main(calls: int, sandbox: bool, placements: list[str], spin_us: int | None,
@@ -288,6 +357,7 @@ async def main(calls: int, sandbox: bool, placements: list[str], spin_us: int | 
                     verdict = "met" if row.ratio() <= 2.0 else "MISSED"
                     print(f"target: {row.label} round trip within 2x the raw floor across CPUs: "
                           f"{row.ratio():.2f}x, {verdict}")
+            await backoff(sup, budget)
             for in_flight in (1, 8, 32):
                 rate = await pipelined(sup, SMALL, calls, in_flight)
                 print(f"{'throughput small':<22} {in_flight:3d} in flight: {rate:9.0f} calls/s  "

@@ -181,6 +181,9 @@ class Supervisor:
         self._host_poll = PollWindow(sup.host_spin_us / 1e6)
         self._poller: LoopPoller | None = None  # the event loop's, once a call polls
         self._plugin_cpu: object = None  # the CPU the plugin answered the last call on
+        # The poll budget the plugin said, in its last pong, it took from the welcome (our
+        # poll_budget_us()): None before its first pong, or for a plugin that does not say.
+        self.plugin_poll_us: int | None = None
         self._encoder = FrameEncoder()  # event loop thread only
         self.restart_policy = settings.override_for(name).restart or sup.restart
 
@@ -322,6 +325,7 @@ class Supervisor:
             raise
         self.hello_ms = (time.perf_counter() - started) * 1000
         self.hooks = dict(hello["hooks"])
+        self.plugin_poll_us = None  # this incarnation has not said yet
         self._send(inc, {"type": m.WELCOME, "api": m.API_VERSION, "max_frame": self.max_frame,
                          "spin_us": self.poll_budget_us()})
         log.info("plugin %s ready (pid %d, %.1f ms)", self.name, spawned.pid, self.hello_ms,
@@ -479,6 +483,9 @@ class Supervisor:
         elif kind == m.LOG:
             self._plugin_log(inc, msg)
         elif kind == m.PONG:
+            if inc is self._inc:
+                poll_us = msg.get("poll_us")
+                self.plugin_poll_us = poll_us if type(poll_us) is int else None
             ping = inc.pings.pop(msg["id"], None)
             if ping is not None and not ping.done():
                 ping.set_result(None)

@@ -175,6 +175,11 @@ class Runtime:
             return
         raise _Deadline
 
+    def _pong(self, ping_id: int) -> dict[str, Any]:
+        # With the poll budget taken from the welcome (0: this runtime never polls): whether it
+        # polls is otherwise only seen in timings, which say as much about the machine's load.
+        return {"type": m.PONG, "id": ping_id, "poll_us": round(self._poll.budget * 1e6)}
+
     # -- receiving
     def _recv(self) -> dict[str, Any] | None:
         msg = self.chan.recv()
@@ -200,7 +205,7 @@ class Runtime:
                     return msg
                 raise from_wire(msg.get("error"))
             if kind_in == m.PING:
-                self.send({"type": m.PONG, "id": msg["id"]})
+                self.send(self._pong(msg["id"]))
             elif kind_in != m.CTX_REPLY:
                 self._queue.append(msg)
 
@@ -310,7 +315,7 @@ class Runtime:
                 self._answered_at = monotonic()
                 self._host_cpu = msg.get("cpu")
             elif kind == m.PING:
-                self.send({"type": m.PONG, "id": msg["id"]})
+                self.send(self._pong(msg["id"]))
             elif kind == m.SHUTDOWN:
                 try:
                     self.run_callbacks(self.plugin.unload_callbacks)
