@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-LANES = ("systemd", "privileged", "container", "rootless")
+LANES = ("systemd", "privileged", "rootless", "container")
 
 _GUEST = {"os": str, "kernel": str, "cgroup": str, "systemd": str}
 _LANE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {

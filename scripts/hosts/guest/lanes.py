@@ -191,6 +191,15 @@ def plugin_cgroup(pid: int) -> Path:
     raise LaneFailed(f"pid {pid} has no cgroup v2 entry")
 
 
+def free_the_port() -> None:
+    """Stop what an earlier lane may have left listening on the API port (each lane uses it alone)."""
+    sh(
+        "systemctl stop plugind plugind-rootless 2>/dev/null; docker rm -f plugind >/dev/null 2>&1; true",
+        check=False,
+        timeout=180,
+    )
+
+
 def write_result(out: Path, lane: str, result: dict[str, Any]) -> None:
     (out / f"{lane}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -582,6 +591,7 @@ def lane_container(out: Path) -> dict[str, Any]:
     ex = examples()
     names = plugin_names(ex)
     pub = author_bundles(work / "bundles", ex)
+    free_the_port()
     sh(["systemctl", "start", "docker"])
     sh("docker rm -f plugind >/dev/null 2>&1; docker volume rm plugind-data >/dev/null 2>&1; true")
     script = doc_block(SRC / "docs" / "operations.md", "container-run")
@@ -660,6 +670,7 @@ def lane_rootless(out: Path) -> dict[str, Any]:
     checks = Checks()
     started = time.monotonic()
     home = Path("/home/plugind")
+    free_the_port()
     if not OPT.exists():  # the systemd lane installs it; alone, this lane does the same
         sh(f"python3 -m venv /opt/plugind/.venv && {OPT}/pip install -q {SRC}", timeout=2400)
     ex = examples()
