@@ -13,6 +13,7 @@ Nothing here touches the kernel except `effective_capabilities`, which reads `/p
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -98,6 +99,10 @@ WHEN: dict[str, tuple[str, Callable[[SandboxPlan], bool]]] = {
     "net": ("namespaces.net without a user namespace", _own("net")),
     "user": ("a user namespace (enable_user_namespace or namespaces.user)",
              lambda plan: plan.user_namespace),
+    # As root the daemon maps the plugin's root to host nobody, another user: that needs both
+    # capabilities. An unprivileged daemon maps its own ids, which the kernel allows without them.
+    "user_as_root": ("a user namespace, the daemon running as root",
+                     lambda plan: plan.user_namespace and os.geteuid() == 0),
     "no_user": ("no user namespace", lambda plan: not plan.user_namespace),
     "loopback": ("network mode 'none' without a user namespace",
                  lambda plan: plan.network_mode == "none" and _own("net")(plan)),
@@ -114,8 +119,8 @@ CAPABILITIES: dict[str, tuple[Need, ...]] = {
     "uts_ns": (Need("CAP_SYS_ADMIN", "unshare(CLONE_NEWUTS) and sethostname()", "uts"),),
     "net_ns": (Need("CAP_SYS_ADMIN", "unshare(CLONE_NEWNET)", "net"),),
     "user_ns": (
-        Need("CAP_SETGID", "setgroups([]) and gid_map for host nobody", "user"),
-        Need("CAP_SETUID", "uid_map for host nobody", "user"),
+        Need("CAP_SETGID", "setgroups([]) and gid_map for host nobody", "user_as_root"),
+        Need("CAP_SETUID", "uid_map for host nobody", "user_as_root"),
     ),
     # cgroup: the daemon writes files of the subtree delegated to it, which root owns: no capability.
     "filesystem": (
