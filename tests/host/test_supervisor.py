@@ -255,7 +255,7 @@ def test_start_invoke_many_in_flight_context_and_clean_stop(tmp_path: Path) -> N
         await sup.start()
         assert sup.state == "running"
         assert sup.hooks == {"echo": 10, "aecho": 0, "greet": 0, "write": 0}
-        assert sup.hello_ms is not None and sup.hello_ms < 5000
+        assert sup.hello_ms is not None and sup.hello_ms > 0  # measured (how long: bench/hooks.py)
         assert rig.context.get("good.greeting") == "hi"  # set by on_load through the proxy
         assert await sup.invoke("echo", {"x": [1, b"\x00"]}, 5) == {"x": [1, b"\x00"]}
         assert await sup.invoke("aecho", 3, 5) == {"async": 3}

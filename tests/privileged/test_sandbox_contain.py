@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,12 +65,10 @@ def test_restricted_network_reaches_only_allowed_targets(tmp_path: Path, parent:
                 with socket.create_connection((gw, port), timeout=5) as s:
                     return s.recv(2).decode()
 
-            t = time.monotonic()
             blocked = _errno_of(lambda: fetch(denied.port))
             return {
                 "allowed": fetch(allowed.port),
                 "denied": blocked,
-                "denied_s": time.monotonic() - t,
                 "raw": _errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)),
                 "links": sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else None,
             }
@@ -81,8 +78,8 @@ def test_restricted_network_reaches_only_allowed_targets(tmp_path: Path, parent:
         allowed.close()
         denied.close()
     assert out.result["allowed"] == "hi"
-    assert out.result["denied"] == "EHOSTUNREACH"  # rejected by policy while the server is live
-    assert out.result["denied_s"] < 1.0  # fails fast, no timeout
+    # Rejected by policy while the server is live: at once, not dropped into a connect timeout.
+    assert out.result["denied"] == "EHOSTUNREACH"
     assert out.result["raw"] == "EPERM"
     assert (allowed.hits, denied.hits) == (1, 0)
     assert out.spawned.steps["network"] == "active"
