@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # cgroup_host, which the integration conftest imports
+sys.path.insert(0, str(REPO / "tests" / "integration"))  # first: its conftest, not the tests' own
 
 from conftest import reap, start  # noqa: E402
 from kit import Workspace  # noqa: E402
