@@ -275,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(
             ["bash", str(HERE / "build-image.sh"), str(build)],
             check=True,
-            capture_output=False,
             stdout=subprocess.PIPE,
             text=True,
         )

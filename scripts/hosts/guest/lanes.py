@@ -143,6 +143,17 @@ def doc_block(doc: Path, marker: str) -> str:
     return match.group(1)
 
 
+def placed(script: str, bundles: Path | str, pub: Path) -> str:
+    """A documented block with its three placeholder paths made real."""
+    for placeholder, real in (
+        ("/path/to/plugind", SRC),
+        ("/path/to/bundles", bundles),
+        ("/path/to/release.pub", pub),
+    ):
+        script = script.replace(placeholder, str(real))
+    return script
+
+
 def author_bundles(dest: Path, sources: list[Path], key_name: str = "release") -> Path:
     """What a plugin author does: a key, then pack and sign each plugin. Returns the .pub path."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -151,12 +162,8 @@ def author_bundles(dest: Path, sources: list[Path], key_name: str = "release") -
     if not (keys / f"{key_name}.key").exists():
         sh([str(DEV_PLUGIND), "keygen", key_name, "--out-dir", str(keys)])
     for src in sources:
-        out = sh([str(DEV_PLUGIND), "pack", str(src), "-o", str(dest)]).stdout
-        bundle = sorted(dest.glob(f"{tomllib.loads(read(src / 'plugin.toml'))['plugin']['name']}-*.plugin"))[
-            -1
-        ]
-        sh([str(DEV_PLUGIND), "sign", str(bundle), "--key", str(keys / f"{key_name}.key")])
-        del out
+        bundle = sh([str(DEV_PLUGIND), "pack", str(src), "-o", str(dest)]).stdout.splitlines()[0]  # its path
+        sh([str(DEV_PLUGIND), "sign", bundle, "--key", str(keys / f"{key_name}.key")])
     return keys / f"{key_name}.pub"
 
 
@@ -276,11 +283,7 @@ def lane_systemd(out: Path) -> dict[str, Any]:
 
     # The operator's install, verbatim from docs/operations.md.
     script = doc_block(SRC / "docs" / "operations.md", "install-systemd")
-    script = (
-        script.replace("/path/to/plugind", str(SRC))
-        .replace("/path/to/bundles", str(work / "bundles"))
-        .replace("/path/to/release.pub", str(pub))
-    )
+    script = placed(script, str(work / "bundles"), pub)
     (work / "install.sh").write_text(
         "set -euxo pipefail\nexport DEBIAN_FRONTEND=noninteractive\n" + script + "\n"
     )
@@ -595,11 +598,7 @@ def lane_container(out: Path) -> dict[str, Any]:
     sh(["systemctl", "start", "docker"])
     sh("docker rm -f plugind >/dev/null 2>&1; docker volume rm plugind-data >/dev/null 2>&1; true")
     script = doc_block(SRC / "docs" / "operations.md", "container-run")
-    script = (
-        script.replace("/path/to/plugind", str(SRC))
-        .replace("/path/to/bundles", str(work / "bundles"))
-        .replace("/path/to/release.pub", str(pub))
-    )
+    script = placed(script, str(work / "bundles"), pub)
     # No registry is reachable from here: the base image is a bookworm root made from Debian's
     # packages (imported by the prepare step); the Dockerfile takes it as a build argument.
     script = script.replace(
@@ -637,9 +636,7 @@ def lane_container(out: Path) -> dict[str, Any]:
         )
         sh(["docker", "stop", "-t", "30", "plugind"], timeout=120)
         code = sh(["docker", "inspect", "-f", "{{.State.ExitCode}}", "plugind"]).stdout.strip()
-        logs = sh(["docker", "logs", "--tail", "20", "plugind"], check=False)
         checks.add("docker stop: clean exit", code == "0", f"exit code {code}")
-        del logs
     except LaneFailed as exc:
         detail = str(exc)
         checks.add("documented container run", False, detail)
@@ -677,11 +674,7 @@ def lane_rootless(out: Path) -> dict[str, Any]:
     names = plugin_names(ex)
     pub = author_bundles(Path("/root/lane-rootless/bundles"), ex)
     script = doc_block(SRC / "docs" / "sandbox.md", "rootless")
-    script = (
-        script.replace("/path/to/plugind", str(SRC))
-        .replace("/path/to/bundles", "/root/lane-rootless/bundles")
-        .replace("/path/to/release.pub", str(pub))
-    )
+    script = placed(script, "/root/lane-rootless/bundles", pub)
     Path("/root/lane-rootless/run.sh").write_text("set -euxo pipefail\n" + script + "\n")
     steps: dict[str, dict[str, str]] = {}
     try:
