@@ -2,7 +2,8 @@
 
 Events: load, unload, refused, violation, auto_unload, crash, restart. Each line holds `time`
 (RFC 3339, UTC), `event`, `plugin` (or null) and the event's fields. The file is created with
-mode 0600 (its parent directory with 0700) and only ever appended to; `tail` reads it back for
+mode 0600 (its parent directory with 0700) and only ever appended to; its fields are redacted as the
+daemon log is (`plugind.logs.redact`); `tail` reads it back for
 `GET /api/audit`.
 """
 
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from plugind.logs import current_redactor
 
 log = logging.getLogger("plugind.audit")
 
@@ -46,7 +49,9 @@ class AuditLog:
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "event": event,
             "plugin": plugin,
-            **fields,
+            # The same redaction as the daemon log: an error message quoting a secret must not
+            # reach the trail (or GET /api/audit) verbatim.
+            **current_redactor().redact_value(fields),
         }
         line = json.dumps(entry, default=str, separators=(",", ":"), ensure_ascii=False)
         if len(line) > _MAX_LINE:

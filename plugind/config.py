@@ -171,6 +171,28 @@ class SandboxingSection(_Section):
     allowed_caps: list[str] = Field(default_factory=list)
 
 
+class BudgetsSection(_Section):
+    """What the daemon keeps on each plugin's behalf, per plugin (see docs/operations.md, "Budgets")."""
+
+    context_keys: int = Field(1000, ge=0)  # context keys a plugin owns (it wrote them last)
+    context_bytes: int = Field(8 * 1024 * 1024, ge=0)  # their key + value bytes, plus 256 a key
+    log_bytes_per_sec: int = Field(64 * 1024, ge=0)  # of plugin log text, beside 200 lines/s
+    pending_calls: int = Field(256, ge=1)  # hook calls in flight to one plugin
+    buffered_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)  # replies queued for a non-reader
+    api_context_keys: int = Field(10_000, ge=0)  # integrators' PUT /api/context, all together
+    api_context_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
+
+class BudgetOverride(_Section):
+    """[plugin.NAME.budgets]: this plugin's budgets, in either direction (unset: [budgets])."""
+
+    context_keys: int | None = Field(None, ge=0)
+    context_bytes: int | None = Field(None, ge=0)
+    log_bytes_per_sec: int | None = Field(None, ge=0)
+    pending_calls: int | None = Field(None, ge=1)
+    buffered_bytes: int | None = Field(None, ge=64 * 1024)
+
+
 class PluginOverride(_Section):
     """Per-plugin settings under [plugin.NAME]; never wider than the operator's global limits."""
 
@@ -182,6 +204,7 @@ class PluginOverride(_Section):
     # context namespaces (key prefixes) this plugin may write besides its own "NAME."
     context_grants: list[str] = Field(default_factory=list)
     restart: Literal["never", "on-failure", "always"] | None = None
+    budgets: BudgetOverride = Field(default_factory=BudgetOverride)
 
 
 class LoggingSection(_Section):
@@ -220,6 +243,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     sandboxing: SandboxingSection = Field(default_factory=SandboxingSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    budgets: BudgetsSection = Field(default_factory=BudgetsSection)
     plugin: dict[str, PluginOverride] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ from plugind.api.auth import is_loopback, load_token
 from plugind.audit import AuditLog
 from plugind.config import Settings
 from plugind.errors import ConfigError, PluginError
+from plugind.host.budgets import api_context_budget
 from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
 from plugind.host.loader import PluginLoader
@@ -203,7 +204,7 @@ class Daemon:
                 settings, security, refresh=lambda: PluginSecurity.from_environment(settings)
             ),
             supervisor_factory=Supervisor,
-            context=PluginContext(),
+            context=PluginContext(api_budget=api_context_budget(settings)),
             launcher=self.launcher,
             audit=audit,
         )

@@ -21,7 +21,8 @@
     │   └── HookFailed               .error_type, .remote_traceback: raised inside the plugin
     ├── ProtocolViolation            .detail: malformed, oversized or unexpected frame
     ├── PluginCrashed                .exit_code, .signal
-    └── ContextError                 .key: denied or invalid context access
+    ├── ContextError                 .key: denied or invalid context access
+    └── BudgetExceeded               .budget, .limit: over a per-plugin (or integrators') budget
 
 Errors cross the wire as data (`to_wire` / `from_wire`) and are rebuilt on the other side.
 """
@@ -224,6 +225,20 @@ class ContextError(PluginError):
         self.key = key
 
 
+class BudgetExceeded(PluginError):
+    """Over a budget the daemon keeps per plugin (or for integrators): `budget` names it
+    (context_keys, context_bytes, log_bytes, pending_calls, buffered_bytes), `limit` is its size."""
+
+    code = "budget_exceeded"
+
+    def __init__(
+        self, message: str, *, plugin: str | None = None, budget: str | None = None, limit: int | None = None
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.budget = budget
+        self.limit = limit
+
+
 _BY_NAME: dict[str, type[PluginError]] = {}
 
 
@@ -267,6 +282,7 @@ def from_wire(data: Any) -> PluginError:
 
 __all__ = [
     "AlreadyLoaded",
+    "BudgetExceeded",
     "BundleError",
     "ConfigError",
     "ContextError",

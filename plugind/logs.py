@@ -9,6 +9,7 @@
   `PLUGIN_TRUST_KEY`, the API token (`PLUGIND_API_TOKEN` or `[api] token_file`) and any run of
   64 hex digits that follows the words key/token/secret with `[REDACTED]`, in the message, the
   extras and the traceback. It is the last line of defence, not a licence to log secrets.
+  `redact()` applies the same redaction to what leaves by other ways (the audit trail, API errors).
 """
 
 from __future__ import annotations
@@ -65,18 +66,21 @@ class RedactSecrets(logging.Filter):
                 text = text.replace(secret, REDACTED)
         return _HEX_AFTER_WORD.sub(lambda m: m.group(1) + REDACTED, text)
 
-    def _value(self, value: Any) -> Any:
+    def redact_value(self, value: Any) -> Any:
+        """`value` (plain data: str, bytes, dict, list, ...) with every string in it redacted."""
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, bytes):
             return self.redact(value.decode("utf-8", "replace"))
         if isinstance(value, dict):
-            return {k: self._value(v) for k, v in value.items()}
+            return {k: self.redact_value(v) for k, v in value.items()}
         if isinstance(value, (list, tuple, set)):
-            return [self._value(v) for v in value]
+            return [self.redact_value(v) for v in value]
         if value is None or isinstance(value, (bool, int, float)):
             return value
         return self.redact(str(value))
+
+    _value = redact_value
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -158,6 +162,25 @@ class TextFormatter(logging.Formatter):
 
 
 _HANDLER_NAME = "plugind"
+# The redactor of the installed handler, for what leaves the process by other ways than the log
+# (the audit trail, API error messages): one set of secrets for all of them.
+_current: RedactSecrets | None = None
+
+
+def current_redactor() -> RedactSecrets:
+    """The redactor `setup_logging` installed; before that, one that knows the secrets in the
+    environment (PLUGIN_TRUST_KEY, PLUGIND_API_TOKEN) and the 64-hex pattern."""
+    global _current
+    if _current is None:
+        env = [os.environ.get("PLUGIN_TRUST_KEY", ""), os.environ.get("PLUGIND_API_TOKEN", "")]
+        _current = RedactSecrets(env)
+    return _current
+
+
+def redact(text: str) -> str:
+    """`text` as the daemon log would write it: every known secret and key/token/secret 64-hex value
+    replaced by [REDACTED]."""
+    return current_redactor().redact(text)
 
 
 def known_secrets(settings: Settings) -> list[str]:
@@ -197,7 +220,8 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> RedactSe
     fmt = settings.logging.format
     if fmt == "auto":
         fmt = "text" if hasattr(stream, "isatty") and stream.isatty() else "json"
-    redactor = RedactSecrets(known_secrets(settings))
+    global _current
+    redactor = _current = RedactSecrets(known_secrets(settings))
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(redactor)
@@ -217,7 +241,9 @@ __all__ = [
     "JsonFormatter",
     "RedactSecrets",
     "TextFormatter",
+    "current_redactor",
     "known_secrets",
+    "redact",
     "resolve_level",
     "setup_logging",
 ]

@@ -2,7 +2,8 @@
 
 The app holds no business logic: it validates input, calls the `PluginRegistry` and maps the error
 tree to status codes (404 unknown, 403 untrusted or tampered, 409 already loaded / not loaded,
-422 bad input, 500 failed init). Nothing blocking runs on the event loop.
+422 bad input, 429 over a budget, 500 failed init). Every error message is redacted as the log is.
+Nothing blocking runs on the event loop.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from plugind.api.routes import system as system_routes
 from plugind.config import Settings
 from plugind.errors import (
     AlreadyLoaded,
+    BudgetExceeded,
     ContextError,
     LoadError,
     NotLoaded,
@@ -37,6 +39,7 @@ from plugind.errors import (
 )
 from plugind.host.context import RESERVED_PREFIX
 from plugind.host.registry import PluginRegistry
+from plugind.logs import redact
 
 log = logging.getLogger("plugind.api")
 
@@ -55,6 +58,8 @@ def status_for(exc: PluginError) -> int:
         return 422
     if isinstance(exc, LoadError) and exc.reason == "shutting_down":
         return 503
+    if isinstance(exc, BudgetExceeded):
+        return 429
     if isinstance(exc, ContextError):
         key = str(getattr(exc, "key", "") or "")
         return 403 if key.startswith(RESERVED_PREFIX) else 422
@@ -62,7 +67,8 @@ def status_for(exc: PluginError) -> int:
 
 
 def error_body(message: str, error: str) -> dict[str, Any]:
-    return {"success": False, "message": message, "error": error}
+    """The body of every error reply; its message redacted as the daemon log is."""
+    return {"success": False, "message": redact(message), "error": error}
 
 
 class BodyLimit:

@@ -6,7 +6,9 @@ import base64
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from plugind.logs import redact
 
 # A plugin name, never a path: the same pattern as the bundle manifest.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -62,6 +64,11 @@ class ReadyReply(BaseModel):
         default_factory=dict, description="configured plugins that do not run: name -> why"
     )
 
+    @field_validator("failed")
+    @classmethod
+    def _redacted(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: redact(why) for name, why in value.items()}
+
 
 class PluginSummary(BaseModel):
     name: str
@@ -72,6 +79,12 @@ class PluginSummary(BaseModel):
     hash: str | None = None
     description: str = ""
     error: str | None = None
+
+    @field_validator("error")
+    @classmethod
+    def _redacted(cls, value: str | None) -> str | None:
+        # Why a load failed can quote the plugin's own error message: redacted as the log is.
+        return None if value is None else redact(value)
 
 
 class PluginMetrics(BaseModel):

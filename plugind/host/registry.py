@@ -413,6 +413,8 @@ class PluginRegistry:
             self._busy.discard(name)
             if forget:
                 self._unwant(name)
+                if self.context is not None:  # what the daemon kept on its behalf goes with it
+                    self.context.release(name)
             metrics.forget_plugin(name)
             self._publish_states()
         await self._audit("unload", name, reason=reason)
@@ -513,8 +515,9 @@ class PluginRegistry:
             metrics.plugin_restarted(name)
         event = "restart" if kind in ("restarting", "recovered") else "crash"
         fields.pop("kind", None)
-        self._audit_soon(event, name, kind=kind, **fields)
-        log.warning("plugin %s: %s %s", name, kind, detail or "", extra={"plugin": name})
+        if kind != "budget_exceeded":  # a violation: the monitor (a listener) logs and audits it
+            self._audit_soon(event, name, kind=kind, **fields)
+            log.warning("plugin %s: %s %s", name, kind, detail or "", extra={"plugin": name})
         for listener in self.event_listeners:
             try:
                 listener(name, kind, detail)

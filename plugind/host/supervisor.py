@@ -29,6 +29,7 @@ from typing import Any
 
 from plugind.config import Settings
 from plugind.errors import (
+    BudgetExceeded,
     ContextError,
     HookFailed,
     HookTimeout,
@@ -39,6 +40,7 @@ from plugind.errors import (
     ProtocolViolation,
     from_wire,
 )
+from plugind.host.budgets import PluginBudgets, ReportThrottle
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.host.poll import LoopPoller, poller_for
@@ -87,6 +89,8 @@ class _Incarnation:
     log_window: float = 0.0
     log_count: int = 0
     log_dropped: int = 0
+    log_bytes: int = 0
+    reading_paused: bool = False  # replies over the buffered_bytes budget: the plugin must read first
     paused: asyncio.Future[None] | None = None
     started: float = 0.0  # time.time() at spawn, to tell its kernel log records from older ones
 
@@ -134,6 +138,10 @@ class _Connection(asyncio.BufferedProtocol):
             self.inc.paused = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        if self.inc.reading_paused and self.inc.transport is not None:
+            self.inc.reading_paused = False
+            with contextlib.suppress(RuntimeError):  # closing meanwhile
+                self.inc.transport.resume_reading()
         fut, self.inc.paused = self.inc.paused, None
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -186,6 +194,8 @@ class Supervisor:
         self.plugin_poll_us: int | None = None
         self._encoder = FrameEncoder()  # event loop thread only
         self.restart_policy = settings.override_for(name).restart or sup.restart
+        self.budgets = PluginBudgets.for_plugin(settings, name)
+        self._budget_reports = ReportThrottle()
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -281,8 +291,8 @@ class Supervisor:
         plan = self._plan() if self.plan is None else dict(self.plan.to_wire())
         self._gen += 1
         inc = _Incarnation(self._gen, hello=loop.create_future(), started=time.time())
-        inc.proxy = self.context.proxy_for(self.name, self.settings.override_for(self.name).context_grants) \
-            if self.context is not None else None
+        inc.proxy = self.context.proxy_for(self.name, self.settings.override_for(self.name).context_grants,
+                                           self.budgets.context) if self.context is not None else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.perf_counter()
         try:
@@ -342,6 +352,12 @@ class Supervisor:
         inc = self._inc
         if self.state != "running" or inc is None or inc.transport is None or inc.transport.is_closing():
             raise self._unavailable()
+        if len(inc.pending) >= self.budgets.pending_calls:
+            # Each call in flight holds its data in the daemon until the plugin answers.
+            raise self._over_budget(BudgetExceeded(
+                f"plugin {self.name!r} already has {len(inc.pending)} calls in flight, its budget: retry "
+                f"later, or raise [plugin.{self.name}.budgets] pending_calls", plugin=self.name,
+                budget="pending_calls", limit=self.budgets.pending_calls))
         call_id = inc.next_id
         inc.next_id += 1
         try:
@@ -517,29 +533,68 @@ class Supervisor:
     def _answer_ctx(self, inc: _Incarnation, kind: str, msg: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"type": m.CTX_REPLY, "id": msg["id"]}
         try:
+            self._check_buffered(inc)
             if inc.proxy is None:
                 raise ContextError("this host has no context store", plugin=self.name)
             reply.update(inc.proxy.handle(kind, msg))
             reply["ok"] = True
-        except ContextError as exc:
+        except (ContextError, BudgetExceeded) as exc:
             exc.plugin = self.name
+            if isinstance(exc, BudgetExceeded):
+                self._over_budget(exc)
             reply["ok"] = False
             reply["error"] = exc.to_wire()
         self._send(inc, reply)
 
+    def _check_buffered(self, inc: _Incarnation) -> None:
+        """Raise BudgetExceeded (and stop reading from the plugin until it has read its replies) when
+        the replies queued for it are over its buffered_bytes budget: a plugin that asks without
+        reading the answers must not grow the daemon's write buffer without end."""
+        transport = inc.transport
+        if transport is None:
+            return
+        queued = transport.get_write_buffer_size()
+        if queued <= self.budgets.buffered_bytes:
+            return
+        if not inc.reading_paused and inc.paused is not None:
+            inc.reading_paused = True  # resume_writing resumes it once the buffer has drained
+            transport.pause_reading()
+        raise BudgetExceeded(
+            f"plugin {self.name!r} has {queued} bytes of replies it has not read, over its budget of "
+            f"{self.budgets.buffered_bytes}: read the replies before asking again", plugin=self.name,
+            budget="buffered_bytes", limit=self.budgets.buffered_bytes)
+
+    def _over_budget(self, exc: BudgetExceeded) -> BudgetExceeded:
+        """Report `exc` as a violation of this plugin (the first refusal of a budget, then at most one
+        per REPORT_EVERY_S with the count it stands for); returns `exc` for the caller to raise."""
+        budget = str(exc.budget)
+        refused = self._budget_reports.refused(budget, time.monotonic())
+        if refused:
+            self._emit("budget_exceeded", {"budget": budget, "limit": exc.limit, "refused": refused,
+                                           "message": exc.message})
+        return exc
+
     def _plugin_log(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
-        # Bounded so a chatty plugin cannot flood the daemon's log.
+        # Bounded in lines and in bytes per second so a chatty plugin cannot flood the daemon's log.
         now = time.monotonic()
         if now - inc.log_window >= 1.0:
             if inc.log_dropped:
-                plugin_log.warning("%d log lines from plugin %s dropped (over %d/s)", inc.log_dropped,
-                                   self.name, LOG_LINES_PER_SEC, extra={"plugin": self.name})
-            inc.log_window, inc.log_count, inc.log_dropped = now, 0, 0
+                limit = self.budgets.log_bytes_per_sec
+                plugin_log.warning("%d log lines from plugin %s dropped (over %d lines or %d bytes a second)",
+                                   inc.log_dropped, self.name, LOG_LINES_PER_SEC, limit,
+                                   extra={"plugin": self.name})
+                self._over_budget(BudgetExceeded(
+                    f"plugin {self.name!r} logged more than {LOG_LINES_PER_SEC} lines or {limit} bytes in "
+                    f"a second; {inc.log_dropped} lines were dropped (raise [plugin.{self.name}.budgets] "
+                    "log_bytes_per_sec)", plugin=self.name, budget="log_bytes", limit=limit))
+            inc.log_window, inc.log_count, inc.log_dropped, inc.log_bytes = now, 0, 0, 0
+        text = msg["msg"][: m.MAX_LOG_CHARS]
         inc.log_count += 1
-        if inc.log_count > LOG_LINES_PER_SEC:
+        inc.log_bytes += len(text.encode("utf-8", "surrogatepass"))
+        if inc.log_count > LOG_LINES_PER_SEC or inc.log_bytes > self.budgets.log_bytes_per_sec:
             inc.log_dropped += 1
             return
-        plugin_log.log(m.LOG_LEVELS[msg["level"]], "%s", msg["msg"][: m.MAX_LOG_CHARS],
+        plugin_log.log(m.LOG_LEVELS[msg["level"]], "%s", text,
                        extra={"plugin": self.name, "plugin_logger": msg.get("logger")})
 
     # ------------------------------------------------------------------ failures

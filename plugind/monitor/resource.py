@@ -29,7 +29,7 @@ from plugind.config import Settings
 from plugind.errors import NotLoaded
 from plugind.monitor import metrics
 from plugind.monitor.sampling import MonitoredPlugin, Sample, sample_plugin
-from plugind.monitor.violations import OomKill, ResourceLimits, Usage, Violation, evaluate
+from plugind.monitor.violations import Budget, OomKill, ResourceLimits, Usage, Violation, evaluate
 
 log = logging.getLogger("plugind.monitor")
 
@@ -362,6 +362,8 @@ class ResourceMonitor:
         It is not part of a streak: the kill already ended that process, and repeated crashes are
         the circuit breaker's business.
         """
+        if kind == "budget_exceeded" and isinstance(detail, dict):
+            self._budget_violation(name, detail)
         if kind != "oom_killed":
             return
         state = self._states.get(name)
@@ -379,6 +381,24 @@ class ResourceMonitor:
         if self.unmount_behavior(name).log_violations:
             log.warning("resource limit exceeded: %s", found.describe(),
                         extra={"plugin": name, "violations": [found.type]})
+        self._audit_later("violation", name, violations=[found.as_dict()], streak=0)
+
+    def _budget_violation(self, name: str, detail: dict[str, Any]) -> None:
+        # Already throttled by the supervisor (one report per budget per REPORT_EVERY_S). Not part of
+        # a streak either: the refusal itself is the remedy, and the plugin keeps running.
+        found = Budget(budget=str(detail.get("budget")), limit=int(detail.get("limit") or 0),
+                       refused=int(detail.get("refused") or 1))
+        metrics.violation(name, found.type)
+        self._recent_for(name).append({"time": time.time(), **found.as_dict()})
+        state = self._states.get(name)
+        if state is not None:
+            state.violation_count += 1
+        if self.unmount_behavior(name).log_violations:
+            log.warning("budget exceeded: %s", detail.get("message") or found.describe(),
+                        extra={"plugin": name, "violations": [found.type], "budget": found.budget})
+        if self._executor is None and self._audit is not None:
+            # Before the first sweep: the trail must not lose a violation for want of its thread.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plugind-monitor")
         self._audit_later("violation", name, violations=[found.as_dict()], streak=0)
 
     def recent_violations(self, name: str) -> list[dict[str, Any]]:

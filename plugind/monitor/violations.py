@@ -117,6 +117,21 @@ class OomKill(Violation):
 
 
 @dataclass(frozen=True)
+class Budget(Violation):
+    """A request refused for being over one of the plugin's budgets (plugind.host.budgets):
+    `refused` requests since the last report of this budget."""
+
+    budget: str
+    limit: int
+    refused: int
+    type: ClassVar[str] = "budget"
+
+    def describe(self) -> str:
+        times = "once" if self.refused == 1 else f"{self.refused} times"
+        return f"over its {self.budget} budget of {self.limit} ({times})"
+
+
+@dataclass(frozen=True)
 class Usage:
     """The numbers `evaluate` judges (a subset of a sample, so the tables stay readable)."""
 
@@ -152,6 +167,7 @@ def evaluate(
 
 
 __all__ = [
+    "Budget",
     "Connections",
     "CpuTime",
     "FileDescriptors",

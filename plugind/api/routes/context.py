@@ -12,7 +12,7 @@ from plugind.host.context import PluginContext
 
 router = APIRouter(tags=["context"])
 KeyPath = Path(pattern=KEY_PATTERN)
-_ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorReply} for c in (401, 403, 404, 422)}
+_ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorReply} for c in (401, 403, 404, 422, 429)}
 
 
 def _context(request: Request) -> PluginContext:

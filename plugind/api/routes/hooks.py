@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Request
 
 from plugind.api.routes import _deps
 from plugind.api.schemas import HOOK_PATTERN, ErrorReply, HookReply, HookRequest, jsonable
+from plugind.logs import current_redactor
 
 router = APIRouter(tags=["hooks"])
 
@@ -21,4 +22,10 @@ async def execute(
     """Run `hook` with `policy` (chain, until_error, all) and an optional deadline `timeout_s`."""
     reg = _deps.registry(request)
     result = await reg.hooks.run(hook, body.data, body.policy, body.timeout_s)
-    return HookReply.model_validate(jsonable(result.to_dict()))
+    reply = jsonable(result.to_dict())
+    # Plugins' error messages are redacted as the daemon log is; their outputs are data, left alone.
+    redactor = current_redactor()
+    for holder in (reply, *reply.get("results", ())):
+        if holder.get("error") is not None:
+            holder["error"] = redactor.redact_value(holder["error"])
+    return HookReply.model_validate(reply)
