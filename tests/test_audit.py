@@ -129,3 +129,15 @@ def test_oversized_entry_is_truncated_not_unbounded(tmp_path):
 
 def test_events_are_the_documented_set():
     assert {"load", "unload", "refused", "violation", "auto_unload", "crash", "restart"} == EVENTS
+
+
+def test_fields_are_redacted_as_the_daemon_log_is(tmp_path):
+    secret = "ab" * 32
+    log = AuditLog(tmp_path / "audit.log")
+    entry = log.append("refused", plugin="leaky", error=f"on_load raised: api key {secret} refused",
+                       nested={"why": [f"token={secret}"]}, digest="cd" * 64)
+    text = (tmp_path / "audit.log").read_text()
+    assert secret not in text
+    assert entry["error"] == "on_load raised: api key [REDACTED] refused"
+    assert entry["nested"] == {"why": ["token=[REDACTED]"]}
+    assert entry["digest"] == "cd" * 64  # a bundle digest is not a key: 128 hex digits, kept

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 import plugind
-from plugind.errors import ContextError
-from plugind.host.context import MAX_VALUE_BYTES, PluginContext
+from plugind.errors import BudgetExceeded, ContextError
+from plugind.host.budgets import ContextBudget
+from plugind.host.context import API_OWNER, KEY_OVERHEAD, MAX_VALUE_BYTES, PluginContext, pack_value
 
 
 def test_predefined_keys_are_present_and_read_only() -> None:
@@ -104,3 +105,60 @@ def test_proxy_answers_wire_requests() -> None:
         proxy.handle("ctx.set", {"key": "q.a", "value": 1})
     with pytest.raises(ContextError, match="printable"):
         proxy.handle("ctx.get", {"key": "a b"})
+
+
+def test_each_writer_holds_at_most_its_budget_and_others_are_untouched() -> None:
+    ctx = PluginContext(api_budget=ContextBudget(keys=2, bytes=10_000))
+    hog = ctx.proxy_for("hog", budget=ContextBudget(keys=3, bytes=1_000_000))
+    calm = ctx.proxy_for("calm", budget=ContextBudget(keys=3, bytes=1_000_000))
+    for i in range(3):
+        hog.set(f"hog.k{i}", i)
+    full = re.escape("plugin 'hog' may hold 3 context keys and hold 3")
+    with pytest.raises(BudgetExceeded, match=full) as info:
+        hog.set("hog.k3", 3)
+    assert (info.value.budget, info.value.limit, info.value.plugin) == ("context_keys", 3, "hog")
+    assert "hog.k3" not in ctx
+    hog.set("hog.k0", "an overwrite of its own key is within the budget")
+    calm.set("calm.k", 1)  # another plugin and the integrators are not refused for the hog
+    ctx.set("app.a", 1)
+    ctx.set("app.b", 2)
+    with pytest.raises(BudgetExceeded, match=re.escape("[budgets] api_context_keys")):
+        ctx.set("app.c", 3)
+    assert ctx.usage("hog")[0] == 3 and ctx.usage(API_OWNER)[0] == 2
+
+
+def test_bytes_are_counted_as_held_and_ownership_moves_with_the_writer() -> None:
+    ctx = PluginContext()
+    small = ctx.proxy_for("small", grants=["shared."], budget=ContextBudget(keys=100, bytes=2_000))
+    too_big = r"'small.big' needs \d+ more: .*\[plugin.small.budgets\] context_bytes"
+    with pytest.raises(BudgetExceeded, match=too_big):
+        small.set("small.big", "x" * 2_000)
+    small.set("shared.k", "y" * 500)
+    keys, held = ctx.usage("small")
+    assert keys == 1 and held == len("shared.k") + len(pack_value("y" * 500)) + KEY_OVERHEAD
+    ctx.set("shared.k", "taken over")  # the integrators wrote it last: theirs now
+    assert ctx.usage("small") == (0, 0) and ctx.usage(API_OWNER)[0] == 1
+    assert ctx.delete("shared.k") and ctx.usage(API_OWNER) == (0, 0)
+
+
+def test_release_drops_every_key_of_an_owner_and_nothing_else() -> None:
+    ctx = PluginContext()
+    gone = ctx.proxy_for("gone", grants=["shared."])
+    for i in range(5):
+        gone.set(f"gone.k{i}", [i])
+    gone.set("shared.x", 1)
+    ctx.set("app.kept", 1)
+    assert ctx.release("gone") == 6
+    assert ctx.keys("gone.") == [] and "shared.x" not in ctx and ctx.get("app.kept") == 1
+    assert ctx.usage("gone") == (0, 0) and ctx.release("gone") == 0
+    assert ctx.get("host.version") == plugind.__version__  # the host's keys are no one's to release
+
+
+def test_values_are_copies_not_shared_objects() -> None:
+    ctx = PluginContext()
+    value = {"n": [1, 2]}
+    ctx.set("app.v", value)
+    value["n"].append(3)
+    got = ctx.get("app.v")
+    got["n"].append(4)
+    assert ctx.get("app.v") == {"n": [1, 2]}
