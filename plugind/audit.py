@@ -112,7 +112,8 @@ class AuditLog:
                     continue
                 if plugin is not None and entry.get("plugin") != plugin:
                     continue
-                newest_first.append(entry)
+                # Again on the way out: lines written before redaction reached the trail.
+                newest_first.append(current_redactor().redact_value(entry))
                 if len(newest_first) == limit:
                     break
         except FileNotFoundError:

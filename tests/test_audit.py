@@ -141,3 +141,12 @@ def test_fields_are_redacted_as_the_daemon_log_is(tmp_path):
     assert entry["error"] == "on_load raised: api key [REDACTED] refused"
     assert entry["nested"] == {"why": ["token=[REDACTED]"]}
     assert entry["digest"] == "cd" * 64  # a bundle digest is not a key: 128 hex digits, kept
+
+
+def test_tail_redacts_lines_written_before_redaction_reached_the_trail(tmp_path):
+    secret = "ef" * 32
+    path = tmp_path / "audit.log"
+    old = {"time": "2026-11-01T00:00:00.000Z", "event": "refused", "plugin": "old", "error": f"key {secret}"}
+    path.write_text(json.dumps(old) + "\n")
+    (entry,) = AuditLog(path).tail()
+    assert entry["error"] == "key [REDACTED]"
