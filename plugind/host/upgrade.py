@@ -128,8 +128,8 @@ async def _choose(reg: PluginRegistry, current: LoadedPlugin, version: str | Non
                         extra={"plugin": name})
     why = f"; not admitted: {', '.join(f'{v} ({e})' for v, e in skipped.items())}" if skipped else ""
     raise AlreadyLoaded(
-        f"{name} {current.version} is the highest admitted version in {directory}{why} "
-        "(name a version to move to it explicitly)", plugin=name, reason="up_to_date")
+        f"{name} {current.version} is already the highest admitted version in {directory}{why}",
+        plugin=name, reason="up_to_date")
 
 
 async def upgrade(reg: PluginRegistry, name: str, version: str | None = None) -> UpgradeResult:
@@ -172,6 +172,9 @@ async def _upgrade(reg: PluginRegistry, current: LoadedPlugin, version: str | No
                                reg.context, reg._on_event)
         new_sup.instance = str(next(_instances))
         await new_sup.start()
+        if reg.shutting_down:  # the old version is being stopped with the rest: do not swap
+            raise LoadError(f"cannot upgrade {name!r}: plugind is shutting down", plugin=name,
+                            reason="shutting_down")
     except PluginError as exc:
         if exc.plugin is None:
             exc.plugin = name
@@ -206,9 +209,12 @@ async def _upgrade(reg: PluginRegistry, current: LoadedPlugin, version: str | No
 
     result = UpgradeResult(name, current.version, new.version, old_sup.pid, new_sup.pid, new.digest,
                            skipped=skipped)
-    await reg.persist()
-    result.drained = await old_sup.drain()
-    await asyncio.shield(old_sup.stop(f"upgraded to {new.version}"))
+    try:
+        await reg.persist()
+        result.drained = await old_sup.drain()
+    finally:
+        # Also when cancelled (shutdown): the old version is no longer the registry's to stop.
+        await asyncio.shield(old_sup.stop(f"upgraded to {new.version}"))
     await reg._audit("upgrade", name, from_version=result.from_version, to_version=result.to_version,
                      from_digest=current.digest, digest=new.digest, old_pid=result.old_pid,
                      pid=result.pid, drained=result.drained)

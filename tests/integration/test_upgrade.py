@@ -259,7 +259,7 @@ def test_a_new_version_that_cannot_start_leaves_the_old_one_serving(
         assert (info["version"], info["pid"], info["state"]) == ("1.0.0", pid, "running")
         assert answered_by(daemon) == ["1.0.0"]
 
-    refused(409, "up_to_date", "1.0.0 is the highest admitted version")
+    refused(409, "up_to_date", "1.0.0 is already the highest admitted version")
     # on_load raises in the new version.
     ws.add(svc("2.0.0", on_load="raise RuntimeError('no database')"))
     refused(500, "on_load_failed", "no database")
