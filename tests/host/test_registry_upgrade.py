@@ -30,6 +30,12 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
 
 
+def pinned_at_1(ws: Workspace) -> None:
+    ws.add(svc("1.0.0"))
+    ws.add(svc("2.0.0"))
+    (ws.root / "data" / "loaded.json").write_text(json.dumps(PINNED))
+
+
 async def answered(reg: PluginRegistry) -> list[str]:
     result = await reg.hooks.execute("on_request", {})
     assert result.ok, result.to_dict()
@@ -38,9 +44,7 @@ async def answered(reg: PluginRegistry) -> list[str]:
 
 
 def test_a_call_that_reaches_the_old_version_after_it_stopped_goes_to_the_new_one(ws: Workspace) -> None:
-    ws.add(svc("1.0.0"))
-    ws.add(svc("2.0.0"))
-    (ws.root / "data" / "loaded.json").write_text(json.dumps(PINNED))
+    pinned_at_1(ws)
 
     async def main() -> None:
         async with open_registry(ws) as reg:
@@ -63,9 +67,7 @@ def test_a_call_that_reaches_the_old_version_after_it_stopped_goes_to_the_new_on
 
 
 def test_upgrade_refusals_leave_the_old_version(ws: Workspace) -> None:
-    ws.add(svc("1.0.0"))
-    ws.add(svc("2.0.0"))
-    (ws.root / "data" / "loaded.json").write_text(json.dumps(PINNED))
+    pinned_at_1(ws)
 
     async def main() -> None:
         async with open_registry(ws) as reg:

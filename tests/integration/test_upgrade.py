@@ -9,12 +9,13 @@ upgrade or an unload meets the first one under way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,23 @@ def upgrade(daemon: RunningDaemon, name: str = "svc", version: str | None = None
     with httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {TOKEN}"},
                       timeout=120.0) as c:
         return c.post("/api/plugins/upgrade", json=body)
+
+
+@contextlib.contextmanager
+def gated_upgrade(daemon: RunningDaemon) -> Iterator[list[httpx.Response]]:
+    """Start an upgrade to a GATED new version in a thread; inside the block its on_load is running
+    (the new instance exists, the switch has not happened); on leaving, the gate opens and the
+    upgrade's reply lands in the yielded list."""
+    reply: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: reply.append(upgrade(daemon)))
+    thread.start()
+    try:
+        wait_for(lambda: daemon.api("GET", "/api/context/svc.starting").status_code == 200, 60,
+                 "the new version's on_load")
+        yield reply
+    finally:
+        daemon.api("PUT", "/api/context/svc.go", {"value": True})
+        thread.join(120)
 
 
 def answered_by(daemon: RunningDaemon) -> list[str]:
@@ -297,12 +315,7 @@ def test_a_second_upgrade_or_an_unload_during_an_upgrade_gets_409(
     ws.add(svc("1.0.0"))
     daemon = daemon_factory(ws)
     ws.add(svc("2.0.0", on_load=GATED.format(version="2.0.0")))
-    first: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: first.append(upgrade(daemon)))
-    thread.start()
-    try:
-        wait_for(lambda: daemon.api("GET", "/api/context/svc.starting").status_code == 200, 60,
-                 "the new version's on_load")
+    with gated_upgrade(daemon) as first:
         # The old version serves while the new one starts.
         assert answered_by(daemon) == ["1.0.0"]
         second = upgrade(daemon)
@@ -310,9 +323,6 @@ def test_a_second_upgrade_or_an_unload_during_an_upgrade_gets_409(
         unload = daemon.api("POST", "/api/plugins/unload", {"plugin_name": "svc"})
         assert (unload.status_code, unload.json()["error"]) == (409, "busy"), unload.text
         assert "being upgraded" in unload.json()["message"]
-    finally:
-        daemon.api("PUT", "/api/context/svc.go", {"value": True})
-        thread.join(120)
     assert first and first[0].status_code == 200, first
     assert answered_by(daemon) == ["2.0.0"]
     assert daemon.api("POST", "/api/plugins/unload", {"plugin_name": "svc"}).status_code == 200
@@ -338,21 +348,14 @@ def test_sandboxed_upgrade_runs_two_instances_apart_and_cleans_both(
         roots = {g.parent for g in old_groups}
         return sorted({d.name for r in roots if r.is_dir() for d in r.iterdir() if d.name.startswith("svc@")})
 
-    first: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: first.append(upgrade(daemon)))
-    thread.start()
-    try:
-        wait_for(lambda: daemon.api("GET", "/api/context/svc.starting").status_code == 200, 60,
-                 "the new version's on_load")
+    with gated_upgrade(daemon) as first:
         # Both instances run at once, each in a cgroup of its own; the old one still serves.
         [instance] = instance_groups()
         assert all(g.is_dir() for g in old_groups)
         for group in old_groups:
             assert (group / "cgroup.procs").read_text().split() == [str(old_pid)]
+            assert (group.parent / instance / "cgroup.procs").read_text().split(), "new one not in its group"
         assert answered_by(daemon) == ["1.0.0"]
-    finally:
-        daemon.api("PUT", "/api/context/svc.go", {"value": True})
-        thread.join(120)
     assert first and first[0].status_code == 200, first
     new_pid = first[0].json()["pid"]
     assert answered_by(daemon) == ["2.0.0"]
