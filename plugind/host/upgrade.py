@@ -204,6 +204,8 @@ async def _upgrade(reg: PluginRegistry, current: LoadedPlugin, version: str | No
     old_sup.successor = new_sup
     reg._pins[name] = new.version
     reg._publish_states()
+    _tell_listeners(reg, name, {"pid": new_sup.pid, "old_pid": old_sup.pid,
+                                "from_version": current.version, "to_version": new.version})
     log.info("switched %s from %s (pid %s) to %s (pid %s); draining the old version", name,
              current.version, old_sup.pid, new.version, new_sup.pid, extra={"plugin": name})
 
@@ -220,6 +222,16 @@ async def _upgrade(reg: PluginRegistry, current: LoadedPlugin, version: str | No
                      pid=result.pid, drained=result.drained)
     log.info("%s", result.message, extra={"plugin": name})
     return result
+
+
+def _tell_listeners(reg: PluginRegistry, name: str, detail: dict[str, Any]) -> None:
+    # The registry's event listeners (the resource monitor) hear of the switch as kind "upgraded":
+    # the plugin's process is another one from now on.
+    for listener in reg.event_listeners:
+        try:
+            listener(name, "upgraded", detail)
+        except Exception:  # a listener must not break an upgrade half-way through the switch
+            log.exception("event listener failed on the upgrade of %s", name, extra={"plugin": name})
 
 
 def _valid_version(version: str) -> bool:

@@ -362,6 +362,9 @@ class ResourceMonitor:
         It is not part of a streak: the kill already ended that process, and repeated crashes are
         the circuit breaker's business.
         """
+        if kind == "upgraded":  # another process now: its samples and streak start afresh
+            self.forget(name)
+            return
         if kind != "oom_killed":
             return
         state = self._states.get(name)
