@@ -217,6 +217,12 @@ async def _upgrade(reg: PluginRegistry, current: LoadedPlugin, version: str | No
     finally:
         # Also when cancelled (shutdown): the old version is no longer the registry's to stop.
         await asyncio.shield(old_sup.stop(f"upgraded to {new.version}"))
+    if current.tree != new.tree:  # the same bundle again shares its tree: keep it then
+        try:
+            await asyncio.to_thread(reg.loader.discard, current.tree)
+        except OSError as exc:  # only disk space is at stake: say so, the upgrade stands
+            log.warning("cannot remove the tree of %s %s: %s", name, current.version, exc,
+                        extra={"plugin": name})
     await reg._audit("upgrade", name, from_version=result.from_version, to_version=result.to_version,
                      from_digest=current.digest, digest=new.digest, old_pid=result.old_pid,
                      pid=result.pid, drained=result.drained)

@@ -191,9 +191,13 @@ return '1.0.0'
     # The call in flight at the switch was finished by the old version, not dropped.
     assert held and held[0]["success"] and held[0]["data"] == "1.0.0", held
 
-    # The old version ran its on_unload after draining, and is gone; the listing shows the new one.
+    # The old version ran its on_unload after draining, and is gone with its extracted tree; the
+    # listing shows the new one.
     assert (marks / "unloaded-1.0.0").exists()
     assert not alive(old["pid"])
+    extracted = sorted(p.name for p in (ws.root / "data" / "extracted").iterdir())
+    # The new version's tree and its digest marker, nothing of the old one.
+    assert len(extracted) == 2 and all(n.startswith("svc-2.0.0-") for n in extracted), extracted
     new = daemon.plugin("svc")
     assert (new["version"], new["state"], new["pid"]) == ("2.0.0", "running", body["pid"])
     assert "hold" not in new["hooks"] and daemon.call("hold", None)["results"] == []
