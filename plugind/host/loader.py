@@ -112,7 +112,6 @@ class PluginLoader:
         log.info("extracted %s %s into %s", vb.name, vb.version, tree, extra={"plugin": vb.name})
         return LoadedBundle(vb, tree, reused=False)
 
-
     def discard(self, tree: Path) -> None:
         """Remove an extracted tree no instance runs from any more (an upgrade's old version), with
         its marker first, so a crash half-way never leaves a marked half-tree. Only a direct child
