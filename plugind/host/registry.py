@@ -185,10 +185,13 @@ class PluginRegistry:
         return name in self._loaded
 
     def state_of(self, name: str) -> str:
-        """"running", "failed", ... for a loaded plugin, "loading" while it loads, "load_failed" for a
-        wanted plugin whose load failed, else "available"."""
+        """"running", "failed", ... for a loaded plugin ("upgrading" while an upgrade of it runs),
+        "loading" while it loads, "load_failed" for a wanted plugin whose load failed, else
+        "available"."""
         loaded = self._loaded.get(name)
         if loaded is not None:
+            if name in self._busy and loaded.supervisor.state == "running":
+                return "upgrading"  # an unload makes it "stopping" at once
             return str(loaded.supervisor.state)
         if name in self._busy:
             return "loading"

@@ -320,8 +320,10 @@ def test_a_second_upgrade_or_an_unload_during_an_upgrade_gets_409(
     daemon = daemon_factory(ws)
     ws.add(svc("2.0.0", on_load=GATED.format(version="2.0.0")))
     with gated_upgrade(daemon) as first:
-        # The old version serves while the new one starts.
+        # The old version serves while the new one starts; the listing says an upgrade runs.
         assert answered_by(daemon) == ["1.0.0"]
+        info = daemon.plugin("svc")
+        assert (info["version"], info["state"]) == ("1.0.0", "upgrading")
         second = upgrade(daemon)
         assert (second.status_code, second.json()["error"]) == (409, "busy"), second.text
         unload = daemon.api("POST", "/api/plugins/unload", {"plugin_name": "svc"})
