@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import (
@@ -39,6 +39,9 @@ from plugind.fsio import atomic_write
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import PluginLoader
 from plugind.monitor import metrics
+
+if TYPE_CHECKING:
+    from plugind.host.upgrade import UpgradeResult
 
 log = logging.getLogger("plugind.host.registry")
 
@@ -389,7 +392,7 @@ class PluginRegistry:
             )
         return path
 
-    async def upgrade_plugin(self, name: str, version: str | None = None) -> Any:
+    async def upgrade_plugin(self, name: str, version: str | None = None) -> UpgradeResult:
         """Replace the loaded plugin `name` by another version without dropping a call: see
         `plugind.host.upgrade`. Returns its UpgradeResult; raises as `upgrade.upgrade` says."""
         from plugind.host.upgrade import upgrade  # it builds on this module
