@@ -56,7 +56,9 @@ class UpgradeReply(BaseModel):
     old_pid: int | None = None
     pid: int | None = None
     hash: str
-    drained: int = Field(description="calls the old version answered after the switch")
+    drained: int = Field(
+        description="calls in flight on the old version at the switch, finished before it stopped"
+    )
     skipped: dict[str, str] = Field(
         default_factory=dict, description="newer versions not admitted: version -> why"
     )
