@@ -14,6 +14,7 @@
     │   ├── PluginNotFound
     │   ├── AlreadyLoaded
     │   ├── NotLoaded
+    │   ├── PluginBusy               another upgrade or unload of the plugin is under way
     │   └── InitializationError      the plugin failed in on_load / never said hello
     ├── SandboxError                 .step, .detail, .missing_caps: a configured isolation step failed
     ├── HookError                    .hook
@@ -129,6 +130,10 @@ class AlreadyLoaded(LoadError):
 
 class NotLoaded(LoadError):
     code = "not_loaded"
+
+
+class PluginBusy(LoadError):
+    code = "busy"
 
 
 class InitializationError(LoadError):
@@ -293,6 +298,7 @@ __all__ = [
     "InvalidKey",
     "LoadError",
     "NotLoaded",
+    "PluginBusy",
     "PluginCrashed",
     "PluginError",
     "PluginNotFound",

@@ -33,6 +33,7 @@ from plugind.errors import (
     ContextError,
     LoadError,
     NotLoaded,
+    PluginBusy,
     PluginError,
     PluginNotFound,
     SecurityError,
@@ -52,7 +53,7 @@ def status_for(exc: PluginError) -> int:
         return 404
     if isinstance(exc, SecurityError):
         return 403
-    if isinstance(exc, (AlreadyLoaded, NotLoaded)):
+    if isinstance(exc, (AlreadyLoaded, NotLoaded, PluginBusy)):
         return 409
     if isinstance(exc, LoadError) and exc.reason == "invalid_name":
         return 422

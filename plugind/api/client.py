@@ -110,6 +110,16 @@ class PlugindClient:
         )
         return result
 
+    def upgrade(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """`POST /api/plugins/upgrade`: swap `name` to `version` (default the highest admitted
+        version above the running one) without dropping a call. Raises ApiError (404 no such
+        version, 403 not admitted, 409 not loaded / up to date / busy, 500 the new version failed)."""
+        body: dict[str, Any] = {"plugin_name": name}
+        if version is not None:
+            body["version"] = version
+        result: dict[str, Any] = self._request("POST", "/api/plugins/upgrade", json=body)
+        return result
+
     def rescan(self) -> dict[str, Any]:
         """`POST /api/plugins/rescan`. Raises ApiError."""
         result: dict[str, Any] = self._request("POST", "/api/plugins/rescan")

@@ -39,6 +39,33 @@ class PluginNameRequest(_Request):
     plugin_name: str = Field(pattern=NAME_PATTERN, description="plugin name (not a path)")
 
 
+class UpgradeRequest(_Request):
+    plugin_name: str = Field(pattern=NAME_PATTERN, description="plugin name (not a path)")
+    version: str | None = Field(
+        None,
+        pattern=r"^\d[0-9A-Za-z.+-]{0,63}$",
+        description="the version to move to (may be the same or lower); default the highest "
+        "admitted version above the running one",
+    )
+
+
+class UpgradeReply(BaseModel):
+    success: bool
+    message: str
+    plugin_name: str
+    from_version: str
+    to_version: str
+    old_pid: int | None = None
+    pid: int | None = None
+    hash: str
+    drained: int = Field(
+        description="calls in flight on the old version at the switch, finished before it stopped"
+    )
+    skipped: dict[str, str] = Field(
+        default_factory=dict, description="newer versions not admitted: version -> why"
+    )
+
+
 class ActionReply(BaseModel):
     success: bool
     message: str

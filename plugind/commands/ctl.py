@@ -1,4 +1,5 @@
-"""`plugind ctl`: drive a running daemon over its REST API (list, load, unload, call, health)."""
+"""`plugind ctl`: drive a running daemon over its REST API (list, load, unload, upgrade, call,
+health)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def register(subparsers: Any) -> None:
     load.add_argument("name")
     unload = sub.add_parser("unload", help="unload a plugin by name")
     unload.add_argument("name")
+    upgrade = sub.add_parser("upgrade", help="swap a loaded plugin to another version, no call lost")
+    upgrade.add_argument("name")
+    upgrade.add_argument("--version", help="the version to move to (default: the highest admitted)")
     call = sub.add_parser("call", help="fire a hook and print the result as JSON")
     call.add_argument("hook")
     call.add_argument("--data", default="null", help="JSON payload (default null)")
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     http_timeout = args.http_timeout
     if args.action == "call" and args.timeout is not None:
         http_timeout = max(http_timeout, args.timeout + 10.0)  # the daemon answers after the deadline
+    if args.action == "upgrade":
+        http_timeout = max(http_timeout, 300.0)  # start-up of the new version, then the drain
     with PlugindClient(url, token=token, unix_socket=unix, timeout=http_timeout) as api:
         if args.action == "health":
             _print(api.health())
@@ -83,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             print(api.load(args.name)["message"])
         elif args.action == "unload":
             print(api.unload(args.name)["message"])
+        elif args.action == "upgrade":
+            print(api.upgrade(args.name, args.version)["message"])
         elif args.action == "call":
             reply = api.call(args.hook, data, policy=args.policy, timeout_s=args.timeout)
             _print(reply)

@@ -5,6 +5,7 @@ registry = PluginRegistry(settings, loader=PluginLoader(settings, security),
                           supervisor_factory=Supervisor, context=PluginContext(), launcher=launcher)
 await registry.start()                      # scan, restore or auto-load, on_startup
 result = await registry.hooks.execute("on_request", data)
+done = await registry.upgrade_plugin("hello")   # -> UpgradeResult; no call is dropped
 ```
 """
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from plugind.host.loader import LoadedBundle, PluginLoader
     from plugind.host.registry import AvailablePlugin, LoadedPlugin, PluginRegistry
     from plugind.host.supervisor import Supervisor
+    from plugind.host.upgrade import UpgradeResult
 
 # Imported on first use: the fork-server imports plugind.host.forkserver and must not pay for the
 # registry, FastAPI-free as it is, nor for prometheus_client.
@@ -36,6 +38,7 @@ _WHERE = {
     "PluginLoader": "loader",
     "PluginRegistry": "registry",
     "Supervisor": "supervisor",
+    "UpgradeResult": "upgrade",
 }
 
 
@@ -59,4 +62,5 @@ __all__ = [
     "PluginLoader",
     "PluginRegistry",
     "Supervisor",
+    "UpgradeResult",
 ]

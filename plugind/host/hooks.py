@@ -132,6 +132,16 @@ class HookRegistry:
             hook: _Handler(plugin, int(priority), order, target) for hook, priority in hooks.items()
         }
 
+    def replace(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
+        """Make `target` the handler of `plugin`'s `hooks` in one step, keeping the plugin's place in
+        the load order (an upgrade swaps versions). Calls that already picked their handlers keep
+        them; every later call gets the new ones."""
+        current = self._by_plugin.get(plugin)
+        order = next(iter(current.values())).order if current else next(self._order)
+        self._by_plugin[plugin] = {
+            hook: _Handler(plugin, int(priority), order, target) for hook, priority in hooks.items()
+        }
+
     def unregister(self, plugin: str) -> None:
         """Forget every hook of `plugin` (no error if it had none)."""
         self._by_plugin.pop(plugin, None)

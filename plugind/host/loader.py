@@ -16,7 +16,7 @@ from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import BundleError, LoadError
 from plugind.fsio import atomic_write
 from plugind.trust import PluginSecurity, VerifiedBundle
-from plugind.trust.bundle import BundleLimits, extract_bundle
+from plugind.trust.bundle import BundleLimits, extract_bundle, remove_tree
 
 log = logging.getLogger("plugind.host.loader")
 
@@ -111,6 +111,15 @@ class PluginLoader:
             ) from exc
         log.info("extracted %s %s into %s", vb.name, vb.version, tree, extra={"plugin": vb.name})
         return LoadedBundle(vb, tree, reused=False)
+
+    def discard(self, tree: Path) -> None:
+        """Remove an extracted tree no instance runs from any more (an upgrade's old version), with
+        its marker first, so a crash half-way never leaves a marked half-tree. Only a direct child
+        of `extract_dir` is touched. Blocking; raises OSError."""
+        if tree.parent.resolve() != self.extract_dir.resolve():
+            raise OSError(f"{tree} is not an extracted tree of {self.extract_dir}")
+        tree.with_name(tree.name + _MARKER_SUFFIX).unlink(missing_ok=True)
+        remove_tree(tree)
 
 
 def _safe_component(value: str) -> bool:

@@ -23,13 +23,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import (
     AlreadyLoaded,
     LoadError,
     NotLoaded,
+    PluginBusy,
     PluginError,
     PluginNotFound,
     SecurityError,
@@ -38,6 +39,9 @@ from plugind.fsio import atomic_write
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import PluginLoader
 from plugind.monitor import metrics
+
+if TYPE_CHECKING:
+    from plugind.host.upgrade import UpgradeResult
 
 log = logging.getLogger("plugind.host.registry")
 
@@ -142,6 +146,9 @@ class PluginRegistry:
         self._wanted: list[str] | None = None
         self._failed: dict[str, str] = {}  # wanted but not loaded: name -> why its last load failed
         self._early: list[str] = []  # loaded through the API before `start` read the state file
+        # Versions chosen by an upgrade (the state file's "versions"): a restart loads that version,
+        # not the highest one in the directory. An unload or a plain load drops the pin.
+        self._pins: dict[str, str] = {}
         self._scan_lock = asyncio.Lock()
         self._persist_lock = asyncio.Lock()
         self.ready = False
@@ -181,10 +188,13 @@ class PluginRegistry:
         return name in self._loaded
 
     def state_of(self, name: str) -> str:
-        """"running", "failed", ... for a loaded plugin, "loading" while it loads, "load_failed" for a
-        wanted plugin whose load failed, else "available"."""
+        """"running", "failed", ... for a loaded plugin ("upgrading" while an upgrade of it runs),
+        "loading" while it loads, "load_failed" for a wanted plugin whose load failed, else
+        "available"."""
         loaded = self._loaded.get(name)
         if loaded is not None:
+            if name in self._busy and loaded.supervisor.state == "running":
+                return "upgrading"  # an unload makes it "stopping" at once
             return str(loaded.supervisor.state)
         if name in self._busy:
             return "loading"
@@ -289,6 +299,8 @@ class PluginRegistry:
         UntrustedPlugin,
         SignatureInvalid / BundleError (tampered), InitializationError, SandboxError.
         """
+        if name not in self._loaded:
+            self._pins.pop(name, None)  # the operator's plain load: the highest version, unpinned
         loaded = await self._load(name, explicit=True)
         await self.persist()
         return loaded
@@ -325,7 +337,11 @@ class PluginRegistry:
         sup: SupervisorLike | None = None
         try:
             try:
-                bundle = await asyncio.to_thread(self.loader.load, available.path, expected_name=name)
+                path = available.path
+                pinned = self._pins.get(name)
+                if pinned is not None and pinned != available.version:
+                    path = self._pinned_bundle(name, pinned)
+                bundle = await asyncio.to_thread(self.loader.load, path, expected_name=name)
                 vb = bundle.bundle
                 sup = self._factory(
                     name,
@@ -363,6 +379,26 @@ class PluginRegistry:
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
 
+    def _pinned_bundle(self, name: str, version: str) -> Path:
+        # The version an upgrade chose, by its file name in the plugin directory (never a path
+        # from outside). Gone: fail, rather than quietly run another version than the operator's.
+        path = Path(self.settings.plugins.directory) / f"{name}-{version}.plugin"
+        if not _BUNDLE_RE.match(path.name) or not path.is_file() or path.is_symlink():
+            raise PluginNotFound(
+                f"plugin {name!r} was upgraded to {version}, but {path.name} is gone from "
+                f"{self.settings.plugins.directory}: put it back, or unload and load {name} to run "
+                "the highest version",
+                plugin=name,
+            )
+        return path
+
+    async def upgrade_plugin(self, name: str, version: str | None = None) -> UpgradeResult:
+        """Replace the loaded plugin `name` by another version without dropping a call: see
+        `plugind.host.upgrade`. Returns its UpgradeResult; raises as `upgrade.upgrade` says."""
+        from plugind.host.upgrade import upgrade  # it builds on this module
+
+        return await upgrade(self, name, version)
+
     async def _refused(
         self, name: str | None, exc: PluginError, *, quiet: bool = False, **extra: Any
     ) -> None:
@@ -398,10 +434,14 @@ class PluginRegistry:
         if self._wanted is not None and name in self._wanted:
             self._wanted.remove(name)
         self._failed.pop(name, None)
+        self._pins.pop(name, None)
 
     async def _unload(self, name: str, reason: str, *, forget: bool) -> None:
         validate_name(name)
         loaded = self._loaded.get(name)
+        if loaded is not None and name in self._busy:
+            raise PluginBusy(f"plugin {name!r} is being upgraded or unloaded; try again when that "
+                             "has finished", plugin=name)
         if loaded is None or name in self._busy:
             raise NotLoaded(f"plugin {name!r} is not loaded", plugin=name)
         self._busy.add(name)
@@ -576,6 +616,10 @@ class PluginRegistry:
             log.error("ignoring state file %s: no 'loaded' list", path)
             return None
         valid = [n for n in names if isinstance(n, str) and PLUGIN_NAME_RE.match(n)]
+        pins = raw.get("versions")
+        if isinstance(pins, dict):
+            self._pins = {n: v for n, v in pins.items() if n in valid and isinstance(v, str)
+                          and _BUNDLE_RE.match(f"{n}-{v}.plugin")}
         return list(dict.fromkeys(valid))
 
     async def persist(self) -> None:
@@ -586,7 +630,11 @@ class PluginRegistry:
         async with self._persist_lock:
             if self._wanted is None:
                 return
-            body = json.dumps({"version": STATE_VERSION, "loaded": list(self._wanted)}, indent=1)
+            state: dict[str, Any] = {"version": STATE_VERSION, "loaded": list(self._wanted)}
+            pins = {n: v for n, v in self._pins.items() if n in self._wanted}
+            if pins:
+                state["versions"] = pins
+            body = json.dumps(state, indent=1)
             await asyncio.to_thread(self._write_state, body)
 
     def _write_state(self, body: str) -> None:

@@ -196,6 +196,10 @@ class Supervisor:
         self.restart_policy = settings.override_for(name).restart or sup.restart
         self.budgets = PluginBudgets.for_plugin(settings, name)
         self._budget_reports = ReportThrottle()
+        # Upgrades (plugind.host.upgrade): `instance` names this instance's cgroup apart from the
+        # other version's; `successor` takes the calls that reach this one after it stopped.
+        self.instance = ""
+        self.successor: Supervisor | None = None
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -270,7 +274,7 @@ class Supervisor:
         requires = getattr(self.manifest, "requires", None)
         req = {"network": list(getattr(requires, "network", ()) or ()),
                "memory_mb": getattr(requires, "memory_mb", None)}
-        self.plan = build_plan(self.settings, self.name, self.tree, req)
+        self.plan = build_plan(self.settings, self.name, self.tree, req, instance=self.instance)
         return dict(self.plan.to_wire())
 
     def poll_budget_us(self) -> int:
@@ -351,6 +355,8 @@ class Supervisor:
         """
         inc = self._inc
         if self.state != "running" or inc is None or inc.transport is None or inc.transport.is_closing():
+            if self.successor is not None:  # replaced by an upgrade: the new version answers
+                return await self.successor.invoke(hook, data, timeout_s)
             raise self._unavailable()
         if len(inc.pending) >= self.budgets.pending_calls:
             # Each call in flight holds its data in the daemon until the plugin answers.
@@ -417,6 +423,25 @@ class Supervisor:
         if reply["ok"]:
             return reply["data"]
         raise self._remote_error(hook, reply["error"])
+
+    async def drain(self) -> int:
+        """Wait until every call in flight has its answer, its error or its deadline (the expiry
+        timer fails it then). Returns how many calls were waited for. Never raises."""
+        waited: set[int] = set()
+        inc = self._inc
+        loop = asyncio.get_running_loop()
+        while inc is not None and inc.pending:
+            waited.update(inc.pending)
+            live = [f for f in inc.pending.values() if not f.done()]
+            if not live:
+                await asyncio.sleep(0)  # answered: let their invoke() take them out of `pending`
+                continue
+            # The expiry timer fails each call at its deadline; the bound is only a backstop.
+            bound = max(inc.deadlines.values(), default=loop.time()) - loop.time() + 1.0
+            done, _ = await asyncio.wait(live, timeout=max(bound, 0.0))
+            if not done:
+                break
+        return len(waited)
 
     def _expire_due(self, inc: _Incarnation) -> None:
         """The expiry timer: fail every call past its deadline, re-arm for the next live one."""

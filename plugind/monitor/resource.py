@@ -364,6 +364,10 @@ class ResourceMonitor:
         """
         if kind == "budget_exceeded" and isinstance(detail, dict):
             self._budget_violation(name, detail)
+            return
+        if kind == "upgraded":  # another process now: its samples and streak start afresh
+            self.forget(name)
+            return
         if kind != "oom_killed":
             return
         state = self._states.get(name)

@@ -642,7 +642,7 @@ def cgroup_for(plan: SandboxPlan) -> CgroupHandle | None:
         backend = choose_backend(plan.cgroup_backend, detect_cached())
     except SandboxError:
         return None
-    return None if backend is None else open_group(backend, plan.cgroup_parent, plan.name)
+    return None if backend is None else open_group(backend, plan.cgroup_parent, plan.group)
 
 
 __all__ = [

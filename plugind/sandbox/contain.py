@@ -280,10 +280,10 @@ def _parent(
     try:
         backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
         if backend is not None:
-            existing = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
+            existing = cgroups.open_group(backend, plan.cgroup_parent, plan.group)
             if existing is not None:
                 existing.remove()  # a previous run of this plugin that nobody cleaned up
-            groups.append(cgroups.create_group(backend, plan.cgroup_parent, plan.name, plan.limits))
+            groups.append(cgroups.create_group(backend, plan.cgroup_parent, plan.group, plan.limits))
             groups[0].attach(pid)
             # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
             gaps = groups[0].gaps
@@ -294,7 +294,7 @@ def _parent(
     first = _read_report(plan, reports)  # the child's namespaces exist now
     if plan.network_mode == "restricted":
         try:
-            _HOST_LINKS[plan.name] = network.setup_restricted(pid, plan.allowed_targets)
+            _HOST_LINKS[plan.group] = network.setup_restricted(pid, plan.allowed_targets)
             steps["network"] = ACTIVE
         except OSError as exc:
             degrade("network", exc)
@@ -518,7 +518,7 @@ def cleanup(plan: SandboxPlan) -> None:
     """After the child is reaped: remove its cgroup and host veth (only what we made)."""
     if not plan.enabled:
         return
-    ifname = _HOST_LINKS.pop(plan.name, None)
+    ifname = _HOST_LINKS.pop(plan.group, None)
     if ifname:
         with contextlib.suppress(OSError):
             network.remove_host_link(ifname)
@@ -527,7 +527,7 @@ def cleanup(plan: SandboxPlan) -> None:
     except SandboxError:
         return
     if backend is not None:
-        group = cgroups.open_group(backend, plan.cgroup_parent, plan.name)
+        group = cgroups.open_group(backend, plan.cgroup_parent, plan.group)
         if group is not None:
             group.remove()
 

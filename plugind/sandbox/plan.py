@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +20,7 @@ from plugind.errors import ConfigError, SandboxError
 
 MIB = 1024 * 1024
 NAMESPACES = ("mount", "pid", "ipc", "uts", "net")
+_INSTANCE_RE = re.compile(r"^[0-9a-z]{0,16}$")
 
 # Host paths a Python interpreter needs, bound read-only; missing ones are skipped at plan time.
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
@@ -94,11 +96,20 @@ class SandboxPlan:
     rlimit_fsize_bytes: int = 64 * MIB
     rlimit_core: int = 0
     allowed_caps: tuple[str, ...] = ()
+    # Set for a second instance of the same plugin (an upgrade starts the new version next to the
+    # old): its cgroup and host link are named per instance so neither instance touches the other's.
+    instance: str = ""
+
+    @property
+    def group(self) -> str:
+        """The leaf name of this instance's cgroup: `NAME`, or `NAME@INSTANCE` ('@' is never in a
+        plugin name, so no other plugin's group can have it)."""
+        return f"{self.name}@{self.instance}" if self.instance else self.name
 
     @property
     def cgroup_name(self) -> str:
         """The plugin's group, relative to the backend's root."""
-        return f"{self.cgroup_parent.strip('/')}/{self.name}"
+        return f"{self.cgroup_parent.strip('/')}/{self.group}"
 
     def to_wire(self) -> dict[str, Any]:
         """A msgpack-able dict; `from_wire` rebuilds the plan."""
@@ -124,6 +135,8 @@ class SandboxPlan:
 def _validate(plan: SandboxPlan) -> None:
     if not PLUGIN_NAME_RE.match(plan.name):
         raise SandboxError(f"invalid plugin name {plan.name!r} in sandbox plan", step="plan")
+    if not _INSTANCE_RE.match(plan.instance):
+        raise SandboxError(f"invalid instance {plan.instance!r} in sandbox plan", step="plan")
     if not os.path.isabs(plan.tree):
         raise SandboxError(f"plugin tree must be an absolute path, got {plan.tree!r}", step="plan")
     parts = Path(plan.cgroup_parent.strip("/")).parts
@@ -269,8 +282,11 @@ def build_plan(
     requires: Mapping[str, Any] | None = None,
     *,
     resolve: Callable[[str], list[str]] = resolve_host,
+    instance: str = "",
 ) -> SandboxPlan:
     """Merge the global sandboxing settings with `[plugin.NAME]`; the result is never wider.
+
+    `instance` names a second instance of the plugin (its cgroup becomes `NAME@INSTANCE`).
 
     `requires` is the manifest's `requires` table (`memory_mb`, `network`). Raises SandboxError
     (step "plan") when the plugin needs more than the operator allows, ConfigError for bad targets.
@@ -341,6 +357,7 @@ def build_plan(
         rlimit_fsize_bytes=sb.rlimits.fsize_mb * MIB,
         rlimit_core=sb.rlimits.core,
         allowed_caps=tuple(c.lower().removeprefix("cap_") for c in sb.allowed_caps),
+        instance=instance,
     )
     _validate(plan)
     return plan

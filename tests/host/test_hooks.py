@@ -51,6 +51,19 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def test_replace_swaps_the_target_in_place() -> None:
+    # An upgrade: the plugin keeps its place among equal priorities; only later calls see the swap.
+    reg = registry()
+    reg.register("a", {"on_request": 5}, Target("a-1.0"))
+    reg.register("b", {"on_request": 5}, Target("b"))
+    reg.replace("a", {"on_request": 5, "on_new": 1}, Target("a-2.0"))
+    assert reg.handlers("on_request") == [("a", 5), ("b", 5)]
+    assert reg.hooks() == {"on_new": ["a"], "on_request": ["a", "b"]}
+    assert run(reg.execute("on_request", {})).data == {"seen": ["a-2.0", "b"]}
+    reg.replace("c", {"on_request": 5}, Target("c"))  # not registered yet: it goes last
+    assert reg.handlers("on_request") == [("a", 5), ("b", 5), ("c", 5)]
+
+
 def test_priority_then_load_order() -> None:
     reg = registry()
     reg.register("low", {"on_request": 1}, Target("low"))

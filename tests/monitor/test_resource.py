@@ -383,3 +383,16 @@ def test_violations_are_audited_at_streak_start_and_kind_change_even_when_not_lo
     entries = audit.tail(event="violation", plugin="quiet")
     assert [[v["type"] for v in e["violations"]] for e in entries] == [["fds"], ["threads", "fds"]]
     assert [e["streak"] for e in entries] == [1, 3]
+
+
+def test_an_upgrade_makes_the_metrics_those_of_the_new_process(hog, plugins):
+    old, new = hog(), hog()
+    old.do("threads 3")
+    plugins.add("up", old)
+    mon = ResourceMonitor(settings(), plugins.source, plugins.unload)
+    asyncio.run(mon.sweep())
+    assert mon.get_plugin_metrics("up").thread_count == 4
+    plugins.add("up", new)  # the registry's switch: the same name, another process
+    mon.on_plugin_event("up", "upgraded", {"pid": new.pid, "old_pid": old.pid})
+    # Not the old process's last sample: the new one, sampled now.
+    assert mon.get_plugin_metrics("up").thread_count == 1

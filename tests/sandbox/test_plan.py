@@ -74,6 +74,20 @@ def test_defaults_give_the_default_jail(tmp_path: Path) -> None:
     assert all(not b.writable for b in plan.binds)
 
 
+@pytest.mark.parametrize(
+    ("instance", "group", "cgroup_name"),
+    [("", "alpha", "plugind/alpha"), ("7", "alpha@7", "plugind/alpha@7")],
+    ids=["first-instance", "second-instance"],
+)
+def test_an_instance_gets_a_cgroup_of_its_own(
+    tmp_path: Path, instance: str, group: str, cgroup_name: str
+) -> None:
+    # An upgrade runs two versions of a plugin at once: neither may touch the other's group.
+    plan = build_plan(Settings(), "alpha", tmp_path, instance=instance)
+    assert (plan.group, plan.cgroup_name) == (group, cgroup_name)
+    assert SandboxPlan.from_wire(plan.to_wire()) == plan
+
+
 def test_override_narrows_every_limit(tmp_path: Path) -> None:
     s = settings(alpha=PluginOverride(memory_limit_mb=64, cpu_quota_percent=10, max_pids=8))
     plan = build_plan(s, "alpha", tmp_path)
@@ -234,8 +248,10 @@ def test_wire_round_trip(tmp_path: Path) -> None:
             "bind target",
         ),
         ({"limits": {"bogus": 1}}, "malformed sandbox plan"),
+        ({"instance": "../x"}, "invalid instance"),
+        ({"instance": "a/b"}, "invalid instance"),
     ],
-    ids=["name", "tree", "cgroup-parent", "bind-target", "malformed"],
+    ids=["name", "tree", "cgroup-parent", "bind-target", "malformed", "instance-path", "instance-slash"],
 )
 def test_from_wire_rejects_bad_plans(tmp_path: Path, change: dict[str, object], message: str) -> None:
     wire = build_plan(Settings(), "alpha", tmp_path).to_wire()

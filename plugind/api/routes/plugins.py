@@ -17,6 +17,8 @@ from plugind.api.schemas import (
     PluginNameRequest,
     PluginSummary,
     RescanReply,
+    UpgradeReply,
+    UpgradeRequest,
 )
 from plugind.errors import NotLoaded
 from plugind.host.registry import PluginRegistry
@@ -129,6 +131,28 @@ async def unload(request: Request, body: PluginNameRequest) -> ActionReply:
         return ActionReply(success=True, message=f"unloaded {name}")
     return ActionReply(
         success=True, message=f"{name} was not running (its load had failed); it is no longer loaded at start"
+    )
+
+
+@router.post("/plugins/upgrade", response_model=UpgradeReply, responses=_ERRORS)
+async def upgrade(request: Request, body: UpgradeRequest) -> UpgradeReply:
+    """Replace a loaded plugin by another version without dropping a call: the new version starts
+    next to the old, hook calls switch to it, the old one finishes its calls in flight and stops.
+    404 no such version, 403 not admitted (untrusted, tampered), 409 not loaded / already at the
+    highest admitted version / another upgrade or unload under way, 500 the new version failed to
+    start. On any error the old version keeps serving."""
+    done = await _deps.registry(request).upgrade_plugin(body.plugin_name, body.version)
+    return UpgradeReply(
+        success=True,
+        message=done.message,
+        plugin_name=done.name,
+        from_version=done.from_version,
+        to_version=done.to_version,
+        old_pid=done.old_pid,
+        pid=done.pid,
+        hash=done.digest,
+        drained=done.drained,
+        skipped=done.skipped,
     )
 
 
