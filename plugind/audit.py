@@ -19,7 +19,7 @@ from typing import Any
 
 log = logging.getLogger("plugind.audit")
 
-EVENTS = frozenset({"load", "unload", "refused", "violation", "auto_unload", "crash", "restart"})
+EVENTS = frozenset({"load", "unload", "refused", "violation", "auto_unload", "crash", "restart", "state"})
 MAX_TAIL = 10_000
 _MAX_LINE = 64 * 1024  # a runaway field must not make one line unbounded
 

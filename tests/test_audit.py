@@ -128,4 +128,4 @@ def test_oversized_entry_is_truncated_not_unbounded(tmp_path):
 
 
 def test_events_are_the_documented_set():
-    assert {"load", "unload", "refused", "violation", "auto_unload", "crash", "restart"} == EVENTS
+    assert {"load", "unload", "refused", "violation", "auto_unload", "crash", "restart", "state"} == EVENTS
