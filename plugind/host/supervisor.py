@@ -681,8 +681,13 @@ class Supervisor:
     async def _heartbeat_loop(self) -> None:
         sup = self.settings.supervisor
         loop = asyncio.get_running_loop()
+        excused = False
         while self.state not in ("stopping", "stopped"):
-            await asyncio.sleep(sup.heartbeat_interval_secs)
+            # After an excused silence, ping again at once: the plugin has had no answer for a whole
+            # timeout already, and a stop mid-call is then found within one more timeout.
+            if not excused:
+                await asyncio.sleep(sup.heartbeat_interval_secs)
+            excused = False
             inc = self._inc
             if self.state != "running" or inc is None or inc.transport is None:
                 continue
@@ -708,6 +713,7 @@ class Supervisor:
             why = unresponsive(process_state(inc.pid) if inc.pid is not None else None, busy,
                                sup.heartbeat_timeout_secs)
             if why is None:
+                excused = True
                 continue
             if inc is self._inc and self.state == "running":
                 inc.hung = why
