@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "load":
             print(api.load(args.name)["message"])
         elif args.action == "unload":
-            print(api.unload(args.name)["message"])
+            reply = api.unload(args.name)
+            print(reply["message"])
+            if reply.get("warning"):  # done, but e.g. not recorded in the state file
+                print(f"warning: {reply['warning']}", file=sys.stderr)
         elif args.action == "call":
             reply = api.call(args.hook, data, policy=args.policy, timeout_s=args.timeout)
             _print(reply)

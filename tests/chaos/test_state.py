@@ -12,19 +12,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_harness import HealthProbe
+from chaos_harness import TOKEN, HealthProbe
 from kit import plugin_source
 
 from plugind.host.state import decode_state
 from plugind.sandbox import _libc
 
 CLONE_NEWNS = 0x00020000
-NAMES = ("alpha", "bravo", "charlie")
+NAMES = ("alpha", "bravo", "charlie", "delta")
 
 
 def _add_plugins(ws: Any) -> None:
@@ -105,7 +106,7 @@ def test_a_full_disk_never_makes_an_answer_lie(ws: Any, daemon_factory: Any, sma
     state = small_disk.path("loaded.json")
     assert _running(d) == set(NAMES)
     assert d.api("POST", "/api/plugins/unload", {"plugin_name": "charlie"}).status_code == 200
-    assert decode_state(state.read_bytes()) == ["alpha", "bravo"]
+    assert decode_state(state.read_bytes()) == ["alpha", "bravo", "delta"]
     bravo_pid = d.plugin("bravo")["pid"]
 
     small_disk.fill()
@@ -119,6 +120,14 @@ def test_a_full_disk_never_makes_an_answer_lie(ws: Any, daemon_factory: Any, sma
         assert "a restart would load bravo again" in body["warning"]
         assert d.plugin("bravo")["state"] != "running" and d.plugin("bravo")["pid"] is None
         assert not os.path.exists(f"/proc/{bravo_pid}")
+        # `plugind ctl unload` passes the warning on.
+        ctl_env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+        ctl = subprocess.run(
+            [sys.executable, "-m", "plugind", "ctl", "--url", d.url, "unload", "delta"],
+            capture_output=True, text=True, env={**ctl_env, "PLUGIND_API_TOKEN": TOKEN}, timeout=60,
+        )
+        assert ctl.returncode == 0 and ctl.stdout == "unloaded delta\n", ctl
+        assert ctl.stderr.startswith("warning: the state file ") and "load delta again" in ctl.stderr
 
         # The load cannot be recorded: rolled back, and the answer says so.
         reply = d.load("charlie")
@@ -131,7 +140,7 @@ def test_a_full_disk_never_makes_an_answer_lie(ws: Any, daemon_factory: Any, sma
         assert ready.status_code == 200 and ready.json()["status"] == "degraded"
         assert "could not be written (No space left on device)" in ready.json()["state"]
     probe.check()
-    assert decode_state(state.read_bytes()) == ["alpha", "bravo"]  # the old file, whole
+    assert decode_state(state.read_bytes()) == ["alpha", "bravo", "delta"]  # the old file, whole
     assert [e["action"] for e in _audit(ws, "state")] == ["not saved"]
 
     # Room again: the shutdown writes what the operator last asked for, and a restart brings back
@@ -154,7 +163,7 @@ def test_a_truncated_state_file_loads_nothing_and_says_so(ws: Any, daemon_factor
     assert d.stop(signal.SIGTERM) == 0
     state = ws.root / "data" / "loaded.json"
     whole = state.read_bytes()
-    assert decode_state(whole) == ["alpha", "bravo"]
+    assert decode_state(whole) == ["alpha", "bravo", "delta"]
     state.write_bytes(whole[: len(whole) // 2])
 
     d2 = daemon_factory(ws, ready_status=503)  # nothing the operator wanted runs
