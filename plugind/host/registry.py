@@ -22,6 +22,7 @@ when it cannot be read at start, nothing is loaded on its behalf, and the log, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -302,7 +303,8 @@ class PluginRegistry:
         if why is not None and name in (self._wanted or ()):
             # Running but not recorded: a restart would not bring it back. Undo it, so the answer,
             # the running set and the file agree.
-            await self._unload(name, "rolled back: the state file could not be written", forget=True)
+            with contextlib.suppress(NotLoaded):  # unloaded meanwhile by someone else: as good
+                await self._unload(name, "rolled back: the state file could not be written", forget=True)
             raise LoadError(
                 f"plugin {name!r} loaded, but {why}; the load was rolled back and it is not running "
                 "(free space or fix the file system, then load it again)",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_harness import TOKEN, HealthProbe
+from chaos_harness import TOKEN, HealthProbe, wait_for
 from kit import plugin_source
 
 from plugind.host.state import decode_state
@@ -35,6 +35,14 @@ def _add_plugins(ws: Any) -> None:
 
 def _running(d: Any) -> set[str]:
     return {n for n in NAMES if d.plugin(n)["state"] == "running"}
+
+
+def _restart(daemon_factory: Any, ws: Any, **kw: Any) -> Any:
+    """A daemon started again, ready whatever /ready says (start()'s own check of /ready would
+    leave a daemon that failed it unreaped)."""
+    d = daemon_factory(ws, wait_ready=False, **kw)
+    wait_for(lambda: "READY=1" in d.notifications(5), 60, "the daemon's READY=1")
+    return d
 
 
 def _audit(ws: Any, event: str) -> list[dict[str, Any]]:
@@ -148,7 +156,7 @@ def test_a_full_disk_never_makes_an_answer_lie(ws: Any, daemon_factory: Any, sma
     small_disk.free()
     assert d.stop(signal.SIGTERM) == 0
     assert decode_state(state.read_bytes()) == ["alpha"]
-    d2 = daemon_factory(ws, env=env, preexec_fn=small_disk.enter)
+    d2 = _restart(daemon_factory, ws, env=env, preexec_fn=small_disk.enter)
     assert _running(d2) == {"alpha"}
     assert d2.api("GET", "/ready").json() == {"ready": True, "status": "ready", "failed": {}}
     assert [e["action"] for e in _audit(ws, "state")] == ["not saved", "saved"]
@@ -166,11 +174,11 @@ def test_a_truncated_state_file_loads_nothing_and_says_so(ws: Any, daemon_factor
     assert decode_state(whole) == ["alpha", "bravo", "delta"]
     state.write_bytes(whole[: len(whole) // 2])
 
-    d2 = daemon_factory(ws, ready_status=503)  # nothing the operator wanted runs
+    d2 = _restart(daemon_factory, ws)
     with HealthProbe(d2.url) as probe:
         assert _running(d2) == set()  # not charlie, unloaded before; nor anything else
         ready = d2.api("GET", "/ready")
-        assert ready.status_code == 503
+        assert ready.status_code == 503  # nothing the operator wanted runs
         body = ready.json()
         assert body["status"] == "failed" and body["ready"] is False
         assert f"state file {state} is unreadable: not JSON" in body["state"]
