@@ -1,6 +1,6 @@
 """The audit trail: one JSON line per security-relevant event, fsync'd before `append` returns.
 
-Events: load, unload, refused, violation, auto_unload, crash, restart, upgrade, upgrade_failed.
+Events: load, unload, refused, violation, auto_unload, crash, restart, upgrade, upgrade_failed, state.
 Each line holds `time` (RFC 3339, UTC), `event`, `plugin` (or null) and the event's fields. The
 file is created with mode 0600 (its parent directory with 0700) and only ever appended to; its
 fields are redacted as the daemon log is (`plugind.logs.redact`); `tail` reads it back for
@@ -24,6 +24,7 @@ log = logging.getLogger("plugind.audit")
 
 EVENTS = frozenset({
     "load", "unload", "refused", "violation", "auto_unload", "crash", "restart", "upgrade", "upgrade_failed",
+    "state",
 })
 MAX_TAIL = 10_000
 _MAX_LINE = 64 * 1024  # a runaway field must not make one line unbounded

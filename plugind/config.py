@@ -76,6 +76,9 @@ class HooksSection(_Section):
     default_timeout_secs: float = Field(5.0, gt=0, le=3600)
     # Per-hook deadlines, e.g. {on_request = 0.5}
     timeouts: dict[str, float] = Field(default_factory=dict)
+    # The longest deadline a call may have (a request's timeout_s over it is refused; configured
+    # deadlines are cut to it): while a call runs, a silent but not stopped plugin is excused.
+    max_timeout_secs: float = Field(300.0, gt=0, le=3600)
 
 
 class SupervisorSection(_Section):
@@ -258,10 +261,11 @@ class Settings(BaseSettings):
         return self.plugin.get(name) or PluginOverride()
 
     def hook_timeout(self, hook: str, plugin: str | None = None) -> float:
-        """Deadline for a hook: per-plugin, else per-hook, else the default."""
+        """Deadline for a hook: per-plugin, else per-hook, else the default; at most max_timeout_secs."""
         if plugin is not None and hook in self.override_for(plugin).hook_timeouts:
-            return self.override_for(plugin).hook_timeouts[hook]
-        return self.hooks.timeouts.get(hook, self.hooks.default_timeout_secs)
+            return min(self.override_for(plugin).hook_timeouts[hook], self.hooks.max_timeout_secs)
+        configured = self.hooks.timeouts.get(hook, self.hooks.default_timeout_secs)
+        return min(configured, self.hooks.max_timeout_secs)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Settings:

@@ -129,7 +129,7 @@ def test_oversized_entry_is_truncated_not_unbounded(tmp_path):
 
 def test_events_are_the_documented_set():
     assert {"load", "unload", "refused", "violation", "auto_unload", "crash", "restart", "upgrade",
-            "upgrade_failed"} == EVENTS
+            "upgrade_failed", "state"} == EVENTS
 
 
 def test_fields_are_redacted_as_the_daemon_log_is(tmp_path):

@@ -57,7 +57,7 @@ def status_for(exc: PluginError) -> int:
         return 409
     if isinstance(exc, LoadError) and exc.reason == "invalid_name":
         return 422
-    if isinstance(exc, LoadError) and exc.reason == "shutting_down":
+    if isinstance(exc, LoadError) and exc.reason in ("shutting_down", "state_not_saved"):
         return 503
     if isinstance(exc, BudgetExceeded):
         return 429

@@ -69,6 +69,7 @@ class UpgradeReply(BaseModel):
 class ActionReply(BaseModel):
     success: bool
     message: str
+    warning: str | None = Field(None, description="done, but something the caller must know (e.g. not saved)")
 
 
 class ErrorReply(BaseModel):
@@ -89,6 +90,9 @@ class ReadyReply(BaseModel):
     status: Literal["starting", "shutting down", "ready", "degraded", "failed"]
     failed: dict[str, str] = Field(
         default_factory=dict, description="configured plugins that do not run: name -> why"
+    )
+    state: str | None = Field(
+        None, description="why the state file does not hold the operator's intent (unreadable, not saved)"
     )
 
     @field_validator("failed")

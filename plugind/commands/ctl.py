@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "load":
             print(api.load(args.name)["message"])
         elif args.action == "unload":
-            print(api.unload(args.name)["message"])
+            reply = api.unload(args.name)
+            print(reply["message"])
+            if reply.get("warning"):  # done, but e.g. not recorded in the state file
+                print(f"warning: {reply['warning']}", file=sys.stderr)
         elif args.action == "upgrade":
             print(api.upgrade(args.name, args.version)["message"])
         elif args.action == "call":

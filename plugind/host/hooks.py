@@ -185,7 +185,7 @@ class HookRegistry:
 
     async def execute_all(self, hook: str, data: Any, timeout_s: float | None = None) -> HookResult:
         """Every handler gets the same input, concurrently; the result lists each outcome."""
-        _check_timeout(timeout_s)
+        _check_timeout(timeout_s, self._settings.hooks.max_timeout_secs)
         started = time.monotonic()
         deadline = None if timeout_s is None else started + timeout_s
         handlers = self._handlers(hook)
@@ -195,7 +195,7 @@ class HookRegistry:
     async def _sequential(
         self, hook: str, data: Any, timeout_s: float | None, *, policy: Policy
     ) -> HookResult:
-        _check_timeout(timeout_s)
+        _check_timeout(timeout_s, self._settings.hooks.max_timeout_secs)
         started = time.monotonic()
         deadline = None if timeout_s is None else started + timeout_s
         result = HookResult(hook, policy, data)
@@ -259,9 +259,12 @@ class HookRegistry:
         return HookOutcome(handler.plugin, "ok", output=output, duration_s=elapsed)
 
 
-def _check_timeout(timeout_s: float | None) -> None:
-    if timeout_s is not None and not (0 < timeout_s <= 3600):
-        raise ValueError(f"timeout_s must be in (0, 3600] seconds, got {timeout_s!r}")
+def _check_timeout(timeout_s: float | None, maximum: float) -> None:
+    # Capped: a call inside its deadline excuses a plugin's missed heartbeats (plugind/host/liveness.py).
+    if timeout_s is not None and not (0 < timeout_s <= maximum):
+        raise ValueError(
+            f"timeout_s must be in (0, {maximum:g}] seconds ([hooks] max_timeout_secs), got {timeout_s!r}"
+        )
 
 
 __all__ = ["POLICIES", "HookOutcome", "HookRegistry", "HookResult", "HookTarget", "Policy"]

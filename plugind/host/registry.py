@@ -11,12 +11,18 @@ explicit unload removes it, and so does the resource monitor's auto-unload, whic
 operator's own `[monitoring]` policy. A load that fails never changes it, whatever the cause (the
 host's sandbox, cgroups or fork-server, the plugin's own init, a shutdown): the plugin stays wanted,
 is reported by `failed_plugins()` (and `/ready`), and is tried again at the next start.
+
+The file tells the truth or nothing (plugind/host/state.py): when it cannot be written, an explicit
+load is rolled back (the plugin is stopped again and the caller told why), an unload stands and its
+caller is warned (`state_problem`), and the write is tried again at every change and at shutdown;
+when it cannot be read at start, nothing is loaded on its behalf, and the log, the audit trail and
+`/ready` say so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import os
 import re
@@ -35,9 +41,9 @@ from plugind.errors import (
     PluginNotFound,
     SecurityError,
 )
-from plugind.fsio import atomic_write
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import PluginLoader
+from plugind.host.state import keep_aside, read_state, write_state
 from plugind.monitor import metrics
 
 if TYPE_CHECKING:
@@ -47,7 +53,6 @@ log = logging.getLogger("plugind.host.registry")
 
 # NAME-VERSION.plugin; the version starts with a digit, so the last "-<digit>" splits them.
 _BUNDLE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})-(\d[0-9A-Za-z.+-]{0,63})\.plugin$")
-STATE_VERSION = 1
 
 
 class SupervisorLike(HookTarget, Protocol):
@@ -151,6 +156,10 @@ class PluginRegistry:
         self._pins: dict[str, str] = {}
         self._scan_lock = asyncio.Lock()
         self._persist_lock = asyncio.Lock()
+        # Why the state file does not hold the intent (unreadable at start, or the last write
+        # failed), or None; `_unsaved`: a write failed since the last one that succeeded.
+        self.state_problem: str | None = None
+        self._unsaved = False
         self.ready = False
         self.shutting_down = False
         # Also told of every supervisor event (name, kind, detail), e.g. the monitor of OOM kills.
@@ -302,7 +311,18 @@ class PluginRegistry:
         if name not in self._loaded:
             self._pins.pop(name, None)  # the operator's plain load: the highest version, unpinned
         loaded = await self._load(name, explicit=True)
-        await self.persist()
+        why = await self.persist()
+        if why is not None and name in (self._wanted or ()):
+            # Running but not recorded: a restart would not bring it back. Undo it, so the answer,
+            # the running set and the file agree.
+            with contextlib.suppress(NotLoaded):  # unloaded meanwhile by someone else: as good
+                await self._unload(name, "rolled back: the state file could not be written", forget=True)
+            raise LoadError(
+                f"plugin {name!r} loaded, but {why}; the load was rolled back and it is not running "
+                "(free space or fix the file system, then load it again)",
+                plugin=name,
+                reason="state_not_saved",
+            )
         return loaded
 
     async def load_plugin_by_name(self, name: str) -> LoadedPlugin:
@@ -415,7 +435,9 @@ class PluginRegistry:
         wanting it: it is no longer loaded at start.
 
         A wanted plugin that is not running because its load failed is only forgotten. Returns True
-        when a running plugin was stopped, False when it was only forgotten.
+        when a running plugin was stopped, False when it was only forgotten. If the state file could
+        not be written, the unload stands and `state_problem` says why (a restart would load it
+        again until a later write succeeds).
         Raises LoadError(reason="invalid_name"), NotLoaded (neither loaded nor wanted).
         """
         validate_name(name)
@@ -494,7 +516,7 @@ class PluginRegistry:
         fire `on_startup`. Returns the loaded names; `failed_plugins()` says what did not load."""
         if self.settings.plugins.scan_on_start:
             await self.scan_directory()
-        wanted = await asyncio.to_thread(self._read_state)
+        wanted = await self._read_intent()
         restoring = wanted is not None
         if wanted is None:
             wanted = [
@@ -532,6 +554,8 @@ class PluginRegistry:
         if self._loaded:
             await self.fire("on_shutdown", {"host": "plugind"})
         await self.unload_all("shutdown", persist=False)
+        if self._unsaved:  # a last try, so a restart finds what the operator last asked for
+            await self.persist()
         self._notify_changed()
 
     async def fire(self, hook: str, data: Any) -> HookResult:
@@ -602,45 +626,58 @@ class PluginRegistry:
             except Exception:  # a listener (sd_notify STATUS=) must not break a load or unload
                 log.exception("change listener failed")
 
-    def _read_state(self) -> list[str] | None:
+    async def _read_intent(self) -> list[str] | None:
+        """The state file's names; None when there is none (a first start). An unreadable file gives
+        an empty intent, loudly: nothing may load on its behalf, least of all what was unloaded."""
         path = Path(self.settings.plugins.state_file)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.error("ignoring unreadable state file %s: %s", path, exc)
-            return None
-        names = raw.get("loaded") if isinstance(raw, dict) else None
-        if not isinstance(names, list):
-            log.error("ignoring state file %s: no 'loaded' list", path)
-            return None
-        valid = [n for n in names if isinstance(n, str) and PLUGIN_NAME_RE.match(n)]
-        pins = raw.get("versions")
-        if isinstance(pins, dict):
-            self._pins = {n: v for n, v in pins.items() if n in valid and isinstance(v, str)
-                          and _BUNDLE_RE.match(f"{n}-{v}.plugin")}
-        return list(dict.fromkeys(valid))
+        found = await asyncio.to_thread(read_state, path)
+        if found.problem is None:
+            self._pins = dict(found.versions)
+            return found.names
+        aside = await asyncio.to_thread(keep_aside, path)
+        kept = f" (a copy is kept as {aside})" if aside else ""
+        self.state_problem = (
+            f"{found.problem}{kept}: no plugin was loaded on its behalf; load the ones you want "
+            "through the API, which writes a new state file"
+        )
+        log.error("%s", self.state_problem)
+        await self._audit("state", None, problem=found.problem, action="loaded nothing",
+                          copy=str(aside) if aside else None)
+        return []
 
-    async def persist(self) -> None:
+    async def persist(self) -> str | None:
         """Write the wanted set to `plugins.state_file` atomically (serialised: last call wins).
 
+        Returns None when it was written (or there is nothing to write yet), else why it could not
+        be: that is logged, audited and kept in `state_problem` (`/ready` shows it); never raises.
         A no-op until `start` has read the file: writing earlier would replace the intent unread.
         """
         async with self._persist_lock:
             if self._wanted is None:
-                return
-            state: dict[str, Any] = {"version": STATE_VERSION, "loaded": list(self._wanted)}
+                return None
+            path = Path(self.settings.plugins.state_file)
+            names = list(self._wanted)
             pins = {n: v for n, v in self._pins.items() if n in self._wanted}
-            if pins:
-                state["versions"] = pins
-            body = json.dumps(state, indent=1)
-            await asyncio.to_thread(self._write_state, body)
-
-    def _write_state(self, body: str) -> None:
-        path = Path(self.settings.plugins.state_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (body + "\n").encode("utf-8"))
+            try:
+                await asyncio.to_thread(write_state, path, names, pins)
+            except OSError as exc:
+                why = f"the state file {path} could not be written ({exc.strerror or exc})"
+                first = not self._unsaved
+                self._unsaved = True
+                self.state_problem = why
+                log.error("%s; plugind keeps the intent in memory and writes it again at the next "
+                          "change and at shutdown", why)
+                if first:
+                    await self._audit("state", None, problem=why, action="not saved", loaded=names)
+                self._notify_changed()
+                return why
+            if self.state_problem is not None:
+                log.info("state file %s written again: %s", path, names)
+                await self._audit("state", None, action="saved", loaded=names)
+                self.state_problem = None
+                self._notify_changed()
+            self._unsaved = False
+            return None
 
 
 def failure_reason(exc: PluginError) -> str:

@@ -4,7 +4,8 @@ crashes, restarts and shutdown.
 Life of a child ("incarnation"): spawn through the launcher -> wait for `hello` (serving ctx.* and
 log frames meanwhile) -> `running`: invokes with request ids, several in flight, each with its own
 deadline; pings every heartbeat interval -> it ends by exit report from the fork-server, end of
-stream, a protocol violation (killed at once) or a missed heartbeat (killed). Then the restart
+stream, a protocol violation (killed at once) or a missed heartbeat (killed; excused while a call
+is inside its deadline, unless the process is stopped: plugind/host/liveness.py). Then the restart
 policy decides: `never`, `on-failure` (default) or `always`, with exponential backoff and a circuit
 breaker (`max_restarts` within `restart_window_secs` -> `failed`).
 
@@ -43,6 +44,7 @@ from plugind.errors import (
 from plugind.host.budgets import PluginBudgets, ReportThrottle
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
+from plugind.host.liveness import process_state, unresponsive
 from plugind.host.poll import LoopPoller, poller_for
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
@@ -693,6 +695,8 @@ class Supervisor:
             if kill is not None:
                 syscall = kill.name or str(kill.syscall)
                 how = f"{how} in {kill.describe()}, which its seccomp filter forbids"
+        if inc.hung is not None:  # the calls it fails say why it was killed
+            how = f"{how}, found hung: {inc.hung}"
         crash = PluginCrashed(f"plugin {self.name!r} exited ({how})", plugin=self.name,
                               exit_code=status.code, signal=status.signal)
         self._fail_calls(inc, inc.violation or crash)
@@ -757,8 +761,13 @@ class Supervisor:
     async def _heartbeat_loop(self) -> None:
         sup = self.settings.supervisor
         loop = asyncio.get_running_loop()
+        excused = False
         while self.state not in ("stopping", "stopped"):
-            await asyncio.sleep(sup.heartbeat_interval_secs)
+            # After an excused silence, ping again at once: the plugin has had no answer for a whole
+            # timeout already, and a stop mid-call is then found within one more timeout.
+            if not excused:
+                await asyncio.sleep(sup.heartbeat_interval_secs)
+            excused = False
             inc = self._inc
             if self.state != "running" or inc is None or inc.transport is None:
                 continue
@@ -778,11 +787,16 @@ class Supervisor:
             except PluginError:
                 continue  # the child is gone; the exit watcher handles it
             inc.pings.pop(ping_id, None)
-            # A call still inside its deadline explains the silence: the runtime serves in order.
-            if any(d > loop.time() for d in inc.deadlines.values()):
+            # A call still inside its deadline explains the silence (the runtime serves in order),
+            # unless the kernel says the process is stopped: see plugind/host/liveness.py.
+            busy = any(d > loop.time() for d in inc.deadlines.values())
+            why = unresponsive(process_state(inc.pid) if inc.pid is not None else None, busy,
+                               sup.heartbeat_timeout_secs)
+            if why is None:
+                excused = True
                 continue
             if inc is self._inc and self.state == "running":
-                inc.hung = f"no pong within {sup.heartbeat_timeout_secs:g}s"
+                inc.hung = why
                 self.last_error = inc.hung
                 log.error("plugin %s is hung (%s); killing it", self.name, inc.hung,
                           extra={"plugin": self.name})

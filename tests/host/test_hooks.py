@@ -189,10 +189,20 @@ def test_unknown_policy(policy: str) -> None:
         run(registry().run("h", {}, policy))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("timeout", [0, -1, 4000])
+@pytest.mark.parametrize("timeout", [0, -1, 300.5, 4000])
 def test_bad_timeout(timeout: float) -> None:
-    with pytest.raises(ValueError, match=r"timeout_s must be in \(0, 3600\]"):
+    said = r"timeout_s must be in \(0, 300\] seconds \(\[hooks\] max_timeout_secs\)"
+    with pytest.raises(ValueError, match=said):
         run(registry().execute("h", {}, timeout_s=timeout))
+
+
+def test_the_timeout_cap_is_the_operators() -> None:
+    settings = Settings()
+    settings.hooks.max_timeout_secs = 2.0
+    settings.hooks.timeouts = {"slow": 60.0}
+    with pytest.raises(ValueError, match=r"timeout_s must be in \(0, 2\]"):
+        run(HookRegistry(settings).execute_all("h", {}, timeout_s=2.5))
+    assert settings.hook_timeout("slow") == 2.0  # a configured deadline is cut to the cap
 
 
 def test_metrics_recorded_per_outcome() -> None:

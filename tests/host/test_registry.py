@@ -27,6 +27,7 @@ from plugind.errors import (
 )
 from plugind.host import HookRegistry, PluginContext, PluginLoader, PluginRegistry
 from plugind.host.launcher import Launcher
+from plugind.host.state import decode_state
 from plugind.host.supervisor import Supervisor
 from plugind.trust import PluginSecurity
 
@@ -130,7 +131,8 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
     async def scenario(reg: PluginRegistry) -> None:
         await reg.start()
         assert reg.plugin_count() == 0 and reg.ready
-        assert json.loads(state_file(ws).read_text()) == {"version": 1, "loaded": []}
+        assert decode_state(state_file(ws).read_bytes()) == []
+        assert json.loads(state_file(ws).read_text())["version"] == 2
         loaded = await reg.load_plugin("one")
         assert loaded.supervisor.state == "running" and loaded.trust_level == "trusted"
         await reg.load_plugin_by_name("two")
@@ -172,15 +174,16 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
 def test_persisted_set_wins_over_auto_load_and_shutdown_keeps_it(ws: Workspace) -> None:
     for name in ("a", "b", "c"):
         ws.add(echo(name))
-    state_file(ws).write_text(json.dumps({"version": 1, "loaded": ["b", "../evil", 3, "b"]}))
+    # Format 1 (no checksum), as older versions wrote it, is still read.
+    state_file(ws).write_text(json.dumps({"version": 1, "loaded": ["b", "b"]}))
 
     async def scenario(reg: PluginRegistry) -> None:
         assert await reg.start() == ["b"]
-        assert reg.total_plugin_count() == 3
+        assert reg.total_plugin_count() == 3 and reg.state_problem is None
 
     run(ws, scenario)
     # Shut down (in run's teardown) without rewriting the set.
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["b", "../evil", 3, "b"]
+    assert json.loads(state_file(ws).read_text()) == {"version": 1, "loaded": ["b", "b"]}
 
 
 def test_auto_load_loads_only_what_policy_admits_then_persists(ws: Workspace) -> None:
@@ -194,14 +197,60 @@ def test_auto_load_loads_only_what_policy_admits_then_persists(ws: Workspace) ->
     assert json.loads(state_file(ws).read_text())["loaded"] == ["trusted-one"]
 
 
-def test_unreadable_state_file_falls_back_to_auto_load(ws: Workspace) -> None:
-    ws.add(echo("solo"))
-    state_file(ws).write_text("{not json")
+@pytest.mark.parametrize("content", [
+    pytest.param("{not json", id="not-json"),
+    pytest.param("", id="empty"),
+    pytest.param(json.dumps({"version": 1, "loaded": ["solo", "../evil"]}), id="bad-name"),
+    pytest.param(json.dumps({"version": 2, "loaded": ["solo"], "sha256": "0" * 64}), id="bad-checksum"),
+])
+def test_an_unreadable_state_file_loads_nothing_and_says_so(ws: Workspace, content: str) -> None:
+    ws.add(echo("solo"))  # admitted by auto_load: only a first start (no file at all) would load it
+    state_file(ws).write_text(content)
 
     async def scenario(reg: PluginRegistry) -> None:
-        assert await reg.start() == ["solo"]
+        assert await reg.start() == []
+        assert reg.state_problem is not None
+        assert f"state file {state_file(ws)} is unreadable" in reg.state_problem
+        assert "no plugin was loaded on its behalf" in reg.state_problem
 
     run(ws, scenario)
+    assert state_file(ws).read_text() == content  # kept until the operator loads or unloads
+    assert Path(f"{state_file(ws)}.unreadable").read_text() == content
+    (entry,) = [e for e in AuditLog(ws.root / "data" / "audit.log").tail(50) if e["event"] == "state"]
+    assert entry["action"] == "loaded nothing" and "is unreadable" in entry["problem"]
+
+
+def test_a_state_file_that_cannot_be_written_rolls_a_load_back_and_warns_of_an_unload(
+    ws: Workspace,
+) -> None:
+    ws.auto_load = False
+    ws.add(echo("one"))
+    ws.add(echo("two"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        await reg.load_plugin("one")
+        # The write's rename now fails for real (a non-empty directory where the file was).
+        state_file(ws).unlink()
+        (state_file(ws) / "x").mkdir(parents=True)
+        with pytest.raises(LoadError, match=r"plugin 'two' loaded, but the state file .* could not be "
+                                            r"written \(.*\); the load was rolled back") as info:
+            await reg.load_plugin("two")
+        assert info.value.reason == "state_not_saved"
+        assert not reg.is_loaded("two") and reg.wanted_plugins() == ["one"]
+        assert await reg.unload_plugin("one") is True  # the unload stands...
+        assert not reg.is_loaded("one") and reg.state_problem is not None  # ...with the reason
+        assert "could not be written" in reg.state_problem
+        # Writable again: the next change (or the shutdown) writes the intent and clears it.
+        (state_file(ws) / "x").rmdir()
+        state_file(ws).rmdir()
+        await reg.load_plugin("two")
+        assert reg.state_problem is None
+        assert decode_state(state_file(ws).read_bytes()) == ["two"]
+
+    run(ws, scenario)
+    states = [e["action"] for e in AuditLog(ws.root / "data" / "audit.log").tail(50) if e["event"] == "state"]
+    assert states == ["not saved", "saved"]
 
 
 def test_startup_and_shutdown_hooks_fire(ws: Workspace) -> None:

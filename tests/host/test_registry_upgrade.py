@@ -14,11 +14,12 @@ from test_registry import open_registry
 
 from plugind.errors import LoadError, PluginBusy, PluginNotFound
 from plugind.host import PluginRegistry
+from plugind.host.state import encode_state
 
 ANSWER = "data.setdefault('answered', []).append({version!r})\nreturn data"
 # The library's loader reads the trust list once: every bundle is there from the start, and the
 # state file pins 1.0.0 (as an earlier upgrade would have) so that is what starts.
-PINNED = {"version": 1, "loaded": ["svc"], "versions": {"svc": "1.0.0"}}
+PINNED = encode_state(["svc"], {"svc": "1.0.0"})
 
 
 def svc(version: str) -> dict[str, str]:
@@ -33,7 +34,7 @@ def ws(tmp_path: Path) -> Workspace:
 def pinned_at_1(ws: Workspace) -> None:
     ws.add(svc("1.0.0"))
     ws.add(svc("2.0.0"))
-    (ws.root / "data" / "loaded.json").write_text(json.dumps(PINNED))
+    (ws.root / "data" / "loaded.json").write_bytes(PINNED)
 
 
 async def answered(reg: PluginRegistry) -> list[str]:

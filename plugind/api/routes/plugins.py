@@ -112,9 +112,11 @@ async def plugin_metrics(request: Request, name: str = NamePath) -> PluginMetric
     return await _metrics_of(request, name) or PluginMetrics()
 
 
-@router.post("/plugins/load", response_model=ActionReply, responses=_ERRORS)
+@router.post("/plugins/load", response_model=ActionReply, response_model_exclude_none=True,
+             responses=_ERRORS)
 async def load(request: Request, body: PluginNameRequest) -> ActionReply:
-    """Load a scanned plugin by name. 404 unknown, 403 untrusted, 409 loaded, 500 failed init."""
+    """Load a scanned plugin by name. 404 unknown, 403 untrusted, 409 loaded, 500 failed init, 503
+    when the state file cannot be written (the load is rolled back: the plugin does not run)."""
     loaded = await _deps.registry(request).load_plugin(body.plugin_name)
     return ActionReply(
         success=True,
@@ -122,16 +124,23 @@ async def load(request: Request, body: PluginNameRequest) -> ActionReply:
     )
 
 
-@router.post("/plugins/unload", response_model=ActionReply, responses=_ERRORS)
+@router.post("/plugins/unload", response_model=ActionReply, response_model_exclude_none=True,
+             responses=_ERRORS)
 async def unload(request: Request, body: PluginNameRequest) -> ActionReply:
     """Unload a plugin: it stops, and is no longer loaded at start. 409 when it is neither loaded
-    nor wanted (a wanted plugin whose load failed is only forgotten)."""
+    nor wanted (a wanted plugin whose load failed is only forgotten). When the state file cannot
+    be written the unload stands: 200 with a `warning`."""
     name = body.plugin_name
-    if await _deps.registry(request).unload_plugin(name):
-        return ActionReply(success=True, message=f"unloaded {name}")
-    return ActionReply(
-        success=True, message=f"{name} was not running (its load had failed); it is no longer loaded at start"
-    )
+    reg = _deps.registry(request)
+    if await reg.unload_plugin(name):
+        message = f"unloaded {name}"
+    else:
+        message = f"{name} was not running (its load had failed); it is no longer loaded at start"
+    warning = None
+    if reg.state_problem is not None:  # set after the unload: its write failed
+        warning = (f"{reg.state_problem}: until it is, a restart would load {name} again (plugind "
+                   "writes it again at the next load or unload and at shutdown)")
+    return ActionReply(success=True, message=message, warning=warning)
 
 
 @router.post("/plugins/upgrade", response_model=UpgradeReply, responses=_ERRORS)

@@ -28,24 +28,26 @@ async def health(request: Request) -> HealthReply:
 
 
 def readiness(
-    *, started: bool, stopping: bool, running: int, failed: dict[str, str], requires: str
+    *, started: bool, stopping: bool, running: int, failed: dict[str, str], requires: str,
+    state: str | None = None,
 ) -> tuple[int, ReadyReply]:
     """(HTTP status, body) of `/ready`; `requires` is `api.ready_requires` ("started", "any", "all").
 
     503 before the start-up scan and load finished and from SIGTERM on. After that the body says
     "ready", "degraded" (some configured plugins do not run) or "failed" (none of them runs), with
     each failed plugin and why; whether that is still 200 is the operator's choice: "started"
-    always, "any" unless none runs, "all" only when every configured plugin runs.
+    always, "any" unless none runs, "all" only when every configured plugin runs. `state` (why the
+    state file does not hold the operator's intent) degrades it the same way as a failed plugin.
     """
     if stopping:
         return 503, ReadyReply(ready=False, status="shutting down")
     if not started:
         return 503, ReadyReply(ready=False, status="starting")
-    if not failed:
+    if not failed and state is None:
         return 200, ReadyReply(ready=True, status="ready")
     ok = requires == "started" or (requires == "any" and running > 0)
     status: Literal["degraded", "failed"] = "degraded" if running else "failed"
-    return (200 if ok else 503), ReadyReply(ready=ok, status=status, failed=failed)
+    return (200 if ok else 503), ReadyReply(ready=ok, status=status, failed=failed, state=state)
 
 
 @router.get("/ready", response_model=ReadyReply, responses={503: {"model": ReadyReply}})
@@ -59,8 +61,9 @@ async def ready(request: Request) -> JSONResponse:
         running=sum(1 for n in reg.wanted_plugins() if reg.is_loaded(n) and n not in failed),
         failed=failed,
         requires=_deps.settings(request).api.ready_requires,
+        state=reg.state_problem,
     )
-    return JSONResponse(body.model_dump(), status_code=code)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
 
 
 @metrics_router.get("/metrics", response_class=Response)
