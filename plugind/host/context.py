@@ -17,6 +17,7 @@ import msgpack
 
 import plugind
 from plugind.errors import ContextError
+from plugind.wire.limits import depth_message, too_deep
 
 MAX_KEY_CHARS = 256
 MAX_VALUE_BYTES = 64 * 1024
@@ -79,6 +80,8 @@ class PluginContext:
             raise ContextError(
                 f"context value for {key!r} is {size} bytes; the limit is {self.max_value_bytes}", key=key
             )
+        if too_deep(value):  # stored, it would fail every reader that has to encode it again
+            raise ContextError(depth_message(f"context value for {key!r}"), key=key)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of `key`, or `default`. Raises ContextError for an invalid key."""
