@@ -15,6 +15,8 @@ import httpx
 from chaos_harness import TOKEN, HealthProbe
 from kit import plugin_source
 
+from plugind.wire.limits import MAX_DEPTH
+
 # The issue's own figures: deeper than every limit plugind sets, shallower than msgpack's (1024).
 DEEP = 300
 
@@ -63,6 +65,14 @@ def test_rest_data_nested_too_deep_is_a_422(ws: Any, daemon_factory: Any) -> Non
         body = reply.json()
         assert body["error"] == "invalid_input"
         assert "nested deeper than" in body["message"], body
+        # Past json's own recursion limit: refused before parsing, and said why.
+        deeper = _raw_post(d, "/api/hooks/echo/execute", b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        assert deeper.status_code == 400, deeper.text
+        assert "nested deeper than" in deeper.json()["message"], deeper.text
+        # At the limit, a value goes through a plugin and back.
+        at_limit = d.call("echo", _deep(MAX_DEPTH))
+        assert at_limit["data"] == _deep(MAX_DEPTH)
+        assert at_limit["results"][0]["output"] == _deep(MAX_DEPTH)
         assert d.call("echo", {"x": 1})["data"] == {"x": 1}  # the daemon and the plugin go on
     probe.check()
     assert d.plugin("echo")["restarts"] == 0
@@ -131,6 +141,36 @@ def test_plugin_returning_a_lone_surrogate_fails_alone_in_a_chain(ws: Any, daemo
     probe.check()
     info = d.plugin("hostile")
     assert (info["state"], info["pid"], info["restarts"]) == ("running", pid, 0)
+
+
+def test_plugin_writing_a_lone_surrogate_past_its_sdk_is_cut_off_alone(ws: Any,
+                                                                       daemon_factory: Any) -> None:
+    # A hostile plugin bypasses its runtime and writes a result whose string is a UTF-8-encoded
+    # surrogate (ED A0 80): not valid msgpack, so the frame cannot even be matched to its call. That
+    # is a protocol violation (the plugin is killed and restarted), and still the chain goes on.
+    _add_neighbours(ws, "surr")
+    ws.add(plugin_source("hostile", {"surr": (10, r"""
+        import stat
+        for fd in range(3, 256):
+            try:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    break
+            except OSError:
+                pass
+        body = b"\x84\xa4type\xa6result\xa2id\x01\xa2ok\xc3\xa4data\xa3\xed\xa0\x80"
+        os.write(fd, len(body).to_bytes(4, "big") + body)
+        time.sleep(30)
+    """)}))
+    d = daemon_factory(ws)
+    with HealthProbe(d.url) as probe:
+        reply = d.call("surr", {"x": 1})
+        outcomes = {r["plugin"]: r for r in reply["results"]}
+        assert outcomes["hostile"]["outcome"] == "crashed", outcomes
+        assert outcomes["hostile"]["error"]["type"] == "ProtocolViolation", outcomes
+        assert "not valid msgpack" in outcomes["hostile"]["error"]["message"], outcomes
+        assert outcomes["before"]["outcome"] == outcomes["after"]["outcome"] == "ok"
+        assert reply["data"] == {"x": 1, "before": 1, "after": 1}
+    probe.check()
 
 
 def test_too_deep_context_value_via_rest_is_a_422(ws: Any, daemon_factory: Any) -> None:
