@@ -28,11 +28,18 @@ def too_deep(value: Any, max_depth: int = MAX_DEPTH) -> bool:
     Level by level and without recursion, so a value nested far past Python's recursion limit costs
     no more than its containers; a container holding no container is passed over at C speed.
     """
-    if type(value) not in _NESTED:
+    kind, nested = type(value), _NESTED
+    # The usual value, one container of scalars, costs one pass at C speed and no list.
+    if kind is dict:
+        if nested.isdisjoint(map(type, value.values())):
+            return max_depth < 1
+    elif kind is list or kind is tuple:
+        if nested.isdisjoint(map(type, value)):
+            return max_depth < 1
+    else:
         return False
     level = [value]
     depth = 0
-    nested = _NESTED
     while level:
         depth += 1
         if depth > max_depth:
