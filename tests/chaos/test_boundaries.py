@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
+from cgroup_host import session_parent
 from chaos_harness import TOKEN, HealthProbe
 from kit import plugin_source
 
@@ -210,7 +212,15 @@ def test_too_deep_context_value_via_ctx_set_is_refused(ws: Any, daemon_factory: 
     assert d.plugin("setter")["restarts"] == 0
 
 
-def test_oversized_result_is_a_call_error_not_a_crash(ws: Any, daemon_factory: Any) -> None:
+@pytest.mark.parametrize(
+    "sandboxed", [False, pytest.param(True, marks=pytest.mark.root)], ids=["plain", "sandboxed"]
+)
+def test_oversized_result_is_a_call_error_not_a_crash(ws: Any, daemon_factory: Any,
+                                                      sandboxed: bool) -> None:
+    # Sandboxed too: the refusal happens in the runtime, under the plugin's seccomp filter and cgroup.
+    if sandboxed:
+        session_parent()  # skips, saying why, on a host without cgroup controllers
+    ws.sandboxing = sandboxed
     ws.add(plugin_source("big", {"big": (0, """
         if data == "small":
             return "fine"
