@@ -260,7 +260,10 @@ def from_wire(data: Any) -> PluginError:
     err = cls.__new__(cls)
     PluginError.__init__(err, message)
     for key, value in context.items():
-        if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
+        # The context adds attributes; it never replaces the message (a peer's list there reached
+        # the API's reply and made it a 500) nor anything the class defines (`args`, `code`, methods).
+        if (isinstance(key, str) and key.isidentifier() and not key.startswith("_")
+                and key != "message" and not hasattr(cls, key)):
             setattr(err, key, value)
     return err
 

@@ -175,6 +175,33 @@ def test_plugin_writing_a_lone_surrogate_past_its_sdk_is_cut_off_alone(ws: Any,
     probe.check()
 
 
+def test_plugin_sending_a_crafted_error_fails_alone_in_a_chain(ws: Any, daemon_factory: Any) -> None:
+    # The error a plugin reports is data it controls: here its context tries to replace the message
+    # with a nested list and the plugin name with another plugin's. The reply must stay well-formed.
+    _add_neighbours(ws, "err")
+    ws.add(plugin_source("hostile", {"err": (10, "raise ValueError('boom')")}, header="""
+        from plugind.errors import HookFailed
+        _orig = HookFailed.to_wire
+        def _crafted(self):
+            wire = _orig(self)
+            wire["context"] = {"message": [[["not", "a", "string"]]], "plugin": "before",
+                               "hook": {"x": 1}, "error_type": 5}
+            return wire
+        HookFailed.to_wire = _crafted
+    """))
+    d = daemon_factory(ws)
+    with HealthProbe(d.url) as probe:
+        reply = d.api("POST", "/api/hooks/err/execute", {"data": {"x": 1}})
+        assert reply.status_code == 200, reply.text
+        outcomes = {r["plugin"]: r for r in reply.json()["results"]}
+        assert list(outcomes) == ["before", "hostile", "after"]
+        assert outcomes["hostile"]["outcome"] == "error", outcomes
+        assert outcomes["hostile"]["error"]["message"].startswith("hook 'err' of plugin 'hostile' raised"), \
+            outcomes
+        assert reply.json()["data"] == {"x": 1, "before": 1, "after": 1}
+    probe.check()
+
+
 def test_too_deep_context_value_via_rest_is_a_422(ws: Any, daemon_factory: Any) -> None:
     d = daemon_factory(ws)
     with HealthProbe(d.url) as probe:
