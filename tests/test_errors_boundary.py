@@ -26,3 +26,18 @@ def test_context_cannot_replace_what_the_error_is(key: str, value: Any) -> None:
     assert err.code == "failed"
     assert callable(err.with_traceback) and callable(err.to_wire)
     assert err.to_wire()["message"] == "boom"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("message", [_nested(1000), 5, None, {"a": "b"}],
+                         ids=["nested-1000", "int", "nil", "map"])
+def test_a_message_that_is_not_a_string_is_named_not_rendered(message: Any) -> None:
+    err = from_wire({"type": "HookFailed", "message": message})
+    assert type(err) is HookFailed
+    assert err.message == f"(malformed error message: {type(message).__name__})"

@@ -7,6 +7,7 @@ so a peer announcing 2 GB costs us four bytes, not two gigabytes.
 from __future__ import annotations
 
 import os
+import reprlib
 import select
 import socket
 import struct
@@ -128,8 +129,9 @@ def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
             detail=f"undecodable frame: {type(exc).__name__}",
         ) from exc
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        # reprlib: a peer's value may nest past what repr() survives (RecursionError).
         raise ProtocolViolation(
-            "frame is not a map with a string 'type'", detail=f"not a message: {repr(msg)[:100]}"
+            "frame is not a map with a string 'type'", detail=f"not a message: {reprlib.repr(msg)[:100]}"
         )
     return msg
 

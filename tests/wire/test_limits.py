@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from plugind.errors import ProtocolViolation
-from plugind.wire import BlockingChannel, decode, encode
+from plugind.wire import BlockingChannel, decode, decode_body, encode
 from plugind.wire.frames import check_outgoing
 from plugind.wire.limits import MAX_DEPTH, json_problem, lone_surrogate, too_deep
 
@@ -137,3 +137,12 @@ def test_a_channel_refuses_to_send_a_frame_its_peer_would_refuse() -> None:
         peer = BlockingChannel(b, max_frame=1024)
         assert peer.recv() == body_at_cap
         assert peer.recv() == {"type": "log", "msg": "after"}  # nothing of the refused one was sent
+
+
+@pytest.mark.parametrize("body", [b"\x91" * 1000 + b"\x01", b"\x81\x01" + b"\x91" * 1000 + b"\x01"],
+                         ids=["list", "map-without-type"])
+def test_a_deep_frame_that_is_not_a_message_is_a_violation(body: bytes) -> None:
+    # Within msgpack's own limit (1024), past what repr() survives: the refusal must still say why.
+    with pytest.raises(ProtocolViolation, match="frame is not a map with a string 'type'") as info:
+        decode_body(body)
+    assert info.value.detail is not None and info.value.detail.startswith("not a message: ")
