@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/monitor.py
 	$(PY) bench/health.py
 	$(PY) bench/liveness.py
+	$(PY) bench/limits.py
 
 clean:
 	rm -rf data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

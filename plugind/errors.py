@@ -271,7 +271,10 @@ def from_wire(data: Any) -> PluginError:
     if not isinstance(data, dict):
         return ProtocolViolation("malformed error object on the wire", detail=repr(data)[:200])
     name = data.get("type")
-    message = str(data.get("message", ""))[:4000]
+    raw_message = data.get("message", "")
+    # Not str() of whatever a peer sent: a deeply nested value would raise RecursionError.
+    message = (raw_message if isinstance(raw_message, str)
+               else f"(malformed error message: {type(raw_message).__name__})")[:4000]
     raw_context = data.get("context")
     context: dict[Any, Any] = raw_context if isinstance(raw_context, dict) else {}
     cls = _BY_NAME.get(name) if isinstance(name, str) else None
@@ -280,7 +283,10 @@ def from_wire(data: Any) -> PluginError:
     err = cls.__new__(cls)
     PluginError.__init__(err, message)
     for key, value in context.items():
-        if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
+        # The context adds attributes; it never replaces the message (a peer's list there reached
+        # the API's reply and made it a 500) nor anything the class defines (`args`, `code`, methods).
+        if (isinstance(key, str) and key.isidentifier() and not key.startswith("_")
+                and key != "message" and not hasattr(cls, key)):
             setattr(err, key, value)
     return err
 

@@ -41,6 +41,7 @@ from plugind.errors import (
 from plugind.host.context import RESERVED_PREFIX
 from plugind.host.registry import PluginRegistry
 from plugind.logs import redact
+from plugind.wire.limits import depth_message
 
 log = logging.getLogger("plugind.api")
 
@@ -195,6 +196,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         labels = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's 400 for JSON nested past json's limit
+            message = depth_message("request body") + "; it was not parsed"
+            return JSONResponse(error_body(message, "invalid_input"), status_code=exc.status_code)
         return JSONResponse(
             error_body(str(exc.detail), labels.get(exc.status_code, "error")),
             status_code=exc.status_code,

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Run one ctl action; prints the result, returns the exit status. Raises PluginError."""
     from plugind.api.client import PlugindClient
     from plugind.config import load_config
+    from plugind.wire.limits import json_problem
 
     url = args.url
     token_file = None
@@ -71,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
             data = json.loads(args.data)
         except ValueError as exc:
             raise ConfigError(f"--data is not valid JSON: {exc}") from None
+        problem = json_problem(args.data.encode("utf-8", "surrogatepass"), data, "--data")
+        if problem is not None:  # the daemon would refuse it (and a surrogate cannot even be sent)
+            raise ConfigError(problem)
     token = _token(args, token_file)
     http_timeout = args.http_timeout
     if args.action == "call" and args.timeout is not None:

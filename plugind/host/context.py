@@ -19,6 +19,7 @@ import msgpack
 import plugind
 from plugind.errors import BudgetExceeded, ContextError
 from plugind.host.budgets import ContextBudget
+from plugind.wire.limits import depth_message, too_deep
 
 MAX_KEY_CHARS = 256
 MAX_VALUE_BYTES = 64 * 1024
@@ -106,6 +107,8 @@ class PluginContext:
         self._store(key, self._pack(key, value), HOST_OWNER)
 
     def _pack(self, key: str, value: Any) -> bytes:
+        if too_deep(value):  # stored, it would fail every reader that has to encode it again
+            raise ContextError(depth_message(f"context value for {key!r}"), key=key)
         packed = pack_value(value)
         if len(packed) > self.max_value_bytes:
             raise ContextError(

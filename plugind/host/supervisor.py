@@ -50,7 +50,8 @@ from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.sandbox.seccomp_audit import seccomp_kill
 from plugind.wire import messages as m
-from plugind.wire.frames import FrameEncoder, RecvBuffer
+from plugind.wire.frames import HEADER_SIZE, FrameEncoder, RecvBuffer, check_outgoing
+from plugind.wire.limits import depth_message, too_deep
 from plugind.wire.polling import PollWindow, getcpu
 
 log = logging.getLogger("plugind.host.supervisor")
@@ -62,6 +63,7 @@ LOG_LINES_PER_SEC = 200
 EXPIRY_SLACK_S = 1e-6
 # Error types a plugin may report for a hook; anything else is wrapped in HookFailed.
 _REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
+_NESTED = (dict, list)  # what a decoded result may nest with (msgpack gives no tuples)
 
 
 @dataclass
@@ -371,8 +373,10 @@ class Supervisor:
         try:
             frame = self._encoder.frame_parts(m.invoke(call_id, hook, data, round(timeout_s * 1000, 3),
                                                        cpu=getcpu()))
+            check_outgoing(len(frame[-1]) if len(frame) > 1 else len(frame[0]) - HEADER_SIZE,
+                           self.max_frame)
         except ProtocolViolation as exc:
-            raise HookFailed(f"cannot send data to hook {hook!r}: {exc.detail}", plugin=self.name,
+            raise HookFailed(f"cannot send data to hook {hook!r}: {exc.message}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -423,7 +427,13 @@ class Supervisor:
             if sent:
                 poll.update(window if polling else 0.0, time.monotonic() - sent)
         if reply["ok"]:
-            return reply["data"]
+            data = reply["data"]
+            # A well-formed frame with a value nested past the limit: the call fails, the plugin lives.
+            if type(data) in _NESTED and too_deep(data):
+                raise HookFailed(depth_message(f"the value hook {hook!r} of plugin {self.name!r} "
+                                               "returned"), plugin=self.name, hook=hook,
+                                 error_type="ValueError")
+            return data
         raise self._remote_error(hook, reply["error"])
 
     async def drain(self) -> int:

@@ -277,9 +277,13 @@ class Runtime:
             reply = m.result_error(call_id, _failure(self.name, hook, exc).to_wire())
         try:
             self.send(reply)
-        except PluginError as exc:  # result not encodable as msgpack
-            err = HookFailed(f"hook {hook!r} returned a value the wire cannot carry: {exc}",
-                             plugin=self.name, hook=hook, error_type="TypeError")
+        except PluginError as exc:  # not encodable as msgpack, or larger than the host accepts
+            # Nothing of the refused frame was sent: answer the call with an error instead, so one
+            # bad result is one failed call, not a protocol violation that costs the process.
+            oversized = getattr(exc, "detail", None) == "frame too large to send"
+            err = HookFailed(f"hook {hook!r} of plugin {self.name!r} returned a value the wire "
+                             f"cannot carry: {exc}"[:2000], plugin=self.name, hook=hook,
+                             error_type="ValueError" if oversized else "TypeError")
             self.send(m.result_error(call_id, err.to_wire()))
 
     def run_callbacks(self, callbacks: list[Handler]) -> None:

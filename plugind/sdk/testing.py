@@ -1,7 +1,8 @@
 """Test a plugin in-process, without a host: `PluginHarness(plugin).load(); harness.call(hook, data)`.
 
 Payloads and context values go through msgpack on the way in and out, as they would on the wire,
-so a handler returning something the host could not receive fails here too.
+so a handler returning something the host could not receive (not msgpack, nested deeper than the
+host accepts, larger than the default frame size) fails here too.
 """
 
 from __future__ import annotations
@@ -14,13 +15,22 @@ from typing import Any
 import msgpack
 
 from plugind.sdk.plugin import Handler, Plugin
+from plugind.wire.frames import DEFAULT_MAX_FRAME
+from plugind.wire.limits import depth_message, too_deep
 
 
 def _wire(value: Any) -> Any:
     try:
-        return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
+        packed = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"not a msgpack value, the host could not receive it: {exc}") from exc
+    # The host's own limits (plugind.wire.limits, the default frame size): it would refuse the call.
+    if too_deep(value):
+        raise TypeError(depth_message("value") + ", the host would refuse it")
+    if len(packed) > DEFAULT_MAX_FRAME:
+        raise TypeError(f"value of {len(packed)} bytes exceeds the default maximum frame size of "
+                        f"{DEFAULT_MAX_FRAME} bytes, the host could not receive it")
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
 
 
 class DictContext:

@@ -7,6 +7,7 @@ so a peer announcing 2 GB costs us four bytes, not two gigabytes.
 from __future__ import annotations
 
 import os
+import reprlib
 import select
 import socket
 import struct
@@ -103,6 +104,21 @@ def check_length(length: int, max_frame: int) -> None:
         raise ProtocolViolation("empty frame", detail="frame length 0")
 
 
+def check_outgoing(length: int, max_frame: int) -> None:
+    """Raise ProtocolViolation (detail "frame too large to send") if a body of `length` bytes is
+    more than the peer accepts, before a byte of it is sent.
+
+    The two sides share one maximum frame size. A peer receiving an oversized frame cannot tell
+    which call it belonged to without reading all of it, so it treats the sender as broken and cuts
+    it off; a sender that refuses to send one turns the same mistake into an error for one call.
+    """
+    if length > max_frame:
+        raise ProtocolViolation(
+            f"message of {length} bytes exceeds the maximum frame size of {max_frame} bytes",
+            detail="frame too large to send",
+        )
+
+
 def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """The message in one frame body. Raises ProtocolViolation for anything but a map with a str "type"."""
     try:
@@ -113,8 +129,9 @@ def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
             detail=f"undecodable frame: {type(exc).__name__}",
         ) from exc
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        # reprlib: a peer's value may nest past what repr() survives (RecursionError).
         raise ProtocolViolation(
-            "frame is not a map with a string 'type'", detail=f"not a message: {repr(msg)[:100]}"
+            "frame is not a map with a string 'type'", detail=f"not a message: {reprlib.repr(msg)[:100]}"
         )
     return msg
 
@@ -293,9 +310,12 @@ class BlockingChannel:
         self._rbuf.max_frame = value
 
     def send(self, msg: dict[str, Any]) -> None:
-        """Encode and send one message. Raises ProtocolViolation (unencodable) or OSError."""
+        """Encode and send one message. Raises ProtocolViolation (unencodable, or larger than the
+        peer accepts: see check_outgoing) or OSError."""
         with self._send_lock:
             parts = self._encoder.frame_parts(msg)
+            check_outgoing(len(parts[-1]) if len(parts) > 1 else len(parts[0]) - HEADER_SIZE,
+                           self._rbuf.max_frame)
             # One syscall: a small frame joined (cheaper than sendmsg's two buffers), a big one as
             # header and body (no copy). A signal or a socket timeout may cut it short, then the rest
             # goes out with sendall.

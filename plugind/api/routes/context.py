@@ -34,6 +34,7 @@ async def get_value(request: Request, key: str = KeyPath) -> ContextReply:
 @router.put("/context/{key}", response_model=ContextReply, responses=_ERRORS)
 async def put_value(request: Request, body: ContextValue, key: str = KeyPath) -> ContextReply:
     """Set `key`; 403 for a read-only `host.*` key, 422 for a value the wire cannot carry."""
+    await _deps.check_value(request, body.value, "value")
     _context(request).set(key, body.value)
     return ContextReply(key=key, value=body.value)
 

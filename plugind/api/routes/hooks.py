@@ -19,7 +19,9 @@ router = APIRouter(tags=["hooks"])
 async def execute(
     request: Request, body: HookRequest, hook: str = Path(pattern=HOOK_PATTERN)
 ) -> HookReply:
-    """Run `hook` with `policy` (chain, until_error, all) and an optional deadline `timeout_s`."""
+    """Run `hook` with `policy` (chain, until_error, all) and an optional deadline `timeout_s`;
+    422 for `data` nested too deep or holding a lone surrogate."""
+    await _deps.check_value(request, body.data, "data")
     reg = _deps.registry(request)
     result = await reg.hooks.run(hook, body.data, body.policy, body.timeout_s)
     reply = jsonable(result.to_dict())
