@@ -63,7 +63,10 @@ def fd_limit() -> int:
 
 
 def effective_max_connections(configured: int, nofile: int) -> int:
-    """`configured`, lowered so that the connections plus a reserve fit in `nofile` fds (at least 1)."""
+    """`configured`, lowered so that the connections plus a reserve fit in `nofile` fds (at least 1).
+    0 stays 0: no cap at all, the operator's explicit choice."""
+    if configured == 0:
+        return 0
     reserve = max(FD_RESERVE_MIN, nofile // 4)
     return max(1, min(configured, nofile - reserve))
 
@@ -83,7 +86,7 @@ class EdgeLimits:
         api = settings.api
         limit = fd_limit() if nofile is None else nofile
         cap = effective_max_connections(api.max_connections, limit)
-        if cap < api.max_connections:
+        if 0 < cap < api.max_connections:
             log.warning(
                 "api.max_connections lowered from %d to %d to stay within the fd limit (%d, with a "
                 "reserve for plugins and the monitor); raise LimitNOFILE / ulimit -n to allow more",
