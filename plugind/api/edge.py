@@ -15,14 +15,16 @@ is its h11 protocol with the edge's limits on top, all decided per connection on
 - an idle kept-alive connection is closed after `api.keepalive_timeout_secs` (uvicorn's timer), and
   a connection's `api.max_requests_per_connection`-th response carries `Connection: close`.
 
-`effective_max_connections` keeps the cap under the process's RLIMIT_NOFILE, with a reserve for the
-plugins' channels, the monitor and the logs, so clients can never exhaust the daemon's fds.
+`effective_max_connections` keeps the cap under the process's RLIMIT_NOFILE, less the fds open at
+start and a reserve for the plugins' channels, the monitor and the logs, so clients can never
+exhaust the daemon's fds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,13 +64,21 @@ def fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def effective_max_connections(configured: int, nofile: int) -> int:
-    """`configured`, lowered so that the connections plus a reserve fit in `nofile` fds (at least 1).
-    0 stays 0: no cap at all, the operator's explicit choice."""
+def fds_in_use() -> int:
+    """How many fds this process has open now (0 when /proc cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def effective_max_connections(configured: int, nofile: int, in_use: int = 0) -> int:
+    """`configured`, lowered so that the connections, the `in_use` fds and a reserve fit in `nofile`
+    fds (at least 1). 0 stays 0: no cap at all, the operator's explicit choice."""
     if configured == 0:
         return 0
     reserve = max(FD_RESERVE_MIN, nofile // 4)
-    return max(1, min(configured, nofile - reserve))
+    return max(1, min(configured, nofile - in_use - reserve))
 
 
 @dataclass
@@ -82,10 +92,11 @@ class EdgeLimits:
     max_requests_per_connection: int
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, nofile: int | None = None) -> EdgeLimits:
+    def from_settings(cls, settings: Settings, *, nofile: int | None = None, in_use: int = 0) -> EdgeLimits:
+        """The limits for this process: its fd limit (or `nofile`), less `in_use` fds and a reserve."""
         api = settings.api
         limit = fd_limit() if nofile is None else nofile
-        cap = effective_max_connections(api.max_connections, limit)
+        cap = effective_max_connections(api.max_connections, limit, in_use)
         if 0 < cap < api.max_connections:
             log.warning(
                 "api.max_connections lowered from %d to %d to stay within the fd limit (%d, with a "
@@ -241,7 +252,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The `uvicorn.Config` keywords of the edge's limits."""
     api = settings.api
     return {
-        "http": protocol_class(EdgeState(EdgeLimits.from_settings(settings))),
+        "http": protocol_class(EdgeState(EdgeLimits.from_settings(settings, in_use=fds_in_use()))),
         "timeout_keep_alive": api.keepalive_timeout_secs,
         "h11_max_incomplete_event_size": api.max_header_bytes,
     }
@@ -253,6 +264,7 @@ __all__ = [
     "GuardedH11Protocol",
     "effective_max_connections",
     "fd_limit",
+    "fds_in_use",
     "protocol_class",
     "uvicorn_options",
 ]

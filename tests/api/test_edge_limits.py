@@ -23,10 +23,11 @@ def test_the_cap_keeps_a_reserve_of_fds(configured: int, nofile: int, expected: 
     assert effective_max_connections(configured, nofile) == expected
 
 
-def test_the_lowered_cap_is_the_one_in_force() -> None:
+def test_the_lowered_cap_is_the_one_in_force_and_counts_the_fds_in_use() -> None:
     settings = Settings()
     settings.api.max_connections = 5000
     assert EdgeLimits.from_settings(settings, nofile=1024).max_connections == 768
+    assert EdgeLimits.from_settings(settings, nofile=1024, in_use=40).max_connections == 728
 
 
 def test_connections_are_counted_in_total_and_per_address() -> None:
