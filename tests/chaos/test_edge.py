@@ -282,3 +282,30 @@ def test_the_monitor_keeps_sampling_when_clients_flood_to_the_fd_limit(
     assert metric(d, "plugind_monitor_sample_errors_total") == errors_before
     assert "sampling failed" not in d.log()
     assert d.call("echo", {"x": 2})["results"][0]["output"] == {"x": 2}
+
+
+def test_a_kept_alive_connection_serves_a_bounded_number_of_requests(ws: Any, daemon_factory: Any) -> None:
+    d = daemon_factory(ws, env={"PLUGIND_API__MAX_REQUESTS_PER_CONNECTION": "3"})
+    fds_before = daemon_fds(d)
+    with HealthProbe(d.url) as probe, sockets() as held:
+        s = connect(d.port)
+        held.append(s)
+        s.setblocking(True)
+        s.settimeout(UPPER_BOUND_S)
+        replies = []
+        for _ in range(3):
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(1)
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            body = b""
+            while len(body) < length:
+                body += s.recv(length - len(body))
+            replies.append(head.lower())
+        assert all(r.startswith(b"http/1.1 200 ") for r in replies)
+        assert b"connection: close" not in replies[0] and b"connection: close" not in replies[1]
+        assert b"connection: close" in replies[2]
+        assert s.recv(1) == b""  # and the daemon closed it
+    probe.check()
+    settle(d, fds_before)
