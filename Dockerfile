@@ -1,6 +1,6 @@
 # plugind container image. Build: docker build -t plugind .
 # Run (see docs/operations.md, "Container"):
-#   docker run -d --name plugind -p 7070:7070 \
+#   docker run -d --name plugind -p 7070:7070 -p 127.0.0.1:7071:7071 \
 #     --cap-drop ALL --cap-add SYS_ADMIN --cap-add SYS_CHROOT --cap-add SETPCAP --cap-add NET_ADMIN \
 #     --cap-add SETUID --cap-add SETGID --cap-add SYS_PTRACE --cap-add DAC_OVERRIDE --cap-add SYS_RESOURCE \
 #     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
@@ -57,6 +57,7 @@ COPY config/plugins.toml /etc/plugind/plugins.toml
 WORKDIR /var/lib/plugind
 ENV PLUGIND_CONFIG=/etc/plugind/plugins.toml \
     PLUGIND_API__LISTEN=0.0.0.0:7070 \
+    PLUGIND_API__PROBE_LISTEN=0.0.0.0:7071 \
     PLUGIND_LOGGING__FORMAT=json \
     PYTHONUNBUFFERED=1
 # Listening beyond loopback requires a token: pass PLUGIND_API_TOKEN (and PLUGIN_TRUST_KEY) at run
@@ -69,9 +70,11 @@ ENV PLUGIND_CONFIG=/etc/plugind/plugins.toml \
 #   docker run --user plugind -e PLUGIND_SANDBOXING__ENABLED=false ...   (isolation: processes only)
 USER root
 
-EXPOSE 7070
+# 7070: the API. 7071: /health and /ready only (the probe listener), answered even while slow or
+# numerous clients hold every API connection; the health check uses it.
+EXPOSE 7070 7071
 VOLUME ["/var/lib/plugind"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7070/health', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7071/health', timeout=2)"]
 ENTRYPOINT ["plugind"]
 CMD ["serve"]

@@ -62,10 +62,22 @@ class ApiSection(_Section):
     # What /ready needs once start-up is done: "started" nothing more, "any" at least one configured
     # plugin running if any failed, "all" every configured plugin running (see docs/operations.md).
     ready_requires: Literal["started", "any", "all"] = "any"
+    # The HTTP edge (plugind/api/edge.py, docs/operations.md "HTTP edge"); 0 = no limit.
+    max_connections: int = Field(1024, ge=0)  # open API connections; lowered to fit RLIMIT_NOFILE
+    max_connections_per_client: int = Field(128, ge=0)  # per client IP address (TCP)
+    header_timeout_secs: float = Field(10.0, ge=0, le=3600)  # request line + headers complete
+    body_timeout_secs: float = Field(30.0, ge=0, le=3600)  # whole body, counted from its head
+    keepalive_timeout_secs: float = Field(5.0, gt=0, le=3600)  # idle kept-alive connection
+    max_requests_per_connection: int = Field(1000, ge=0)
+    max_header_bytes: int = Field(16384, ge=1024, le=1024 * 1024)
+    # HOST:PORT of a listener for GET /health and /ready only (for probes); none by default.
+    probe_listen: str | None = None
 
-    @field_validator("listen")
+    @field_validator("listen", "probe_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # probe_listen = "" (e.g. PLUGIND_API__PROBE_LISTEN=): none
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:7070")

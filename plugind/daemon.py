@@ -25,8 +25,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from plugind import sdnotify
+from plugind.api import edge
 from plugind.api.app import create_app
 from plugind.api.auth import is_loopback, load_token
+from plugind.api.probe import start_probe_listener
+from plugind.api.routes.system import health_reply, ready_reply
 from plugind.audit import AuditLog
 from plugind.config import Settings
 from plugind.errors import ConfigError, PluginError
@@ -233,11 +236,15 @@ class Daemon:
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
+            **edge.uvicorn_options(settings),  # connection caps, head/body timeouts, keep-alive
         )
         server = _Server(config, self)
         self._server = server
         bound_unix = False
+        probes: asyncio.Server | None = None
         try:
+            if settings.api.probe_listen:
+                probes = await _probe_listener(settings, registry)
             sockets.append(bind_tcp(settings.api.listen))
             if unix is not None:
                 sockets.append(bind_unix(unix))
@@ -245,6 +252,8 @@ class Daemon:
             log.info("plugind listening on %s%s", settings.api.listen, f" and {unix}" if unix else "")
             await server.serve(sockets=sockets)
         finally:
+            if probes is not None:
+                probes.close()
             for sock in sockets:
                 sock.close()
             if bound_unix and unix is not None:  # never remove a file we did not create
@@ -354,6 +363,25 @@ class Daemon:
         if status != self._status:
             self._status = status
             sdnotify.notify(f"STATUS={status}")
+
+
+async def _probe_listener(settings: Settings, registry: PluginRegistry) -> asyncio.Server:
+    """The `api.probe_listen` listener: /health and /ready only (plugind/api/probe.py)."""
+    assert settings.api.probe_listen is not None
+    try:
+        sock = bind_tcp(settings.api.probe_listen)
+    except ConfigError as exc:
+        message = exc.message.replace("api.listen", "api.probe_listen")
+        raise ConfigError(message, key="api.probe_listen") from exc
+
+    def ready() -> tuple[int, dict[str, Any]]:
+        code, body = ready_reply(registry, settings.api.ready_requires)
+        # The reasons (failed plugins, the state file's problem) are on the API's /ready only.
+        return code, body.model_dump(exclude={"failed", "state"}, exclude_none=True)
+
+    server = await start_probe_listener(sock, lambda: (200, health_reply(registry).model_dump()), ready)
+    log.info("probe listener (/health, /ready) on %s", settings.api.probe_listen)
+    return server
 
 
 def _status_line(text: str, limit: int = 1000) -> str:

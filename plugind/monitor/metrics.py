@@ -272,6 +272,40 @@ class _SampleCollector(Collector):
         yield from (mem, cpu, threads, fds, conns)
 
 
+# -- the HTTP edge and the monitor's own health (plugind.api.edge, plugind.monitor.resource) -------
+HTTP_CONNECTIONS = Gauge("plugind_http_connections", "Open connections on the API listeners.",
+                         registry=REGISTRY)
+HTTP_REFUSED = Counter("plugind_http_connections_refused_total",
+                       "API connections refused at accept, by cap.", ["reason"], registry=REGISTRY)
+HTTP_TIMED_OUT = Counter("plugind_http_connections_timed_out_total",
+                         "API connections closed for a slow request head or body.", ["reason"],
+                         registry=REGISTRY)
+MONITOR_SWEEPS = Counter("plugind_monitor_sweeps_total", "Resource monitor sweeps done.", registry=REGISTRY)
+MONITOR_SAMPLE_ERRORS = Counter("plugind_monitor_sample_errors_total",
+                                "Plugin samples the monitor could not take (e.g. out of fds).",
+                                registry=REGISTRY)
+
+
+def http_connections(count: int) -> None:
+    HTTP_CONNECTIONS.set(count)
+
+
+def http_connection_refused(reason: str) -> None:
+    """reason: max_connections | max_connections_per_client."""
+    HTTP_REFUSED.labels(reason).inc()
+
+
+def http_connection_timed_out(reason: str) -> None:
+    """reason: header_timeout | body_timeout."""
+    HTTP_TIMED_OUT.labels(reason).inc()
+
+
+def monitor_swept(errors: int) -> None:
+    MONITOR_SWEEPS.inc()
+    if errors:
+        MONITOR_SAMPLE_ERRORS.inc(errors)
+
+
 _SAMPLES = _SampleCollector()
 REGISTRY.register(_SAMPLES)
 
@@ -296,7 +330,11 @@ __all__ = [
     "LabelBudget",
     "PluginSample",
     "forget_plugin",
+    "http_connection_refused",
+    "http_connection_timed_out",
+    "http_connections",
     "load_failed",
+    "monitor_swept",
     "observe_hook",
     "plugin_restarted",
     "render",

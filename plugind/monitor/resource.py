@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -111,6 +113,7 @@ class ResourceMonitor:
         self._unload_tasks: set[asyncio.Task[Any]] = set()
         self.interval = settings.monitoring.check_interval_secs
         self.last_sweep_seconds = 0.0
+        self._spare = SpareFds()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -173,16 +176,29 @@ class ResourceMonitor:
     # -- sweeping ------------------------------------------------------------------------------
 
     def sample_all(self, plugins: Iterable[MonitoredPlugin]) -> dict[str, Sample]:
-        """Sample every plugin (blocking; the monitor runs it in its own thread)."""
+        """Sample every plugin (blocking; the monitor runs it in its own thread).
+
+        A sample that fails for want of an fd (EMFILE) is taken again with the monitor's spare fds
+        released for it: the monitor keeps sampling when the process is at its fd limit.
+        """
         out: dict[str, Sample] = {}
+        errors = 0
         for plugin in plugins:
             try:
-                sample = sample_plugin(plugin)
+                try:
+                    sample = sample_plugin(plugin)
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+                    with self._spare.released():
+                        sample = sample_plugin(plugin)
             except Exception:  # one odd process must not hide the others
+                errors += 1
                 log.exception("sampling failed", extra={"plugin": plugin.name})
                 continue
             if sample is not None:
                 out[plugin.name] = sample
+        metrics.monitor_swept(errors)
         return out
 
     async def sweep(self) -> dict[str, list[Violation]]:
@@ -434,6 +450,43 @@ class ResourceMonitor:
             for name, s in self._samples.items()
             if _running(s.pid)
         }
+
+
+class SpareFds:
+    """A few fds (of /dev/null) held in reserve for the monitor's own reads; `released()` frees
+    them for the duration of a block and takes them back after it. Thread-safe: the monitor's
+    thread is the only user of `released()`."""
+
+    COUNT = 4
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+        self._lock = threading.Lock()
+        self._take()
+
+    def _take(self) -> None:
+        while len(self._fds) < self.COUNT:
+            try:
+                self._fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return  # still at the limit: fewer spares until the next release
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+            try:
+                yield
+            finally:
+                self._take()
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
 
 
 def _running(pid: int) -> bool:

@@ -80,8 +80,11 @@ def test_build_deps_only_in_build_stage(stages):
 
 def test_healthcheck_user_and_ports(stages):
     final = dict(stages[1])
-    assert "/health" in final["HEALTHCHECK"]
-    assert final["EXPOSE"] == "7070"
+    # The health check asks the probe listener, which answers while the API is saturated.
+    assert "127.0.0.1:7071/health" in final["HEALTHCHECK"]
+    assert final["EXPOSE"] == "7070 7071"
+    env = final["ENV"]
+    assert "PLUGIND_API__PROBE_LISTEN=0.0.0.0:7071" in env and "PLUGIND_API__LISTEN=0.0.0.0:7070" in env
     assert final["USER"] == "root"
     text = (REPO / "Dockerfile").read_text()
     assert "Root on purpose: the sandbox creates namespaces" in text  # says why it is not non-root

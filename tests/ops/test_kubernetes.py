@@ -45,10 +45,23 @@ def test_every_object_is_named_and_namespaced(docs):
 
 
 def test_probes(container):
-    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    # On the probe listener, which answers while slow clients hold every API connection.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "probe"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "probe"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 7070}
+    assert ports == {"http": 7070, "probe": 7071}
+
+
+def test_the_probe_port_is_the_configured_probe_listener_and_not_in_the_service(docs, container, tmp_path):
+    path = tmp_path / "plugins.toml"
+    path.write_text(docs[("ConfigMap", "plugind-config")]["data"]["plugins.toml"])
+    settings = load_config(path, env=False)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert settings.api.probe_listen == f"0.0.0.0:{ports['probe']}"  # the kubelet probes the pod IP
+    assert settings.api.listen.rpartition(":")[2] == str(ports["http"])
+    service_ports = docs[("Service", "plugind")]["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]
 
 
 def test_prometheus_scrape_annotations(docs):

@@ -73,6 +73,11 @@ def test_watchdog_limits_and_writable_state(unit):
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
 
 
+def test_a_probe_listener_on_loopback(unit):
+    env = [v for k, v in unit["Service"] if k == "Environment"]
+    assert "PLUGIND_API__PROBE_LISTEN=127.0.0.1:7071" in env
+
+
 def test_no_inline_secrets(unit):
     for key, value in unit["Service"]:
         if key == "Environment":

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from plugind.api.routes import _deps
 from plugind.api.schemas import HealthReply, ReadyReply
+from plugind.host.registry import PluginRegistry
 from plugind.monitor import metrics
 
 router = APIRouter(tags=["system"])
@@ -18,7 +19,11 @@ metrics_router = APIRouter(tags=["system"])
 @router.get("/health", response_model=HealthReply)
 async def health(request: Request) -> HealthReply:
     """Liveness: answers as long as the event loop runs, whatever the plugins do."""
-    reg = _deps.registry(request)
+    return health_reply(_deps.registry(request))
+
+
+def health_reply(reg: PluginRegistry) -> HealthReply:
+    """The body of `/health` (also served by the probe listener, plugind/api/probe.py)."""
     return HealthReply(
         status="ok",
         plugins_loaded=reg.plugin_count(),
@@ -53,17 +58,21 @@ def readiness(
 @router.get("/ready", response_model=ReadyReply, responses={503: {"model": ReadyReply}})
 async def ready(request: Request) -> JSONResponse:
     """Readiness: start-up done, not stopping, and the configured plugins run (`api.ready_requires`)."""
-    reg = _deps.registry(request)
+    code, body = ready_reply(_deps.registry(request), _deps.settings(request).api.ready_requires)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
+
+
+def ready_reply(reg: PluginRegistry, requires: str) -> tuple[int, ReadyReply]:
+    """(HTTP status, body) of `/ready` for `reg` (also served by the probe listener)."""
     failed = reg.failed_plugins()
-    code, body = readiness(
+    return readiness(
         started=reg.ready,
         stopping=reg.shutting_down,
         running=sum(1 for n in reg.wanted_plugins() if reg.is_loaded(n) and n not in failed),
         failed=failed,
-        requires=_deps.settings(request).api.ready_requires,
+        requires=requires,
         state=reg.state_problem,
     )
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
 
 
 @metrics_router.get("/metrics", response_class=Response)

@@ -1,0 +1,270 @@
+"""The HTTP edge: what a slow or numerous client can hold of the daemon, and for how long.
+
+uvicorn (h11) reads a request head and body for as long as a client cares to send them, keeps every
+accepted connection, and arms its keep-alive timer only after a first response. `GuardedH11Protocol`
+is its h11 protocol with the edge's limits on top, all decided per connection on the event loop:
+
+- at accept: over `api.max_connections` open API connections, or over
+  `api.max_connections_per_client` from one client IP address, the connection gets a 503 and is
+  closed at once (before a byte of it is read);
+- a request head (request line and headers) must be complete within `api.header_timeout_secs` of
+  the connection opening, or of the first byte of a later request on a kept-alive connection: else
+  408 and close;
+- a request body must be complete within `api.body_timeout_secs` of its head: else the connection
+  is closed (the application sees a disconnect);
+- an idle kept-alive connection is closed after `api.keepalive_timeout_secs` (uvicorn's timer), and
+  a connection's `api.max_requests_per_connection`-th response carries `Connection: close`.
+
+`effective_max_connections` keeps the cap under the process's RLIMIT_NOFILE, less the fds open at
+start and a reserve for the plugins' channels, the monitor and the logs, so clients can never
+exhaust the daemon's fds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.flow_control import CLOSE_HEADER
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from plugind.config import Settings
+from plugind.monitor import metrics
+
+log = logging.getLogger("plugind.api")
+
+# fds kept out of the clients' reach: plugins' sockets and pidfds, cgroup and /proc reads of the
+# monitor, log and audit files, the probe listener. At least this many, or a quarter of the limit.
+FD_RESERVE_MIN = 64
+
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
+)
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
+
+
+def _reply(template: bytes, message: str, error: str) -> bytes:
+    body = b'{"success":false,"message":"%s","error":"%s"}' % (message.encode(), error.encode())
+    return template % (len(body), body)
+
+
+def fd_limit() -> int:
+    """The process's soft RLIMIT_NOFILE (a large number when unlimited)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def fds_in_use() -> int:
+    """How many fds this process has open now (0 when /proc cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def effective_max_connections(configured: int, nofile: int, in_use: int = 0) -> int:
+    """`configured`, lowered so that the connections, the `in_use` fds and a reserve fit in `nofile`
+    fds (at least 1). 0 stays 0: no cap at all, the operator's explicit choice."""
+    if configured == 0:
+        return 0
+    reserve = max(FD_RESERVE_MIN, nofile // 4)
+    return max(1, min(configured, nofile - in_use - reserve))
+
+
+@dataclass
+class EdgeLimits:
+    """The edge's limits, from `[api]`. A timeout or cap of 0 means none."""
+
+    max_connections: int
+    max_connections_per_client: int
+    header_timeout: float
+    body_timeout: float
+    max_requests_per_connection: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, nofile: int | None = None, in_use: int = 0) -> EdgeLimits:
+        """The limits for this process: its fd limit (or `nofile`), less `in_use` fds and a reserve."""
+        api = settings.api
+        limit = fd_limit() if nofile is None else nofile
+        cap = effective_max_connections(api.max_connections, limit, in_use)
+        if 0 < cap < api.max_connections:
+            log.warning(
+                "api.max_connections lowered from %d to %d to stay within the fd limit (%d, with a "
+                "reserve for plugins and the monitor); raise LimitNOFILE / ulimit -n to allow more",
+                api.max_connections, cap, limit,
+            )
+        return cls(
+            max_connections=cap,
+            max_connections_per_client=api.max_connections_per_client,
+            header_timeout=api.header_timeout_secs,
+            body_timeout=api.body_timeout_secs,
+            max_requests_per_connection=api.max_requests_per_connection,
+        )
+
+
+@dataclass
+class EdgeState:
+    """Open connections of the API listeners, in total and by client address."""
+
+    limits: EdgeLimits
+    open: int = 0
+    by_client: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, client: str | None) -> str | None:
+        """Count a new connection in; returns why it is refused (and counts nothing) or None."""
+        if self.limits.max_connections and self.open >= self.limits.max_connections:
+            return "max_connections"
+        per_client = self.limits.max_connections_per_client
+        if client is not None and per_client and self.by_client[client] >= per_client:
+            return "max_connections_per_client"
+        self.open += 1
+        if client is not None:
+            self.by_client[client] += 1
+        metrics.http_connections(self.open)
+        return None
+
+    def release(self, client: str | None) -> None:
+        self.open -= 1
+        if client is not None:
+            self.by_client[client] -= 1
+            if self.by_client[client] <= 0:
+                del self.by_client[client]
+        metrics.http_connections(self.open)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the edge's limits (see the module docstring). Bind it to an
+    `EdgeState` with `protocol_class(state)`; uvicorn makes one instance per connection."""
+
+    edge: ClassVar[EdgeState]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._admitted = False
+        self._peer: str | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for = ""  # "head" or "body": what the deadline is for
+        self._requests = 0
+        self._last_cycle: Any = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A TCP peer's address; None on the Unix socket, where only the total cap applies.
+        self._peer = self.client[0] if self.client else None
+        refused = self.edge.admit(self._peer)
+        if refused is not None:
+            metrics.http_connection_refused(refused)
+            transport.write(_reply(_REFUSED, f"too many connections ({refused})", "unavailable"))
+            transport.close()
+            return
+        self._admitted = True
+        self._arm("head", self.edge.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._admitted:
+            self._admitted = False
+            self.edge.release(self._peer)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return  # refused: closing, nothing of it is read
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        if self.cycle is not None and self.cycle is not self._last_cycle:
+            self._last_cycle = self.cycle
+            self._requests += 1
+            most = self.edge.limits.max_requests_per_connection
+            headers = self.headers  # the list in the new request's scope (not yet run)
+            if most and self._requests >= most and CLOSE_HEADER not in headers:
+                # uvicorn answers a request that says `Connection: close` with the same, and closes.
+                headers.append(CLOSE_HEADER)
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # Bytes of a request head are buffered, not the whole head yet (data_received calls us
+            # with data only; after a response the keep-alive timer covers the idle connection).
+            if self.conn.trailing_data[0] and self._waiting_for != "head":
+                self._arm("head", self.edge.limits.header_timeout)
+        elif state is h11.SEND_BODY:
+            if self._waiting_for != "body":
+                self._arm("body", self.edge.limits.body_timeout)
+        else:
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        self._disarm()  # the keep-alive timer takes over
+        super().on_response_complete()
+
+    def _arm(self, what: str, seconds: float) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._waiting_for = what
+            self._deadline = self.loop.call_later(seconds, self._expired, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._waiting_for = ""
+
+    def _expired(self, what: str) -> None:
+        self._deadline = None
+        self._waiting_for = ""
+        if self.transport.is_closing():
+            return
+        state = self.conn.their_state
+        if what == "head" and state is h11.IDLE:
+            metrics.http_connection_timed_out("header_timeout")
+            limit = self.edge.limits.header_timeout
+            self.transport.write(
+                _reply(_TIMED_OUT, f"request head not complete within {limit:g} s", "request_timeout")
+            )
+            self.transport.close()
+        elif what == "body" and state is h11.SEND_BODY:
+            # The application is already reading the body: no answer can be sent over it, the
+            # connection is closed and the application sees a disconnect.
+            metrics.http_connection_timed_out("body_timeout")
+            self.transport.close()
+
+
+def protocol_class(state: EdgeState) -> type[GuardedH11Protocol]:
+    """A `GuardedH11Protocol` bound to `state` (for `uvicorn.Config(http=...)`)."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"edge": state})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The `uvicorn.Config` keywords of the edge's limits."""
+    api = settings.api
+    return {
+        "http": protocol_class(EdgeState(EdgeLimits.from_settings(settings, in_use=fds_in_use()))),
+        "timeout_keep_alive": api.keepalive_timeout_secs,
+        "h11_max_incomplete_event_size": api.max_header_bytes,
+    }
+
+
+__all__ = [
+    "EdgeLimits",
+    "EdgeState",
+    "GuardedH11Protocol",
+    "effective_max_connections",
+    "fd_limit",
+    "fds_in_use",
+    "protocol_class",
+    "uvicorn_options",
+]
