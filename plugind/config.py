@@ -182,6 +182,9 @@ class PluginOverride(_Section):
     # context namespaces (key prefixes) this plugin may write besides its own "NAME."
     context_grants: list[str] = Field(default_factory=list)
     restart: Literal["never", "on-failure", "always"] | None = None
+    # The monitor's reaction to this plugin's violations; unset = `[monitoring]`'s value.
+    auto_unmount: bool | None = None
+    log_violations: bool | None = None
 
 
 class LoggingSection(_Section):

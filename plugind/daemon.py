@@ -19,7 +19,6 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,7 +36,6 @@ from plugind.host.registry import PluginRegistry
 from plugind.host.supervisor import Supervisor
 from plugind.logs import setup_logging
 from plugind.monitor.resource import ResourceMonitor
-from plugind.monitor.sampling import MonitoredPlugin
 from plugind.trust import PluginSecurity
 
 log = logging.getLogger("plugind.daemon")
@@ -126,16 +124,6 @@ def _listening(path: Path) -> bool:
     return True
 
 
-class _AuditForMonitor:
-    """The audit log under the monitor's `AuditSink` protocol (whose `event` is not positional-only)."""
-
-    def __init__(self, audit: AuditLog) -> None:
-        self._audit = audit
-
-    def append(self, event: str, plugin: str | None = None, **fields: Any) -> Any:
-        return self._audit.append(event, plugin=plugin, **fields)
-
-
 class _Server(uvicorn.Server):
     """uvicorn's server, but a signal first turns readiness off and the process exits 0 after it."""
 
@@ -208,13 +196,7 @@ class Daemon:
             audit=audit,
         )
         self.registry = registry
-        self.monitor = ResourceMonitor(
-            settings,
-            self._monitored,
-            registry.monitor_unload,
-            audit=_AuditForMonitor(audit),
-        )
-        registry.event_listeners.append(self.monitor.on_plugin_event)  # OOM kills become violations
+        self.monitor = registry.monitor  # started and stopped by the registry
         app = create_app(
             registry,
             settings,
@@ -253,15 +235,6 @@ class Daemon:
             raise PluginError("the API server did not start (see the log above)")
         return self.exit_code
 
-    def _monitored(self) -> list[MonitoredPlugin]:
-        assert self.registry is not None
-        out = []
-        for p in self.registry.get_loaded_plugins():
-            sup: Any = p.supervisor
-            if sup.pid is not None and sup.state == "running":
-                out.append(MonitoredPlugin(p.name, sup.pid, sup.cgroup))
-        return out
-
     def stopping(self, sig: int) -> None:
         """First thing on SIGTERM/SIGINT: not ready any more, tell systemd."""
         if self.registry is not None:
@@ -282,8 +255,6 @@ class Daemon:
         # stops the pings and gets the daemon restarted.
         watchdog = sdnotify.start_watchdog()
         forkserver = self._watch_forkserver()
-        if self.settings.monitoring.enabled:
-            self.monitor.start_resource_monitor()
         try:
             yield
         finally:
@@ -297,9 +268,7 @@ class Daemon:
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._startup
-            if self.settings.monitoring.enabled:
-                await self.monitor.stop()
-            await self.registry.shutdown()
+            await self.registry.shutdown()  # stops the monitor first
             log.info("all plugins stopped")
 
     def _watch_forkserver(self) -> int | None:
