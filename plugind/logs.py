@@ -171,6 +171,18 @@ def known_secrets(settings: Settings) -> list[str]:
     return [s for s in found if s]
 
 
+def redact(text: str) -> str:
+    """`text` as plugind's log handler would write it (every known secret replaced); before
+    `setup_logging`, with the secrets of the environment."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == _HANDLER_NAME:
+            for found in handler.filters:
+                if isinstance(found, RedactSecrets):
+                    return found.redact(text)
+    env = [os.environ.get("PLUGIN_TRUST_KEY", ""), os.environ.get("PLUGIND_API_TOKEN", "")]
+    return RedactSecrets([s for s in env if s]).redact(text)
+
+
 def resolve_level(settings: Settings) -> int:
     """`PLUGIND_LOG` if set to a known level, else `[logging] level`.
 
@@ -218,6 +230,7 @@ __all__ = [
     "RedactSecrets",
     "TextFormatter",
     "known_secrets",
+    "redact",
     "resolve_level",
     "setup_logging",
 ]

@@ -35,6 +35,7 @@ from plugind.errors import (
     SecurityError,
 )
 from plugind.fsio import atomic_write
+from plugind.host.error_hooks import ErrorHooks
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import PluginLoader
 from plugind.monitor import metrics
@@ -156,6 +157,10 @@ class PluginRegistry:
         # `monitor_unload`, hears of OOM kills, and runs from `start` to `shutdown`.
         self.monitor = ResourceMonitor(settings, self.monitored_plugins, self.monitor_unload, audit=audit)
         self.event_listeners.append(self.monitor.on_plugin_event)
+        # `on_error`, fired by the host for failed hook calls and crashed plugins.
+        self.error_hooks = ErrorHooks(self.hooks, settings)
+        self.hooks.on_failure = self.error_hooks.report
+        self.event_listeners.append(self.error_hooks.on_plugin_event)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -510,6 +515,7 @@ class PluginRegistry:
         await self.monitor.stop()
         if self._loaded:
             await self.fire("on_shutdown", {"host": "plugind"})
+        await self.error_hooks.close()  # no on_error for plugins being stopped
         await self.unload_all("shutdown", persist=False)
         self._notify_changed()
 
