@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from plugind.errors import ConfigError
+from plugind.errors import ConfigError, PluginError
 
 DEFAULT_CONFIG_PATH = Path("config/plugins.toml")
 PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -144,12 +144,45 @@ class FilesystemSection(_Section):
     read_only_paths: list[Path] = Field(default_factory=list)
     writable_paths: list[Path] = Field(default_factory=list)
     bind_mounts: list[BindMount] = Field(default_factory=list)
+    # Let a path above bind the host's /tmp (or /) over the plugin's private /tmp tmpfs.
+    allow_host_tmp: bool = False
+
+    @model_validator(mode="after")
+    def _private_tmp(self) -> FilesystemSection:
+        if self.allow_host_tmp:
+            return self
+        mounted = [("read_only_paths", p) for p in self.read_only_paths]
+        mounted += [("writable_paths", p) for p in self.writable_paths]
+        mounted += [("bind_mounts.target", b.target) for b in self.bind_mounts]
+        for key, path in mounted:
+            if os.path.normpath(path) in ("/tmp", "/"):
+                raise ValueError(
+                    f"sandboxing.filesystem.{key}: {str(path)!r} would put the host's files over the "
+                    "plugin's private /tmp (a tmpfs, already writable, sized by tmp_size_mb); remove "
+                    "it, share a dedicated directory instead, or set "
+                    "sandboxing.filesystem.allow_host_tmp = true"
+                )
+        return self
+
+
+def _check_targets(targets: list[str] | None) -> list[str] | None:
+    """Refuse malformed targets (a domain without a port, ...) at config load, without resolving."""
+    from plugind.sandbox.plan import parse_target  # imports this module: import it late
+
+    for text in targets or ():
+        try:
+            parse_target(text, lambda _host: ["192.0.2.1"])
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+    return targets
 
 
 class NetworkSection(_Section):
     mode: Literal["none", "restricted", "host"] = "none"
     # host:port, CIDR (optionally :port) or domain:port; domains are resolved by the host at load time
     allowed_targets: list[str] = Field(default_factory=list)
+
+    _targets = field_validator("allowed_targets")(_check_targets)
 
 
 class RlimitsSection(_Section):
@@ -170,6 +203,17 @@ class SandboxingSection(_Section):
     rlimits: RlimitsSection = Field(default_factory=RlimitsSection)
     allowed_caps: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _strict_has_no_network(self) -> SandboxingSection:
+        if self.mode == "strict" and self.network.mode != "none":
+            raise ValueError(
+                f"sandboxing.mode = 'strict' kills a hook that calls socket or connect, so "
+                f"sandboxing.network.mode = {self.network.mode!r} could never be used: set "
+                "sandboxing.mode = 'default' (the network stays limited to allowed_targets) or "
+                "sandboxing.network.mode = 'none'"
+            )
+        return self
+
 
 class PluginOverride(_Section):
     """Per-plugin settings under [plugin.NAME]; never wider than the operator's global limits."""
@@ -182,6 +226,7 @@ class PluginOverride(_Section):
     # context namespaces (key prefixes) this plugin may write besides its own "NAME."
     context_grants: list[str] = Field(default_factory=list)
     restart: Literal["never", "on-failure", "always"] | None = None
+    _targets = field_validator("allowed_targets")(_check_targets)
     # The monitor's reaction to this plugin's violations; unset = `[monitoring]`'s value.
     auto_unmount: bool | None = None
     log_violations: bool | None = None
@@ -288,6 +333,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
         msg = first["msg"]
         if first["type"] == "extra_forbidden":
             msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
         raise ConfigError(f"{cfg_path}: {key}: {msg}", key=key, path=str(cfg_path)) from exc
     # Return a plain Settings so callers can copy/compare it without the bound subclass.
     return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
