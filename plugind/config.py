@@ -288,8 +288,37 @@ class Settings(BaseSettings):
         return self.hooks.timeouts.get(hook, self.hooks.default_timeout_secs)
 
 
+PLUGIN_DIR_ENV = "PLUGIN_DIR"  # the integration guide's name for PLUGIND_PLUGINS__DIRECTORY
+
+
+def _with_plugin_dir(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with `PLUGIN_DIR` as `[plugins] directory` (an environment value: it wins over the file).
+
+    Raises ConfigError when it is empty, or set along with PLUGIND_PLUGINS__DIRECTORY to another path.
+    """
+    alias = os.environ.get(PLUGIN_DIR_ENV)
+    if alias is None:
+        return data
+    if not alias.strip():
+        raise ConfigError(f"{PLUGIN_DIR_ENV} is set but empty: unset it or name the plugin directory",
+                          key=PLUGIN_DIR_ENV)
+    ours = os.environ.get("PLUGIND_PLUGINS__DIRECTORY")
+    if ours is not None and os.path.normpath(ours) != os.path.normpath(alias):
+        raise ConfigError(
+            f"{PLUGIN_DIR_ENV}={alias!r} and PLUGIND_PLUGINS__DIRECTORY={ours!r} name different plugin "
+            f"directories: unset one of them ({PLUGIN_DIR_ENV} is an alias of the other)",
+            key=PLUGIN_DIR_ENV,
+        )
+    plugins = data.get("plugins")
+    section = dict(plugins) if isinstance(plugins, dict) else {}
+    section["directory"] = alias
+    return {**data, "plugins": section}
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Settings:
     """Read the TOML file at `path` (default config/plugins.toml, or $PLUGIND_CONFIG) plus PLUGIND_* env.
+
+    `PLUGIN_DIR` is accepted as an alias of `PLUGIND_PLUGINS__DIRECTORY` (not when `env` is False).
 
     A missing default file gives the built-in defaults; a missing explicit file is an error.
     Raises ConfigError naming the file and the offending key.
@@ -307,7 +336,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
     elif explicit:
         raise ConfigError(f"{cfg_path}: configuration file not found", path=str(cfg_path))
 
-    toml_data = data
+    toml_data = _with_plugin_dir(data) if env else data
 
     class _Bound(Settings):
         @classmethod
@@ -339,4 +368,4 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
     return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "PLUGIN_NAME_RE", "Settings", "load_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "PLUGIN_DIR_ENV", "PLUGIN_NAME_RE", "Settings", "load_config"]
