@@ -1,4 +1,4 @@
-"""Pydantic models of the REST API (DESIGN.md section 7): what requests carry and replies contain."""
+"""Pydantic models of the REST API (docs/integrators.md, "REST API"): what requests carry, replies contain."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which plugin handles which hook, and the three execution policies of DESIGN.md section 6.
+"""Which plugin handles which hook, and the three execution policies (docs/integrators.md, "Hook calls").
 
 Order: higher `priority` first, then load order (the plugin registered first runs first).
 Deadline of one handler: the per-call `timeout_s` (a deadline for the whole call), else the

@@ -128,8 +128,8 @@ def test_well_known_hook_names() -> None:
 
     names = (sdk.ON_REQUEST, sdk.ON_RESPONSE, sdk.ON_ERROR, sdk.ON_STARTUP, sdk.ON_SHUTDOWN)
     assert names == ("on_request", "on_response", "on_error", "on_startup", "on_shutdown")
-    assert sdk.HOST_FIRED == {"on_startup", "on_shutdown", "on_error"}
-    assert sdk.INTEGRATOR_FIRED | sdk.HOST_FIRED == set(names)
+    assert {"on_startup", "on_shutdown", "on_error"} == sdk.HOST_FIRED
+    assert set(names) == sdk.INTEGRATOR_FIRED | sdk.HOST_FIRED
     assert not sdk.INTEGRATOR_FIRED & sdk.HOST_FIRED
 
 
