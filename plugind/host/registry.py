@@ -192,9 +192,12 @@ class PluginRegistry:
         return name in self._loaded
 
     def monitored_plugins(self) -> list[MonitoredPlugin]:
-        """The running plugins, as the resource monitor samples them (pid and cgroup)."""
+        """The running plugins, as the resource monitor samples them (pid and cgroup).
+
+        Also called from the monitor's on-demand checks in a worker thread: iterate over a copy.
+        """
         out = []
-        for p in self._loaded.values():
+        for p in list(self._loaded.values()):
             sup: Any = p.supervisor
             if sup.pid is not None and sup.state == "running":
                 out.append(MonitoredPlugin(p.name, sup.pid, getattr(sup, "cgroup", None)))
