@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from plugind.errors import ConfigError
+from plugind.errors import ConfigError, PluginError
 
 DEFAULT_CONFIG_PATH = Path("config/plugins.toml")
 PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -159,12 +159,45 @@ class FilesystemSection(_Section):
     read_only_paths: list[Path] = Field(default_factory=list)
     writable_paths: list[Path] = Field(default_factory=list)
     bind_mounts: list[BindMount] = Field(default_factory=list)
+    # Let a path above bind the host's /tmp (or /) over the plugin's private /tmp tmpfs.
+    allow_host_tmp: bool = False
+
+    @model_validator(mode="after")
+    def _private_tmp(self) -> FilesystemSection:
+        if self.allow_host_tmp:
+            return self
+        mounted = [("read_only_paths", p) for p in self.read_only_paths]
+        mounted += [("writable_paths", p) for p in self.writable_paths]
+        mounted += [("bind_mounts.target", b.target) for b in self.bind_mounts]
+        for key, path in mounted:
+            if os.path.normpath(path) in ("/tmp", "/"):
+                raise ValueError(
+                    f"sandboxing.filesystem.{key}: {str(path)!r} would put the host's files over the "
+                    "plugin's private /tmp (a tmpfs, already writable, sized by tmp_size_mb); remove "
+                    "it, share a dedicated directory instead, or set "
+                    "sandboxing.filesystem.allow_host_tmp = true"
+                )
+        return self
+
+
+def _check_targets(targets: list[str] | None) -> list[str] | None:
+    """Refuse malformed targets (a domain without a port, ...) at config load, without resolving."""
+    from plugind.sandbox.plan import parse_target  # imports this module: import it late
+
+    for text in targets or ():
+        try:
+            parse_target(text, lambda _host: ["192.0.2.1"])
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+    return targets
 
 
 class NetworkSection(_Section):
     mode: Literal["none", "restricted", "host"] = "none"
     # host:port, CIDR (optionally :port) or domain:port; domains are resolved by the host at load time
     allowed_targets: list[str] = Field(default_factory=list)
+
+    _targets = field_validator("allowed_targets")(_check_targets)
 
 
 class RlimitsSection(_Section):
@@ -184,6 +217,17 @@ class SandboxingSection(_Section):
     network: NetworkSection = Field(default_factory=NetworkSection)
     rlimits: RlimitsSection = Field(default_factory=RlimitsSection)
     allowed_caps: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _strict_has_no_network(self) -> SandboxingSection:
+        if self.mode == "strict" and self.network.mode != "none":
+            raise ValueError(
+                f"sandboxing.mode = 'strict' kills a hook that calls socket or connect, so "
+                f"sandboxing.network.mode = {self.network.mode!r} could never be used: set "
+                "sandboxing.mode = 'default' (the network stays limited to allowed_targets) or "
+                "sandboxing.network.mode = 'none'"
+            )
+        return self
 
 
 class BudgetsSection(_Section):
@@ -220,6 +264,10 @@ class PluginOverride(_Section):
     context_grants: list[str] = Field(default_factory=list)
     restart: Literal["never", "on-failure", "always"] | None = None
     budgets: BudgetOverride = Field(default_factory=BudgetOverride)
+    _targets = field_validator("allowed_targets")(_check_targets)
+    # The monitor's reaction to this plugin's violations; unset = `[monitoring]`'s value.
+    auto_unmount: bool | None = None
+    log_violations: bool | None = None
 
 
 class LoggingSection(_Section):
@@ -280,8 +328,37 @@ class Settings(BaseSettings):
         return min(configured, self.hooks.max_timeout_secs)
 
 
+PLUGIN_DIR_ENV = "PLUGIN_DIR"  # the integration guide's name for PLUGIND_PLUGINS__DIRECTORY
+
+
+def _with_plugin_dir(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with `PLUGIN_DIR` as `[plugins] directory` (an environment value: it wins over the file).
+
+    Raises ConfigError when it is empty, or set along with PLUGIND_PLUGINS__DIRECTORY to another path.
+    """
+    alias = os.environ.get(PLUGIN_DIR_ENV)
+    if alias is None:
+        return data
+    if not alias.strip():
+        raise ConfigError(f"{PLUGIN_DIR_ENV} is set but empty: unset it or name the plugin directory",
+                          key=PLUGIN_DIR_ENV)
+    ours = os.environ.get("PLUGIND_PLUGINS__DIRECTORY")
+    if ours is not None and os.path.normpath(ours) != os.path.normpath(alias):
+        raise ConfigError(
+            f"{PLUGIN_DIR_ENV}={alias!r} and PLUGIND_PLUGINS__DIRECTORY={ours!r} name different plugin "
+            f"directories: unset one of them ({PLUGIN_DIR_ENV} is an alias of the other)",
+            key=PLUGIN_DIR_ENV,
+        )
+    plugins = data.get("plugins")
+    section = dict(plugins) if isinstance(plugins, dict) else {}
+    section["directory"] = alias
+    return {**data, "plugins": section}
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Settings:
     """Read the TOML file at `path` (default config/plugins.toml, or $PLUGIND_CONFIG) plus PLUGIND_* env.
+
+    `PLUGIN_DIR` is accepted as an alias of `PLUGIND_PLUGINS__DIRECTORY` (not when `env` is False).
 
     A missing default file gives the built-in defaults; a missing explicit file is an error.
     Raises ConfigError naming the file and the offending key.
@@ -299,7 +376,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
     elif explicit:
         raise ConfigError(f"{cfg_path}: configuration file not found", path=str(cfg_path))
 
-    toml_data = data
+    toml_data = _with_plugin_dir(data) if env else data
 
     class _Bound(Settings):
         @classmethod
@@ -325,9 +402,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
         msg = first["msg"]
         if first["type"] == "extra_forbidden":
             msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
         raise ConfigError(f"{cfg_path}: {key}: {msg}", key=key, path=str(cfg_path)) from exc
     # Return a plain Settings so callers can copy/compare it without the bound subclass.
     return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "PLUGIN_NAME_RE", "Settings", "load_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "PLUGIN_DIR_ENV", "PLUGIN_NAME_RE", "Settings", "load_config"]

@@ -41,7 +41,6 @@ from plugind.host.registry import PluginRegistry
 from plugind.host.supervisor import Supervisor
 from plugind.logs import setup_logging
 from plugind.monitor.resource import ResourceMonitor
-from plugind.monitor.sampling import MonitoredPlugin
 from plugind.trust import PluginSecurity
 
 log = logging.getLogger("plugind.daemon")
@@ -130,16 +129,6 @@ def _listening(path: Path) -> bool:
     return True
 
 
-class _AuditForMonitor:
-    """The audit log under the monitor's `AuditSink` protocol (whose `event` is not positional-only)."""
-
-    def __init__(self, audit: AuditLog) -> None:
-        self._audit = audit
-
-    def append(self, event: str, plugin: str | None = None, **fields: Any) -> Any:
-        return self._audit.append(event, plugin=plugin, **fields)
-
-
 class _Server(uvicorn.Server):
     """uvicorn's server, but a signal first turns readiness off and the process exits 0 after it."""
 
@@ -212,13 +201,7 @@ class Daemon:
             audit=audit,
         )
         self.registry = registry
-        self.monitor = ResourceMonitor(
-            settings,
-            self._monitored,
-            registry.monitor_unload,
-            audit=_AuditForMonitor(audit),
-        )
-        registry.event_listeners.append(self.monitor.on_plugin_event)  # OOM kills become violations
+        self.monitor = registry.monitor  # started and stopped by the registry
         app = create_app(
             registry,
             settings,
@@ -263,15 +246,6 @@ class Daemon:
             raise PluginError("the API server did not start (see the log above)")
         return self.exit_code
 
-    def _monitored(self) -> list[MonitoredPlugin]:
-        assert self.registry is not None
-        out = []
-        for p in self.registry.get_loaded_plugins():
-            sup: Any = p.supervisor
-            if sup.pid is not None and sup.state == "running":
-                out.append(MonitoredPlugin(p.name, sup.pid, sup.cgroup))
-        return out
-
     def stopping(self, sig: int) -> None:
         """First thing on SIGTERM/SIGINT: not ready any more, tell systemd."""
         if self.registry is not None:
@@ -292,8 +266,6 @@ class Daemon:
         # stops the pings and gets the daemon restarted.
         watchdog = sdnotify.start_watchdog()
         forkserver = self._watch_forkserver()
-        if self.settings.monitoring.enabled:
-            self.monitor.start_resource_monitor()
         try:
             yield
         finally:
@@ -307,9 +279,7 @@ class Daemon:
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._startup
-            if self.settings.monitoring.enabled:
-                await self.monitor.stop()
-            await self.registry.shutdown()
+            await self.registry.shutdown()  # stops the monitor first
             log.info("all plugins stopped")
 
     def _watch_forkserver(self) -> int | None:

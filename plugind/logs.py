@@ -2,7 +2,8 @@
 
 `setup_logging(settings)` installs one handler on the root logger (stderr by default):
 - format: `[logging] format = "json" | "text" | "auto"`; auto is text on a terminal, else JSON;
-- level: `PLUGIND_LOG` (debug, info, warning, error) wins over `[logging] level`;
+- level: `PLUGIND_LOG` (debug, info, warning, error) wins over `[logging] level`; it may also set
+  levels per logger: `PLUGIND_LOG=info,plugind.host.supervisor=debug`;
 - a JSON line holds `timestamp` (UTC, RFC 3339), `level`, `logger`, `message`, `plugin` when the
   call passed `extra={"plugin": name}`, every other extra, and `exc` for a traceback;
 - `RedactSecrets`, on the handler so it sees records of every logger, replaces the value of
@@ -194,19 +195,53 @@ def known_secrets(settings: Settings) -> list[str]:
     return [s for s in found if s]
 
 
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_module_levels: set[str] = set()  # loggers the last setup_logging gave a level of their own
+
+
+def parse_log_spec(text: str) -> tuple[int | None, dict[str, int]]:
+    """`PLUGIND_LOG`: `info`, or `info,plugind.host.supervisor=debug,uvicorn=warning`.
+
+    Returns (the default level or None, {logger: level}). Raises ConfigError naming PLUGIND_LOG.
+    """
+    default: int | None = None
+    modules: dict[str, int] = {}
+    names = ", ".join(LEVELS)
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        module, sep, level = item.rpartition("=")
+        level = level.strip().lower()
+        if level not in LEVELS:
+            raise ConfigError(
+                f"PLUGIND_LOG={level[:40]!r} is not a log level; use one of {names}, as in "
+                "PLUGIND_LOG=info,plugind.host.supervisor=debug",
+                key="PLUGIND_LOG",
+            )
+        if not sep:
+            if default is not None:
+                raise ConfigError("PLUGIND_LOG: more than one default level", key="PLUGIND_LOG")
+            default = LEVELS[level]
+            continue
+        module = module.strip()
+        if not _MODULE_RE.match(module):
+            raise ConfigError(
+                f"PLUGIND_LOG: {module[:80]!r} is not a logger name like plugind.host.supervisor",
+                key="PLUGIND_LOG",
+            )
+        modules[module] = LEVELS[level]
+    return default, modules
+
+
 def resolve_level(settings: Settings) -> int:
-    """`PLUGIND_LOG` if set to a known level, else `[logging] level`.
+    """The default level of `PLUGIND_LOG` if it gives one, else `[logging] level`.
 
     Raises ConfigError naming PLUGIND_LOG when it holds something else.
     """
-    env = os.environ.get("PLUGIND_LOG", "").strip().lower()
-    if env:
-        if env not in LEVELS:
-            raise ConfigError(
-                f"PLUGIND_LOG={env!r} is not a log level; use one of {', '.join(LEVELS)}", key="PLUGIND_LOG"
-            )
-        return LEVELS[env]
-    return LEVELS[settings.logging.level]
+    default, _ = parse_log_spec(os.environ.get("PLUGIND_LOG", ""))
+    return default if default is not None else LEVELS[settings.logging.level]
 
 
 def setup_logging(settings: Settings, stream: IO[str] | None = None) -> RedactSecrets:
@@ -216,6 +251,7 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> RedactSe
     Raises ConfigError for an unknown PLUGIND_LOG level.
     """
     level = resolve_level(settings)
+    _, modules = parse_log_spec(os.environ.get("PLUGIND_LOG", ""))
     stream = stream if stream is not None else sys.stderr
     fmt = settings.logging.format
     if fmt == "auto":
@@ -233,6 +269,12 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> RedactSe
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("plugind").setLevel(level)
+    for name in _module_levels - set(modules):
+        logging.getLogger(name).setLevel(logging.NOTSET)  # set by an earlier call: inherit again
+    for name, module_level in modules.items():
+        logging.getLogger(name).setLevel(module_level)
+    _module_levels.clear()
+    _module_levels.update(modules)
     return redactor
 
 
@@ -243,6 +285,7 @@ __all__ = [
     "TextFormatter",
     "current_redactor",
     "known_secrets",
+    "parse_log_spec",
     "redact",
     "resolve_level",
     "setup_logging",

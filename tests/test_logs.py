@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pty
+import re
 import secrets
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ import pytest
 
 from plugind.config import Settings
 from plugind.errors import ConfigError
-from plugind.logs import REDACTED, RedactSecrets, resolve_level, setup_logging
+from plugind.logs import REDACTED, RedactSecrets, parse_log_spec, resolve_level, setup_logging
 
 TRUST_KEY = secrets.token_hex(32)
 API_TOKEN = secrets.token_urlsafe(32)
@@ -174,3 +175,57 @@ def test_hashes_and_short_words_are_left_alone():
     bare = secrets.token_hex(32)
     assert r.redact(f"hash {bare}") == f"hash {bare}"  # 64 hex without key/token nearby
     assert r.redact(f"TRUST_KEY={bare}") == f"TRUST_KEY={REDACTED}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "default", "modules"),
+    [
+        ("info", logging.INFO, {}),
+        ("info,plugind.host.supervisor=debug", logging.INFO, {"plugind.host.supervisor": logging.DEBUG}),
+        (" plugind.api = WARNING , error ", logging.ERROR, {"plugind.api": logging.WARNING}),
+        ("uvicorn=error", None, {"uvicorn": logging.ERROR}),
+        ("", None, {}),
+    ],
+    ids=["default-only", "default-and-module", "spaces-and-case", "module-only", "empty"],
+)
+def test_log_spec_table(spec, default, modules):
+    assert parse_log_spec(spec) == (default, modules)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("info,plugind.host=chatty", "PLUGIND_LOG='chatty' is not a log level"),
+        ("info,debug", "more than one default level"),
+        ("info,../x=debug", "is not a logger name like plugind.host.supervisor"),
+        ("info,=debug", "is not a logger name"),
+    ],
+    ids=["bad-level", "two-defaults", "path-as-module", "empty-module"],
+)
+def test_bad_log_specs_name_the_variable(monkeypatch, spec, message):
+    monkeypatch.setenv("PLUGIND_LOG", spec)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        setup_logging(make_settings())
+    assert info.value.key == "PLUGIND_LOG"
+
+
+def test_per_module_levels(monkeypatch):
+    monkeypatch.setenv("PLUGIND_LOG", "info,plugind.host.supervisor=debug,plugind.api=error")
+    out = io.StringIO()
+    setup_logging(make_settings(format="json", level="warning"), stream=out)
+    logging.getLogger("plugind.host.supervisor").debug("supervisor detail")
+    logging.getLogger("plugind.host.supervisor.sub").debug("child inherits")
+    logging.getLogger("plugind.host.registry").debug("registry detail")
+    logging.getLogger("plugind.host.registry").info("registry info")
+    logging.getLogger("plugind.api").warning("api warning")
+    logging.getLogger("plugind.api").error("api error")
+    assert [e["message"] for e in lines(out)] == [
+        "supervisor detail", "child inherits", "registry info", "api error"
+    ]
+    # A later set-up without them gives those loggers back to their parents' level.
+    monkeypatch.setenv("PLUGIND_LOG", "info")
+    out2 = io.StringIO()
+    setup_logging(make_settings(format="json"), stream=out2)
+    logging.getLogger("plugind.host.supervisor").debug("quiet again")
+    logging.getLogger("plugind.api").warning("heard again")
+    assert [e["message"] for e in lines(out2)] == ["heard again"]

@@ -24,6 +24,7 @@ from plugind.api.auth import BearerAuth
 from plugind.api.routes import audit as audit_routes
 from plugind.api.routes import context as context_routes
 from plugind.api.routes import hooks as hook_routes
+from plugind.api.routes import monitoring as monitoring_routes
 from plugind.api.routes import plugins as plugin_routes
 from plugind.api.routes import system as system_routes
 from plugind.config import Settings
@@ -166,6 +167,7 @@ def create_app(
         app.include_router(system_routes.metrics_router, dependencies=auth)
     for router in (
         plugin_routes.router,
+        monitoring_routes.router,
         hook_routes.router,
         context_routes.router,
         audit_routes.router,

@@ -117,7 +117,29 @@ class PlugindClient:
         body: dict[str, Any] = {"plugin_name": name}
         if version is not None:
             body["version"] = version
-        result: dict[str, Any] = self._request("POST", "/api/plugins/upgrade", json=body)
+        upgraded: dict[str, Any] = self._request("POST", "/api/plugins/upgrade", json=body)
+        return upgraded
+
+    def unmount_behavior(
+        self, name: str, *, auto_unmount: bool | None = None, log_violations: bool | None = None
+    ) -> dict[str, Any]:
+        """The monitor's reaction to `name`'s violations; sets what is given first (`PUT`, after a
+        `GET` for what is not). Raises ApiError (404 unknown, 422 bad name)."""
+        path = f"/api/plugins/{httpx.URL(name)}/unmount-behavior"
+        current: dict[str, Any] = self._request("GET", path)
+        if auto_unmount is None and log_violations is None:
+            return current
+        body = {
+            "auto_unmount": current["auto_unmount"] if auto_unmount is None else auto_unmount,
+            "log_violations": current["log_violations"] if log_violations is None else log_violations,
+        }
+        result: dict[str, Any] = self._request("PUT", path, json=body)
+        return result
+
+    def check(self, name: str) -> dict[str, Any]:
+        """`POST /api/plugins/{name}/check`: `{plugin, violations, metrics}` of a sample taken now.
+        Raises ApiError (404 unknown, 409 not loaded, 422 bad name)."""
+        result: dict[str, Any] = self._request("POST", f"/api/plugins/{httpx.URL(name)}/check")
         return result
 
     def rescan(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Pydantic models of the REST API (DESIGN.md section 7): what requests carry and replies contain."""
+"""Pydantic models of the REST API (docs/integrators.md, "REST API"): what requests carry, replies contain."""
 
 from __future__ import annotations
 
@@ -135,6 +135,24 @@ class PluginDetail(PluginSummary):
     violations: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class UnmountBehaviorRequest(_Request):
+    # Strict: "yes" or 1 is a 422, not a silent true.
+    auto_unmount: bool = Field(strict=True, description="unload after violation_threshold violating checks")
+    log_violations: bool = Field(strict=True, description="log a warning for each violating check")
+
+
+class UnmountBehaviorReply(BaseModel):
+    plugin: str
+    auto_unmount: bool
+    log_violations: bool
+
+
+class CheckReply(BaseModel):
+    plugin: str
+    violations: list[dict[str, Any]] = Field(description="the limits the sample is over (none: empty)")
+    metrics: PluginMetrics
+
+
 class RescanReply(BaseModel):
     success: bool = True
     added: list[str]
@@ -185,6 +203,7 @@ __all__ = [
     "NAME_PATTERN",
     "ActionReply",
     "AuditReply",
+    "CheckReply",
     "ContextReply",
     "ContextValue",
     "ErrorReply",
@@ -198,5 +217,7 @@ __all__ = [
     "PluginSummary",
     "ReadyReply",
     "RescanReply",
+    "UnmountBehaviorReply",
+    "UnmountBehaviorRequest",
     "jsonable",
 ]

@@ -1,5 +1,5 @@
 """`plugind ctl`: drive a running daemon over its REST API (list, load, unload, upgrade, call,
-health)."""
+health, check, unmount-behavior)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ def register(subparsers: Any) -> None:
     upgrade = sub.add_parser("upgrade", help="swap a loaded plugin to another version, no call lost")
     upgrade.add_argument("name")
     upgrade.add_argument("--version", help="the version to move to (default: the highest admitted)")
+    check = sub.add_parser(
+        "check", help="sample a plugin's resources now; exit 2 when it is over a limit"
+    )
+    check.add_argument("name")
+    behavior = sub.add_parser(
+        "unmount-behavior", help="show or set whether a plugin's violations unload it / are logged"
+    )
+    behavior.add_argument("name")
+    behavior.add_argument("--auto-unmount", choices=("on", "off"), help="unload after repeated violations")
+    behavior.add_argument("--log-violations", choices=("on", "off"), help="log each violating check")
     call = sub.add_parser("call", help="fire a hook and print the result as JSON")
     call.add_argument("hook")
     call.add_argument("--data", default="null", help="JSON payload (default null)")
@@ -98,11 +108,22 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {reply['warning']}", file=sys.stderr)
         elif args.action == "upgrade":
             print(api.upgrade(args.name, args.version)["message"])
+        elif args.action == "check":
+            reply = api.check(args.name)
+            _print(reply)
+            return 2 if reply.get("violations") else 0
+        elif args.action == "unmount-behavior":
+            auto, logged = _switch(args.auto_unmount), _switch(args.log_violations)
+            _print(api.unmount_behavior(args.name, auto_unmount=auto, log_violations=logged))
         elif args.action == "call":
             reply = api.call(args.hook, data, policy=args.policy, timeout_s=args.timeout)
             _print(reply)
             return 0 if reply.get("success") else 2
     return 0
+
+
+def _switch(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
 
 
 def _print(value: Any) -> None:

@@ -1,4 +1,4 @@
-"""Which plugin handles which hook, and the three execution policies of DESIGN.md section 6.
+"""Which plugin handles which hook, and the three execution policies (docs/integrators.md, "Hook calls").
 
 Order: higher `priority` first, then load order (the plugin registered first runs first).
 Deadline of one handler: the per-call `timeout_s` (a deadline for the whole call), else the
@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -124,6 +124,9 @@ class HookRegistry:
         self._settings = settings
         self._by_plugin: dict[str, dict[str, _Handler]] = {}
         self._order = itertools.count()
+        # Told of every failed handler call (hook, plugin, outcome, message); must not raise or
+        # block. The registry's `on_error` dispatcher (plugind.host.error_hooks) listens here.
+        self.on_failure: Callable[[str, str, str, str], None] | None = None
 
     def register(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
         """Add `plugin` as the handler of `hooks` (name -> priority). Re-registering replaces it."""
@@ -247,12 +250,16 @@ class HookRegistry:
             log.warning(
                 "hook %s of %s failed: %s", hook, handler.plugin, exc, extra={"plugin": handler.plugin}
             )
+            if self.on_failure is not None:
+                self.on_failure(hook, handler.plugin, kind, exc.message)
             return HookOutcome(handler.plugin, kind, error=exc, duration_s=elapsed)
         except Exception as exc:  # a bug in a target must not take the whole call down
             elapsed = time.monotonic() - started
             metrics.observe_hook(hook, handler.plugin, "error", elapsed)
             log.exception("hook %s of %s raised", hook, handler.plugin, extra={"plugin": handler.plugin})
             err = HookError(f"{type(exc).__name__}: {exc}", plugin=handler.plugin, hook=hook)
+            if self.on_failure is not None:
+                self.on_failure(hook, handler.plugin, "error", err.message)
             return HookOutcome(handler.plugin, "error", error=err, duration_s=elapsed)
         elapsed = time.monotonic() - started
         metrics.observe_hook(hook, handler.plugin, "ok", elapsed)

@@ -41,10 +41,13 @@ from plugind.errors import (
     PluginNotFound,
     SecurityError,
 )
+from plugind.host.error_hooks import ErrorHooks
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import PluginLoader
 from plugind.host.state import keep_aside, read_state, write_state
 from plugind.monitor import metrics
+from plugind.monitor.resource import ResourceMonitor
+from plugind.monitor.sampling import MonitoredPlugin
 
 if TYPE_CHECKING:
     from plugind.host.upgrade import UpgradeResult
@@ -166,6 +169,14 @@ class PluginRegistry:
         self.event_listeners: list[Callable[[str, str, Any], None]] = []
         # Called (no arguments) whenever the loaded, wanted or failed set may have changed.
         self.change_listeners: list[Callable[[], None]] = []
+        # The registry owns its monitor: it samples the loaded plugins, unloads through
+        # `monitor_unload`, hears of OOM kills, and runs from `start` to `shutdown`.
+        self.monitor = ResourceMonitor(settings, self.monitored_plugins, self.monitor_unload, audit=audit)
+        self.event_listeners.append(self.monitor.on_plugin_event)
+        # `on_error`, fired by the host for failed hook calls and crashed plugins.
+        self.error_hooks = ErrorHooks(self.hooks, settings)
+        self.hooks.on_failure = self.error_hooks.report
+        self.event_listeners.append(self.error_hooks.on_plugin_event)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -195,6 +206,18 @@ class PluginRegistry:
 
     def is_loaded(self, name: str) -> bool:
         return name in self._loaded
+
+    def monitored_plugins(self) -> list[MonitoredPlugin]:
+        """The running plugins, as the resource monitor samples them (pid and cgroup).
+
+        Also called from the monitor's on-demand checks in a worker thread: iterate over a copy.
+        """
+        out = []
+        for p in list(self._loaded.values()):
+            sup: Any = p.supervisor
+            if sup.pid is not None and sup.state == "running":
+                out.append(MonitoredPlugin(p.name, sup.pid, getattr(sup, "cgroup", None)))
+        return out
 
     def state_of(self, name: str) -> str:
         """"running", "failed", ... for a loaded plugin ("upgrading" while an upgrade of it runs),
@@ -513,7 +536,11 @@ class PluginRegistry:
 
     async def start(self) -> list[str]:
         """Scan, load the wanted set (the state file, or on a first start what `auto_load` admits),
-        fire `on_startup`. Returns the loaded names; `failed_plugins()` says what did not load."""
+        fire `on_startup`. Returns the loaded names; `failed_plugins()` says what did not load.
+
+        Starts `monitor` when `[monitoring] enabled` (needs a running event loop)."""
+        if self.settings.monitoring.enabled and not self.monitor.running:
+            self.monitor.start_resource_monitor()
         if self.settings.plugins.scan_on_start:
             await self.scan_directory()
         wanted = await self._read_intent()
@@ -548,11 +575,14 @@ class PluginRegistry:
         return list(self._loaded)
 
     async def shutdown(self) -> None:
-        """Not ready any more; fire `on_shutdown`; stop every plugin (the persisted set is kept)."""
+        """Not ready any more; stop the monitor; fire `on_shutdown`; stop every plugin (the persisted
+        set is kept)."""
         self.ready = False
         self.shutting_down = True
+        await self.monitor.stop()
         if self._loaded:
             await self.fire("on_shutdown", {"host": "plugind"})
+        await self.error_hooks.close()  # no on_error for plugins being stopped
         await self.unload_all("shutdown", persist=False)
         if self._unsaved:  # a last try, so a restart finds what the operator last asked for
             await self.persist()

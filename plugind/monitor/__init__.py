@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from plugind.monitor.resource import PluginMetrics, ResourceMonitor, UnmountBehavior
+from plugind.monitor.resource import (
+    PluginMetrics,
+    ResourceCheck,
+    ResourceMonitor,
+    UnmountBehavior,
+)
 from plugind.monitor.sampling import MonitoredPlugin, Sample
 from plugind.monitor.violations import (
     Connections,
@@ -23,6 +28,7 @@ __all__ = [
     "MonitoredPlugin",
     "OomKill",
     "PluginMetrics",
+    "ResourceCheck",
     "ResourceLimits",
     "ResourceMonitor",
     "Sample",

@@ -1,4 +1,4 @@
-"""Every Prometheus object of plugind (DESIGN section 11), on one dedicated registry.
+"""Every Prometheus object of plugind (docs/operations.md, "Metrics"), on one dedicated registry.
 
 Other modules never touch prometheus_client directly; they call the helpers below:
 

@@ -45,7 +45,7 @@ Unload = Callable[[str, str], Awaitable[Any]]
 class AuditSink(Protocol):
     """What the monitor needs of `plugind.audit.AuditLog`."""
 
-    def append(self, event: str, plugin: str | None = None, **fields: Any) -> Any: ...
+    def append(self, event: str, /, plugin: str | None = None, **fields: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,22 @@ class PluginMetrics:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ResourceCheck:
+    """The result of one check on demand: the limits a fresh sample is over, and its metrics."""
+
+    plugin: str
+    violations: list[Violation]
+    metrics: PluginMetrics
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "violations": [v.as_dict() for v in self.violations],
+            "metrics": self.metrics.as_dict(),
+        }
 
 
 @dataclass
@@ -118,13 +134,25 @@ class ResourceMonitor:
     # -- configuration -------------------------------------------------------------------------
 
     def set_unmount_behavior(self, name: str, behavior: UnmountBehavior) -> None:
-        """How to react to `name`'s violations (default: `[monitoring] auto_unmount, log_violations`)."""
+        """How to react to `name`'s violations from now on (until the daemon stops).
+
+        It wins over `[plugin.NAME] auto_unmount, log_violations`, which win over `[monitoring]`'s.
+        """
         self._behavior[name] = behavior
 
     def unmount_behavior(self, name: str) -> UnmountBehavior:
-        """The behaviour in force for `name`."""
+        """The behaviour in force for `name`: set at run time, else `[plugin.NAME]`, else `[monitoring]`."""
+        set_now = self._behavior.get(name)
+        if set_now is not None:
+            return set_now
         mon = self.settings.monitoring
-        return self._behavior.get(name, UnmountBehavior(mon.auto_unmount, mon.log_violations))
+        override = self.settings.plugin.get(name)
+        auto = override.auto_unmount if override is not None else None
+        logged = override.log_violations if override is not None else None
+        return UnmountBehavior(
+            mon.auto_unmount if auto is None else auto,
+            mon.log_violations if logged is None else logged,
+        )
 
     def limits_for(self, plugin: MonitoredPlugin) -> ResourceLimits:
         return plugin.limits or ResourceLimits.from_settings(self.settings, plugin.name)
@@ -146,6 +174,11 @@ class ResourceMonitor:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="plugind-monitor")
         metrics.set_sample_source(self.exported_samples)
         return self._task
+
+    @property
+    def running(self) -> bool:
+        """True between `start_resource_monitor` and `stop`."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         """Stop sweeping and wait for the sweep in progress and any auto-unload it started."""
@@ -341,11 +374,20 @@ class ResourceMonitor:
         A check on demand does not count towards the consecutive-violation threshold; only sweeps do.
         Raises NotLoaded when `name` is not a loaded plugin (or its process is gone).
         """
+        return self.check(name).violations
+
+    def check(self, name: str) -> ResourceCheck:
+        """`check_plugin_resources`, with the metrics of that same sample (blocking).
+
+        Raises NotLoaded when `name` is not a loaded plugin (or its process is gone).
+        """
         plugin = self._find(name)
         sample = sample_plugin(plugin)
         if sample is None:
             raise NotLoaded(f"plugin {name!r} has no running process", plugin=name)
-        return self._judge(plugin, sample, count=False)
+        found = self._judge(plugin, sample, count=False)
+        state = self._states.get(name)
+        return ResourceCheck(name, found, self._metrics_of(sample, state))
 
     def get_plugin_metrics(self, name: str) -> PluginMetrics:
         """The latest sample of `name` (sampled now if no sweep has seen it yet).
@@ -358,7 +400,10 @@ class ResourceMonitor:
             sample = sample_plugin(plugin)
             if sample is None:
                 raise NotLoaded(f"plugin {name!r} has no running process", plugin=name)
-        state = self._states.get(name)
+        return self._metrics_of(sample, self._states.get(name))
+
+    @staticmethod
+    def _metrics_of(sample: Sample, state: _State | None) -> PluginMetrics:
         return PluginMetrics(
             heap_bytes=sample.memory_bytes,
             cpu_time_ms=int(sample.cpu_seconds * 1000),
@@ -499,4 +544,4 @@ def _running(pid: int) -> bool:
     return True
 
 
-__all__ = ["MonitoredPlugin", "PluginMetrics", "ResourceMonitor", "UnmountBehavior"]
+__all__ = ["MonitoredPlugin", "PluginMetrics", "ResourceCheck", "ResourceMonitor", "UnmountBehavior"]

@@ -192,7 +192,8 @@ def parse_target(text: str, resolve: Callable[[str], list[str]]) -> list[Target]
         )
     if port is None:
         raise ConfigError(
-            f"allowed target {raw!r}: a domain needs a port (domain:port)", key="allowed_targets"
+            f"allowed target {raw!r}: a domain needs a port (domain:port, e.g. {host}:443)",
+            key="allowed_targets",
         )
     addrs = resolve(host)
     if not addrs:
@@ -275,6 +276,43 @@ def system_binds(network_mode: str, exists: Callable[[str], bool] = os.path.lexi
     return binds
 
 
+def _covered(path: str, binds: Iterable[Bind]) -> bool:
+    """True when a read-only bind of `path` or of a directory above it is already planned."""
+    return any(
+        b.symlink is None and not b.writable and b.source == b.target
+        and (path == b.target or path.startswith(b.target.rstrip("/") + "/"))
+        for b in binds
+    )
+
+
+def user_binds(
+    planned: list[Bind],
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    writable: bool,
+    realpath: Callable[[str], str] = os.path.realpath,
+    readlink: Callable[[str], str] = os.readlink,
+) -> list[Bind]:
+    """Binds for `read_only_paths` / `writable_paths`, following symlinks to their targets.
+
+    A path that is or goes through a symlink (`/lib -> usr/lib` on a merged-/usr host) is bound at
+    its real location, since a mount never follows a symlink at its destination (ELOOP), and the
+    link itself is recreated when its parent is a real directory, so the plugin sees the same paths
+    as the host. A read-only path the plan already binds (the system paths) is not bound twice.
+    """
+    out: list[Bind] = []
+    for raw in paths:
+        path = os.path.normpath(os.fspath(raw))
+        real = realpath(path)
+        link_here = real != path and realpath(os.path.dirname(path)) == os.path.dirname(path)
+        if link_here and not any(b.target == path for b in (*planned, *out)):
+            out.append(Bind(path, path, symlink=readlink(path)))
+        if not writable and _covered(real, (*planned, *out)):
+            continue
+        out.append(Bind(real, real, writable=writable))
+    return out
+
+
 def build_plan(
     settings: Settings,
     name: str,
@@ -325,8 +363,8 @@ def build_plan(
     tree_path = os.path.realpath(os.fspath(tree))
     fs = sb.filesystem
     binds = system_binds(net.mode)
-    binds += [Bind(str(p), str(p)) for p in fs.read_only_paths]
-    binds += [Bind(str(p), str(p), writable=True) for p in fs.writable_paths]
+    binds += user_binds(binds, fs.read_only_paths, writable=False)
+    binds += user_binds(binds, fs.writable_paths, writable=True)
     binds += [Bind(str(b.source), str(b.target), writable=b.writable) for b in fs.bind_mounts]
     binds.append(Bind(tree_path, tree_path))
     ns_cfg = sb.namespaces
@@ -374,4 +412,5 @@ __all__ = [
     "narrower",
     "parse_target",
     "system_binds",
+    "user_binds",
 ]

@@ -32,6 +32,7 @@ from plugind.errors import InvalidKey, TrustListError
 from plugind.fsio import atomic_write, stale_temp_files
 from plugind.trust.digest import DIGEST_HEX_LEN
 from plugind.trust.manifest import NAME_RE
+from plugind.trust.signature import PluginSignature
 from plugind.trust.version import PluginVersion
 
 MAGIC = b"PLGDTRST"
@@ -44,20 +45,48 @@ TRUST_KEY_ENV = "PLUGIN_TRUST_KEY"
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrustedPluginEntry:
-    """One trusted bundle: the exact name, version and SHA3-512 hash, its signature, a note."""
+    """One trusted bundle: the exact name, version and SHA3-512 hash, its signature, a note.
+
+    `version` may be given as a `PluginVersion` and `signature` as a `PluginSignature`; both are
+    kept as their text (what the trust list stores). Raises ValueError naming the bad field.
+    """
 
     name: str
     version: str
     hash: str
     signature: str
-    note: str = ""
+    note: str
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str | PluginVersion,
+        hash: str,
+        signature: str | PluginSignature,
+        note: str = "",
+    ) -> None:
+        if isinstance(version, PluginVersion):
+            version = str(version)
+        if isinstance(signature, PluginSignature):
+            signature = signature.hex
+        for field, value in (("name", name), ("version", version), ("hash", hash), ("signature", signature),
+                             ("note", note)):
+            object.__setattr__(self, field, value)
+        self._validate()
+
+    def _validate(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
             raise ValueError(f"trust entry: invalid plugin name {str(self.name)[:80]!r}")
-        PluginVersion.parse(self.version)
+        if not isinstance(self.version, str):
+            raise ValueError(
+                f"trust entry: version must be a str or PluginVersion, not {type(self.version).__name__}"
+            )
+        try:
+            PluginVersion.parse(self.version)
+        except ValueError as exc:
+            raise ValueError(f"trust entry: version {exc}") from None
         if (
             not isinstance(self.hash, str)
             or len(self.hash) != DIGEST_HEX_LEN

@@ -4,6 +4,7 @@ the other plugin keeps working, no zombie or orphan is left, and the restart pol
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Callable
 
@@ -153,8 +154,10 @@ max_threads = 4
     ws.add(echo("calm"))
     daemon = daemon_factory(ws)
     assert daemon.load("calm").status_code == 200
-    assert daemon.load("threads").status_code == 200
-    pid = daemon.plugin("threads")["pid"]
+    loaded = daemon.load("threads")
+    assert loaded.status_code == 200
+    # From the load reply: two sweeps 0.2 s apart may unload the plugin before a GET could ask.
+    pid = int(re.search(r"\(pid (\d+)\)", loaded.json()["message"]).group(1))  # type: ignore[union-attr]
     info = wait_for(lambda: (p := daemon.plugin("threads"))["state"] == "available" and p, 15, "unload")
     assert info["violations"] and info["violations"][-1]["type"] == "threads"
     assert not alive(pid)

@@ -1,4 +1,4 @@
-"""plugind.monitor.metrics: names of DESIGN section 11, values, bounded labels, forgetting plugins."""
+"""plugind.monitor.metrics: the names of docs/operations.md ("Metrics"), values, bounded labels."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from plugind.monitor import metrics
 
 _ids = itertools.count()
 
-DESIGN_NAMES = {
+DOCUMENTED_NAMES = {
     # family name as the parser reports it (counters lose `_total`) -> type
     "plugind_plugins": "gauge",
     "plugind_plugin_memory_bytes": "gauge",
@@ -69,7 +69,7 @@ def test_every_design_metric_is_exported_with_its_type(names):
     metrics.load_failed("untrusted")
     metrics.set_sample_source(lambda: {p: metrics.PluginSample(1, 1.0, 1, 1, 0)})
     got = families()
-    for name, kind in DESIGN_NAMES.items():
+    for name, kind in DOCUMENTED_NAMES.items():
         assert got.get(name) == kind, name
     body = metrics.render()[0].decode()
     # Counters end in _total on the wire; no *_created noise.

@@ -76,7 +76,11 @@ def test_one_oom_kill_seen_by_a_sweep_and_the_exit_report_is_one_violation(
     group = _Group()
     pid = os.getpid()  # a live process for the sample's psutil half
     plugins = [MonitoredPlugin("twice", pid, group)]
-    mon = ResourceMonitor(Settings(), lambda: plugins, _unload, audit=AuditLog(tmp_path / "audit.log"))
+    # The stand-in is this test process: limits it cannot reach whatever the suite left open in it
+    # (fds, threads, sockets), so the only violations are the OOM kills the test makes.
+    roomy = {"max_memory_mb": 1 << 20, "max_threads": 1 << 16, "max_fds": 1 << 20, "max_connections": 1 << 16}
+    settings = Settings.model_validate({"monitoring": {"limits": roomy}})
+    mon = ResourceMonitor(settings, lambda: plugins, _unload, audit=AuditLog(tmp_path / "audit.log"))
 
     async def scenario() -> None:
         await mon.sweep()  # the incarnation's first sample: no kill yet

@@ -54,7 +54,7 @@ def test_every_query_uses_exported_metric_names(dashboard, exported):
         assert names, f"panel {title!r} queries no plugind metric: {expr}"
         assert names <= exported, f"panel {title!r} uses unknown metrics {names - exported}"
         used |= names
-    # The dashboard covers every family of DESIGN section 11.
+    # The dashboard covers every family of docs/operations.md's "Metrics" table.
     families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     for name in ("plugind_plugins", "plugind_plugin_memory_bytes", "plugind_plugin_cpu_seconds_total",
                  "plugind_plugin_violations_total", "plugind_plugin_restarts_total",

@@ -117,7 +117,20 @@ def test_log_is_named_after_the_plugin() -> None:
 def test_public_api() -> None:
     import plugind.sdk as sdk
 
-    assert sdk.__all__ == ["Context", "HookSpec", "Plugin"]
+    assert sdk.__all__ == [
+        "HOST_FIRED", "INTEGRATOR_FIRED", "ON_ERROR", "ON_REQUEST", "ON_RESPONSE", "ON_SHUTDOWN",
+        "ON_STARTUP", "Context", "HookSpec", "Plugin",
+    ]
+
+
+def test_well_known_hook_names() -> None:
+    import plugind.sdk as sdk
+
+    names = (sdk.ON_REQUEST, sdk.ON_RESPONSE, sdk.ON_ERROR, sdk.ON_STARTUP, sdk.ON_SHUTDOWN)
+    assert names == ("on_request", "on_response", "on_error", "on_startup", "on_shutdown")
+    assert {"on_startup", "on_shutdown", "on_error"} == sdk.HOST_FIRED
+    assert set(names) == sdk.INTEGRATOR_FIRED | sdk.HOST_FIRED
+    assert not sdk.INTEGRATOR_FIRED & sdk.HOST_FIRED
 
 
 def test_sdk_imports_nothing_of_the_host_in_a_fresh_interpreter() -> None:
