@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -336,6 +336,8 @@ class PluginRegistry:
                     self.context,
                     self._on_event,
                 )
+                if hasattr(sup, "before_spawn"):  # verify-then-run on every start, restarts included
+                    sup.before_spawn = self._before_spawn(bundle)
                 await sup.start()
             except PluginError as exc:
                 if exc.plugin is None:
@@ -362,6 +364,12 @@ class PluginRegistry:
         await self._audit("load", name, version=loaded.version, digest=loaded.digest, pid=sup.pid)
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
+
+    def _before_spawn(self, bundle: Any) -> Callable[[bool], Awaitable[None]]:
+        async def check(restart: bool) -> None:
+            await asyncio.to_thread(self.loader.ensure, bundle, recheck=restart)
+
+        return check
 
     async def _refused(
         self, name: str | None, exc: PluginError, *, quiet: bool = False, **extra: Any
@@ -458,11 +466,7 @@ class PluginRegistry:
             wanted = [
                 p.name
                 for p in self.get_available_plugins()
-                if self.settings.plugins.auto_load
-                and (
-                    p.trust_level == "trusted"
-                    or (not self.settings.security.only_trusted and p.trust_level == "signed")
-                )
+                if self.settings.plugins.auto_load and self.loader.admits(p.trust_level)
             ]
         early = [n for n in self._early if n not in wanted]  # loaded through the API meanwhile
         self._wanted = [*wanted, *early]

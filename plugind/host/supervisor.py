@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,9 @@ class Supervisor:
         self.plugin_poll_us: int | None = None
         self._encoder = FrameEncoder()  # event loop thread only
         self.restart_policy = settings.override_for(name).restart or sup.restart
+        # Awaited before every spawn (first start and each restart): the registry checks there that
+        # the tree is still the verified bundle and the policy still admits it; raising refuses.
+        self.before_spawn: Callable[[bool], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -278,6 +281,8 @@ class Supervisor:
     async def _spawn(self) -> None:
         """Start one incarnation and wait for its hello. Raises as `start` does."""
         loop = asyncio.get_running_loop()
+        if self.before_spawn is not None:
+            await self.before_spawn(self._gen > 0)
         plan = self._plan() if self.plan is None else dict(self.plan.to_wire())
         self._gen += 1
         inc = _Incarnation(self._gen, hello=loop.create_future(), started=time.time())
