@@ -165,7 +165,8 @@ def test_signed_but_not_listed_exits_non_zero(authored: Cli) -> None:
     proc = authored("verify", "my-plug-0.1.0.plugin", ok=False)
     assert proc.returncode == 2
     assert "trust:   signed" in proc.stdout
-    assert "policy:  refused: my-plug 0.1.0 is signed and security.only_trusted is on" in proc.stdout
+    refused = "policy:  refused: my-plug 0.1.0 is signed and security.min_trust_level is 'trusted'"
+    assert refused in proc.stdout
     assert "no trusted plugins" in authored("trust", "list").stdout
 
 

@@ -66,7 +66,7 @@ def test_a_tree_without_marker_is_not_trusted(ws: Workspace) -> None:
 
 def test_unsigned_is_refused_before_extraction(ws: Workspace) -> None:
     bundle = ws.add(plugin_source("nosig", {"h": (0, "return data")}), sign=False, trust=False)
-    expected = "nosig 1.0.0 is untrusted and security.only_trusted is on"
+    expected = "nosig 1.0.0 is untrusted and security.min_trust_level is 'trusted'"
     with pytest.raises(UntrustedPlugin, match=re.escape(expected)):
         loader_for(ws).load(bundle)
     assert not (ws.root / "data" / "extracted").exists()
