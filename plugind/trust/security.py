@@ -184,7 +184,7 @@ class PluginSecurity:
     @classmethod
     def from_environment(cls, settings: Settings, *, guard: TrustListGuard | None = None) -> PluginSecurity:
         """As from_settings, with the trust key from $PLUGIN_TRUST_KEY when it is set."""
-        return cls.from_settings(settings, os.environ.get(TRUST_KEY_ENV), guard=guard)
+        return cls.from_settings(settings, os.environ.get(TRUST_KEY_ENV) or None, guard=guard)
 
     def verify_bundle(self, path: str | os.PathLike[str]) -> VerifiedBundle:
         """Read the bundle at `path` ONCE and verify it; everything after works from those bytes.
