@@ -90,13 +90,17 @@ def test_an_edited_tree_does_not_run_after_a_crash_restart(ws: Workspace, daemon
     d = daemon_factory(ws)
     with HealthProbe(d.url) as probe:
         assert who(d) == "original"
-        pid = d.plugin("victim")["pid"]
-        tamper(ws)
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: d.plugin("victim")["state"] == "running" and d.plugin("victim")["pid"] != pid,
-                 timeout=30, what="the restart")
-        assert who(d) == "original"
-        assert "was changed" in d.log() and "re-extracting it from the verified bundle" in d.log()
+        for edit in (False, True):
+            pid = d.plugin("victim")["pid"]
+            if edit:
+                tamper(ws)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda pid=pid: d.plugin("victim")["state"] == "running"
+                     and d.plugin("victim")["pid"] != pid, timeout=30, what="the restart")
+            assert who(d) == "original"
+            # An untouched tree (nothing written into it by the plugin itself) is not re-extracted.
+            assert ("the extracted tree of victim 1.0.0 was changed (victim.py: " in d.log()) is edit
+        assert "re-extracting it from the verified bundle" in d.log()
     probe.check()
 
 
