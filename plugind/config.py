@@ -62,19 +62,14 @@ class SecuritySection(_Section):
     @model_validator(mode="before")
     @classmethod
     def _only_trusted_alias(cls, data: Any) -> Any:
+        # The deprecated alias decides when it is given (in a file, the environment or an
+        # assignment), and is consumed: min_trust_level is the one setting that is read.
         if not isinstance(data, dict) or data.get("only_trusted") is None:
             return data
         flag = data["only_trusted"]
         if isinstance(flag, str):  # from PLUGIND_SECURITY__ONLY_TRUSTED
             flag = flag.strip().lower() not in ("0", "false", "no", "off", "")
-        mapped = "trusted" if flag else "signed"
-        given = data.get("min_trust_level")
-        if given is not None and given != mapped:
-            raise ValueError(
-                f"only_trusted = {str(bool(flag)).lower()} (deprecated) contradicts "
-                f"min_trust_level = {given!r}: remove only_trusted"
-            )
-        return {**data, "min_trust_level": mapped}
+        return {**data, "min_trust_level": "trusted" if flag else "signed", "only_trusted": None}
 
 
 class ApiSection(_Section):
