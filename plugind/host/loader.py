@@ -149,14 +149,22 @@ class PluginLoader:
         under the current policy; it must still have the digest that was loaded. A tree that
         differs from what was extracted is re-extracted from the verified bytes (and logged).
         Blocking: run it in a thread. Raises UntrustedPlugin, SignatureInvalid, BundleError,
-        TrustListError, LoadError(reason="bundle_changed" or "extract_failed").
+        TrustListError, LoadError(reason "bundle_changed", "bundle_missing", "extract_failed" or
+        "tree_changed").
         """
         vb = loaded.bundle
         if recheck:
             self.refresh_trust()
             if vb.path is None:
                 raise LoadError(f"cannot re-verify {vb.name}: no bundle file", plugin=vb.name)
-            fresh = self.verify(vb.path)
+            try:
+                fresh = self.verify(vb.path)
+            except OSError as exc:
+                raise LoadError(
+                    f"cannot re-verify {vb.name} before restarting it: {vb.path}: {exc.strerror or exc}",
+                    plugin=vb.name,
+                    reason="bundle_missing",
+                ) from exc
             if fresh.digest != vb.digest:
                 raise LoadError(
                     f"the bundle of {vb.name} changed since it was loaded (digest "

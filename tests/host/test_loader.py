@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from integration.kit import Workspace, plugin_source
 
-from plugind.errors import BundleError, SignatureInvalid, TrustListError, UntrustedPlugin
+from plugind.errors import BundleError, LoadError, SignatureInvalid, TrustListError, UntrustedPlugin
 from plugind.host.loader import DIGEST_PREFIX, PluginLoader
 from plugind.trust import PluginSecurity, remove_trusted_plugin
 
@@ -143,3 +143,17 @@ def test_ensure_restores_the_tree_before_a_restart(ws: Workspace) -> None:
     remove_trusted_plugin(ws.trust_list, ws.trust_key, "echo")
     with pytest.raises(UntrustedPlugin, match=r"is signed and security\.min_trust_level is 'trusted'"):
         loader.ensure(loaded, recheck=True)
+
+
+def test_ensure_refuses_a_restart_when_the_bundle_changed_or_went(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    loaded = loader.load(bundle)
+    ws.add(plugin_source("echo", {"h": (0, "return 'other'")}))  # same name and version, new bytes
+    with pytest.raises(LoadError, match=r"the bundle of echo changed since it was loaded") as info:
+        loader.ensure(loaded, recheck=True)
+    assert info.value.reason == "bundle_changed"
+    bundle.unlink()
+    with pytest.raises(LoadError, match=r"cannot re-verify echo before restarting it") as info:
+        loader.ensure(loaded, recheck=True)
+    assert info.value.reason == "bundle_missing"
