@@ -11,6 +11,7 @@ checks the tree again and re-extracts it from verified bytes when it was changed
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class PluginLoader:
         self._limits = BundleLimits.from_settings(settings)
         # resolved tree path -> (bundle digest, per-file record), for trees this loader extracted.
         self._records: dict[str, tuple[str, TreeRecord]] = {}
+        self._warned_dir = False
 
     def admits(self, level: TrustLevel | str) -> bool:
         """True when the policy (security.min_trust_level) lets a bundle of `level` load."""
@@ -126,6 +128,7 @@ class PluginLoader:
         record: TreeRecord = {}
         try:
             self.extract_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self._check_extract_dir()
             # The marker goes first and comes back last: a crash in between leaves no marker,
             # so the tree is never trusted half-made.
             marker.unlink(missing_ok=True)
@@ -141,6 +144,20 @@ class PluginLoader:
                 reason="extract_failed",
             ) from exc
         self._records[str(tree.resolve())] = (vb.digest, record)
+
+    def _check_extract_dir(self) -> None:
+        # Said once: trees are checked before every start, but a directory others can write lets
+        # them race that check (docs/security.md).
+        if self._warned_dir:
+            return
+        mode = self.extract_dir.stat().st_mode
+        if mode & 0o022:
+            self._warned_dir = True
+            log.warning(
+                "%s is writable by group or others (mode %o): anyone who can write it can race the "
+                "check made before each plugin start; make it 0755 and owned by plugind's user",
+                self.extract_dir, stat.S_IMODE(mode),
+            )
 
     def ensure(self, loaded: LoadedBundle, *, recheck: bool) -> None:
         """Before a start of the plugin of `loaded`: make its tree byte-for-byte the verified bundle.

@@ -157,3 +157,12 @@ def test_ensure_refuses_a_restart_when_the_bundle_changed_or_went(ws: Workspace)
     with pytest.raises(LoadError, match=r"cannot re-verify echo before restarting it") as info:
         loader.ensure(loaded, recheck=True)
     assert info.value.reason == "bundle_missing"
+
+
+def test_a_world_writable_extract_dir_is_reported(ws: Workspace, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    (ws.root / "data" / "extracted").mkdir(parents=True)
+    os.chmod(ws.root / "data" / "extracted", 0o777)
+    with caplog.at_level("WARNING", logger="plugind.host.loader"):
+        loader_for(ws).load(bundle)
+    assert "is writable by group or others (mode 777)" in caplog.text
