@@ -36,7 +36,7 @@ from plugind.errors import (
 )
 from plugind.fsio import atomic_write
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
-from plugind.host.loader import PluginLoader
+from plugind.host.loader import LoadedBundle, PluginLoader
 from plugind.monitor import metrics
 
 log = logging.getLogger("plugind.host.registry")
@@ -365,7 +365,9 @@ class PluginRegistry:
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
 
-    def _before_spawn(self, bundle: Any) -> Callable[[bool], Awaitable[None]]:
+    def _before_spawn(self, bundle: LoadedBundle) -> Callable[[bool], Awaitable[None]]:
+        # Verify-then-run: the tree checked (re-extracted if changed) before every spawn; before a
+        # restart also the trust list, the bundle file and the policy (PluginLoader.ensure).
         async def check(restart: bool) -> None:
             await asyncio.to_thread(self.loader.ensure, bundle, recheck=restart)
 
