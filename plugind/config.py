@@ -38,9 +38,16 @@ class PluginsSection(_Section):
     max_files: int = Field(2000, gt=0)
 
 
+TrustLevelName = Literal["trusted", "signed", "untrusted"]
+
+
 class SecuritySection(_Section):
-    only_trusted: bool = True
+    # The lowest trust level that loads (auto-load, explicit load and every restart alike).
+    min_trust_level: TrustLevelName = "trusted"
+    only_trusted: bool | None = None  # deprecated alias: true = "trusted", false = "signed"
     trust_list_path: Path = Path("data/trust.list")
+    # Highest trust-list generation seen (rollback protection); keep it where only plugind writes.
+    trust_state_file: Path = Path("data/trust-state.json")
     # name -> Ed25519 public key, 64 hex characters. Configured by value, never discovered.
     public_keys: dict[str, str] = Field(default_factory=dict)
 
@@ -51,6 +58,18 @@ class SecuritySection(_Section):
             if not _HEX64.match(key):
                 raise ValueError(f"public key {name!r} must be 64 hex characters (an Ed25519 key)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_trusted_alias(cls, data: Any) -> Any:
+        # The deprecated alias decides when it is given (in a file, the environment or an
+        # assignment), and is consumed: min_trust_level is the one setting that is read.
+        if not isinstance(data, dict) or data.get("only_trusted") is None:
+            return data
+        flag = data["only_trusted"]
+        if isinstance(flag, str):  # from PLUGIND_SECURITY__ONLY_TRUSTED
+            flag = flag.strip().lower() not in ("0", "false", "no", "off", "")
+        return {**data, "min_trust_level": "trusted" if flag else "signed", "only_trusted": None}
 
 
 class ApiSection(_Section):

@@ -42,6 +42,8 @@ from plugind.host.supervisor import Supervisor
 from plugind.logs import setup_logging
 from plugind.monitor.resource import ResourceMonitor
 from plugind.trust import PluginSecurity
+from plugind.trust.freshness import TrustListGuard
+from plugind.trust.security import check_trust_key
 
 log = logging.getLogger("plugind.daemon")
 
@@ -163,6 +165,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT. Returns the exit status. Raises PluginError on a start-up error."""
         settings = self.settings
         check_exposure(settings, self.token)
+        check_trust_key(settings)  # fail closed: no trust key, no start (unless the policy needs none)
         # The fork-server must exist before this process starts any thread.
         self.launcher = Launcher()
         await self.launcher.start()
@@ -188,12 +191,13 @@ class Daemon:
             removed = await asyncio.to_thread(cleanup_stale, cg.parent)
             if removed:
                 log.info("removed %d stale plugin cgroups", len(removed))
-        security = await asyncio.to_thread(PluginSecurity.from_environment, settings)
+        guard = TrustListGuard.from_settings(settings)  # highest trust-list generation, in memory too
+        security = await asyncio.to_thread(lambda: PluginSecurity.from_environment(settings, guard=guard))
         audit = AuditLog(settings.logging.audit_log)
         registry = PluginRegistry(
             settings,
             loader=PluginLoader(
-                settings, security, refresh=lambda: PluginSecurity.from_environment(settings)
+                settings, security, refresh=lambda: PluginSecurity.from_environment(settings, guard=guard)
             ),
             supervisor_factory=Supervisor,
             context=PluginContext(api_budget=api_context_budget(settings)),

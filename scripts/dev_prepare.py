@@ -95,7 +95,11 @@ def prepare(repo: Path, config: Path) -> int:
     if not trust_path.is_absolute():
         trust_path = repo / trust_path
     if not trust_path.exists():
-        init_trust_list(trust_path, tk)
+        # Above every generation the daemon has seen: a re-created list must not read as a rollback.
+        from plugind.trust.freshness import TrustListGuard
+
+        seen = TrustListGuard.from_settings(settings).highest(trust_path)
+        init_trust_list(trust_path, tk, generation=seen + 1)
     try:
         listed = {(e.name, e.version, e.hash) for e in load_and_decrypt_trust_list(trust_path, tk)}
     except PluginError as exc:

@@ -165,7 +165,8 @@ def test_signed_but_not_listed_exits_non_zero(authored: Cli) -> None:
     proc = authored("verify", "my-plug-0.1.0.plugin", ok=False)
     assert proc.returncode == 2
     assert "trust:   signed" in proc.stdout
-    assert "policy:  refused: my-plug 0.1.0 is signed and security.only_trusted is on" in proc.stdout
+    refused = "policy:  refused: my-plug 0.1.0 is signed and security.min_trust_level is 'trusted'"
+    assert refused in proc.stdout
     assert "no trusted plugins" in authored("trust", "list").stdout
 
 
@@ -297,3 +298,34 @@ def test_dev_prepare_is_idempotent_and_trusts_the_examples(tmp_path: Path) -> No
     for name in (n for n in bundles if n.endswith(".plugin")):
         out = cli("verify", f"plugins/{name}").stdout
         assert "trust:   trusted" in out and "key:     dev" in out
+
+
+def test_genkey_prints_a_key_the_trust_commands_accept(cli: Cli, tmp_path: Path) -> None:
+    key = cli("trust", "genkey").stdout.strip()
+    assert len(key) == 64 and int(key, 16) >= 0
+    assert cli("trust", "genkey").stdout.strip() != key  # fresh each time
+    cli.env["PLUGIN_TRUST_KEY"] = key
+    assert "generation 1" in cli("trust", "init").stdout
+
+
+def test_generations_rollback_renew_and_verify_under_each_level(authored: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "state" / "trust.list"
+    assert "generation 2" in authored("trust", "list").stdout  # init, add
+    saved = path.read_bytes()
+    assert "now generation 3" in authored("trust", "remove", "my-plug").stdout
+    path.write_bytes(saved)
+    line = authored.fails("trust", "list")
+    assert "trust list generation 2 is older than generation 3 already seen" in line
+    assert "rolled-back" in authored.fails("verify", "my-plug-0.1.0.plugin")
+    # Re-creating the list starts above what was seen, so it is not a rollback.
+    assert "generation 4" in authored("trust", "init", "--force").stdout
+    out = authored("trust", "renew", "--valid-for", "30d").stdout
+    assert "generation 5, valid until " in out
+    assert "give --valid-for" in authored.fails("trust", "renew")
+    # plugind verify says what the configured minimum level does with a signed, unlisted bundle.
+    for level, code in (("trusted", 2), ("signed", 0), ("untrusted", 0)):
+        authored.env["PLUGIND_SECURITY__MIN_TRUST_LEVEL"] = level
+        proc = authored("verify", "my-plug-0.1.0.plugin", ok=False)
+        assert proc.returncode == code, proc.stdout
+        assert "trust:   signed" in proc.stdout
+        assert f"security.min_trust_level is {level!r}" in proc.stdout

@@ -104,3 +104,21 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[api\n"))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "level"),
+    [
+        ("", "trusted"),
+        ('[security]\nmin_trust_level = "untrusted"\n', "untrusted"),
+        ("[security]\nonly_trusted = false\n", "signed"),  # the deprecated alias: never "untrusted"
+        ('[security]\nonly_trusted = true\nmin_trust_level = "signed"\n', "trusted"),  # the alias decides
+    ],
+)
+def test_min_trust_level_and_its_deprecated_alias(tmp_path: Path, text: str, level: str) -> None:
+    assert load_config(write(tmp_path, text)).security.min_trust_level == level
+
+
+def test_min_trust_level_refuses_other_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"security\.min_trust_level"):
+        load_config(write(tmp_path, '[security]\nmin_trust_level = "invalid"\n'))

@@ -95,5 +95,5 @@ def run_verify(args: argparse.Namespace) -> int:
     except UntrustedPlugin as exc:
         print(f"policy:  refused: {exc}")
         return 2
-    print("policy:  allowed")
+    print(f"policy:  allowed (security.min_trust_level is {security.policy.level.value!r})")
     return 0

@@ -1,13 +1,17 @@
 """Verified bundle -> extracted read-only tree under `plugins.extract_dir/NAME-VERSION-<digest prefix>`.
 
 The tree is extracted from the bytes that were verified (never by re-opening the bundle);
-`extract_bundle` builds it in a temporary directory and renames it into place. An existing tree is reused only
-if the marker written next to it names the same full digest; anything else is removed and redone.
+`extract_bundle` builds it in a temporary directory and renames it into place, recording every
+file's SHA-256 in this process's memory. An existing tree is reused only when this loader extracted
+it and it still matches that record byte for byte (a marker file on disk proves nothing: anyone
+who can write `data/` can write it). Before every start of a plugin, first or restart, `ensure`
+checks the tree again and re-extracts it from verified bytes when it was changed.
 """
 
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +19,9 @@ from pathlib import Path
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import BundleError, LoadError
 from plugind.fsio import atomic_write
-from plugind.trust import PluginSecurity, VerifiedBundle
+from plugind.trust import PluginSecurity, TrustLevel, VerifiedBundle
 from plugind.trust.bundle import BundleLimits, extract_bundle, remove_tree
+from plugind.trust.tree import TreeRecord, tree_mismatch
 
 log = logging.getLogger("plugind.host.loader")
 
@@ -50,6 +55,13 @@ class PluginLoader:
         self._refresh = refresh
         self.extract_dir = Path(settings.plugins.extract_dir)
         self._limits = BundleLimits.from_settings(settings)
+        # resolved tree path -> (bundle digest, per-file record), for trees this loader extracted.
+        self._records: dict[str, tuple[str, TreeRecord]] = {}
+        self._warned_dir = False
+
+    def admits(self, level: TrustLevel | str) -> bool:
+        """True when the policy (security.min_trust_level) lets a bundle of `level` load."""
+        return self._security.policy.allows(level)
 
     def refresh_trust(self) -> None:
         """Re-read the trust list (blocking). Raises TrustListError / InvalidKey: fail closed."""
@@ -89,19 +101,41 @@ class PluginLoader:
         return self.extract_dir / f"{vb.name}-{version}-{vb.digest[:DIGEST_PREFIX]}"
 
     def extract(self, vb: VerifiedBundle) -> LoadedBundle:
-        """Extract `vb` (or reuse the tree made from the same digest). Raises BundleError, LoadError."""
+        """Extract `vb`, or reuse the tree this loader extracted from the same digest when it still
+        matches byte for byte. Raises BundleError, LoadError."""
         tree = self.tree_path(vb)
         marker = tree.with_name(tree.name + _MARKER_SUFFIX)
-        if tree.is_dir() and not tree.is_symlink() and _read_marker(marker) == vb.digest:
+        if (
+            tree.is_dir()
+            and not tree.is_symlink()
+            and _read_marker(marker) == vb.digest
+            and self._unchanged(tree, vb.digest) is None
+        ):
             return LoadedBundle(vb, tree, reused=True)
+        self._extract(vb, tree)
+        log.info("extracted %s %s into %s", vb.name, vb.version, tree, extra={"plugin": vb.name})
+        return LoadedBundle(vb, tree, reused=False)
+
+    def _unchanged(self, tree: Path, digest: str) -> str | None:
+        # None when `tree` is what this loader extracted from `digest`, else why not.
+        known = self._records.get(str(tree.resolve()))
+        if known is None or known[0] != digest:
+            return "not extracted by this plugind from this bundle"
+        return tree_mismatch(tree, known[1])
+
+    def _extract(self, vb: VerifiedBundle, tree: Path) -> None:
+        marker = tree.with_name(tree.name + _MARKER_SUFFIX)
+        record: TreeRecord = {}
         try:
             self.extract_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self._check_extract_dir()
             # The marker goes first and comes back last: a crash in between leaves no marker,
             # so the tree is never trusted half-made.
             marker.unlink(missing_ok=True)
             if tree.is_symlink():
                 tree.unlink()
-            extract_bundle(vb, tree, self._limits, replace=True)
+            self._records.pop(str(tree.resolve()), None)
+            extract_bundle(vb, tree, self._limits, replace=True, record=record)
             _write_marker(marker, vb.digest)
         except OSError as exc:
             raise LoadError(
@@ -109,8 +143,71 @@ class PluginLoader:
                 plugin=vb.name,
                 reason="extract_failed",
             ) from exc
-        log.info("extracted %s %s into %s", vb.name, vb.version, tree, extra={"plugin": vb.name})
-        return LoadedBundle(vb, tree, reused=False)
+        self._records[str(tree.resolve())] = (vb.digest, record)
+
+    def _check_extract_dir(self) -> None:
+        # Said once: trees are checked before every start, but a directory others can write lets
+        # them race that check (docs/security.md).
+        if self._warned_dir:
+            return
+        mode = self.extract_dir.stat().st_mode
+        if mode & 0o022:
+            self._warned_dir = True
+            log.warning(
+                "%s is writable by group or others (mode %o): anyone who can write it can race the "
+                "check made before each plugin start; make it 0755 and owned by plugind's user",
+                self.extract_dir, stat.S_IMODE(mode),
+            )
+
+    def ensure(self, loaded: LoadedBundle, *, recheck: bool) -> None:
+        """Before a start of the plugin of `loaded`: make its tree byte-for-byte the verified bundle.
+
+        With `recheck` (a restart) the trust list is re-read and the bundle file verified again
+        under the current policy; it must still have the digest that was loaded. A tree that
+        differs from what was extracted is re-extracted from the verified bytes (and logged).
+        Blocking: run it in a thread. Raises UntrustedPlugin, SignatureInvalid, BundleError,
+        TrustListError, LoadError(reason "bundle_changed", "bundle_missing", "extract_failed" or
+        "tree_changed").
+        """
+        vb = loaded.bundle
+        if recheck:
+            self.refresh_trust()
+            if vb.path is None:
+                raise LoadError(f"cannot re-verify {vb.name}: no bundle file", plugin=vb.name)
+            try:
+                fresh = self.verify(vb.path)
+            except OSError as exc:
+                raise LoadError(
+                    f"cannot re-verify {vb.name} before restarting it: {vb.path}: {exc.strerror or exc}",
+                    plugin=vb.name,
+                    reason="bundle_missing",
+                ) from exc
+            if fresh.digest != vb.digest:
+                raise LoadError(
+                    f"the bundle of {vb.name} changed since it was loaded (digest "
+                    f"{vb.digest[:16]}... is now {fresh.digest[:16]}...): unload and load it to run the "
+                    "new one",
+                    plugin=vb.name,
+                    reason="bundle_changed",
+                )
+            self._security.check_policy(fresh)
+            vb = fresh
+        why = self._unchanged(loaded.tree, vb.digest)
+        if why is None:
+            return
+        log.warning(
+            "the extracted tree of %s %s was changed (%s); re-extracting it from the verified bundle",
+            vb.name, vb.version, why, extra={"plugin": vb.name},
+        )
+        self._extract(vb, loaded.tree)
+        still = self._unchanged(loaded.tree, vb.digest)
+        if still is not None:
+            raise LoadError(
+                f"the extracted tree of {vb.name} does not match its verified bundle ({still}); refusing "
+                "to start it",
+                plugin=vb.name,
+                reason="tree_changed",
+            )
 
     def discard(self, tree: Path) -> None:
         """Remove an extracted tree no instance runs from any more (an upgrade's old version), with
@@ -118,6 +215,7 @@ class PluginLoader:
         of `extract_dir` is touched. Blocking; raises OSError."""
         if tree.parent.resolve() != self.extract_dir.resolve():
             raise OSError(f"{tree} is not an extracted tree of {self.extract_dir}")
+        self._records.pop(str(tree.resolve()), None)  # re-extracted and re-recorded if used again
         tree.with_name(tree.name + _MARKER_SUFFIX).unlink(missing_ok=True)
         remove_tree(tree)
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,7 +43,7 @@ from plugind.errors import (
 )
 from plugind.host.error_hooks import ErrorHooks
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
-from plugind.host.loader import PluginLoader
+from plugind.host.loader import LoadedBundle, PluginLoader
 from plugind.host.state import keep_aside, read_state, write_state
 from plugind.monitor import metrics
 from plugind.monitor.resource import ResourceMonitor
@@ -395,6 +395,8 @@ class PluginRegistry:
                     self.context,
                     self._on_event,
                 )
+                if hasattr(sup, "before_spawn"):  # verify-then-run on every start, restarts included
+                    sup.before_spawn = self._before_spawn(bundle)
                 await sup.start()
             except PluginError as exc:
                 if exc.plugin is None:
@@ -441,6 +443,13 @@ class PluginRegistry:
         from plugind.host.upgrade import upgrade  # it builds on this module
 
         return await upgrade(self, name, version)
+    def _before_spawn(self, bundle: LoadedBundle) -> Callable[[bool], Awaitable[None]]:
+        # Verify-then-run: the tree checked (re-extracted if changed) before every spawn; before a
+        # restart also the trust list, the bundle file and the policy (PluginLoader.ensure).
+        async def check(restart: bool) -> None:
+            await asyncio.to_thread(self.loader.ensure, bundle, recheck=restart)
+
+        return check
 
     async def _refused(
         self, name: str | None, exc: PluginError, *, quiet: bool = False, **extra: Any
@@ -549,11 +558,7 @@ class PluginRegistry:
             wanted = [
                 p.name
                 for p in self.get_available_plugins()
-                if self.settings.plugins.auto_load
-                and (
-                    p.trust_level == "trusted"
-                    or (not self.settings.security.only_trusted and p.trust_level == "signed")
-                )
+                if self.settings.plugins.auto_load and self.loader.admits(p.trust_level)
             ]
         early = [n for n in self._early if n not in wanted]  # loaded through the API meanwhile
         self._wanted = [*wanted, *early]

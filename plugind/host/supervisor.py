@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,9 @@ class Supervisor:
         # other version's; `successor` takes the calls that reach this one after it stopped.
         self.instance = ""
         self.successor: Supervisor | None = None
+        # Awaited before every spawn (first start and each restart): the registry checks there that
+        # the tree is still the verified bundle and the policy still admits it; raising refuses.
+        self.before_spawn: Callable[[bool], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -296,6 +299,8 @@ class Supervisor:
     async def _spawn(self) -> None:
         """Start one incarnation and wait for its hello. Raises as `start` does."""
         loop = asyncio.get_running_loop()
+        if self.before_spawn is not None:
+            await self.before_spawn(self._gen > 0)
         plan = self._plan() if self.plan is None else dict(self.plan.to_wire())
         self._gen += 1
         inc = _Incarnation(self._gen, hello=loop.create_future(), started=time.time())

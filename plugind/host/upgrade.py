@@ -171,6 +171,8 @@ async def _upgrade(reg: PluginRegistry, current: LoadedPlugin, version: str | No
         new_sup = reg._factory(name, bundle.tree, vb.manifest, reg.settings, reg.launcher,
                                reg.context, reg._on_event)
         new_sup.instance = str(next(_instances))
+        if hasattr(new_sup, "before_spawn"):  # verify-then-run, as for any load
+            new_sup.before_spawn = reg._before_spawn(bundle)
         await new_sup.start()
         if reg.shutting_down:  # the old version is being stopped with the rest: do not swap
             raise LoadError(f"cannot upgrade {name!r}: plugind is shutting down", plugin=name,

@@ -349,6 +349,9 @@ def load_plugin(tree: str, entrypoint: str) -> Plugin:
         raise InitializationError(f"entrypoint {entrypoint!r} must look like 'module:attribute'",
                                   reason="bad_entrypoint")
     module_name, attr = match.groups()
+    # The tree is the verified bundle, checked before every start: never write __pycache__ into it
+    # (root ignores its read-only modes when the sandbox is off).
+    sys.dont_write_bytecode = True
     sys.path.insert(0, tree)
     try:
         module = importlib.import_module(module_name)

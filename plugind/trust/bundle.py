@@ -7,6 +7,7 @@ were digested and verified) and refuses anything a well-formed bundle never hold
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -467,8 +468,12 @@ def extract_bundle(
     limits: BundleLimits | None = None,
     *,
     replace: bool = False,
+    record: dict[str, tuple[str, int]] | None = None,
 ) -> Path:
     """Extract the verified bytes `vb.data` into the fresh directory `dest`, made read-only.
+
+    `record`, when given, is filled with relative path -> (SHA-256 of the bytes written, mode) for
+    every file, hashed from the decompressed stream itself (see plugind.trust.tree).
 
     The tree is built in a temp directory next to `dest` and renamed into place, so `dest` is
     either absent or complete. Files are 0444 (0555 for the exec entrypoint), directories 0555.
@@ -483,7 +488,7 @@ def extract_bundle(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".extract-{vb.name}-", dir=dest.parent))
     try:
-        _extract_into(vb, tmp, limits, bundle)
+        _extract_into(vb, tmp, limits, bundle, record)
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{vb.name}-", dir=dest.parent))
             os.replace(dest, old / "tree")
@@ -497,7 +502,23 @@ def extract_bundle(
     return dest
 
 
-def _extract_into(vb: VerifiedBundle, root: Path, limits: BundleLimits, bundle: str) -> None:
+class _HashingSink:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        self.h.update(chunk)
+        return self.f.write(chunk)
+
+
+def _extract_into(
+    vb: VerifiedBundle,
+    root: Path,
+    limits: BundleLimits,
+    bundle: str,
+    record: dict[str, tuple[str, int]] | None = None,
+) -> None:
     exec_path = vb.manifest.entrypoint_files()[0] if vb.manifest.is_exec else None
     made_dirs: list[Path] = []
     with _open_zip(vb.data, limits, bundle) as zf:
@@ -511,10 +532,14 @@ def _extract_into(vb: VerifiedBundle, root: Path, limits: BundleLimits, bundle: 
                     d.mkdir(mode=0o700)
                     made_dirs.append(d)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as sink:
-                _read_entry(vb.data, info, budget, bundle, sink=sink)
+            with os.fdopen(fd, "wb") as f:
+                sink = _HashingSink(f)
+                _read_entry(vb.data, info, budget, bundle, sink=sink)  # type: ignore[arg-type]
             budget -= info.file_size
-            os.chmod(target, 0o555 if info.filename == exec_path else 0o444)
+            mode = 0o555 if info.filename == exec_path else 0o444
+            os.chmod(target, mode)
+            if record is not None:
+                record[info.filename] = (sink.h.hexdigest(), mode)
     # Deepest first, so a parent turns read-only after its children are done.
     for d in sorted(made_dirs, key=lambda p: len(p.parts), reverse=True):
         os.chmod(d, 0o555)  # noqa: S103 - read-only on purpose; plugins run as other users

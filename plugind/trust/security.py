@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from plugind.errors import BundleError, SignatureInvalid, UntrustedPlugin
+from plugind.errors import BundleError, InvalidKey, SignatureInvalid, UntrustedPlugin
 from plugind.trust.bundle import BundleContents, BundleLimits, inspect_bundle
 from plugind.trust.digest import bundle_digest, read_bundle_file, signed_message
+from plugind.trust.freshness import TrustListGuard
 from plugind.trust.keys import PublicKey
 from plugind.trust.manifest import Manifest
 from plugind.trust.signature import PluginSignature, read_signature_file
 from plugind.trust.trustlist import (
     TRUST_KEY_ENV,
     TrustedPluginEntry,
-    load_and_decrypt_trust_list,
+    load_trust_document,
     parse_trust_key,
 )
 from plugind.trust.version import PluginVersion
@@ -38,20 +39,49 @@ class TrustLevel(enum.StrEnum):
         return self.value
 
 
+_RANK = {TrustLevel.UNTRUSTED: 0, TrustLevel.SIGNED: 1, TrustLevel.TRUSTED: 2}
+
+
 @dataclass(frozen=True)
 class SecurityPolicy:
-    """What may load: with only_trusted, only TRUSTED; otherwise any bundle that verified."""
+    """What may load: a bundle whose level is at least `min_level`, the same rule for auto-load,
+    explicit load and every restart. A bundle whose signature does not verify never loads.
 
-    only_trusted: bool = True
+    `only_trusted` is the deprecated spelling: True is min_level TRUSTED, False is SIGNED.
+    """
+
+    only_trusted: bool | None = None
+    min_level: TrustLevel | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_level is None:
+            level = TrustLevel.SIGNED if self.only_trusted is False else TrustLevel.TRUSTED
+            object.__setattr__(self, "min_level", level)
+        else:
+            object.__setattr__(self, "min_level", TrustLevel(self.min_level))
+
+    @property
+    def level(self) -> TrustLevel:
+        """The lowest level that loads."""
+        assert self.min_level is not None
+        return self.min_level
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityPolicy:
         """The policy of `settings.security`."""
-        return cls(only_trusted=settings.security.only_trusted)
+        return cls(min_level=TrustLevel(settings.security.min_trust_level))
 
-    def allows(self, level: TrustLevel) -> bool:
-        """True when a bundle of `level` may load."""
-        return level is TrustLevel.TRUSTED or not self.only_trusted
+    def allows(self, level: TrustLevel | str) -> bool:
+        """True when a bundle of `level` may load ("invalid" and unknown levels never do)."""
+        try:
+            return _RANK[TrustLevel(level)] >= _RANK[self.level]
+        except ValueError:
+            return False
+
+    @property
+    def needs_trust_list(self) -> bool:
+        """True when nothing can load without the trust list (min level TRUSTED)."""
+        return self.level is TrustLevel.TRUSTED
 
 
 @dataclass(frozen=True)
@@ -81,6 +111,28 @@ class VerifiedBundle:
         return f"VerifiedBundle({self.name} {self.version}, {level}, digest={self.digest[:16]}...)"
 
 
+def check_trust_key(settings: Settings, value: str | None = None) -> None:
+    """Fail closed at start: raise InvalidKey (one line naming PLUGIN_TRUST_KEY and how to set it)
+    when the policy needs the trust list (min_trust_level "trusted") and the key is unset, or when
+    a key is set but malformed. `value` defaults to $PLUGIN_TRUST_KEY."""
+    if value is None:
+        value = os.environ.get(TRUST_KEY_ENV)
+    policy = SecurityPolicy.from_settings(settings)
+    how = f"generate one with `plugind trust genkey` and export {TRUST_KEY_ENV}=<64 hex characters>"
+    if value is None or not value.strip():
+        if not policy.needs_trust_list:
+            return
+        raise InvalidKey(
+            f"{TRUST_KEY_ENV} is not set: security.min_trust_level = \"trusted\" needs the trust list and "
+            f"its key; {how} (the key that encrypted {settings.security.trust_list_path}), or set "
+            "security.min_trust_level = \"signed\" to run without a trust list"
+        )
+    try:
+        parse_trust_key(value)
+    except InvalidKey as exc:
+        raise InvalidKey(f"{exc}; {how}") from None
+
+
 class PluginSecurity:
     """Verifies bundles against the configured public keys, the trust list and the policy."""
 
@@ -105,18 +157,23 @@ class PluginSecurity:
         trust_key: str | bytes | None = None,
         *,
         trust_list_path: str | os.PathLike[str] | None = None,
+        guard: TrustListGuard | None = None,
     ) -> PluginSecurity:
         """Build from the config; `trust_key` (hex or bytes, usually $PLUGIN_TRUST_KEY) opens the trust list.
 
-        Without a key the trust list is not read and no bundle can be TRUSTED. Raises InvalidKey
-        (malformed public key or trust key), TrustListError (missing, wrong key, damaged list).
+        Without a key the trust list is not read and no bundle can be TRUSTED. The list read must not
+        be older than one `guard` (default: one on `security.trust_state_file`) has seen, nor
+        expired. Raises InvalidKey (malformed public key or trust key), TrustListError (missing,
+        wrong key, damaged, rolled back or expired list).
         """
         keys = {name: PublicKey.from_hex(hexkey) for name, hexkey in settings.security.public_keys.items()}
         entries = None
         if trust_key is not None:
             key = trust_key if isinstance(trust_key, bytes) else parse_trust_key(trust_key)
             path = trust_list_path if trust_list_path is not None else settings.security.trust_list_path
-            entries = load_and_decrypt_trust_list(path, key)
+            doc = load_trust_document(path, key)
+            (guard or TrustListGuard.from_settings(settings)).check(doc, path)
+            entries = doc.entries
         return cls(
             keys,
             policy=SecurityPolicy.from_settings(settings),
@@ -125,9 +182,9 @@ class PluginSecurity:
         )
 
     @classmethod
-    def from_environment(cls, settings: Settings) -> PluginSecurity:
+    def from_environment(cls, settings: Settings, *, guard: TrustListGuard | None = None) -> PluginSecurity:
         """As from_settings, with the trust key from $PLUGIN_TRUST_KEY when it is set."""
-        return cls.from_settings(settings, os.environ.get(TRUST_KEY_ENV))
+        return cls.from_settings(settings, os.environ.get(TRUST_KEY_ENV) or None, guard=guard)
 
     def verify_bundle(self, path: str | os.PathLike[str]) -> VerifiedBundle:
         """Read the bundle at `path` ONCE and verify it; everything after works from those bytes.
@@ -192,8 +249,11 @@ class PluginSecurity:
             how = (
                 "it has no signature; sign it with `plugind sign BUNDLE --key FILE`, then `plugind trust add`"
             )
+        if self.policy.level is TrustLevel.SIGNED:
+            how = "it has no signature; sign it with `plugind sign BUNDLE --key FILE`"
         raise UntrustedPlugin(
-            f"{vb.name} {vb.version} is {vb.trust_level.value} and security.only_trusted is on: {how}",
+            f"{vb.name} {vb.version} is {vb.trust_level.value} and security.min_trust_level is "
+            f"{self.policy.level.value!r}: {how}",
             plugin=vb.name,
             level=vb.trust_level.value,
         )

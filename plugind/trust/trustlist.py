@@ -2,14 +2,19 @@
 
 File format (all integers big-endian)::
 
-    magic   8 bytes  b"PLGDTRST"
-    version 2 bytes  format version (1)
-    nonce  12 bytes  fresh random nonce per write
-    rest             AES-256-GCM(key, nonce, JSON payload, aad = magic + version)
+    magic        8 bytes  b"PLGDTRST"
+    version      2 bytes  format version (2; version 1 is still read)
+    generation   8 bytes  (version 2 only) bumped on every write: rollback protection
+    valid_until  8 bytes  (version 2 only) signed Unix time after which the list is refused, 0 = never
+    nonce       12 bytes  fresh random nonce per write
+    rest                  AES-256-GCM(key, nonce, JSON payload, aad = the whole header above)
 
-The key is 32 bytes, given as 64 hex characters in PLUGIN_TRUST_KEY. A wrong key, a truncated,
-empty or altered file raises TrustListError: never an empty list by accident. Writes are atomic
-(temp file, fsync, rename, fsync dir) and read-modify-write cycles hold an flock on `PATH.lock`.
+The header is authenticated (it is the AEAD's associated data): changing the generation or the
+expiry breaks the tag. A version-1 list reads as generation 0 with no expiry and is written as
+version 2 by the next change. The key is 32 bytes, given as 64 hex characters in PLUGIN_TRUST_KEY.
+A wrong key, a truncated, empty or altered file raises TrustListError: never an empty list by
+accident. Writes are atomic (temp file, fsync, rename, fsync dir) and read-modify-write cycles hold
+an flock on `PATH.lock`. Which generations were already seen is `plugind.trust.freshness`'s job.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +42,9 @@ from plugind.trust.signature import PluginSignature
 from plugind.trust.version import PluginVersion
 
 MAGIC = b"PLGDTRST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = struct.Struct(">8sH")
+_HEADER_V2 = struct.Struct(">8sHQq")
 _NONCE_LEN = 12
 _TAG_LEN = 16
 MAX_TRUST_LIST_BYTES = 64 * 1024 * 1024
@@ -71,9 +78,9 @@ class TrustedPluginEntry:
             version = str(version)
         if isinstance(signature, PluginSignature):
             signature = signature.hex
-        for field, value in (("name", name), ("version", version), ("hash", hash), ("signature", signature),
+        for attr, value in (("name", name), ("version", version), ("hash", hash), ("signature", signature),
                              ("note", note)):
-            object.__setattr__(self, field, value)
+            object.__setattr__(self, attr, value)
         self._validate()
 
     def _validate(self) -> None:
@@ -133,20 +140,57 @@ def _sorted(entries: Iterable[TrustedPluginEntry]) -> list[TrustedPluginEntry]:
     return sorted(unique.values(), key=lambda e: (e.name, PluginVersion.parse(e.version)._key(), e.version))
 
 
-def encrypt_trust_list(entries: Iterable[TrustedPluginEntry], key: bytes) -> bytes:
+@dataclass(frozen=True)
+class TrustList:
+    """A decrypted trust list: its entries and its authenticated header fields."""
+
+    entries: list[TrustedPluginEntry] = field(default_factory=list)
+    generation: int = 0  # 0: a version-1 list (no generation) or a fresh one
+    valid_until: int | None = None  # Unix seconds; None: never expires
+
+    def expired(self, now: float | None = None) -> bool:
+        """True when the list has an expiry and it has passed."""
+        return self.valid_until is not None and (time.time() if now is None else now) >= self.valid_until
+
+
+def format_time(ts: int) -> str:
+    """A Unix time as `2026-11-30T14:55:00Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def encrypt_trust_list(
+    entries: Iterable[TrustedPluginEntry],
+    key: bytes,
+    *,
+    generation: int = 0,
+    valid_until: int | None = None,
+) -> bytes:
     """The encrypted file contents for `entries` (one entry per name+version, the last wins)."""
     if len(key) != 32:
         raise InvalidKey("trust-list key must be 32 bytes")
+    if not 0 <= generation < 2**63:
+        raise ValueError("trust list generation out of range")
+    if valid_until is not None and not 0 < valid_until < 2**62:
+        raise ValueError("trust list valid_until out of range")
     payload = json.dumps(
         {"entries": [e.to_dict() for e in _sorted(entries)]}, separators=(",", ":"), sort_keys=True
     ).encode("utf-8")
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION)
+    header = _HEADER_V2.pack(MAGIC, FORMAT_VERSION, generation, valid_until or 0)
     nonce = os.urandom(_NONCE_LEN)
     return header + nonce + AESGCM(key).encrypt(nonce, payload, header)
 
 
 def decrypt_trust_list(blob: bytes, key: bytes, *, path: str | None = None) -> list[TrustedPluginEntry]:
     """Decrypt and validate file contents. Raises TrustListError saying what is wrong."""
+    return decrypt_trust_document(blob, key, path=path).entries
+
+
+def decrypt_trust_document(blob: bytes, key: bytes, *, path: str | None = None) -> TrustList:
+    """Decrypt and validate file contents, header fields included. Raises TrustListError.
+
+    Expiry is not checked here (the CLI must still read an expired list to renew it): callers that
+    decide what loads go through `plugind.trust.freshness.TrustListGuard`.
+    """
     where = f"{path}: " if path else ""
 
     def bad(msg: str) -> TrustListError:
@@ -165,32 +209,49 @@ def decrypt_trust_list(blob: bytes, key: bytes, *, path: str | None = None) -> l
     if len(blob) < _HEADER.size:
         raise bad("trust list is truncated (shorter than its header)")
     _magic, version = _HEADER.unpack_from(blob)
-    if version != FORMAT_VERSION:
+    generation, valid_until = 0, 0
+    if version == 1:
+        size = _HEADER.size
+    elif version == 2:
+        size = _HEADER_V2.size
+        if len(blob) < size:
+            raise bad("trust list is truncated (shorter than its header)")
+        _m, _v, generation, valid_until = _HEADER_V2.unpack_from(blob)
+    else:
         raise bad(
-            f"unsupported trust list format version {version} (this plugind reads version {FORMAT_VERSION})"
+            f"unsupported trust list format version {version} (this plugind reads versions 1 and "
+            f"{FORMAT_VERSION})"
         )
-    if len(blob) < _HEADER.size + _NONCE_LEN + _TAG_LEN:
+    if len(blob) < size + _NONCE_LEN + _TAG_LEN:
         raise bad("trust list is truncated")
-    header = blob[: _HEADER.size]
-    nonce = blob[_HEADER.size : _HEADER.size + _NONCE_LEN]
+    header = blob[:size]
+    nonce = blob[size : size + _NONCE_LEN]
     try:
-        payload = AESGCM(key).decrypt(nonce, blob[_HEADER.size + _NONCE_LEN :], header)
+        payload = AESGCM(key).decrypt(nonce, blob[size + _NONCE_LEN :], header)
     except InvalidTag:
         raise bad(
             f"cannot decrypt the trust list: wrong {TRUST_KEY_ENV}, or the file was truncated or altered"
         ) from None
+    if valid_until < 0:
+        raise bad("trust list payload is invalid: negative valid_until")
     try:
         doc = json.loads(payload)
         if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
             raise ValueError("no entries list")
-        return [TrustedPluginEntry.from_dict(e) for e in doc["entries"]]
+        entries = [TrustedPluginEntry.from_dict(e) for e in doc["entries"]]
     except ValueError as exc:
         # Authenticated but unreadable: written by a buggy or different tool. Refuse, never guess.
         raise bad(f"trust list payload is invalid: {exc}") from None
+    return TrustList(entries, generation, valid_until or None)
 
 
 def load_and_decrypt_trust_list(path: str | os.PathLike[str], key: bytes) -> list[TrustedPluginEntry]:
     """Read and decrypt the trust list at `path`. Raises TrustListError (missing, wrong key, damaged)."""
+    return load_trust_document(path, key).entries
+
+
+def load_trust_document(path: str | os.PathLike[str], key: bytes) -> TrustList:
+    """Read and decrypt the trust list at `path`, header fields included. Raises TrustListError."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -205,18 +266,23 @@ def load_and_decrypt_trust_list(path: str | os.PathLike[str], key: bytes) -> lis
         raise TrustListError(
             f"{path}: trust list is larger than {MAX_TRUST_LIST_BYTES} bytes", path=str(path)
         )
-    return decrypt_trust_list(blob, key, path=str(path))
+    return decrypt_trust_document(blob, key, path=str(path))
 
 
 def encrypt_and_save_trust_list(
-    entries: Iterable[TrustedPluginEntry], path: str | os.PathLike[str], key: bytes
+    entries: Iterable[TrustedPluginEntry],
+    path: str | os.PathLike[str],
+    key: bytes,
+    *,
+    generation: int = 0,
+    valid_until: int | None = None,
 ) -> None:
     """Encrypt `entries` with a fresh nonce and replace the file at `path` atomically (mode 0600).
 
     Temp files left by writers that died mid-save are removed. Raises InvalidKey, OSError.
     """
     path = Path(path)
-    blob = encrypt_trust_list(entries, key)
+    blob = encrypt_trust_list(entries, key, generation=generation, valid_until=valid_until)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         for stale in stale_temp_files(path):
@@ -235,26 +301,65 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _modify(path: Path, key: bytes, change: Any) -> Any:
+_KEEP = object()
+
+
+def modify_trust_list(
+    path: str | os.PathLike[str],
+    key: bytes,
+    change: Callable[[list[TrustedPluginEntry]], tuple[list[TrustedPluginEntry], Any]],
+    *,
+    valid_until: int | object | None = _KEEP,
+    seen: Callable[[TrustList], None] | None = None,
+    floor: int = 0,
+) -> tuple[TrustList, Any]:
+    """Read, change and rewrite the list under its lock, one generation up. Returns (new list, result).
+
+    `seen` is called with the list as read (the CLI's rollback check raises there); the new
+    generation is above both the old one and `floor` (the highest generation seen elsewhere).
+    `valid_until` replaces the expiry (None: never) or, by default, keeps the list's own.
+    Raises TrustListError, InvalidKey, OSError.
+    """
+    path = Path(path)
     with _locked(path):
-        entries = load_and_decrypt_trust_list(path, key)
-        new_entries, result = change(entries)
-        blob = encrypt_trust_list(new_entries, key)
+        old = load_trust_document(path, key)
+        if seen is not None:
+            seen(old)
+        new_entries, result = change(old.entries)
+        until = old.valid_until if valid_until is _KEEP else valid_until
+        assert until is None or isinstance(until, int)
+        new = TrustList(_sorted(new_entries), max(old.generation, floor) + 1, until)
+        blob = encrypt_trust_list(new.entries, key, generation=new.generation, valid_until=until)
         for stale in stale_temp_files(path):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         atomic_write(path, blob, mode=0o600)
-    return result
+    return new, result
 
 
-def init_trust_list(path: str | os.PathLike[str], key: bytes, *, force: bool = False) -> None:
-    """Create an empty trust list. Raises TrustListError when one exists (unless force), OSError."""
+def _modify(path: Path, key: bytes, change: Any) -> Any:
+    return modify_trust_list(path, key, change)[1]
+
+
+def init_trust_list(
+    path: str | os.PathLike[str],
+    key: bytes,
+    *,
+    force: bool = False,
+    generation: int = 1,
+    valid_until: int | None = None,
+) -> None:
+    """Create an empty trust list. Raises TrustListError when one exists (unless force), OSError.
+
+    `generation` should be above every generation seen for this path (the CLI passes its record + 1),
+    so a replaced list is never older than the one it replaces.
+    """
     path = Path(path)
     if path.exists() and not force:
         raise TrustListError(
             f"{path}: a trust list already exists; use --force to replace it", path=str(path)
         )
-    encrypt_and_save_trust_list([], path, key)
+    encrypt_and_save_trust_list([], path, key, generation=generation, valid_until=valid_until)
 
 
 def add_trusted_plugin(

@@ -95,8 +95,8 @@ def test_load_list_detail_unload(ws: Workspace, run_api: RunApi) -> None:
 REFUSALS = [
     ("unknown", None, 404, "not_found", "unknown plugin 'ghost'"),
     ("unsigned", dict(sign=False, trust=False), 403, "untrusted",
-     "is untrusted and security.only_trusted is on"),
-    ("unlisted", dict(trust=False), 403, "untrusted", "is signed and security.only_trusted is on"),
+     "is untrusted and security.min_trust_level is 'trusted'"),
+    ("unlisted", dict(trust=False), 403, "untrusted", "is signed and security.min_trust_level is 'trusted'"),
     ("tampered", "tamper", 403, "signature_invalid", "tampered-1.0.0.plugin"),
     ("path-dotdot", "../x", 422, "invalid_input", "plugin_name: String should match pattern"),
     ("path-abs", "/etc/passwd", 422, "invalid_input", "plugin_name: String should match pattern"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from integration.kit import Workspace, plugin_source
 
-from plugind.errors import BundleError, SignatureInvalid, TrustListError, UntrustedPlugin
+from plugind.errors import BundleError, LoadError, SignatureInvalid, TrustListError, UntrustedPlugin
 from plugind.host.loader import DIGEST_PREFIX, PluginLoader
 from plugind.trust import PluginSecurity, remove_trusted_plugin
 
@@ -22,7 +22,11 @@ def ws(tmp_path: Path) -> Workspace:
 
 def loader_for(ws: Workspace) -> PluginLoader:
     settings = ws.settings()
-    return PluginLoader(settings, PluginSecurity.from_settings(settings, ws.trust_key_hex))
+    return PluginLoader(
+        settings,
+        PluginSecurity.from_settings(settings, ws.trust_key_hex),
+        refresh=lambda: PluginSecurity.from_settings(settings, ws.trust_key_hex),
+    )
 
 
 def test_extracts_read_only_tree_named_by_digest(ws: Workspace) -> None:
@@ -66,7 +70,7 @@ def test_a_tree_without_marker_is_not_trusted(ws: Workspace) -> None:
 
 def test_unsigned_is_refused_before_extraction(ws: Workspace) -> None:
     bundle = ws.add(plugin_source("nosig", {"h": (0, "return data")}), sign=False, trust=False)
-    expected = "nosig 1.0.0 is untrusted and security.only_trusted is on"
+    expected = "nosig 1.0.0 is untrusted and security.min_trust_level is 'trusted'"
     with pytest.raises(UntrustedPlugin, match=re.escape(expected)):
         loader_for(ws).load(bundle)
     assert not (ws.root / "data" / "extracted").exists()
@@ -110,3 +114,55 @@ def test_trust_list_is_re_read_on_each_load(ws: Workspace) -> None:
     ws.trust_list.write_bytes(ws.trust_list.read_bytes()[:-1])
     with pytest.raises(TrustListError):
         loader.load(bundle)
+
+
+def test_an_edited_tree_with_its_marker_is_re_extracted(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    first = loader.load(bundle)
+    os.chmod(first.tree, 0o755)
+    os.chmod(first.tree / "echo.py", 0o644)
+    (first.tree / "echo.py").write_text("evil = True\n")  # the marker still names the right digest
+    again = loader.load(bundle)
+    assert not again.reused
+    assert (again.tree / "echo.py").read_text().startswith("import os")
+    # A tree this loader did not extract (another process, an earlier daemon) is never reused.
+    assert not loader_for(ws).load(bundle).reused
+
+
+def test_ensure_restores_the_tree_before_a_restart(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    loaded = loader.load(bundle)
+    loader.ensure(loaded, recheck=True)  # unchanged: nothing to do
+    os.chmod(loaded.tree, 0o755)
+    (loaded.tree / "planted.py").write_text("evil = True\n")
+    loader.ensure(loaded, recheck=True)
+    assert not (loaded.tree / "planted.py").exists()
+    # The bundle no longer listed: a restart is refused under min_trust_level "trusted".
+    remove_trusted_plugin(ws.trust_list, ws.trust_key, "echo")
+    with pytest.raises(UntrustedPlugin, match=r"is signed and security\.min_trust_level is 'trusted'"):
+        loader.ensure(loaded, recheck=True)
+
+
+def test_ensure_refuses_a_restart_when_the_bundle_changed_or_went(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    loaded = loader.load(bundle)
+    ws.add(plugin_source("echo", {"h": (0, "return 'other'")}))  # same name and version, new bytes
+    with pytest.raises(LoadError, match=r"the bundle of echo changed since it was loaded") as info:
+        loader.ensure(loaded, recheck=True)
+    assert info.value.reason == "bundle_changed"
+    bundle.unlink()
+    with pytest.raises(LoadError, match=r"cannot re-verify echo before restarting it") as info:
+        loader.ensure(loaded, recheck=True)
+    assert info.value.reason == "bundle_missing"
+
+
+def test_a_world_writable_extract_dir_is_reported(ws: Workspace, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    (ws.root / "data" / "extracted").mkdir(parents=True)
+    os.chmod(ws.root / "data" / "extracted", 0o777)
+    with caplog.at_level("WARNING", logger="plugind.host.loader"):
+        loader_for(ws).load(bundle)
+    assert "is writable by group or others (mode 777)" in caplog.text

@@ -114,8 +114,9 @@ class Workspace:
             state_file = "{self.root / 'data' / 'loaded.json'}"
             auto_load = {str(self.auto_load).lower()}
             [security]
-            only_trusted = true
+            min_trust_level = "trusted"
             trust_list_path = "{self.trust_list}"
+            trust_state_file = "{self.root / 'data' / 'trust-state.json'}"
             [security.public_keys]
             test = "{self.key.public_key.hex}"
             [api]

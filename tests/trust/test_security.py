@@ -72,7 +72,8 @@ def test_signed_but_not_listed_is_refused_when_only_trusted(
     assert vb.trust_level is TrustLevel.SIGNED
     with pytest.raises(
         UntrustedPlugin,
-        match=r"^hello 1\.0\.0 is signed and security\.only_trusted is on: its hash is not on the trust list",
+        match=r"^hello 1\.0\.0 is signed and security\.min_trust_level is 'trusted': its hash is not on the "
+        r"trust list",
     ) as exc:
         security.check_policy(vb)
     assert (exc.value.plugin, exc.value.level) == ("hello", "signed")
@@ -84,7 +85,7 @@ def test_unsigned_is_untrusted_and_refused(bundle: Path, public_keys: dict[str, 
     vb = security.verify_bundle(bundle)
     assert (vb.trust_level, vb.key_name) == (TrustLevel.UNTRUSTED, None)
     with pytest.raises(
-        UntrustedPlugin, match=r"is untrusted and security\.only_trusted is on: it has no signature"
+        UntrustedPlugin, match=r"is untrusted and security\.min_trust_level is 'trusted': it has no signature"
     ) as exc:
         security.check_policy(vb)
     assert exc.value.level == "untrusted"
@@ -198,5 +199,9 @@ def test_extraction_uses_the_verified_bytes_not_the_file(
 def test_policy_table() -> None:
     strict, lax = SecurityPolicy(only_trusted=True), SecurityPolicy(only_trusted=False)
     assert [strict.allows(level) for level in TrustLevel] == [True, False, False]
-    assert [lax.allows(level) for level in TrustLevel] == [True, True, True]
+    # only_trusted = false is the deprecated spelling of min_trust_level "signed": unsigned never loads.
+    assert [lax.allows(level) for level in TrustLevel] == [True, True, False]
+    anything = SecurityPolicy(min_level=TrustLevel.UNTRUSTED)
+    assert [anything.allows(level) for level in TrustLevel] == [True, True, True]
+    assert not anything.allows("invalid")
     assert [str(level) for level in TrustLevel] == ["trusted", "signed", "untrusted"]

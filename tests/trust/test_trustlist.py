@@ -46,14 +46,14 @@ def test_round_trip_sorted_and_private(listed: Path, trust_key: bytes) -> None:
     assert load_and_decrypt_trust_list(listed, trust_key) == [entry(), entry("other", "2.0.0", 5, "from CI")]
     assert stat.S_IMODE(listed.stat().st_mode) == 0o600
     blob = listed.read_bytes()
-    assert blob.startswith(MAGIC + b"\x00\x01")
+    assert blob.startswith(MAGIC + b"\x00\x02")
     assert b"hello" not in blob and b"from CI" not in blob
 
 
 def test_every_write_uses_a_fresh_nonce(trust_key: bytes) -> None:
     a = encrypt_trust_list([entry()], trust_key)
     b = encrypt_trust_list([entry()], trust_key)
-    assert a[10:22] != b[10:22]
+    assert a[26:38] != b[26:38]
     assert a != b
     assert decrypt_trust_list(a, trust_key) == decrypt_trust_list(b, trust_key) == [entry()]
 
@@ -72,7 +72,8 @@ def test_wrong_key_is_refused(listed: Path) -> None:
         (lambda b: b"", r"trust list is empty \(0 bytes\)"),
         (lambda b: b[:5], r"trust list is truncated \(shorter than its header\)"),
         (lambda b: b[:9], r"trust list is truncated \(shorter than its header\)"),
-        (lambda b: b[:20], r"trust list is truncated$"),
+        (lambda b: b[:20], r"trust list is truncated \(shorter than its header\)"),
+        (lambda b: b[:30], r"trust list is truncated$"),
         (
             lambda b: b[: len(b) // 2],
             r"cannot decrypt the trust list: wrong PLUGIN_TRUST_KEY, or the file was truncated or altered",
@@ -80,12 +81,14 @@ def test_wrong_key_is_refused(listed: Path) -> None:
         (lambda b: b[:-1], r"cannot decrypt the trust list"),
         (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], r"cannot decrypt the trust list"),
         (lambda b: b[:-1] + bytes([b[-1] ^ 0x80]), r"cannot decrypt the trust list"),
-        (lambda b: b[:15] + bytes([b[15] ^ 1]) + b[16:], r"cannot decrypt the trust list"),  # nonce
+        (lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:], r"cannot decrypt the trust list"),  # nonce
+        (lambda b: b[:17] + bytes([b[17] ^ 1]) + b[18:], r"cannot decrypt the trust list"),  # generation
+        (lambda b: b[:25] + bytes([b[25] ^ 1]) + b[26:], r"cannot decrypt the trust list"),  # expiry
         (lambda b: b + b"\0", r"cannot decrypt the trust list"),
         (lambda b: b"XXXXXXXX" + b[8:], r"not a plugind trust list \(bad magic\)"),
         (
-            lambda b: b[:8] + b"\x00\x02" + b[10:],
-            r"unsupported trust list format version 2 \(this plugind reads version 1\)",
+            lambda b: b[:8] + b"\x00\x03" + b[10:],
+            r"unsupported trust list format version 3 \(this plugind reads versions 1 and 2\)",
         ),
         (lambda b: b"[]", r"not a plugind trust list \(bad magic\)"),
     ],
@@ -93,12 +96,15 @@ def test_wrong_key_is_refused(listed: Path) -> None:
         "empty",
         "5-bytes",
         "9-bytes",
+        "20-bytes",
         "header-only",
         "half",
         "last-byte-cut",
         "flip-body",
         "flip-tag",
         "flip-nonce",
+        "flip-generation",
+        "flip-expiry",
         "appended",
         "magic",
         "version",

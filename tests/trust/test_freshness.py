@@ -1,0 +1,119 @@
+"""Trust-list generations, expiry and the rollback guard; the per-file record of an extracted tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from plugind.errors import TrustListError
+from plugind.trust import TrustedPluginEntry, add_trusted_plugin, init_trust_list, remove_trusted_plugin
+from plugind.trust.freshness import TrustListGuard
+from plugind.trust.tree import tree_mismatch
+from plugind.trust.trustlist import MAGIC, encrypt_and_save_trust_list, load_trust_document
+
+
+def entry(name: str = "hello", n: int = 0) -> TrustedPluginEntry:
+    return TrustedPluginEntry(name, "1.0.0", f"{n:0128x}", f"{n + 1:0128x}", "")
+
+
+def v1_blob(entries: list[TrustedPluginEntry], key: bytes) -> bytes:
+    # A list as plugind wrote it before generations existed (format version 1).
+    header = struct.pack(">8sH", MAGIC, 1)
+    nonce = os.urandom(12)
+    payload = json.dumps({"entries": [e.to_dict() for e in entries]}).encode()
+    return header + nonce + AESGCM(key).encrypt(nonce, payload, header)
+
+
+def test_every_write_bumps_the_generation(tmp_path: Path, trust_key: bytes) -> None:
+    path = tmp_path / "trust.list"
+    init_trust_list(path, trust_key)
+    assert load_trust_document(path, trust_key).generation == 1
+    add_trusted_plugin(path, trust_key, entry())
+    remove_trusted_plugin(path, trust_key, "hello")
+    doc = load_trust_document(path, trust_key)
+    assert (doc.generation, doc.entries, doc.valid_until) == (3, [], None)
+
+
+def test_a_version_1_list_reads_as_generation_0_and_is_upgraded_on_write(
+    tmp_path: Path, trust_key: bytes
+) -> None:
+    path = tmp_path / "trust.list"
+    path.write_bytes(v1_blob([entry()], trust_key))
+    doc = load_trust_document(path, trust_key)
+    assert (doc.generation, doc.entries, doc.valid_until) == (0, [entry()], None)
+    add_trusted_plugin(path, trust_key, entry("other", 4))
+    assert path.read_bytes()[8:10] == b"\x00\x02"
+    assert load_trust_document(path, trust_key).generation == 1
+
+
+def test_the_guard_refuses_an_older_generation_from_memory_and_from_its_file(
+    tmp_path: Path, trust_key: bytes
+) -> None:
+    path, state = tmp_path / "trust.list", tmp_path / "state.json"
+    init_trust_list(path, trust_key)
+    old = path.read_bytes()
+    add_trusted_plugin(path, trust_key, entry())
+    guard = TrustListGuard(state)
+    guard.check(load_trust_document(path, trust_key), path)
+    path.write_bytes(old)
+    for g in (guard, TrustListGuard(state)):  # the same process, and a new one reading the file
+        with pytest.raises(TrustListError, match=r"generation 1 is older than generation 2 already seen"):
+            g.check(load_trust_document(path, trust_key), path)
+    # Memory protects even when the state file is gone.
+    state.unlink()
+    with pytest.raises(TrustListError, match="rolled-back"):
+        guard.check(load_trust_document(path, trust_key), path)
+
+
+def test_an_unreadable_state_file_fails_closed(tmp_path: Path, trust_key: bytes) -> None:
+    path, state = tmp_path / "trust.list", tmp_path / "state.json"
+    init_trust_list(path, trust_key)
+    state.write_text("{not json")
+    with pytest.raises(TrustListError, match=r"trust state file is unreadable"):
+        TrustListGuard(state).check(load_trust_document(path, trust_key), path)
+
+
+def test_an_expired_list_is_refused_unless_allowed(tmp_path: Path, trust_key: bytes) -> None:
+    path = tmp_path / "trust.list"
+    past = int(time.time()) - 5
+    encrypt_and_save_trust_list([entry()], path, trust_key, generation=4, valid_until=past)
+    doc = load_trust_document(path, trust_key)
+    assert doc.expired() and doc.valid_until == past
+    guard = TrustListGuard(None)
+    with pytest.raises(TrustListError, match=r"trust list expired at .*plugind trust renew"):
+        guard.check(doc, path)
+    guard.check(doc, path, allow_expired=True)  # the CLI may read it to renew it
+    # A write keeps the expiry unless told otherwise.
+    add_trusted_plugin(path, trust_key, entry("other", 7))
+    assert load_trust_document(path, trust_key).valid_until == past
+
+
+def test_tree_mismatch_names_the_difference(tmp_path: Path) -> None:
+    import hashlib
+
+    tree = tmp_path / "t"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "a.py").write_bytes(b"x = 1\n")
+    os.chmod(tree / "pkg" / "a.py", 0o444)
+    record = {"pkg/a.py": (hashlib.sha256(b"x = 1\n").hexdigest(), 0o444)}
+    assert tree_mismatch(tree, record) is None
+    (tree / "pkg" / "__pycache__").mkdir()
+    (tree / "pkg" / "__pycache__" / "a.cpython-312.pyc").write_bytes(b"evil")
+    assert tree_mismatch(tree, record) == "pkg/__pycache__/a.cpython-312.pyc: file not in the verified bundle"
+    (tree / "pkg" / "__pycache__" / "a.cpython-312.pyc").unlink()
+    os.chmod(tree / "pkg" / "a.py", 0o644)
+    (tree / "pkg" / "a.py").write_bytes(b"x = 2\n")
+    assert tree_mismatch(tree, record) == "pkg/a.py: mode changed"
+    os.chmod(tree / "pkg" / "a.py", 0o444)
+    assert tree_mismatch(tree, record) == "pkg/a.py: contents differ from the verified bundle"
+    (tree / "pkg" / "a.py").unlink()
+    (tree / "pkg" / "a.py").symlink_to("/etc/passwd")
+    assert tree_mismatch(tree, record) == "pkg/a.py: not a regular file (link or special file)"
+    (tree / "pkg" / "a.py").unlink()
+    assert tree_mismatch(tree, record) == "pkg/a.py: missing"
