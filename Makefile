@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/health.py
 	$(PY) bench/liveness.py
 	$(PY) bench/limits.py
+	$(PY) bench/peers.py
 
 clean:
 	rm -rf data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

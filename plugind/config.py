@@ -341,8 +341,10 @@ class Settings(BaseSettings):
 
     def hook_timeout(self, hook: str, plugin: str | None = None) -> float:
         """Deadline for a hook: per-plugin, else per-hook, else the default; at most max_timeout_secs."""
-        if plugin is not None and hook in self.override_for(plugin).hook_timeouts:
-            return min(self.override_for(plugin).hook_timeouts[hook], self.hooks.max_timeout_secs)
+        # On every hook call: look the override up, not override_for (which builds an empty model).
+        override = self.plugin.get(plugin) if plugin is not None else None
+        if override is not None and hook in override.hook_timeouts:
+            return min(override.hook_timeouts[hook], self.hooks.max_timeout_secs)
         configured = self.hooks.timeouts.get(hook, self.hooks.default_timeout_secs)
         return min(configured, self.hooks.max_timeout_secs)
 

@@ -70,7 +70,9 @@ class BearerAuth:
     def __init__(self, token: str | None) -> None:
         self._token = token.encode() if token else None
 
-    def __call__(self, request: Request) -> None:
+    # async, though it never awaits: FastAPI runs a plain-def dependency in its thread pool, a
+    # thread hand-off per request that cost more than the whole hook call (bench/peers.py, REST).
+    async def __call__(self, request: Request) -> None:
         if self._token is None:
             return
         header = request.headers.get("authorization", "")

@@ -36,6 +36,12 @@ class HookTarget(Protocol):
     async def invoke(self, hook: str, data: Any, timeout_s: float) -> Any: ...
 
 
+def _enforces_deadline(target: HookTarget) -> bool:
+    """Whether `target` fails its own calls at their deadline (a class attribute `enforces_deadline
+    = True`, as the Supervisor has: its expiry timer). Others get a timeout scope of their own."""
+    return getattr(type(target), "enforces_deadline", False) is True
+
+
 @dataclass
 class HookOutcome:
     """What one plugin did with one hook call."""
@@ -107,6 +113,8 @@ class _Handler:
     priority: int
     order: int
     target: HookTarget
+    # No timeout scope of ours around a target that enforces its deadline (see _call).
+    guarded: bool = True
 
 
 def _outcome_of(exc: PluginError) -> Outcome:
@@ -127,13 +135,18 @@ class HookRegistry:
         # Told of every failed handler call (hook, plugin, outcome, message); must not raise or
         # block. The registry's `on_error` dispatcher (plugind.host.error_hooks) listens here.
         self.on_failure: Callable[[str, str, str, str], None] | None = None
+        # hook -> its handlers in run order, made on first use after a (un)registration: a call
+        # would otherwise scan every plugin and sort (at 1,000 plugins, most of the call).
+        self._ordered: dict[str, tuple[_Handler, ...]] = {}
 
     def register(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
         """Add `plugin` as the handler of `hooks` (name -> priority). Re-registering replaces it."""
         order = next(self._order)
         self._by_plugin[plugin] = {
-            hook: _Handler(plugin, int(priority), order, target) for hook, priority in hooks.items()
+            hook: _Handler(plugin, int(priority), order, target, not _enforces_deadline(target))
+            for hook, priority in hooks.items()
         }
+        self._ordered.clear()
 
     def replace(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
         """Make `target` the handler of `plugin`'s `hooks` in one step, keeping the plugin's place in
@@ -142,12 +155,15 @@ class HookRegistry:
         current = self._by_plugin.get(plugin)
         order = next(iter(current.values())).order if current else next(self._order)
         self._by_plugin[plugin] = {
-            hook: _Handler(plugin, int(priority), order, target) for hook, priority in hooks.items()
+            hook: _Handler(plugin, int(priority), order, target, not _enforces_deadline(target))
+            for hook, priority in hooks.items()
         }
+        self._ordered.clear()  # the cached run order holds the old version's handlers
 
     def unregister(self, plugin: str) -> None:
         """Forget every hook of `plugin` (no error if it had none)."""
         self._by_plugin.pop(plugin, None)
+        self._ordered.clear()
 
     def handlers(self, hook: str) -> list[tuple[str, int]]:
         """(plugin, priority) of every handler of `hook`, in the order they run."""
@@ -158,10 +174,15 @@ class HookRegistry:
         names = sorted({hook for hooks in self._by_plugin.values() for hook in hooks})
         return {name: [p for p, _ in self.handlers(name)] for name in names}
 
-    def _handlers(self, hook: str) -> list[_Handler]:
-        # Copy into a list: a plugin may be unloaded while a call is in flight.
-        found = [hooks[hook] for hooks in self._by_plugin.values() if hook in hooks]
-        found.sort(key=lambda h: (-h.priority, h.order))
+    def _handlers(self, hook: str) -> tuple[_Handler, ...]:
+        # A tuple, replaced (not changed) on (un)registration: a plugin may be unloaded while a
+        # call is in flight. Unknown hooks are not remembered (callers choose the names).
+        found = self._ordered.get(hook)
+        if found is None:
+            found = tuple(sorted((hooks[hook] for hooks in self._by_plugin.values() if hook in hooks),
+                                 key=lambda h: (-h.priority, h.order)))
+            if found:
+                self._ordered[hook] = found
         return found
 
     async def run(
@@ -233,8 +254,13 @@ class HookRegistry:
                     timeout_s=0.0,
                 )
             try:
-                # A timeout scope, not wait_for: no extra task per call on the hot path.
-                async with asyncio.timeout(timeout + _GRACE_S):
+                if handler.guarded:
+                    # A timeout scope, not wait_for: no extra task per call on the hot path.
+                    async with asyncio.timeout(timeout + _GRACE_S):
+                        output = await handler.target.invoke(hook, data, timeout)
+                else:
+                    # The target fails the call with HookTimeout at `timeout` itself (the
+                    # supervisor's expiry timer): a second scope would cost a timer per call.
                     output = await handler.target.invoke(hook, data, timeout)
             except TimeoutError:
                 raise HookTimeout(

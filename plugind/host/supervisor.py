@@ -154,6 +154,10 @@ class _Connection(asyncio.BufferedProtocol):
 class Supervisor:
     """Owns one plugin's child process. See the module docstring for the life cycle."""
 
+    # invoke() fails a call with HookTimeout at its deadline (the expiry timer, armed before its
+    # first await), so the hook registry puts no timeout scope of its own around it.
+    enforces_deadline = True
+
     def __init__(
         self,
         name: str,

@@ -156,13 +156,49 @@ def _hook_used(hook: str, plugin: str) -> None:
         _hook_users.setdefault(hook, set()).add(plugin)
 
 
-def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
-    """Count one hook call and record its latency. Unknown outcomes count as `error`."""
+# The series of one (hook, plugin), bound once: `.labels()` and the label budgets cost more than the
+# inc and observe themselves on every hook call. Keyed by the names as given; an entry holds what
+# admit() decided, which only changes when a slot is released (forget_plugin), which clears this.
+_MAX_BOUND = 4096
+
+
+class _HookSeries:
+    """The children of HOOK_CALLS (made per outcome when first counted, as `.labels()` would) and
+    HOOK_DURATION of one (hook, plugin)."""
+
+    __slots__ = ("calls", "duration", "hook", "plugin")
+
+    def __init__(self, hook: str, plugin: str) -> None:
+        self.hook, self.plugin = hook, plugin
+        self.calls: dict[str, Counter] = {}
+        self.duration = HOOK_DURATION.labels(hook=hook, plugin=plugin)
+
+    def count(self, outcome: str) -> None:
+        child = self.calls.get(outcome)
+        if child is None:
+            child = self.calls[outcome] = HOOK_CALLS.labels(hook=self.hook, plugin=self.plugin,
+                                                            outcome=outcome)
+        child.inc()
+
+
+_bound: dict[tuple[str, str], _HookSeries] = {}
+
+
+def _bind(hook: str, plugin: str) -> _HookSeries:
     h = HOOK_LABELS.admit(hook)
     p = PLUGIN_LABELS.admit(plugin)
     _hook_used(h, p)
-    HOOK_CALLS.labels(hook=h, plugin=p, outcome=outcome if outcome in OUTCOMES else "error").inc()
-    HOOK_DURATION.labels(hook=h, plugin=p).observe(max(0.0, seconds))
+    if len(_bound) >= _MAX_BOUND:
+        _bound.clear()
+    series = _bound[(hook, plugin)] = _HookSeries(h, p)
+    return series
+
+
+def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
+    """Count one hook call and record its latency. Unknown outcomes count as `error`."""
+    series = _bound.get((hook, plugin)) or _bind(hook, plugin)
+    series.count(outcome if outcome in OUTCOMES else "error")
+    series.duration.observe(max(0.0, seconds))
 
 
 def plugin_restarted(plugin: str) -> None:
@@ -193,6 +229,7 @@ def set_plugin_states(counts: Mapping[str, int]) -> None:
 
 def forget_plugin(plugin: str) -> None:
     """Drop every series labelled with `plugin` and free its label slot (call on unload)."""
+    _bound.clear()  # bound series of this plugin go now, and an `other` may now get a slot
     if plugin not in PLUGIN_LABELS:
         return
     for metric in (VIOLATIONS, RESTARTS, HOOK_CALLS, HOOK_DURATION):

@@ -56,6 +56,7 @@ def test_replace_swaps_the_target_in_place() -> None:
     reg = registry()
     reg.register("a", {"on_request": 5}, Target("a-1.0"))
     reg.register("b", {"on_request": 5}, Target("b"))
+    assert run(reg.execute("on_request", {})).data == {"seen": ["a-1.0", "b"]}  # run order now cached
     reg.replace("a", {"on_request": 5, "on_new": 1}, Target("a-2.0"))
     assert reg.handlers("on_request") == [("a", 5), ("b", 5)]
     assert reg.hooks() == {"on_new": ["a"], "on_request": ["a", "b"]}
@@ -213,3 +214,48 @@ def test_metrics_recorded_per_outcome() -> None:
     text = metrics.generate_latest(metrics.REGISTRY).decode()
     assert 'plugind_hook_calls_total{hook="metric_hook",outcome="ok",plugin="mok"} 1.0' in text
     assert 'plugind_hook_calls_total{hook="metric_hook",outcome="error",plugin="mbad"} 1.0' in text
+
+
+def test_target_enforcing_its_own_deadline_gets_no_second_scope() -> None:
+    # A target saying it enforces its deadline (the Supervisor) is trusted to fail the call at it;
+    # one that says so is still bounded by its own HookTimeout, and the outcome is the same.
+    class Enforcing(Target):
+        enforces_deadline = True
+
+    settings = Settings.model_validate({"hooks": {"default_timeout_secs": 0.05}})
+    reg = HookRegistry(settings)
+    reg.register("enf", {"h": 0}, Enforcing("enf", fail="hang"))
+    result = run(reg.execute("h", {"x": 1}))
+    assert result.results[0].outcome == "timeout"
+    assert result.data == {"x": 1}
+
+
+def test_only_a_class_level_true_counts_as_enforcing() -> None:
+    # Only `enforces_deadline = True` on the class switches the guard off; a truthy "yes" does not.
+    class Stubborn:
+        enforces_deadline = "yes"
+
+        async def invoke(self, hook: str, data: Any, timeout_s: float) -> Any:
+            await asyncio.sleep(60)
+
+    stub = Stubborn()
+    settings = Settings.model_validate({"hooks": {"default_timeout_secs": 0.05}})
+    reg = HookRegistry(settings)
+    reg.register("stubborn", {"h": 0}, stub)
+    result = run(reg.execute("h", {"x": 1}))
+    assert result.results[0].outcome == "timeout"
+    assert "did not answer within 0.05 s" in result.results[0].error.message  # type: ignore[union-attr]
+
+
+def test_handler_order_follows_every_registration() -> None:
+    # The run order is remembered per hook between calls: each (un)registration must renew it.
+    reg = registry()
+    reg.register("a", {"h": 0}, Target("a"))
+    assert run(reg.execute("h", {})).data == {"seen": ["a"]}
+    reg.register("b", {"h": 5}, Target("b"))
+    assert run(reg.execute("h", {})).data == {"seen": ["b", "a"]}
+    reg.unregister("b")
+    assert run(reg.execute("h", {})).data == {"seen": ["a"]}
+    reg.register("a", {"other": 0}, Target("a"))  # re-registered without h
+    assert run(reg.execute("h", {"x": 1})).data == {"x": 1}
+    assert reg.handlers("h") == []

@@ -204,3 +204,27 @@ def test_forget_plugin_drops_its_series_and_frees_its_slots(names):
     assert "mt_only_hook" not in metrics.HOOK_LABELS  # its last plugin is gone
     assert "on_request" in metrics.HOOK_LABELS  # still used by b
     metrics.forget_plugin(a)  # idempotent
+
+
+def test_series_bound_once_start_afresh_after_forget(names):
+    # observe_hook binds a (hook, plugin)'s series once; forgetting the plugin must not leave a
+    # stale binding behind that keeps counting into the dropped series.
+    (a,) = names(1)
+    for outcome in ("ok", "ok", "timeout", "bogus"):
+        metrics.observe_hook("mt_bound", a, outcome, 0.001)
+    s = scrape()
+    calls = ("plugind_hook_calls_total",)
+    assert s[(calls[0], (("hook", "mt_bound"), ("outcome", "ok"), ("plugin", a)))] == 2
+    assert s[(calls[0], (("hook", "mt_bound"), ("outcome", "timeout"), ("plugin", a)))] == 1
+    assert s[(calls[0], (("hook", "mt_bound"), ("outcome", "error"), ("plugin", a)))] == 1
+    # outcomes never seen have no series, as with .labels() per call
+    assert (calls[0], (("hook", "mt_bound"), ("outcome", "crashed"), ("plugin", a))) not in s
+    assert s[("plugind_hook_duration_seconds_count", (("hook", "mt_bound"), ("plugin", a)))] == 4
+    metrics.forget_plugin(a)
+    metrics.observe_hook("mt_bound", a, "ok", 0.001)
+    s = scrape()
+    assert s[(calls[0], (("hook", "mt_bound"), ("outcome", "ok"), ("plugin", a)))] == 1
+    assert (calls[0], (("hook", "mt_bound"), ("outcome", "timeout"), ("plugin", a))) not in s
+    assert s[("plugind_hook_duration_seconds_count", (("hook", "mt_bound"), ("plugin", a)))] == 1
+    assert a in metrics.PLUGIN_LABELS and "mt_bound" in metrics.HOOK_LABELS
+    metrics.forget_plugin(a)

@@ -1,0 +1,484 @@
+"""plugind next to hashicorp/go-plugin (net/rpc, a Go host calling a Go echo plugin), in one run.
+
+    .venv/bin/python bench/peers.py [--calls N] [--rounds R] [--no-rest] [--no-cold]
+
+Builds the go-plugin host and plugin of bench/peers/ from Debian's packages (`apt-get install
+golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev golang-goprotobuf-dev
+golang-golang-x-net-dev`; GOPATH mode, no module proxy) into build/peers/, then measures, in
+interleaved blocks so every side sees the same machine load, with the host end on the first CPU and
+the plugin end on the last:
+
+- go-plugin net/rpc: the Go host's `Echo` call to the Go plugin;
+- plugind public path: `HookRegistry.execute` (what `registry.hooks.execute` is), chain policy, with
+  its deadlines, metrics and overrides, to a real plugin child;
+- plugind `Supervisor.invoke`, the layer below;
+- plugind public path again with polling off on both sides (`spin_us = host_spin_us = 0`): what
+  polling buys in latency and what it costs in CPU per call;
+- plugind REST: `POST /api/hooks/echo/execute` to a real `plugind serve` on one keep-alive client
+  (the client in this process, next to the daemon on the first CPU).
+
+For each: p50 and p99 of sequential calls, calls/s with 1 and 8 in flight, CPU per call of the host
+and the plugin (every thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle
+(the price of its adaptive polling), and cold start (go-plugin: start to first answer; plugind: `POST
+/api/plugins/load` to the first hook answer, unsandboxed, and sandboxed as root). Then the issue's
+targets as ratios. Where Go or the packages are missing, the go-plugin side is skipped with a note.
+The machine may be shared: read ratios of medians, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from plugind.config import Settings  # noqa: E402
+from plugind.daemon import event_loop_factory, settle_heap  # noqa: E402
+from plugind.host.hooks import HookRegistry  # noqa: E402
+from plugind.host.launcher import Launcher  # noqa: E402
+from plugind.host.supervisor import Supervisor  # noqa: E402
+
+BUILD = REPO / "build" / "peers"
+SRC = REPO / "bench" / "peers"
+GOPATH_SYSTEM = "/usr/share/gocode"
+CPUS = sorted(os.sched_getaffinity(0))
+HOST_CPU, PLUGIN_CPU = CPUS[0], CPUS[-1]
+SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
+PLUGIN = """
+from plugind.sdk import Plugin
+plugin = Plugin()
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+"""
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid`, in ns (schedstat: finer than the tick counts of /proc/PID/stat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+# ----------------------------------------------------------------------------- go-plugin
+def build_go() -> tuple[Path, Path] | str:
+    """(host, plugin) binaries, or why they cannot be built."""
+    go = shutil.which("go")
+    if go is None:
+        return "no Go toolchain (apt-get install golang-go)"
+    if not Path(GOPATH_SYSTEM, "src/github.com/hashicorp/go-plugin").is_dir():
+        return (f"no go-plugin sources under {GOPATH_SYSTEM} "
+                "(apt-get install golang-github-hashicorp-go-plugin-dev)")
+    gopath = BUILD / "gopath"
+    pkg = gopath / "src" / "plugindpeers"
+    shutil.rmtree(pkg, ignore_errors=True)
+    (pkg / "echo").mkdir(parents=True)
+    shutil.copy(SRC / "echo.go", pkg / "echo" / "echo.go")
+    for part in ("host", "plugin"):
+        (pkg / part).mkdir()
+        shutil.copy(SRC / part / "main.go", pkg / part / "main.go")
+    env = {**os.environ, "GOPATH": f"{gopath}:{GOPATH_SYSTEM}", "GO111MODULE": "off",
+           "GOFLAGS": "", "GOCACHE": str(BUILD / "cache"), "GOPROXY": "off"}
+    bins = []
+    for part in ("host", "plugin"):
+        out = BUILD / part
+        proc = subprocess.run([go, "build", "-o", str(out), f"plugindpeers/{part}"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            return (f"go build of the {part} failed (missing dependencies? golang-google-grpc-dev "
+                    f"golang-goprotobuf-dev golang-golang-x-net-dev):\n{proc.stderr.strip()[:1500]}")
+        bins.append(out)
+    return bins[0], bins[1]
+
+
+class GoPeer:
+    """The Go host as a long-lived process taking commands (see bench/peers/host/main.go)."""
+
+    def __init__(self, host: Path, plugin: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(HOST_CPU), str(host), "taskset", "-c", str(PLUGIN_CPU), str(plugin)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.plugin_pid = int(self.ask("pid"))
+
+    def ask(self, cmd: str) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the go-plugin host died on {cmd!r}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, BrokenPipeError, ValueError):
+            self.ask("quit")
+        self.proc.wait(10)
+
+
+# ----------------------------------------------------------------------------- measurement
+class Side:
+    """Samples of one contender."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lat: list[float] = []
+        self.rate1: list[float] = []
+        self.rate8: list[float] = []
+        self.host_cpu = self.plugin_cpu = 0.0
+        self.cpu_calls = 0
+        self.cold: list[float] = []
+
+    def p50(self) -> float:
+        return pct(self.lat, 0.5) if self.lat else float("nan")
+
+    def cpu(self) -> tuple[float, float]:
+        n = max(self.cpu_calls, 1)
+        return self.host_cpu / n, self.plugin_cpu / n
+
+    def row(self) -> str:
+        if not self.lat:
+            return f"{self.name:<31} (not measured)"
+        h, p = self.cpu()
+        return (f"{self.name:<31} {self.p50() * 1e6:8.1f} {pct(self.lat, 0.99) * 1e6:8.1f} "
+                f"{statistics.median(self.rate1):9.0f} {statistics.median(self.rate8):9.0f} "
+                f"{h * 1e6:7.1f} {p * 1e6:7.1f}")
+
+
+def measure_sync(side: Side, call: Callable[[], object], n: int, pids: tuple[int, int]) -> None:
+    c0 = (cpu_ns(pids[0]), cpu_ns(pids[1]))
+    t_all = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        side.lat.append(time.perf_counter() - t0)
+    side.rate1.append(n / (time.perf_counter() - t_all))
+    side.host_cpu += (cpu_ns(pids[0]) - c0[0]) / 1e9
+    side.plugin_cpu += (cpu_ns(pids[1]) - c0[1]) / 1e9
+    side.cpu_calls += n
+
+
+async def measure_async(side: Side, call: Callable[[], Awaitable[object]], n: int,
+                        pids: tuple[int, int]) -> None:
+    c0 = (cpu_ns(pids[0]), cpu_ns(pids[1]))
+    t_all = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await call()
+        side.lat.append(time.perf_counter() - t0)
+    side.rate1.append(n / (time.perf_counter() - t_all))
+    side.host_cpu += (cpu_ns(pids[0]) - c0[0]) / 1e9
+    side.plugin_cpu += (cpu_ns(pids[1]) - c0[1]) / 1e9
+    side.cpu_calls += n
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        for _ in range(n // 8):
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(8)))
+    side.rate8.append(n // 8 * 8 / (time.perf_counter() - t0))
+
+
+def idle_cpu(pid: int, seconds: float = 1.0) -> float:
+    """CPU seconds per second `pid` burns while nobody calls it."""
+    c0 = cpu_ns(pid)
+    time.sleep(seconds)
+    return (cpu_ns(pid) - c0) / 1e9 / seconds
+
+
+# ----------------------------------------------------------------------------- REST
+class Rest:
+    """A real daemon with an echo plugin, and one keep-alive client."""
+
+    def __init__(self, tmp: Path, sandbox: bool) -> None:
+        from conftest import start
+        from kit import Workspace, plugin_source
+
+        self.sandbox = sandbox
+        self.ws = Workspace(tmp, sandboxing=sandbox, auto_load=False)
+        self.parent = f"/plugind-bench-peers-{os.getpid()}-{int(sandbox)}"
+        if sandbox:
+            self.ws.extra_config = f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
+        self.ws.add(plugin_source("echo", {"echo": (0, "return data")}))
+        self.daemon = start(self.ws)
+        # Drain the daemon's sd_notify datagrams: a full socket nobody reads blocks its sendto,
+        # and with it the daemon's event loop (STATUS= is sent on every load and unload).
+        threading.Thread(target=self._drain, daemon=True).start()
+        os.sched_setaffinity(self.daemon.proc.pid, {HOST_CPU})
+        self.client = self.daemon.client()
+        self.pid = 0
+
+    def _drain(self) -> None:
+        self.daemon.notify.settimeout(None)  # start() left a timeout on it for READY=1
+        with contextlib.suppress(OSError):
+            while self.daemon.notify.recv(4096):
+                pass
+
+    def load(self) -> float:
+        """POST /api/plugins/load to the first hook answer, in seconds."""
+        t0 = time.perf_counter()
+        reply = self.client.post("/api/plugins/load", json={"plugin_name": "echo"})
+        assert reply.status_code == 200, reply.text
+        self.call()
+        took = time.perf_counter() - t0
+        info = self.client.get("/api/plugins/echo").json()
+        self.pid = int(info["pid"])
+        self.daemon.seen_pids.add(self.pid)
+        os.sched_setaffinity(self.pid, {PLUGIN_CPU})
+        return took
+
+    def unload(self) -> None:
+        reply = self.client.post("/api/plugins/unload", json={"plugin_name": "echo"})
+        assert reply.status_code == 200, reply.text
+
+    def call(self) -> None:
+        reply = self.client.post("/api/hooks/echo/execute", json={"data": SMALL})
+        assert reply.status_code == 200 and reply.json()["success"], reply.text
+
+    def close(self) -> None:
+        from conftest import reap
+
+        self.client.close()
+        try:
+            self.daemon.stop()
+        finally:
+            reap(self.daemon)
+            if self.sandbox:
+                from plugind.sandbox.cgroups import remove_tree
+
+                remove_tree(self.parent)
+
+
+# ----------------------------------------------------------------------------- main
+async def run(args: argparse.Namespace) -> int:
+    print(f"CPUs {CPUS}: host end on CPU {HOST_CPU}, plugin end on CPU {PLUGIN_CPU}; "
+          f"{args.rounds} interleaved rounds of {args.calls} calls each; the machine may be shared")
+    built = build_go()
+    go: GoPeer | None = None
+    if isinstance(built, str):
+        print(f"go-plugin: skipped: {built}")
+    else:
+        go = GoPeer(*built)
+
+    os.sched_setaffinity(0, {HOST_CPU})
+    settings = Settings()
+    settings.sandboxing.enabled = False
+    launcher = Launcher()
+    await launcher.start()
+    sides = {k: Side(v) for k, v in (("go", "go-plugin net/rpc"), ("public", "plugind hooks.execute"),
+                                       ("invoke", "plugind Supervisor.invoke"),
+                                       ("nopoll", "plugind hooks.execute, no poll"),
+                                       ("rest", "plugind REST"))}
+    # The same public path with polling off on both sides: what polling buys, and what it costs.
+    quiet = Settings()
+    quiet.sandboxing.enabled = False
+    quiet.supervisor.spin_us = quiet.supervisor.host_spin_us = 0
+    tmp = Path(tempfile.mkdtemp(prefix="plugind-bench-peers-"))
+    rest: Rest | None = None
+    rest_sb: Rest | None = None
+    sup: Supervisor | None = None
+    sup0: Supervisor | None = None
+    try:
+        tree = tmp / "tree"
+        tree.mkdir()
+        (tree / "bench.py").write_text(PLUGIN)
+        manifest = SimpleNamespace(name="echo", version="1.0", entrypoint="bench:plugin", api=1,
+                                   requires=SimpleNamespace(network=(), memory_mb=None))
+
+        async def echo_plugin(config: Settings) -> tuple[Supervisor, HookRegistry]:
+            """A started echo plugin on the plugin CPU, registered in a hook registry of its own."""
+            s = Supervisor("echo", tree, manifest, config, launcher, None)
+            await s.start()
+            assert s.pid is not None
+            os.sched_setaffinity(s.pid, {PLUGIN_CPU})
+            registry = HookRegistry(config)
+            registry.register("echo", s.hooks, s)
+            return s, registry
+
+        sup, hooks = await echo_plugin(settings)
+        sup0, hooks0 = await echo_plugin(quiet)
+        assert sup.pid is not None and sup0.pid is not None
+        me = os.getpid()
+        if not args.no_rest:
+            (tmp / "rest").mkdir()
+            rest = Rest(tmp / "rest", sandbox=False)
+            rest.load()
+
+        def go_seq(n: int) -> None:
+            assert go is not None
+            samples = go.ask(f"seq {n}")
+            sides["go"].lat += [s / 1e9 for s in samples]
+            sides["go"].rate1.append(n / (sum(samples) / 1e9))
+
+        async def public() -> object:
+            return await hooks.execute("echo", SMALL)
+
+        async def invoke() -> object:
+            assert sup is not None
+            return await sup.invoke("echo", SMALL, 5.0)
+
+        async def public0() -> object:
+            return await hooks0.execute("echo", SMALL)
+
+        for warm in (public, invoke, public0):
+            for _ in range(500):
+                await warm()
+        if go is not None:
+            go.ask("seq 500")
+        n = args.calls
+        for _ in range(args.rounds):
+            if go is not None:
+                c0 = (cpu_ns(go.proc.pid), cpu_ns(go.plugin_pid))
+                go_seq(n)
+                side = sides["go"]
+                side.host_cpu += (cpu_ns(go.proc.pid) - c0[0]) / 1e9
+                side.plugin_cpu += (cpu_ns(go.plugin_pid) - c0[1]) / 1e9
+                side.cpu_calls += n
+                side.rate8.append(n // 8 * 8 / (go.ask(f"par {n // 8 * 8} 8") / 1e9))
+            await measure_async(sides["public"], public, n, (me, sup.pid))
+            await measure_async(sides["invoke"], invoke, n, (me, sup.pid))
+            await measure_async(sides["nopoll"], public0, n, (me, sup0.pid))
+            if rest is not None:
+                pids = (rest.daemon.proc.pid, rest.pid)
+                measure_sync(sides["rest"], rest.call, max(n // 5, 100), pids)
+        # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
+        sides["rest"].rate8 = sides["rest"].rate1[:] if sides["rest"].rate1 else []
+
+        print()
+        print(f"{'sequential, small payload':<31} {'p50 us':>8} {'p99 us':>8} {'1 in fl/s':>9} "
+              f"{'8 in fl/s':>9} {'CPU/call us':>15}")
+        print(f"{'':<31} {'':>8} {'':>8} {'':>9} {'':>9} {'host':>7} {'plugin':>7}")
+        for side in sides.values():
+            print(side.row())
+        if rest is not None:
+            print("  (REST: one synchronous keep-alive client; its '8 in flight' column repeats 1 in flight;"
+                  " host CPU is the daemon's, without the client's)")
+
+        # Idle cost of polling: CPU per second of each plugin child once calls stop.
+        idle = {"plugind plugin (library)": idle_cpu(sup.pid)}
+        if rest is not None:
+            idle["plugind plugin (REST)"] = idle_cpu(rest.pid)
+            idle["plugind daemon (REST)"] = idle_cpu(rest.daemon.proc.pid)
+        if go is not None:
+            idle["go-plugin plugin"] = idle_cpu(go.plugin_pid)
+        print("idle CPU, 1 s after the last call: " +
+              ", ".join(f"{k} {v * 1e3:.2f} ms/s" for k, v in idle.items()))
+        pol, nop = sides["public"], sides["nopoll"]
+        print(f"polling: p50 {nop.p50() * 1e6:.1f} -> {pol.p50() * 1e6:.1f} us for CPU per call "
+              f"(host + plugin) {sum(nop.cpu()) * 1e6:.1f} -> {sum(pol.cpu()) * 1e6:.1f} us")
+        print(f"poll budgets: plugin supervisor.spin_us = {settings.supervisor.spin_us}, "
+              f"event loop host_spin_us = {settings.supervisor.host_spin_us}")
+
+        # Cold start.
+        if not args.no_cold:
+            if go is not None:
+                sides["go"].cold = [t / 1e9 for t in go.ask("cold 10")]
+            if rest is not None:
+                for _ in range(10):
+                    rest.unload()
+                    sides["rest"].cold.append(rest.load())
+            if os.geteuid() == 0 and rest is not None:
+                (tmp / "rest-sb").mkdir()
+                rest_sb = Rest(tmp / "rest-sb", sandbox=True)
+                sb = []
+                for i in range(11):
+                    if i:
+                        rest_sb.unload()
+                    sb.append(rest_sb.load())
+                sides["rest-sb"] = Side("plugind REST, sandboxed")
+                sides["rest-sb"].cold = sb[1:]
+            print()
+            for key, label in (("go", "go-plugin start to first answer"),
+                               ("rest", "plugind load to first answer, unsandboxed"),
+                               ("rest-sb", "plugind load to first answer, sandboxed")):
+                cold = sides[key].cold if key in sides else []
+                if cold:
+                    print(f"cold start: {label:<42} p50 {pct(cold, 0.5) * 1e3:7.2f} ms  "
+                          f"p99 {pct(cold, 0.99) * 1e3:7.2f} ms")
+
+        # Targets.
+        print()
+        pub, inv, r = sides["public"], sides["invoke"], sides["rest"]
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "MISSED"
+
+        print(f"target: public p50 <= 1.15x invoke: {pub.p50() / inv.p50():.2f}x, "
+              f"{verdict(pub.p50() / inv.p50() <= 1.15)}")
+        if go is not None:
+            g = sides["go"]
+            ratio = pub.p50() / g.p50()
+            print(f"target: public p50 <= 0.75x go-plugin net/rpc: {ratio:.2f}x, {verdict(ratio <= 0.75)}")
+            ours, theirs = sum(pub.cpu()), sum(g.cpu())
+            print(f"target: CPU per call (host + plugin) <= go-plugin's: {ours * 1e6:.1f} vs "
+                  f"{theirs * 1e6:.1f} us ({ours / theirs:.2f}x), {verdict(ours <= theirs)}")
+            t8 = statistics.median(pub.rate8) / statistics.median(g.rate8)
+            print(f"target: 8-in-flight throughput >= 1.0x go-plugin: {t8:.2f}x, {verdict(t8 >= 1.0)}")
+        if r.lat:
+            rp50, rate = r.p50(), statistics.median(r.rate1)
+            print(f"target: REST p50 <= 500 us: {rp50 * 1e6:.0f} us, {verdict(rp50 <= 500e-6)}; "
+                  f">= 2,000 calls/s on one keep-alive connection: {rate:.0f}, {verdict(rate >= 2000)}")
+            rp, lp = r.cpu()[1], pub.cpu()[1]
+            print(f"target: REST costs the plugin no more CPU than a library call: {rp * 1e6:.1f} vs "
+                  f"{lp * 1e6:.1f} us ({rp / lp:.2f}x), {verdict(rp <= lp * 1.1)} (10% slack for noise)")
+        for key, limit in (("rest", 5e-3), ("rest-sb", 10e-3)):
+            cold = sides[key].cold if key in sides else []
+            if cold:
+                label = "sandboxed" if key == "rest-sb" else "unsandboxed"
+                print(f"target: {label} load to first call p50 <= {limit * 1e3:g} ms: "
+                      f"{pct(cold, 0.5) * 1e3:.2f} ms, {verdict(pct(cold, 0.5) <= limit)}")
+    finally:
+        os.sched_setaffinity(0, set(CPUS))
+        for s_ in (sup, sup0):
+            if s_ is not None:
+                await s_.stop()
+        await launcher.close()
+        for r_ in (rest, rest_sb):
+            if r_ is not None:
+                r_.close()
+        if go is not None:
+            go.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per block (default 2000)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--no-rest", action="store_true", help="skip the REST path (no daemon)")
+    parser.add_argument("--no-cold", action="store_true", help="skip cold starts")
+    args = parser.parse_args()
+    settle_heap()
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

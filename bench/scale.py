@@ -1,0 +1,264 @@
+"""Scale: N sandboxed plugins on one real daemon (default 1,000), and what the daemon is like then.
+
+    .venv/bin/python bench/scale.py [--count 1000] [--clients 4] [--time-limit 300]
+                                    [--min-free-mb 4096] [--no-sandbox]
+
+Starts `plugind serve` (the integration tests' workspace: real signed and trusted bundles) with
+`auto_load = false` and N echo plugins, plugin i handling hook `h{i}` only, and then:
+
+1. hook latency to one plugin with 1 plugin loaded (the 1-plugin figure);
+2. loads the rest through `POST /api/plugins/load` from `--clients` keep-alive clients at once,
+   stopping at the first refused load, at `--time-limit` seconds, or when the machine's
+   MemAvailable falls under `--min-free-mb` (the machine is shared: the first resource to run out
+   is then reported as memory, with the figures);
+3. with all loaded and each called once: `/metrics` render time (p50 of 20), `/health` p50/p99
+   (500 probes), hook
+   latency to one plugin (the first and the last loaded) next to the 1-plugin figure;
+4. daemon RSS (and of its fork-server), per-plugin USS (median of 20 plugins), pids, fds and
+   cgroups in use next to their limits, and the first resource to run out, if one did.
+
+Needs root for the sandbox. Cleans up: the daemon unloads every plugin when it stops, every process
+it started is reaped, and its cgroup parent is removed. Targets (issue 10): all loaded < 15 s,
+/metrics < 50 ms, /health p99 < 20 ms, hook calls within 1.2x the 1-plugin figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # cgroup_host, which the integration conftest imports
+sys.path.insert(0, str(REPO / "tests" / "integration"))  # first: its conftest, not the tests' own
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from conftest import reap, start  # noqa: E402
+from kit import Workspace, plugin_source  # noqa: E402
+
+SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def mem_available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def hook_latency(client: httpx.Client, hook: str, n: int = 300) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        reply = client.post(f"/api/hooks/{hook}/execute", json={"data": SMALL})
+        out.append(time.perf_counter() - t0)
+        assert reply.status_code == 200 and reply.json()["success"], reply.text
+    return out
+
+
+def timed_get(client: httpx.Client, path: str, n: int) -> tuple[list[float], int]:
+    out, size = [], 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        reply = client.get(path)
+        out.append(time.perf_counter() - t0)
+        assert reply.status_code == 200, reply.text
+        size = len(reply.content)
+    return out, size
+
+
+def count_cgroups(pids: set[int]) -> int:
+    """Distinct cgroups (v2 paths, or v1 lines) the plugins `pids` are in."""
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            groups.add(Path(f"/proc/{pid}/cgroup").read_text())
+    return len(groups)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000, help="plugins to load (default 1000)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent load clients (default 4)")
+    parser.add_argument("--time-limit", type=float, default=300.0, help="stop loading after this (s)")
+    parser.add_argument("--min-free-mb", type=float, default=4096.0,
+                        help="stop loading when MemAvailable falls under this (MiB; default 4096)")
+    parser.add_argument("--no-sandbox", action="store_true", help="plain fork (no root needed)")
+    parser.add_argument("--config", default="", help="more TOML for the daemon's config, e.g. "
+                        "'[monitoring]\\ncheck_interval_secs = 60' (to tell what costs at scale)")
+    args = parser.parse_args()
+    sandbox = not args.no_sandbox
+    if sandbox and os.geteuid() != 0:
+        print("scale: skipped: the sandboxed run needs root (or pass --no-sandbox)")
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="plugind-bench-scale-") as tmp:
+        ws = Workspace(Path(tmp), sandboxing=sandbox, auto_load=False)
+        parent = f"/plugind-bench-scale-{os.getpid()}"
+        if sandbox:
+            ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
+        ws.extra_config += args.config.replace("\\n", "\n") + "\n"
+        names = [f"s{i:04d}" for i in range(args.count)]
+        t0 = time.perf_counter()
+        for i, name in enumerate(names):
+            ws.add(plugin_source(name, {f"h{i}": (0, "return data")}))
+        print(f"{args.count} signed bundles made in {time.perf_counter() - t0:.1f} s "
+              f"(sandbox {'on' if sandbox else 'off'}; CPUs {sorted(os.sched_getaffinity(0))}; "
+              f"the machine may be shared)")
+        daemon = start(ws)
+        # Drain sd_notify: a full socket nobody reads blocks the daemon's sendto (STATUS= per load).
+        daemon.notify.settimeout(None)
+
+        def drain() -> None:
+            try:
+                while daemon.notify.recv(4096):
+                    pass
+            except OSError:
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        stop_reason: str | None = None
+        loaded: list[str] = []
+        try:
+            with daemon.client() as client:
+                reply = client.post("/api/plugins/load", json={"plugin_name": names[0]})
+                assert reply.status_code == 200, reply.text
+                loaded.append(names[0])
+                one = hook_latency(client, "h0")
+                one_health, _ = timed_get(client, "/health", 200)
+                one_metrics, one_size = timed_get(client, "/metrics", 20)
+
+            todo = iter(names[1:])
+            lock = threading.Lock()
+            mem_start = mem_available_mb()
+            t_load = time.perf_counter()
+            deadline = time.monotonic() + args.time_limit
+
+            def loader() -> None:
+                nonlocal stop_reason
+                with daemon.client() as c:
+                    while True:
+                        with lock:
+                            if stop_reason is not None:
+                                return
+                            name = next(todo, None)
+                        if name is None:
+                            return
+                        if time.monotonic() > deadline:
+                            with lock:
+                                stop_reason = stop_reason or f"time limit ({args.time_limit:g} s)"
+                            return
+                        if mem_available_mb() < args.min_free_mb:
+                            with lock:
+                                stop_reason = stop_reason or (
+                                    f"memory: MemAvailable under {args.min_free_mb:.0f} MiB "
+                                    f"(the safety floor for a shared machine)")
+                            return
+                        r = c.post("/api/plugins/load", json={"plugin_name": name})
+                        with lock:
+                            if r.status_code == 200:
+                                loaded.append(name)
+                            elif stop_reason is None:
+                                stop_reason = f"load of {name} refused: {r.status_code} {r.text[:300]}"
+
+            threads = [threading.Thread(target=loader) for _ in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            load_s = time.perf_counter() - t_load
+            n = len(loaded)
+            print(f"loaded {n} of {args.count} in {load_s:.2f} s ({args.clients} clients; "
+                  f"{load_s / max(n - 1, 1) * 1e3:.1f} ms per plugin)  target < 15 s for 1,000: "
+                  f"{'met' if n == 1000 and load_s < 15 else ('MISSED' if n >= 1000 else 'n/a')}")
+            if stop_reason:
+                print(f"stopped loading: {stop_reason}")
+
+            with daemon.client() as client:
+                # Every plugin answers once: each has its hook series in /metrics, as in use.
+                t_all = time.perf_counter()
+                for name in loaded:
+                    hook_latency(client, f"h{names.index(name)}", 1)
+                print(f"every loaded plugin called once in {time.perf_counter() - t_all:.2f} s")
+                metrics_t, size = timed_get(client, "/metrics", 20)
+                health_t, _ = timed_get(client, "/health", 500)
+                first = hook_latency(client, "h0")
+                last_hook = f"h{names.index(loaded[-1])}"
+                last = hook_latency(client, last_hook)
+                listing = client.get("/api/plugins").json()
+            base = statistics.median(one)
+            print(f"{'':<30} {'1 plugin':>12} {f'{n} plugins':>14}")
+            print(f"{'/metrics render p50':<30} {pct(one_metrics, 0.5) * 1e3:9.2f} ms "
+                  f"{pct(metrics_t, 0.5) * 1e3:11.2f} ms  ({one_size / 1e3:.0f} kB -> {size / 1e3:.0f} kB)"
+                  f"  target < 50 ms: {'met' if pct(metrics_t, 0.5) < 0.05 else 'MISSED'}")
+            print(f"{'/health p50':<30} {pct(one_health, 0.5) * 1e3:9.2f} ms "
+                  f"{pct(health_t, 0.5) * 1e3:11.2f} ms")
+            print(f"{'/health p99':<30} {pct(one_health, 0.99) * 1e3:9.2f} ms "
+                  f"{pct(health_t, 0.99) * 1e3:11.2f} ms  target < 20 ms: "
+                  f"{'met' if pct(health_t, 0.99) < 0.02 else 'MISSED'}")
+            for label, samples in (("hook h0 (first loaded) p50", first),
+                                   (f"hook {last_hook} (last loaded) p50", last)):
+                ratio = statistics.median(samples) / base
+                print(f"{label:<30} {base * 1e6:9.0f} us {statistics.median(samples) * 1e6:11.0f} us  "
+                      f"{ratio:.2f}x  target <= 1.2x: {'met' if ratio <= 1.2 else 'MISSED'}")
+
+            proc = psutil.Process(daemon.proc.pid)
+            rss = proc.memory_info().rss
+            kids = proc.children(recursive=True)
+            plugin_pids = {p["pid"] for p in listing if p.get("pid")}
+            daemon.seen_pids.update(plugin_pids)
+            others = [k for k in kids if k.pid not in plugin_pids]
+            uss = []
+            for p in list(plugin_pids)[:20]:
+                with contextlib.suppress(psutil.Error, OSError):
+                    uss.append(psutil.Process(p).memory_full_info().uss)
+            fds = proc.num_fds()
+            soft_fds = psutil.Process(daemon.proc.pid).rlimit(psutil.RLIMIT_NOFILE)[0]
+            tasks = len(list(Path("/proc").glob("[0-9]*")))
+            pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+            print(f"daemon RSS {rss / 2**20:.0f} MiB ({rss / max(n, 1) / 1024:.0f} KiB per plugin); "
+                  f"its other children (fork-server): "
+                  f"{', '.join(f'{k.memory_info().rss / 2**20:.0f} MiB' for k in others) or 'none'}")
+            if uss:
+                print(f"per-plugin USS median {statistics.median(uss) / 2**20:.1f} MiB "
+                      f"(of {len(uss)}); {n} plugins ~ {statistics.median(uss) * n / 2**30:.2f} GiB; "
+                      f"MemAvailable {mem_start:.0f} -> {mem_available_mb():.0f} MiB")
+            print(f"daemon fds {fds} of {soft_fds}; processes on the machine {tasks} of pid_max {pid_max}"
+                  + (f"; plugin cgroups {count_cgroups(plugin_pids)}" if sandbox else ""))
+            per_plugin_mb = (mem_start - mem_available_mb()) / max(n - 1, 1)
+            left = {
+                "memory": mem_available_mb() / per_plugin_mb if per_plugin_mb > 0 else float("inf"),
+                "daemon fds": (soft_fds - fds) / max(fds / max(n, 1), 1e-9),
+                "pids": (pid_max - tasks),
+            }
+            first_out = min(left, key=lambda k: left[k])
+            print("room for more plugins by resource: "
+                  + ", ".join(f"{k} ~{v:.0f}" for k, v in left.items())
+                  + f"; the first to run out: {first_out}"
+                  + (f" (it did: {stop_reason})" if stop_reason else ""))
+            assert daemon.stop(timeout=max(60.0, n * 0.1)) == 0, "the daemon did not stop cleanly"
+        finally:
+            reap(daemon)
+            if sandbox:
+                from plugind.sandbox.cgroups import remove_tree
+
+                remove_tree(parent)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
