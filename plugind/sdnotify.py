@@ -35,6 +35,8 @@ def notify(state: str) -> bool:
 
     A missing NOTIFY_SOCKET is a no-op (False). A send error is logged and gives False rather than
     raising: a failed notification must not take the daemon down (systemd's timeout will tell).
+    It never blocks: the daemon calls it on its event loop, and a receiver that does not read (its
+    queue full) must not stall the loop; that notification is dropped and logged instead.
     Raises ValueError for an empty state or one with a NUL byte.
     """
     if not state or "\0" in state:
@@ -43,9 +45,10 @@ def notify(state: str) -> bool:
     if address is None:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.sendall(state.encode("utf-8"))
+            sock.send(state.encode("utf-8"), socket.MSG_DONTWAIT)
     except OSError as exc:
         log.warning("cannot notify systemd (%s): %s", state.split("\n", 1)[0], exc)
         return False

@@ -108,3 +108,14 @@ def test_no_watchdog_without_request(receiver, monkeypatch):
         assert sdnotify.start_watchdog() is None
 
     asyncio.run(scenario())
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(receiver, caplog):
+    # The daemon notifies from its event loop: once the receiver's queue is full, a notification is
+    # dropped (False, logged), never waited for. A blocking send would hang here (pytest's timeout).
+    sent = 0
+    while sdnotify.notify(f"STATUS=loaded {sent} plugins"):
+        sent += 1
+        assert sent < 100_000, "the receiver's queue never filled"
+    assert sent > 0
+    assert "cannot notify systemd (STATUS=loaded" in caplog.text
