@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,8 +34,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client import metrics as _pc_metrics
+from prometheus_client import values as _pc_values
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from plugind import __version__
 
@@ -113,7 +119,11 @@ class LabelBudget:
 
     def admit(self, value: str) -> str:
         """The label to use for `value`: itself if it has (or gets) a slot, else `other`."""
-        if not isinstance(value, str) or not _LABEL_RE.match(value) or value == OTHER:
+        if not isinstance(value, str):
+            return OTHER
+        if value in self._admitted:  # the common case; admitted values passed the checks below
+            return value
+        if not _LABEL_RE.match(value) or value == OTHER:
             return OTHER
         with self._lock:
             if value in self._admitted:
@@ -263,6 +273,7 @@ class _SampleCollector(Collector):
 
     def __init__(self) -> None:
         self.source: SampleSource | None = None
+        self._prefixes: dict[str, tuple[str, ...]] = {}  # plugin label -> `name{plugin="..."} ` per family
 
     def describe(self) -> Iterable[Metric]:
         return [] if self.source is None else list(self._families({}))
@@ -271,26 +282,10 @@ class _SampleCollector(Collector):
         source = self.source
         return self._families(source() if source is not None else {})
 
-    def _families(self, samples: Mapping[str, PluginSample]) -> Iterator[Metric]:
-        by_plugin = ["plugin"]
-        mem = GaugeMetricFamily(
-            "plugind_plugin_memory_bytes", "Memory in use by the plugin.", labels=by_plugin
-        )
-        cpu = CounterMetricFamily(
-            "plugind_plugin_cpu_seconds_total",
-            "CPU time used by the plugin (user + system).",
-            labels=by_plugin,
-        )
-        threads = GaugeMetricFamily(
-            "plugind_plugin_threads", "Threads of the plugin.", labels=by_plugin
-        )
-        fds = GaugeMetricFamily(
-            "plugind_plugin_open_fds", "Open file descriptors of the plugin.", labels=by_plugin
-        )
-        conns = GaugeMetricFamily(
-            "plugind_plugin_connections", "Open network connections of the plugin.", labels=by_plugin
-        )
-        # Plugins beyond the label budget are summed under `other` so totals stay right.
+    @staticmethod
+    def _merged(samples: Mapping[str, PluginSample]) -> dict[str, list[float]]:
+        # Plugins beyond the label budget are summed under `other` so totals stay right. Every
+        # value is a sum starting at +0, so never -0.0 (which _GoFloats relies on).
         merged: dict[str, list[float]] = {}
         for name, s in samples.items():
             label = PLUGIN_LABELS.admit(name)
@@ -300,13 +295,49 @@ class _SampleCollector(Collector):
             acc[2] += s.threads
             acc[3] += s.fds
             acc[4] += s.connections
-        for label, (m, c, t, f, n) in merged.items():
-            mem.add_metric([label], m)
-            cpu.add_metric([label], c)
-            threads.add_metric([label], t)
-            fds.add_metric([label], f)
-            conns.add_metric([label], n)
-        yield from (mem, cpu, threads, fds, conns)
+        return merged
+
+    def _families(self, samples: Mapping[str, PluginSample]) -> Iterator[Metric]:
+        by_plugin = ["plugin"]
+        made = [
+            (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, doc, labels=by_plugin)
+            for name, doc, kind in _SAMPLE_FAMILIES
+        ]
+        for label, values in self._merged(samples).items():
+            for family, value in zip(made, values, strict=True):
+                family.add_metric([label], value)
+        yield from made
+
+    def render_text(self, out: list[str], floats: _GoFloats) -> None:
+        """Append this collector's exposition text to `out`, as generate_latest would write it."""
+        source = self.source
+        merged = self._merged(source() if source is not None else {})
+        cache = self._prefixes
+        if len(cache) > 2 * len(merged) + 64:  # plugins come and go: keep only the current ones
+            self._prefixes = cache = {k: v for k, v in cache.items() if k in merged}
+        rows = []
+        for label, values in merged.items():
+            prefixes = cache.get(label)
+            if prefixes is None:
+                part = _label_part([("plugin", label)])
+                prefixes = cache[label] = tuple(f"{sample}{part} " for sample in _SAMPLE_NAMES)
+            rows.append((prefixes, values))
+        append = out.append
+        for i, header in enumerate(_SAMPLE_HEADERS):
+            append(header)
+            for prefixes, values in rows:
+                append(prefixes[i])
+                append(floats[values[i]])
+
+
+# (name, help, type) of the sampled families, in the order they are exported.
+_SAMPLE_FAMILIES = (
+    ("plugind_plugin_memory_bytes", "Memory in use by the plugin.", "gauge"),
+    ("plugind_plugin_cpu_seconds_total", "CPU time used by the plugin (user + system).", "counter"),
+    ("plugind_plugin_threads", "Threads of the plugin.", "gauge"),
+    ("plugind_plugin_open_fds", "Open file descriptors of the plugin.", "gauge"),
+    ("plugind_plugin_connections", "Open network connections of the plugin.", "gauge"),
+)
 
 
 # -- the HTTP edge and the monitor's own health (plugind.api.edge, plugind.monitor.resource) -------
@@ -351,10 +382,186 @@ def set_sample_source(source: SampleSource | None) -> None:
     """Install the callable that returns the latest per-plugin samples (the resource monitor's)."""
     _SAMPLES.source = source
 
+# -- the exposition text ------------------------------------------------------------------------
+# generate_latest() formats every sample afresh: a Sample tuple and a labels dict per line, the label
+# names checked and sorted, the values escaped, the float formatted; 1 s at 1,000 plugins (issue 10).
+# The metric objects stay the source of truth (exact, thread-safe); _TextRenderer reads their
+# children directly and writes the same text, with the part of each line before the value
+# (`name{labels} `, escaped once) cached per child and the formatted values memoised.
+
+
+def _label_part(pairs: Iterable[tuple[str, str]]) -> str:
+    """`{a="x",b="y"}` as generate_latest writes it (sorted by name, values escaped), or ``."""
+    items = sorted(pairs)
+    if not items:
+        return ""
+    return "{" + ",".join(
+        '{}="{}"'.format(escape_label_name(k, UNDERSCORES),
+                         v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"'))
+        for k, v in items
+    ) + "}"
+
+
+def _header(name: str, documentation: str, kind: str) -> str:
+    """The HELP and TYPE lines of a family, as generate_latest writes them for text format 0.0.4."""
+    if kind == "counter":
+        name += "_total"
+    elif kind == "unknown":
+        kind = "untyped"
+    name = escape_metric_name(name, UNDERSCORES)
+    doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+
+
+class _GoFloats(dict[float, str]):
+    """floatToGoString(v) + newline, memoised. Only for values that cannot be -0.0 (it equals 0.0 as
+    a key): counts and sums, which start at +0 and only add (IEEE sums of +0 and anything are never
+    -0). Gauges, which can be set to -0.0, go through floatToGoString directly."""
+
+    LIMIT = 1 << 16
+
+    def __missing__(self, value: float) -> str:
+        text = floatToGoString(value) + "\n"
+        if len(self) >= self.LIMIT:
+            self.clear()
+        if value == value:  # NaN never matches itself: no point storing it
+            self[value] = text
+        return text
+
+
+def _go(value: float) -> str:
+    return floatToGoString(value) + "\n"
+
+
+_SAMPLE_NAMES = tuple(name for name, _, _ in _SAMPLE_FAMILIES)
+_SAMPLE_HEADERS = tuple(
+    _header(name.removesuffix("_total") if kind == "counter" else name, doc, kind)
+    for name, doc, kind in _SAMPLE_FAMILIES
+)
+
+_FAST_TYPES = (Counter, Gauge, Histogram)
+
+
+class _SingleCollector(Collector):
+    """One collector of a registry, on its own (for generate_latest)."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterable[Metric]:
+        return self.collector.collect()
+
+
+class _TextRenderer:
+    """Writes the text format 0.0.4 of a registry, the same text as generate_latest(registry).
+
+    Counters, gauges and histograms of prometheus_client (plain, in-process values, no `_created`)
+    are read child by child; a collector with `render_text(out, floats)` writes its own lines; any
+    other collector goes through generate_latest. Reads prometheus_client internals (`_metrics`,
+    `_lock`, `_value`, `_buckets`, `_sum`, `_upper_bounds`, the registry's collector list) of the
+    pinned version; tests/monitor/test_metrics.py checks the output against generate_latest.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.floats = _GoFloats()
+        # metric -> its header and {label values -> the text before the value of each sample line}
+        self._headers: dict[object, str] = {}
+        self._prefixes: dict[object, dict[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def _usable(self) -> bool:
+        return (
+            not _pc_metrics._use_created
+            and _pc_values.ValueClass is _pc_values.MutexValue
+            and not self.registry._target_info
+        )
+
+    def render(self) -> bytes:
+        """The exposition text of the registry (generate_latest's output, faster)."""
+        if not self._usable():
+            return generate_latest(self.registry)
+        with self.registry._lock:
+            collectors = list(self.registry._collector_to_names)
+        out: list[str] = []
+        for collector in collectors:
+            render_text = getattr(collector, "render_text", None)
+            if isinstance(collector, _FAST_TYPES) and type(collector) in _FAST_TYPES:  # no subclass
+                self._metric(collector, out)
+            elif render_text is not None:
+                render_text(out, self.floats)
+            else:
+                out.append(generate_latest(_SingleCollector(collector)).decode())
+        return "".join(out).encode()
+
+    def _metric(self, metric: Counter | Gauge | Histogram, out: list[str]) -> None:
+        header = self._headers.get(metric)
+        if header is None:
+            header = self._headers[metric] = _header(metric._name, metric._documentation, metric._type)
+        out.append(header)
+        # (label values, child): Any, as prometheus_client types its children loosely
+        children: list[tuple[tuple[str, ...], Any]]
+        if metric._is_parent():
+            with metric._lock:
+                children = [(tuple(lv), child) for lv, child in metric._metrics.items()]
+        else:
+            children = [((), metric)]
+        cache = self._prefixes.get(metric)
+        if cache is None or len(cache) > 2 * len(children) + 64:  # forget removed children
+            old = cache or {}
+            cache = self._prefixes[metric] = {lv: old[lv] for lv, _ in children if lv in old}
+        names = metric._labelnames
+        append, extend = out.append, out.extend
+        floats = self.floats
+        fmt = floats.__getitem__
+        if isinstance(metric, Histogram):
+            for labelvalues, child in children:
+                prefixes = cache.get(labelvalues)
+                if prefixes is None:
+                    prefixes = cache[labelvalues] = self._histogram_prefixes(metric._name, names,
+                                                                             labelvalues, child)
+                # `_value` read as MutexValue.get() reads it, without its lock: the read of one
+                # attribute is atomic anyway, and generate_latest takes no snapshot across buckets.
+                # accumulate() adds in generate_latest's order (0.0 + b0 == b0: never -0.0).
+                counts = list(accumulate([bucket._value for bucket in child._buckets]))
+                extend(chain.from_iterable(zip(prefixes, map(fmt, counts), strict=False)))
+                n = len(counts)
+                append(prefixes[n])  # _count
+                append(fmt(counts[-1]))
+                if len(prefixes) > n + 1:  # _sum, unless a bucket bound is negative
+                    append(prefixes[n + 1])
+                    append(fmt(child._sum._value))
+            return
+        if not isinstance(metric, Counter):
+            fmt = _go
+        sample = metric._name + "_total" if isinstance(metric, Counter) else metric._name
+        for labelvalues, child in children:
+            prefixes = cache.get(labelvalues)
+            if prefixes is None:
+                part = _label_part(zip(names, labelvalues, strict=True))
+                prefixes = cache[labelvalues] = (f"{escape_metric_name(sample, UNDERSCORES)}{part} ",)
+            append(prefixes[0])
+            append(fmt(child._value._value))  # MutexValue.get() without its lock, as above
+
+    @staticmethod
+    def _histogram_prefixes(name: str, names: Sequence[str], labelvalues: tuple[str, ...],
+                            child: Any) -> tuple[str, ...]:
+        pairs = list(zip(names, labelvalues, strict=True))
+        bucket = escape_metric_name(name + "_bucket", UNDERSCORES)
+        prefixes = [f"{bucket}{_label_part([*pairs, ('le', floatToGoString(b))])} "
+                    for b in child._upper_bounds]
+        part = _label_part(pairs)
+        prefixes.append(f"{escape_metric_name(name + '_count', UNDERSCORES)}{part} ")
+        if child._upper_bounds[0] >= 0:
+            prefixes.append(f"{escape_metric_name(name + '_sum', UNDERSCORES)}{part} ")
+        return tuple(prefixes)
+
+
+_RENDERER = _TextRenderer(REGISTRY)
+
 
 def render() -> tuple[bytes, str]:
     """The Prometheus text exposition of every plugind metric, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return _RENDERER.render(), CONTENT_TYPE_LATEST
 
 
 __all__ = [
