@@ -314,7 +314,7 @@ class _SampleCollector(Collector):
         merged = self._merged(source() if source is not None else {})
         cache = self._prefixes
         if len(cache) > 2 * len(merged) + 64:  # plugins come and go: keep only the current ones
-            self._prefixes = cache = {k: v for k, v in cache.items() if k in merged}
+            self._prefixes = cache = {k: cache[k] for k in merged if k in cache}
         rows = []
         for label, values in merged.items():
             prefixes = cache.get(label)

@@ -228,3 +228,135 @@ def test_series_bound_once_start_afresh_after_forget(names):
     assert s[("plugind_hook_duration_seconds_count", (("hook", "mt_bound"), ("plugin", a)))] == 1
     assert a in metrics.PLUGIN_LABELS and "mt_bound" in metrics.HOOK_LABELS
     metrics.forget_plugin(a)
+
+
+# -- the text renderer: the same exposition as prometheus_client's generate_latest -----------------
+
+Parsed = list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], str]]]]
+
+
+def parsed(body: bytes) -> Parsed:
+    """Every family (name, type, help) and sample (name, labels, value) of a text exposition."""
+    return [
+        (f.name, f.type, f.documentation,
+         [(s.name, tuple(sorted(s.labels.items())), repr(s.value)) for s in f.samples])
+        for f in text_string_to_metric_families(body.decode())
+    ]
+
+
+def assert_same_exposition(ours: bytes, reference: bytes) -> None:
+    assert parsed(ours) == parsed(reference)
+    assert ours == reference  # same order and number formatting too
+
+
+def populate(plugins: list[str]) -> None:
+    hooks = ["on_request", "on_event", "on_tick", "on_\"odd\"hook"]  # the last one is folded into other
+    for i, p in enumerate(plugins):
+        for j, hook in enumerate(hooks):
+            for k, outcome in enumerate(("ok", "error", "timeout", "crashed")):
+                if (i + j + k) % 3:
+                    metrics.observe_hook(hook, p, outcome, 0.00003 * (i + 1) * (k + 1) ** 3)
+        if i % 4 == 0:
+            metrics.violation(p, "memory")
+            metrics.plugin_restarted(p)
+    metrics.observe_hook("on_request", plugins[0], "ok", float("inf"))  # sum +Inf
+    metrics.observe_hook("on_request", plugins[1], "ok", 7e6)  # sum in Go's exponent form
+    metrics.set_sample_source(lambda: {
+        p: metrics.PluginSample(2**20 * (i + 1), float("nan") if i == 2 else 0.125 * i, i, 3, 0)
+        for i, p in enumerate(plugins)
+    })
+    metrics.set_plugin_states({"running": len(plugins) - 1, "failed": 1})
+    metrics.load_failed("untrusted")
+
+
+def test_render_is_generate_latest_with_many_plugins_and_after_forget(names):
+    plugins = names(60)
+    populate(plugins)
+    weird = 'quote" back\\slash new\nline'
+    metrics.HTTP_REFUSED.labels(weird).inc()
+    metrics.HTTP_TIMED_OUT.labels("mt_inf").inc(float("inf"))
+    try:
+        assert_same_exposition(metrics.render()[0], metrics.generate_latest(metrics.REGISTRY))
+        body = metrics.render()[0].decode()
+        assert 'reason="quote\\" back\\\\slash new\\nline"' in body
+        assert f'plugind_hook_duration_seconds_sum{{hook="on_request",plugin="{plugins[0]}"}} +Inf' in body
+        assert "NaN" in body
+        metrics.HTTP_CONNECTIONS.set(float("nan"))
+        metrics.set_plugin_states({"running": -0.0})  # type: ignore[dict-item]  # a gauge at -0.0
+        for p in plugins[::3]:
+            metrics.forget_plugin(p)
+        kept = set(plugins) - set(plugins[::3])
+        metrics.set_sample_source(lambda: {p: metrics.PluginSample(1, 1.0, 1, 1, 1) for p in kept})
+        # new series after a render: the cache learns them; removed ones: it drops them
+        metrics.observe_hook("on_late", plugins[1], "ok", 0.5)
+        assert_same_exposition(metrics.render()[0], metrics.generate_latest(metrics.REGISTRY))
+        assert f'plugin="{plugins[0]}"' not in metrics.render()[0].decode()
+        for p in plugins:
+            metrics.forget_plugin(p)
+        assert_same_exposition(metrics.render()[0], metrics.generate_latest(metrics.REGISTRY))
+    finally:
+        metrics.HTTP_REFUSED.remove(weird)
+        metrics.HTTP_TIMED_OUT.remove("mt_inf")
+        metrics.HTTP_CONNECTIONS.set(0)
+        metrics.set_plugin_states({})
+
+
+def test_render_of_any_registry_matches_generate_latest():
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+    from prometheus_client.core import GaugeMetricFamily
+
+    reg = CollectorRegistry()
+    renderer = metrics._TextRenderer(reg)
+    c = Counter("mt_c", 'Help with a back\\slash\nand a newline "quoted".', ["a", "b"], registry=reg)
+    g = Gauge("mt_g", "A gauge.", ["k"], registry=reg)
+    h = Histogram("mt_h", "A histogram.", ["z", "a"], buckets=(0.5, 1, 1e7, 2e9), registry=reg)
+    neg = Histogram("mt_neg", "Negative buckets: no _sum.", buckets=(-1, 0, 1), registry=reg)
+    plain = Counter("mt_plain", "Unlabelled.", registry=reg)
+    Gauge("mt_empty", "No children yet.", ["x"], registry=reg)
+    summary = Summary("mt_s", "A summary (rendered by prometheus_client).", ["q"], registry=reg)
+
+    class Custom:
+        def collect(self):
+            f = GaugeMetricFamily("mt_custom", "A custom collector.", labels=["w"])
+            f.add_metric(['x"\\\n'], -0.0)
+            yield f
+
+    reg.register(Custom())  # type: ignore[arg-type]
+    assert_same_exposition(renderer.render(), metrics.generate_latest(reg))
+    odd = ['quote"', "back\\slash", "new\nline", "ünï", "", "\\n literal"]
+    for i, v in enumerate(odd):
+        c.labels(v, str(i)).inc(i * 1.5)
+        h.labels(v, "x").observe(i * 0.4)
+    c.labels("inf", "").inc(float("inf"))
+    c.labels("nan", "").inc(float("nan"))
+    c.labels("big", "").inc(123456789.0)
+    c.labels("tiny", "").inc(1e-300)
+    for k, value in {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan"), "negzero": -0.0,
+                     "neg": -2.5, "big": 1e20, "exp": 1234567.0, "int": 3}.items():
+        g.labels(k).set(value)
+    h.labels("inf", "x").observe(float("inf"))
+    h.labels("nan", "x").observe(float("nan"))
+    neg.observe(-3)
+    neg.observe(0.5)
+    plain.inc(2)
+    summary.labels("1").observe(4)
+    assert_same_exposition(renderer.render(), metrics.generate_latest(reg))
+    assert renderer.render() == renderer.render()  # from the caches now
+    c.remove('quote"', "0")
+    h.clear()
+    g.labels("later").set(1)
+    assert_same_exposition(renderer.render(), metrics.generate_latest(reg))
+
+
+def test_the_comparison_sees_a_dropped_or_mangled_sample():
+    # The two tests above are only as good as assert_same_exposition: it must catch a lost line,
+    # a changed value or a badly escaped label.
+    reference = b'# HELP m A.\n# TYPE m gauge\nm{a="x\\"y"} 1.0\nm{a="z"} 2.0\n'
+    for broken in (b'# HELP m A.\n# TYPE m gauge\nm{a="x\\"y"} 1.0\n',
+                   b'# HELP m A.\n# TYPE m gauge\nm{a="x\\"y"} 1.0\nm{a="z"} 2.5\n',
+                   b'# HELP m A.\n# TYPE m gauge\nm{a="x\\\\\\"y"} 1.0\nm{a="z"} 2.0\n'):
+        assert parsed(broken) != parsed(reference)
+        with pytest.raises(AssertionError):
+            assert_same_exposition(broken, reference)
+        with pytest.raises(AssertionError):
+            assert_same_exposition(reference, broken)
