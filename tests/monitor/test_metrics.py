@@ -261,10 +261,12 @@ def populate(plugins: list[str]) -> None:
             metrics.plugin_restarted(p)
     metrics.observe_hook("on_request", plugins[0], "ok", float("inf"))  # sum +Inf
     metrics.observe_hook("on_request", plugins[1], "ok", 7e6)  # sum in Go's exponent form
-    metrics.set_sample_source(lambda: {
+    samples = {
         p: metrics.PluginSample(2**20 * (i + 1), float("nan") if i == 2 else 0.125 * i, i, 3, 0)
         for i, p in enumerate(plugins)
-    })
+    }
+    samples["not a label!"] = metrics.PluginSample(1, 0.5, 1, 1, 1)  # summed under `other`
+    metrics.set_sample_source(lambda: samples)
     metrics.set_plugin_states({"running": len(plugins) - 1, "failed": 1})
     metrics.load_failed("untrusted")
 
