@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/sandbox.py
 	$(PY) bench/load.py
 	$(PY) bench/monitor.py
+	$(PY) bench/metrics_render.py
 	$(PY) bench/health.py
 	$(PY) bench/liveness.py
 	$(PY) bench/limits.py

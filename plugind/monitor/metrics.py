@@ -390,16 +390,16 @@ def set_sample_source(source: SampleSource | None) -> None:
 # (`name{labels} `, escaped once) cached per child and the formatted values memoised.
 
 
+def _label(name: str, value: str) -> str:
+    """`name="value"` as generate_latest writes a label (the value escaped)."""
+    value = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return f'{escape_label_name(name, UNDERSCORES)}="{value}"'
+
+
 def _label_part(pairs: Iterable[tuple[str, str]]) -> str:
     """`{a="x",b="y"}` as generate_latest writes it (sorted by name, values escaped), or ``."""
     items = sorted(pairs)
-    if not items:
-        return ""
-    return "{" + ",".join(
-        '{}="{}"'.format(escape_label_name(k, UNDERSCORES),
-                         v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"'))
-        for k, v in items
-    ) + "}"
+    return "{" + ",".join(_label(k, v) for k, v in items) + "}" if items else ""
 
 
 def _header(name: str, documentation: str, kind: str) -> str:
@@ -547,8 +547,12 @@ class _TextRenderer:
                             child: Any) -> tuple[str, ...]:
         pairs = list(zip(names, labelvalues, strict=True))
         bucket = escape_metric_name(name + "_bucket", UNDERSCORES)
-        prefixes = [f"{bucket}{_label_part([*pairs, ('le', floatToGoString(b))])} "
-                    for b in child._upper_bounds]
+        # `le` sorts among the other labels at the same place on every bucket line
+        items = sorted([*pairs, ("le", "")])
+        at = items.index(("le", ""))
+        before = "".join(_label(k, v) + "," for k, v in items[:at])
+        after = "".join("," + _label(k, v) for k, v in items[at + 1:])
+        prefixes = [f'{bucket}{{{before}le="{floatToGoString(b)}"{after}}} ' for b in child._upper_bounds]
         part = _label_part(pairs)
         prefixes.append(f"{escape_metric_name(name + '_count', UNDERSCORES)}{part} ")
         if child._upper_bounds[0] >= 0:
