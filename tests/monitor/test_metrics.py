@@ -362,3 +362,43 @@ def test_the_comparison_sees_a_dropped_or_mangled_sample():
             assert_same_exposition(broken, reference)
         with pytest.raises(AssertionError):
             assert_same_exposition(reference, broken)
+
+
+def test_render_while_series_come_and_go(names):
+    # /metrics runs in FastAPI's thread pool: renders race each other and the hook calls.
+    import threading
+
+    plugins = names(40)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                p = plugins[i % len(plugins)]
+                metrics.observe_hook(f"mt_churn{i % 5}", p, "ok", 0.001 * (i % 50))
+                if i % 7 == 0:
+                    metrics.forget_plugin(p)
+                i += 1
+        except BaseException as e:
+            errors.append(e)
+
+    def scrape_many() -> None:
+        try:
+            for _ in range(30):
+                assert parsed(metrics.render()[0])
+        except BaseException as e:
+            errors.append(e)
+
+    writers = [threading.Thread(target=churn) for _ in range(2)]
+    readers = [threading.Thread(target=scrape_many) for _ in range(3)]
+    for t in writers + readers:
+        t.start()
+    for t in readers:
+        t.join()
+    stop.set()
+    for t in writers:
+        t.join()
+    assert not errors
+    assert_same_exposition(metrics.render()[0], metrics.generate_latest(metrics.REGISTRY))
