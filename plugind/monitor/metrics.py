@@ -22,6 +22,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate, chain
 from typing import Any
 
@@ -390,10 +391,21 @@ def set_sample_source(source: SampleSource | None) -> None:
 # (`name{labels} `, escaped once) cached per child and the formatted values memoised.
 
 
+@lru_cache(maxsize=256)
+def _label_name(name: str) -> str:
+    return escape_label_name(name, UNDERSCORES)
+
+
+@lru_cache(maxsize=64)
+def _le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The `le` label value of each bucket bound, as prometheus_client writes it."""
+    return tuple(floatToGoString(b) for b in bounds)
+
+
 def _label(name: str, value: str) -> str:
     """`name="value"` as generate_latest writes a label (the value escaped)."""
     value = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
-    return f'{escape_label_name(name, UNDERSCORES)}="{value}"'
+    return f'{_label_name(name)}="{value}"'
 
 
 def _label_part(pairs: Iterable[tuple[str, str]]) -> str:
@@ -552,7 +564,7 @@ class _TextRenderer:
         at = items.index(("le", ""))
         before = "".join(_label(k, v) + "," for k, v in items[:at])
         after = "".join("," + _label(k, v) for k, v in items[at + 1:])
-        prefixes = [f'{bucket}{{{before}le="{floatToGoString(b)}"{after}}} ' for b in child._upper_bounds]
+        prefixes = [f'{bucket}{{{before}le="{le}"{after}}} ' for le in _le_values(tuple(child._upper_bounds))]
         part = _label_part(pairs)
         prefixes.append(f"{escape_metric_name(name + '_count', UNDERSCORES)}{part} ")
         if child._upper_bounds[0] >= 0:
