@@ -87,6 +87,7 @@ class _Incarnation:
     fatal: PluginError | None = None
     violation: ProtocolViolation | None = None
     hung: str | None = None
+    heard: float = 0.0  # loop time of the last frame from the child (any frame proves it ran)
     eof: bool = False
     eof_timer: asyncio.TimerHandle | None = None
     proxy: ContextProxy | None = None
@@ -513,6 +514,7 @@ class Supervisor:
             inc.transport.write(self._encoder.frame(msg))
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
+        inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         if msg["type"] == m.RESULT:
             # The hot path: a well-formed result for a call in flight, checked inline by the rules of
             # check_from_plugin; anything else goes the long way below.
@@ -794,6 +796,7 @@ class Supervisor:
             inc.next_id += 1
             fut: asyncio.Future[None] = loop.create_future()
             inc.pings[ping_id] = fut
+            sent = loop.time()
             self._send(inc, {"type": m.PING, "id": ping_id})
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
@@ -807,8 +810,10 @@ class Supervisor:
                 continue  # the child is gone; the exit watcher handles it
             inc.pings.pop(ping_id, None)
             # A call still inside its deadline explains the silence (the runtime serves in order),
-            # unless the kernel says the process is stopped: see plugind/host/liveness.py.
-            busy = any(d > loop.time() for d in inc.deadlines.values())
+            # unless the kernel says the process is stopped: see plugind/host/liveness.py. So does a
+            # frame heard since the ping: a call that ended just before the timeout leaves the
+            # runtime its queued pings to answer, and a plugin that just spoke is not hung.
+            busy = inc.heard > sent or any(d > loop.time() for d in inc.deadlines.values())
             why = unresponsive(process_state(inc.pid) if inc.pid is not None else None, busy,
                                sup.heartbeat_timeout_secs)
             if why is None:

@@ -368,6 +368,9 @@ def _child(
             _become_namespace_root()
         if "uts" in plan.namespaces:
             _libc.sethostname(f"plugin-{plan.name}")
+        # Every fd the plugin does not get closed before RLIMIT_NOFILE is lowered: a spawner with
+        # more fds open than the plugin's limit would otherwise leave it unable to open any file.
+        _close_fds([*keep_fds, go_r, rep_w])
         step("rlimits", lambda: rlimits.apply(plan))
         _scrub_environment()
         os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty

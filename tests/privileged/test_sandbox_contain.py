@@ -256,6 +256,26 @@ def test_nothing_left_behind_after_a_plugin_exits(tmp_path: Path, parent: str) -
     assert not [d for d in group_dirs(parent) if (d / "tidy").exists()]
 
 
+def test_a_spawner_holding_more_fds_than_the_plugins_limit_still_spawns(tmp_path: Path, parent: str) -> None:
+    # A spawner (here this test process) may hold more fds than the plugin's RLIMIT_NOFILE: the
+    # child must shed them before the limit is lowered, or it can open nothing (EMFILE) once it is.
+    plan = plan_for(tmp_path, parent, name="crowded")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(plan.rlimit_nofile + 50)]
+    assert max(held) >= plan.rlimit_nofile
+
+    def probe() -> dict[str, Any]:
+        with open("/proc/self/status") as f:  # a file opened under the lowered limit
+            f.read()
+        return {"fds": len(os.listdir("/proc/self/fd"))}
+
+    try:
+        out = run_probe(plan, probe)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert out.result["fds"] < 16, out.result  # none of the spawner's fds reached the plugin
+
+
 DAEMON = textwrap.dedent(
     """
     import json, os, signal, sys
