@@ -126,7 +126,8 @@ def test_kill_through_the_fork_server_and_close_leaves_nothing(tmp_path: Path) -
                 c.sock.close()
         finally:
             await launcher.close()
-        _gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=5)
+        procs = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
+        _gone, alive = psutil.wait_procs(procs, timeout=60)
         assert alive == []
         assert not launcher.alive
 
