@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
+import struct
 import uuid
 from collections.abc import Iterator
 
@@ -81,24 +83,55 @@ def test_watchdog_interval(monkeypatch, usec, pid, expected):
     assert sdnotify.watchdog_interval() == expected
 
 
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h> (x86, arm); Python's socket module does not name it
+
+
+def _stamped(sock: socket.socket) -> tuple[bytes, float]:
+    """One datagram and the time the kernel queued it, i.e. when it was sent (SO_TIMESTAMPNS)."""
+    data, ancillary, _flags, _addr = sock.recvmsg(64, socket.CMSG_SPACE(16))
+    (stamp,) = [d for level, kind, d in ancillary if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS)]
+    sec, nsec = struct.unpack("qq", stamp)
+    return data, sec + nsec * 1e-9
+
+
 def test_watchdog_pings_at_half_the_interval(receiver, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s: pings every 0.1 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    receiver.setblocking(False)
+    receiver.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
-    async def scenario() -> list[bytes]:
-        loop = asyncio.get_running_loop()
+    async def scenario() -> list[tuple[bytes, float]]:
         task = sdnotify.start_watchdog()
         assert task is not None
-        got = [await asyncio.wait_for(loop.sock_recv(receiver, 64), 5) for _ in range(3)]
-        t0 = loop.time()
-        await asyncio.wait_for(loop.sock_recv(receiver, 64), 5)
-        gap = loop.time() - t0
-        task.cancel()
-        assert 0.03 < gap < 2.0  # about 0.1 s, loosely: the machine is shared
-        return got
+        try:  # read in a thread (5 s socket timeout against a hang) while the loop runs the watchdog
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, lambda: [_stamped(receiver) for _ in range(4)])
+        finally:
+            task.cancel()
 
-    assert asyncio.run(scenario()) == [b"WATCHDOG=1"] * 3
+    got = asyncio.run(scenario())
+    assert [data for data, _ in got] == [b"WATCHDOG=1"] * 4
+    # Stamped when sent, so a late reader cannot shorten a gap, and a loaded machine only lengthens
+    # them: never sooner than half the interval (a little under, for the clocks' granularity).
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(got)]
+    assert min(gaps) > 0.09, gaps
+
+
+def test_watchdog_waits_half_the_interval_between_pings(receiver, monkeypatch):
+    """The cadence itself, without a wall clock: what run_watchdog asks asyncio.sleep for."""
+    naps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise asyncio.CancelledError
+        await real_sleep(0)
+
+    monkeypatch.setattr(sdnotify.asyncio, "sleep", nap)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(sdnotify.run_watchdog(0.2))
+    assert naps == [0.1, 0.1, 0.1]
+    assert [receiver.recv(64) for _ in range(3)] == [b"WATCHDOG=1"] * 3  # one ping before each wait
 
 
 def test_no_watchdog_without_request(receiver, monkeypatch):

@@ -44,8 +44,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds
+    (a bound against a hang: it returns as soon as the predicate holds, however loaded the machine)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -276,7 +277,7 @@ class HealthProbe:
 
     def _wait_count(self, count: int) -> None:
         with self._probed:
-            self._probed.wait_for(lambda: self.answered >= count or not self._thread.is_alive(), 10)
+            self._probed.wait_for(lambda: self.answered >= count or not self._thread.is_alive(), 60)
 
     def __enter__(self) -> HealthProbe:
         self._thread.start()

@@ -223,9 +223,14 @@ def test_sandboxed_daemon_sigkill_leaves_nothing_once_it_starts_again(
     # Nothing of the plugins' jails is visible on the host: their mounts died with their namespaces.
     with open("/proc/self/mountinfo") as fh:
         assert str(ws.root) not in fh.read()
-    # The kill left the groups behind (nobody was alive to remove them) ...
-    assert all(g.is_dir() for g in groups["keep"] + groups["gone"])
-    # ... and "gone" cannot come back: its bundle is withdrawn before the restart.
+    # The kill leaves the groups behind, stale: nobody is alive to remove them. Mostly: the daemon's
+    # socket closes before its death reaches the fork-server (PDEATHSIG), and on a loaded machine the
+    # fork-server may run in between and remove some (its best-effort shutdown). Stale groups are
+    # what the restart must deal with, so the test makes sure there are some, whoever won that race.
+    for g in groups["keep"] + groups["gone"]:
+        g.mkdir(exist_ok=True)
+    stale_inodes = {g: g.stat().st_ino for g in groups["keep"]}
+    # "gone" cannot come back: its bundle is withdrawn before the restart.
     for bundle in ws.plugins.glob("gone-*"):
         bundle.unlink()
 
@@ -235,7 +240,7 @@ def test_sandboxed_daemon_sigkill_leaves_nothing_once_it_starts_again(
     assert not [g for g in groups["gone"] if g.exists()], "a stale plugin cgroup survived the restart"
     # "keep" is back in a fresh group: the stale one was removed, not reused with its old counters.
     for group in groups["keep"]:
-        assert group.is_dir() and group.stat().st_ino != old_inodes[group]
+        assert group.is_dir() and group.stat().st_ino not in (old_inodes[group], stale_inodes[group])
         assert (group / "cgroup.procs").read_text().split() == [str(again.plugin("keep")["pid"])]
     assert again.stop() == 0
 
@@ -355,7 +360,7 @@ def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Facto
 def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:
     daemon = daemon_factory(ws, env={"WATCHDOG_USEC": "200000"})
     pings = 0
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a bound against a hang: three pings take ~0.3 s on a quiet host
     while pings < 3 and time.monotonic() < deadline:
         pings += daemon.notifications(1.0).count("WATCHDOG=1")
     assert pings >= 3

@@ -44,7 +44,7 @@ def good_still_works(daemon: RunningDaemon) -> None:
 
 
 def no_zombies(daemon: RunningDaemon) -> None:
-    wait_for(lambda: not daemon.zombies(), 5, "zombies to be reaped")
+    wait_for(lambda: not daemon.zombies(), 60, "zombies to be reaped")
 
 
 CALL_FAILURES = [
@@ -80,12 +80,12 @@ def test_misbehaving_call(
         if restarted:
             info = wait_for(
                 lambda: (p := daemon.plugin(scenario))["state"] == "running" and p["pid"] != before and p,
-                15, f"{scenario} to be restarted",
+                60, f"{scenario} to be restarted",
             )
             assert info["restarts"] >= 1
             assert not alive(before)
         else:
-            info = wait_for(lambda: (p := daemon.plugin(scenario))["state"] == state and p, 15, state)
+            info = wait_for(lambda: (p := daemon.plugin(scenario))["state"] == state and p, 60, state)
             if state == "running":
                 assert info["pid"] == before
             else:
@@ -130,7 +130,7 @@ def test_never_says_hello(ws: Workspace, daemon_factory: Factory) -> None:
         good_still_works(daemon)
         # Only the fork-server and the good plugin remain.
         good_pid = daemon.plugin("good")["pid"]
-        wait_for(lambda: len(daemon.tree()) == 2, 5, "the mute child to be gone")
+        wait_for(lambda: len(daemon.tree()) == 2, 60, "the mute child to be gone")
         assert good_pid in {p.pid for p in daemon.tree()}
         no_zombies(daemon)
     probe.check()
@@ -158,7 +158,7 @@ max_threads = 4
     assert loaded.status_code == 200
     # From the load reply: two sweeps 0.2 s apart may unload the plugin before a GET could ask.
     pid = int(re.search(r"\(pid (\d+)\)", loaded.json()["message"]).group(1))  # type: ignore[union-attr]
-    info = wait_for(lambda: (p := daemon.plugin("threads"))["state"] == "available" and p, 15, "unload")
+    info = wait_for(lambda: (p := daemon.plugin("threads"))["state"] == "available" and p, 60, "unload")
     assert info["violations"] and info["violations"][-1]["type"] == "threads"
     assert not alive(pid)
     assert daemon.plugin("calm")["state"] == "running"

@@ -3,7 +3,7 @@
 Its `probe` hook takes `{"attempt": NAME, "args": {...}}`, tries that one escape from inside the
 sandbox the real daemon gave it, and returns what happened (errno names, or what it saw). A second
 plugin, `sibling`, is the victim of the cross-plugin attempts; a third, `calm`, is the well-behaved
-plugin whose hook latency is measured while `hostile` spins.
+plugin that must keep answering while `hostile` spins.
 """
 
 from __future__ import annotations
@@ -229,22 +229,26 @@ def fork_bomb():
     return {"forked": len(children), "error": error}
 
 
-def spin(seconds, workers):
-    # Several spinning processes: without the quota they would take every CPU of the host.
+def spin(workers, stop, seconds):
+    # `workers` spinning processes (without the quota they would take every CPU of the host), until
+    # the test creates `stop` in this plugin's tree; `seconds` only bounds a hang.
+    stop = os.path.join(os.path.dirname(os.path.abspath(__file__)), stop)
     end = time.monotonic() + seconds
     kids = []
-    for _ in range(workers - 1):
+    for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             while time.monotonic() < end:
                 pass
             os._exit(0)
         kids.append(pid)
-    while time.monotonic() < end:
-        pass
+    while not os.path.exists(stop) and time.monotonic() < end:
+        time.sleep(0.01)
+    for pid in kids:
+        os.kill(pid, signal.SIGKILL)
     for pid in kids:
         reap(pid)
-    return {"spun": seconds}
+    return {"workers": len(kids), "stopped": os.path.exists(stop)}
 
 
 HOARD = []

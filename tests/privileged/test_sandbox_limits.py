@@ -11,6 +11,7 @@ import signal
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def _pinger(sock: socket.socket) -> Any:
 def _spinner(w: int) -> Any:
     def run(hooks: Any) -> Any:
         hooks.before_plugin_import()
-        for _ in range(2):  # as many spinners as this machine has cores
+        for _ in range(os.cpu_count() or 2):  # with itself, more spinners than this machine has cores
             if os.fork() == 0:
                 while True:
                     pass
@@ -94,11 +95,14 @@ def _spinner(w: int) -> Any:
 
 
 def _latency(sock: socket.socket, rounds: int = 300) -> float:
+    """Median round trip of `rounds` pings; every ping must come back (the timeout bounds a hang)."""
+    sock.settimeout(HANG_S)
     samples = []
-    for _ in range(rounds):
+    for i in range(rounds):
+        ping = bytes([i % 256])
         t = time.perf_counter()
-        sock.sendall(b"p")
-        sock.recv(64)
+        sock.sendall(ping)
+        assert sock.recv(64) == ping
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
 
@@ -108,10 +112,25 @@ def _throttled(group: cgroups.CgroupHandle) -> int:
     return cgroups.parse_flat_keyed((group.dirs["cpu"] / "cpu.stat").read_text()).get("nr_throttled", 0)
 
 
+def _wait(predicate: Callable[[], bool], what: str) -> None:
+    """Return as soon as `predicate` holds; fail after HANG_S (a bound against hangs, not a figure)."""
+    deadline = time.monotonic() + HANG_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {HANG_S} s"
+        time.sleep(0.02)
+
+
+# 5 % of one CPU: 5 ms per 100 ms period (the kernel's least quota is 1 ms). Any fair share of this
+# machine, however loaded, is more than that, so the spinners always reach the quota and the kernel
+# must throttle them; at 50 % a loaded machine may never let them reach it.
+QUOTA_PERCENT = 5
+HANG_S = 60.0
+
+
 @pytest.mark.slow
 def test_cpu_spinner_is_held_at_quota_and_neighbour_keeps_answering(tmp_path: Path, parent: str) -> None:
     ping_plan = plan_for(tmp_path, parent, name="pinger")
-    spin_plan = plan_for(tmp_path, parent, name="spinner", cgroups__cpu_quota_percent=50)
+    spin_plan = plan_for(tmp_path, parent, name="spinner", cgroups__cpu_quota_percent=QUOTA_PERCENT)
     mine, theirs = socket.socketpair()
     pinger = spawn_contained(ping_plan, _pinger(theirs), [theirs.fileno()])
     theirs.close()
@@ -122,7 +141,7 @@ def test_cpu_spinner_is_held_at_quota_and_neighbour_keeps_answering(tmp_path: Pa
         r, w = os.pipe()
         spinner = spawn_contained(spin_plan, _spinner(w), [w])
         os.close(w)
-        assert select.select([r], [], [], 10)[0] and os.read(r, 1) == b"s"
+        assert select.select([r], [], [], HANG_S)[0] and os.read(r, 1) == b"s"
         os.close(r)
         group = cgroup_for(spin_plan)
         assert group is not None
@@ -130,15 +149,16 @@ def test_cpu_spinner_is_held_at_quota_and_neighbour_keeps_answering(tmp_path: Pa
             quota = (group.dirs["cpu"] / "cpu.cfs_quota_us").read_text().split()
         else:
             quota = (group.dirs["cpu"] / "cpu.max").read_text().split()[:1]
-        throttled, before, t0 = _throttled(group), group.usage().cpu_usec, time.monotonic()
-        loaded = _latency(mine)  # the neighbour answers every ping while the spinner spins
-        for _ in range(100):  # the kernel throttles it once it has spent a period's quota
-            if _throttled(group) > throttled:
-                break
-            time.sleep(0.05)
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))  # a second at least, for the usage printed
-        used, window = (group.usage().cpu_usec - before) / 1e6, time.monotonic() - t0
-        throttled_after = _throttled(group)
+        # The wall clock is read before the first usage and after the last, so `window` can only
+        # overstate the time between them: the bound on `used` below errs towards passing.
+        t0 = time.monotonic()
+        throttled, before = _throttled(group), group.usage().cpu_usec
+        _wait(lambda: _throttled(group) > throttled, "the spinner throttled")  # it spent a period's quota
+        throttled_held = _throttled(group)
+        loaded = _latency(mine)  # the neighbour answers every ping while the spinner is held
+        used = (group.usage().cpu_usec - before) / 1e6
+        window = time.monotonic() - t0
+        still_spinning = os.waitpid(spinner.pid, os.WNOHANG) == (0, 0)
     finally:
         for sp in (spinner, pinger):
             if sp is not None:
@@ -148,7 +168,13 @@ def test_cpu_spinner_is_held_at_quota_and_neighbour_keeps_answering(tmp_path: Pa
         cleanup(spin_plan)
         cleanup(ping_plan)
     print(f"\nneighbour ping median: idle {idle * 1e6:.0f} us, while the spinner spins {loaded * 1e6:.0f} us "
-          f"({loaded / idle:.2f}x); spinner used {used:.2f} s of CPU in {window:.2f} s (quota 0.5 CPU)")
-    # Held at the quota: 50% of one CPU per 100 ms period, and the kernel throttled it for that.
-    assert quota == ["50000"]
-    assert throttled_after > throttled
+          f"({loaded / idle:.2f}x); spinner used {used:.3f} s of CPU in {window:.2f} s "
+          f"(quota {QUOTA_PERCENT / 100} CPU; throttled {throttled_held - throttled} times before the pings)")
+    # Held at the quota: 5 ms per 100 ms period, and the kernel throttled it for that.
+    assert quota == [str(QUOTA_PERCENT * 1000)]
+    assert throttled_held > throttled
+    assert still_spinning  # the pings above were answered while it spun
+    # And held there over the whole window: its CPU time stays far below even one CPU's worth (the
+    # spinners would take every core without the quota; load elsewhere only lowers what they get).
+    # Ten times the quota, plus a period, leaves room for the kernel's per-CPU runtime slices.
+    assert used <= window * QUOTA_PERCENT / 100 * 10 + 0.1, (used, window)

@@ -210,23 +210,25 @@ def test_deadline_alarm_is_reused_across_calls_yet_each_call_keeps_its_own_deadl
     # The runtime arms its deadline alarm lazily and leaves it armed after a call: an alarm armed for
     # an earlier call must neither cut a later call short nor let it run past its own deadline.
     start(child)
-    assert child.call(1, "echo", 1, deadline_ms=100)["data"] == 1  # alarm armed for ~0.12 s
+    # The deadlines that must not expire are 0.5 s, far longer than an echo takes even on a loaded
+    # machine; the sleeps that must outlast an armed alarm are 1 s.
+    assert child.call(1, "echo", 1, deadline_ms=500)["data"] == 1  # alarm armed for ~0.5 s
     # That alarm fires while this call, still inside its hour-long deadline, sleeps: it must not
     # interrupt (it re-arms the alarm for this call's limit, an hour away).
-    assert child.call(2, "sleep", 0.4, deadline_ms=3_600_000)["data"] == "woke"
+    assert child.call(2, "sleep", 1.0, deadline_ms=3_600_000)["data"] == "woke"
     assert child.call(3, "echo", 3, deadline_ms=7_200_000)["data"] == 3
     # A shorter deadline than the armed alarm: the alarm is moved earlier, the call is interrupted
     # (left to the alarm an hour away, it would sleep its 30 s, longer than the test's socket waits).
     reply = child.call(4, "sleep", 30, deadline_ms=200)
     assert reply["error"]["type"] == "HookTimeout" and reply["late"] is True
     # An alarm left by an earlier call fires during a call without a deadline: ignored.
-    assert child.call(5, "echo", 5, deadline_ms=50)["data"] == 5
-    assert child.call(6, "sleep", 0.3, deadline_ms=None)["data"] == "woke"
+    assert child.call(5, "echo", 5, deadline_ms=500)["data"] == 5
+    assert child.call(6, "sleep", 1.0, deadline_ms=None)["data"] == "woke"
     # ... and between calls, while the runtime waits for the next frame: ignored too. There is no
-    # event to wait for here (the alarm is inside the child), so let its ~70 ms pass.
-    assert child.call(7, "echo", 7, deadline_ms=50)["data"] == 7
-    time.sleep(0.2)
-    assert child.call(8, "echo", 8, deadline_ms=50)["data"] == 8
+    # event to wait for here (the alarm is inside the child), so let its ~0.5 s pass.
+    assert child.call(7, "echo", 7, deadline_ms=500)["data"] == 7
+    time.sleep(1.0)
+    assert child.call(8, "echo", 8, deadline_ms=500)["data"] == 8
     assert child.proc.poll() is None
 
 
