@@ -4,8 +4,9 @@ The tree is extracted from the bytes that were verified (never by re-opening the
 `extract_bundle` builds it in a temporary directory and renames it into place, recording every
 file's SHA-256 in this process's memory. An existing tree is reused only when this loader extracted
 it and it still matches that record byte for byte (a marker file on disk proves nothing: anyone
-who can write `data/` can write it). Before every start of a plugin, first or restart, `ensure`
-checks the tree again and re-extracts it from verified bytes when it was changed.
+who can write `data/` can write it). Before every restart of a plugin `ensure` checks the tree
+again (a first start follows `load`, which has just checked it) and re-extracts it from verified
+bytes when it was changed.
 """
 
 from __future__ import annotations

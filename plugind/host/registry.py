@@ -444,10 +444,13 @@ class PluginRegistry:
 
         return await upgrade(self, name, version)
     def _before_spawn(self, bundle: LoadedBundle) -> Callable[[bool], Awaitable[None]]:
-        # Verify-then-run: the tree checked (re-extracted if changed) before every spawn; before a
-        # restart also the trust list, the bundle file and the policy (PluginLoader.ensure).
+        # Verify-then-run: before a restart, the trust list, the bundle file, the policy and the tree
+        # (re-extracted if changed; PluginLoader.ensure). A first start needs none of it again:
+        # loader.load has just extracted the tree from verified bytes or checked it byte for byte,
+        # and hashing every file a second time would only slow the spawn.
         async def check(restart: bool) -> None:
-            await asyncio.to_thread(self.loader.ensure, bundle, recheck=restart)
+            if restart:
+                await asyncio.to_thread(self.loader.ensure, bundle, recheck=True)
 
         return check
 
