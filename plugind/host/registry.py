@@ -159,6 +159,11 @@ class PluginRegistry:
         self._pins: dict[str, str] = {}
         self._scan_lock = asyncio.Lock()
         self._persist_lock = asyncio.Lock()
+        # Group commit: snapshots of the intent taken so far, and (snapshot number, result) of the
+        # last write that finished. A caller whose change a finished write's snapshot already holds
+        # shares that write's result instead of writing again (see `persist`).
+        self._snapshots = 0
+        self._last_write: tuple[int, str | None] = (0, None)
         # Why the state file does not hold the intent (unreadable at start, or the last write
         # failed), or None; `_unsaved`: a write failed since the last one that succeeded.
         self.state_problem: str | None = None
@@ -337,7 +342,9 @@ class PluginRegistry:
         why = await self.persist()
         if why is not None and name in (self._wanted or ()):
             # Running but not recorded: a restart would not bring it back. Undo it, so the answer,
-            # the running set and the file agree.
+            # the running set and the file agree. Unwanted at once, before the stop awaits: the
+            # next write (another caller's, maybe already waiting) must not record it.
+            self._unwant(name)
             with contextlib.suppress(NotLoaded):  # unloaded meanwhile by someone else: as good
                 await self._unload(name, "rolled back: the state file could not be written", forget=True)
             raise LoadError(
@@ -689,33 +696,54 @@ class PluginRegistry:
         Returns None when it was written (or there is nothing to write yet), else why it could not
         be: that is logged, audited and kept in `state_problem` (`/ready` shows it); never raises.
         A no-op until `start` has read the file: writing earlier would replace the intent unread.
+
+        Group commit: the caller has changed the intent in memory before calling. Writes run one at
+        a time; a caller that waited while another write ran shares the result of the next write
+        whose snapshot was taken after it called (that snapshot holds its change), so N concurrent
+        loads cost about two writes and fsyncs, not N. Each of them still gets the result of a write
+        that holds its own change: None only once that is on disk, else why not (and a load then
+        rolls itself back).
         """
+        called_after = self._snapshots  # a snapshot numbered higher than this holds our change
         async with self._persist_lock:
             if self._wanted is None:
                 return None
-            path = Path(self.settings.plugins.state_file)
-            names = list(self._wanted)
-            pins = {n: v for n, v in self._pins.items() if n in self._wanted}
-            try:
-                await asyncio.to_thread(write_state, path, names, pins)
-            except OSError as exc:
-                why = f"the state file {path} could not be written ({exc.strerror or exc})"
-                first = not self._unsaved
-                self._unsaved = True
-                self.state_problem = why
-                log.error("%s; plugind keeps the intent in memory and writes it again at the next "
-                          "change and at shutdown", why)
-                if first:
-                    await self._audit("state", None, problem=why, action="not saved", loaded=names)
-                self._notify_changed()
-                return why
-            if self.state_problem is not None:
-                log.info("state file %s written again: %s", path, names)
-                await self._audit("state", None, action="saved", loaded=names)
-                self.state_problem = None
-                self._notify_changed()
-            self._unsaved = False
+            done, result = self._last_write
+            if done > called_after:
+                return result  # written (or failed) together with the change of another caller
+            self._snapshots += 1
+            snapshot = self._snapshots
+            result = await self._write_intent()
+            self._last_write = (snapshot, result)
+            return result
+
+    async def _write_intent(self) -> str | None:
+        # `persist`'s write, under its lock: None once written, else why not (logged and audited).
+        if self._wanted is None:
             return None
+        path = Path(self.settings.plugins.state_file)
+        names = list(self._wanted)
+        pins = {n: v for n, v in self._pins.items() if n in self._wanted}
+        try:
+            await asyncio.to_thread(write_state, path, names, pins)
+        except OSError as exc:
+            why = f"the state file {path} could not be written ({exc.strerror or exc})"
+            first = not self._unsaved
+            self._unsaved = True
+            self.state_problem = why
+            log.error("%s; plugind keeps the intent in memory and writes it again at the next "
+                      "change and at shutdown", why)
+            if first:
+                await self._audit("state", None, problem=why, action="not saved", loaded=names)
+            self._notify_changed()
+            return why
+        if self.state_problem is not None:
+            log.info("state file %s written again: %s", path, names)
+            await self._audit("state", None, action="saved", loaded=names)
+            self.state_problem = None
+            self._notify_changed()
+        self._unsaved = False
+        return None
 
 
 def failure_reason(exc: PluginError) -> str:
