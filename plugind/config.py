@@ -123,6 +123,8 @@ class SupervisorSection(_Section):
     backoff_initial_secs: float = Field(0.1, ge=0)
     backoff_max_secs: float = Field(30.0, ge=0)
     max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # Fork-servers starting plugins side by side (plugind/host/launchers.py); 0: one per CPU, at most 4.
+    fork_servers: int = Field(0, ge=0, le=16)
     # After answering a call that came soon after the previous one, a plugin polls its socket this
     # long before it sleeps (see docs/internals.md, "Adaptive spin"); 0 = always sleep.
     spin_us: int = Field(200, ge=0, le=1000)

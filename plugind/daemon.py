@@ -36,6 +36,7 @@ from plugind.errors import ConfigError, PluginError
 from plugind.host.budgets import api_context_budget
 from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
+from plugind.host.launchers import LauncherPool, new_launcher
 from plugind.host.loader import PluginLoader
 from plugind.host.registry import PluginRegistry
 from plugind.host.supervisor import Supervisor
@@ -152,7 +153,7 @@ class Daemon:
     def __init__(self, settings: Settings, *, token: str | None = None) -> None:
         self.settings = settings
         self.token = token
-        self.launcher: Launcher | None = None
+        self.launcher: Launcher | LauncherPool | None = None
         self.registry: PluginRegistry | None = None
         self.monitor: ResourceMonitor | None = None
         self._startup: asyncio.Task[None] | None = None
@@ -167,7 +168,7 @@ class Daemon:
         check_exposure(settings, self.token)
         check_trust_key(settings)  # fail closed: no trust key, no start (unless the policy needs none)
         # The fork-server must exist before this process starts any thread.
-        self.launcher = Launcher()
+        self.launcher = new_launcher(settings.supervisor.fork_servers)
         await self.launcher.start()
         try:
             return await self._serve()
@@ -186,7 +187,7 @@ class Daemon:
             # On cgroup v2 the daemon and fork-server move into <own cgroup>/daemon and plugin groups
             # go under <own cgroup>/<parent>; every plan built from now on uses that parent.
             cg = settings.sandboxing.cgroups
-            ours = [os.getpid(), *([self.launcher.proc.pid] if self.launcher.proc else [])]
+            ours = [os.getpid(), *(p.pid for p in _servers(self.launcher))]
             cg.parent = await asyncio.to_thread(effective_parent, cg.backend, cg.parent, ours)
             removed = await asyncio.to_thread(cleanup_stale, cg.parent)
             if removed:
@@ -269,16 +270,17 @@ class Daemon:
         # WATCHDOG=1 from the event loop itself when systemd asks (WatchdogSec): a stalled loop
         # stops the pings and gets the daemon restarted.
         watchdog = sdnotify.start_watchdog()
-        forkserver = self._watch_forkserver()
+        forkservers = self._watch_forkservers()
         try:
             yield
         finally:
             self.stopping(0)
             if watchdog is not None:
                 watchdog.cancel()
-            if forkserver is not None:
-                asyncio.get_running_loop().remove_reader(forkserver)
-                os.close(forkserver)
+            for fd in forkservers:
+                with contextlib.suppress(ValueError, OSError):  # one that died is no longer watched
+                    asyncio.get_running_loop().remove_reader(fd)
+                os.close(fd)
             if not self._startup.done():
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -286,18 +288,18 @@ class Daemon:
             await self.registry.shutdown()  # stops the monitor first
             log.info("all plugins stopped")
 
-    def _watch_forkserver(self) -> int | None:
-        # A pidfd turns readable when the fork-server exits: no thread, no polling.
-        proc = self.launcher.proc if self.launcher is not None else None
-        if proc is None:
-            return None
-        try:
-            fd = os.pidfd_open(proc.pid)
-        except OSError as exc:
-            log.warning("cannot watch the fork-server (pidfd_open: %s)", exc.strerror)
-            return None
-        asyncio.get_running_loop().add_reader(fd, self._forkserver_died, fd)
-        return fd
+    def _watch_forkservers(self) -> list[int]:
+        # A pidfd turns readable when a fork-server exits: no thread, no polling.
+        fds = []
+        for proc in _servers(self.launcher):
+            try:
+                fd = os.pidfd_open(proc.pid)
+            except OSError as exc:
+                log.warning("cannot watch the fork-server (pidfd_open: %s)", exc.strerror)
+                continue
+            asyncio.get_running_loop().add_reader(fd, self._forkserver_died, fd)
+            fds.append(fd)
+        return fds
 
     def _forkserver_died(self, fd: int) -> None:
         asyncio.get_running_loop().remove_reader(fd)
@@ -337,6 +339,13 @@ class Daemon:
         if status != self._status:
             self._status = status
             sdnotify.notify(f"STATUS={status}")
+
+
+def _servers(launcher: Launcher | LauncherPool | None) -> list[Any]:
+    """The fork-server processes of `launcher` (one, or each of a pool's)."""
+    if isinstance(launcher, LauncherPool):
+        return launcher.procs
+    return [launcher.proc] if launcher is not None and launcher.proc is not None else []
 
 
 async def _probe_listener(settings: Settings, registry: PluginRegistry) -> asyncio.Server:
