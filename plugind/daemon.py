@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -170,6 +171,8 @@ class Daemon:
         # The fork-server must exist before this process starts any thread.
         self.launcher = new_launcher(settings.supervisor.fork_servers)
         await self.launcher.start()
+        # After the fork-servers started: they, and so the plugins, keep the limit they were given.
+        raise_fd_limit()
         try:
             return await self._serve()
         finally:
@@ -339,6 +342,37 @@ class Daemon:
         if status != self._status:
             self._status = status
             sdnotify.notify(f"STATUS={status}")
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (never the hard limit itself), and
+    return the soft limit now in force.
+
+    The daemon holds an fd per plugin (its channel) beside the API's connections and the log and
+    audit files: 1,000 plugins need more than the usual soft limit of 1,024, and running out fails
+    loads, accepts and log writes alike. Only this process: the fork-servers (started before) and
+    the plugins they fork keep the limit they were given.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY or target > _nr_open():
+        target = _nr_open()
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+            return soft
+        log.debug("open-files limit raised from %d to %d", soft, target)
+        return target
+    return soft
+
+
+def _nr_open() -> int:
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 def _servers(launcher: Launcher | LauncherPool | None) -> list[Any]:

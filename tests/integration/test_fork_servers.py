@@ -3,6 +3,7 @@ the death of any one of them stops the daemon with status 1, taking every plugin
 
 from __future__ import annotations
 
+import resource
 import threading
 from collections.abc import Callable
 
@@ -47,3 +48,26 @@ def test_loads_use_every_fork_server_and_losing_one_stops_the_daemon(
     _gone, left = psutil.wait_procs(children, timeout=10)
     assert not [p for p in left if alive(p.pid)]
     assert "the fork-server died; shutting down with status 1" in daemon.log()
+
+
+def _nofile(pid: int) -> tuple[int, int]:
+    soft, hard = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+    return soft, hard
+
+
+def test_the_daemon_raises_its_own_open_files_limit_and_only_its_own(
+    ws: Workspace, daemon_factory: Factory
+) -> None:
+    # It holds an fd per plugin: a soft limit of 1,024 would end a daemon of 1,000 plugins.
+    ws.add(echo("limits"))
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 4096))
+
+    daemon = daemon_factory(ws, preexec_fn=low_soft_limit)
+    assert _nofile(daemon.proc.pid) == (4096, 4096)
+    servers = [p for p in daemon.tree() if "plugind.host.forkserver" in " ".join(p.cmdline())]
+    assert servers and all(_nofile(s.pid) == (512, 4096) for s in servers)
+    plugin = daemon.plugin("limits")["pid"]
+    assert _nofile(plugin) == (512, 4096)  # what the plugins get is unchanged
+    assert daemon.stop() == 0
