@@ -14,8 +14,13 @@ Starts `plugind serve` (the integration tests' workspace: real signed and truste
 3. with all loaded and each called once: `/metrics` render time (p50 of 20), `/health` p50/p99
    (500 probes), hook
    latency to one plugin (the first and the last loaded) next to the 1-plugin figure;
-4. daemon RSS (and of its fork-server), per-plugin USS (median of 20 plugins), pids, fds and
-   cgroups in use next to their limits, and the first resource to run out, if one did.
+4. daemon RSS (and of its fork-servers), per-plugin USS (median of 20 plugins), pids, fds and
+   cgroups in use next to their limits, and the first resource to run out, if one did;
+5. the CPU a load costs (the daemon, its fork-servers, the plugin itself) and the daemon's CPU when
+   idle with N plugins loaded (heartbeats, the resource monitor), with its threads.
+
+The 1-plugin hook figure is taken after 100 warm-up calls, like the N-plugin ones (which run after
+every plugin was called once), so both compare warm paths.
 
 Needs root for the sandbox. Cleans up: the daemon unloads every plugin when it stops, every process
 it started is reaped, and its cgroup parent is removed. Targets (issue 10): all loaded < 15 s,
@@ -80,6 +85,29 @@ def timed_get(client: httpx.Client, path: str, n: int) -> tuple[list[float], int
     return out, size
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+def memory_cgroups() -> int | None:
+    """Memory cgroups on the machine (/proc/cgroups), or None when it does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/cgroups").read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] == "memory":
+                return int(fields[2])
+    return None
+
+
+# The kernel numbers memory cgroups with 16-bit ids (MEM_CGROUP_ID_MAX): at most 65,535 at once,
+# dying ones included, on cgroup v1 and v2 alike.
+MEMCG_ID_MAX = 65535
+
+
 def count_cgroups(pids: set[int]) -> int:
     """Distinct cgroups (v2 paths, or v1 lines) the plugins `pids` are in."""
     groups = set()
@@ -138,6 +166,7 @@ def main() -> int:
                 reply = client.post("/api/plugins/load", json={"plugin_name": names[0]})
                 assert reply.status_code == 200, reply.text
                 loaded.append(names[0])
+                hook_latency(client, "h0", 100)  # warm-up, as the N-plugin figures are taken warm
                 one = hook_latency(client, "h0")
                 one_health, _ = timed_get(client, "/health", 200)
                 one_metrics, one_size = timed_get(client, "/metrics", 20)
@@ -145,6 +174,10 @@ def main() -> int:
             todo = iter(names[1:])
             lock = threading.Lock()
             mem_start = mem_available_mb()
+            dproc = psutil.Process(daemon.proc.pid)
+            servers = dproc.children()  # the fork-servers (the plugins are their children)
+            cpu_daemon0 = cpu_seconds(dproc)
+            cpu_servers0 = sum(cpu_seconds(k) for k in servers)
             t_load = time.perf_counter()
             deadline = time.monotonic() + args.time_limit
 
@@ -182,11 +215,19 @@ def main() -> int:
                 t.join()
             load_s = time.perf_counter() - t_load
             n = len(loaded)
+            cpu_daemon = cpu_seconds(dproc) - cpu_daemon0
+            cpu_servers = sum(cpu_seconds(k) for k in servers) - cpu_servers0
             print(f"loaded {n} of {args.count} in {load_s:.2f} s ({args.clients} clients; "
                   f"{load_s / max(n - 1, 1) * 1e3:.1f} ms per plugin)  target < 15 s for 1,000: "
                   f"{'met' if n == 1000 and load_s < 15 else ('MISSED' if n >= 1000 else 'n/a')}")
             if stop_reason:
                 print(f"stopped loading: {stop_reason}")
+            plugin_procs = [k for k in dproc.children(recursive=True) if k not in servers]
+            cpu_plugins = sum(cpu_seconds(k) for k in plugin_procs)
+            per = max(n - 1, 1)
+            print(f"CPU per load: daemon {cpu_daemon / per * 1e3:.1f} ms, fork-servers "
+                  f"{cpu_servers / per * 1e3:.1f} ms ({len(servers)} of them), the plugin "
+                  f"{cpu_plugins / max(len(plugin_procs), 1) * 1e3:.1f} ms")
 
             with daemon.client() as client:
                 # Every plugin answers once: each has its hook series in /metrics, as in use.
@@ -217,6 +258,11 @@ def main() -> int:
                       f"{ratio:.2f}x  target <= 1.2x: {'met' if ratio <= 1.2 else 'MISSED'}")
 
             proc = psutil.Process(daemon.proc.pid)
+            c0, t0 = cpu_seconds(proc), time.perf_counter()
+            time.sleep(5.0)
+            idle = (cpu_seconds(proc) - c0) / (time.perf_counter() - t0)
+            print(f"daemon CPU idle with {n} plugins: {idle * 100:.1f} % of a CPU "
+                  f"({proc.num_threads()} threads; heartbeats and the resource monitor)")
             rss = proc.memory_info().rss
             kids = proc.children(recursive=True)
             plugin_pids = {p["pid"] for p in listing if p.get("pid")}
@@ -231,7 +277,7 @@ def main() -> int:
             tasks = len(list(Path("/proc").glob("[0-9]*")))
             pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
             print(f"daemon RSS {rss / 2**20:.0f} MiB ({rss / max(n, 1) / 1024:.0f} KiB per plugin); "
-                  f"its other children (fork-server): "
+                  f"its other children (fork-servers): "
                   f"{', '.join(f'{k.memory_info().rss / 2**20:.0f} MiB' for k in others) or 'none'}")
             if uss:
                 print(f"per-plugin USS median {statistics.median(uss) / 2**20:.1f} MiB "
@@ -245,6 +291,10 @@ def main() -> int:
                 "daemon fds": (soft_fds - fds) / max(fds / max(n, 1), 1e-9),
                 "pids": (pid_max - tasks),
             }
+            memcgs = memory_cgroups()
+            if sandbox and memcgs is not None:
+                left["memory cgroups"] = MEMCG_ID_MAX - memcgs
+                print(f"memory cgroups on the machine {memcgs} of {MEMCG_ID_MAX} (kernel id space)")
             first_out = min(left, key=lambda k: left[k])
             print("room for more plugins by resource: "
                   + ", ".join(f"{k} ~{v:.0f}" for k, v in left.items())

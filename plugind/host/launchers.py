@@ -73,14 +73,13 @@ class LauncherPool:
         return all(m.sandbox_available for m in self.members)
 
     async def start(self) -> None:
-        """Start every fork-server (one after the other: before the daemon starts any thread).
+        """Start every fork-server, side by side (no thread: call it before the daemon starts any).
         Raises LoadError, with none left running, when one cannot start."""
-        try:
-            for member in self.members:
-                await member.start()
-        except BaseException:
+        results = await asyncio.gather(*(m.start() for m in self.members), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
             await self.close()
-            raise
+            raise failed
 
     def _pick(self, request: SpawnRequest) -> int:
         plan = request.plan or {}
