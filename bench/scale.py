@@ -6,7 +6,9 @@
 Starts `plugind serve` (the integration tests' workspace: real signed and trusted bundles) with
 `auto_load = false` and N echo plugins, plugin i handling hook `h{i}` only, and then:
 
-1. hook latency to one plugin with 1 plugin loaded (the 1-plugin figure);
+1. starts a second, reference daemon with 1 plugin loaded (the 1-plugin figures come from it,
+   measured at the end in blocks interleaved with the N-plugin ones, so that a burst of load
+   elsewhere on a shared machine hits both alike);
 2. loads the rest through `POST /api/plugins/load` from `--clients` keep-alive clients at once,
    stopping at the first refused load, at `--time-limit` seconds, or when the machine's
    MemAvailable falls under `--min-free-mb` (the machine is shared: the first resource to run out
@@ -19,8 +21,8 @@ Starts `plugind serve` (the integration tests' workspace: real signed and truste
 5. the CPU a load costs (the daemon, its fork-servers, the plugin itself) and the daemon's CPU when
    idle with N plugins loaded (heartbeats, the resource monitor), with its threads.
 
-The 1-plugin hook figure is taken after 100 warm-up calls, like the N-plugin ones (which run after
-every plugin was called once), so both compare warm paths.
+Every hook figure is taken warm (100 calls to the reference plugin first; the N plugins were each
+called once).
 
 Needs root for the sandbox. Cleans up: the daemon unloads every plugin when it stops, every process
 it started is reaped, and its cgroup parent is removed. Targets (issue 10): all loaded < 15 s,
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -83,6 +86,14 @@ def timed_get(client: httpx.Client, path: str, n: int) -> tuple[list[float], int
         assert reply.status_code == 200, reply.text
         size = len(reply.content)
     return out, size
+
+
+def drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -147,29 +158,33 @@ def main() -> int:
         print(f"{args.count} signed bundles made in {time.perf_counter() - t0:.1f} s "
               f"(sandbox {'on' if sandbox else 'off'}; CPUs {sorted(os.sched_getaffinity(0))}; "
               f"the machine may be shared)")
-        daemon = start(ws)
-        # Drain sd_notify: a full socket nobody reads blocks the daemon's sendto (STATUS= per load).
-        daemon.notify.settimeout(None)
-
-        def drain() -> None:
-            try:
-                while daemon.notify.recv(4096):
-                    pass
-            except OSError:
-                pass
-
-        threading.Thread(target=drain, daemon=True).start()
+        ref_ws = Workspace(Path(tmp) / "reference", sandboxing=sandbox, auto_load=False)
+        ref_parent = f"/plugind-bench-scale-ref-{os.getpid()}"
+        if sandbox:
+            ref_ws.extra_config = f'[sandboxing.cgroups]\nparent = "{ref_parent}"\n'
+        ref_ws.extra_config += args.config.replace("\\n", "\n") + "\n"
+        ref_ws.add(plugin_source(names[0], {"h0": (0, "return data")}))
+        ref = start(ref_ws)
+        try:
+            daemon = start(ws)
+        except BaseException:
+            reap(ref)
+            raise
+        for d in (ref, daemon):
+            # Drain sd_notify: a full socket nobody reads blocks the daemon's sendto (STATUS= per load).
+            d.notify.settimeout(None)
+            threading.Thread(target=drain, args=(d.notify,), daemon=True).start()
         stop_reason: str | None = None
         loaded: list[str] = []
         try:
+            with ref.client() as client:
+                reply = client.post("/api/plugins/load", json={"plugin_name": names[0]})
+                assert reply.status_code == 200, reply.text
+                hook_latency(client, "h0", 100)  # warm-up, as the N-plugin figures are taken warm
             with daemon.client() as client:
                 reply = client.post("/api/plugins/load", json={"plugin_name": names[0]})
                 assert reply.status_code == 200, reply.text
                 loaded.append(names[0])
-                hook_latency(client, "h0", 100)  # warm-up, as the N-plugin figures are taken warm
-                one = hook_latency(client, "h0")
-                one_health, _ = timed_get(client, "/health", 200)
-                one_metrics, one_size = timed_get(client, "/metrics", 20)
 
             todo = iter(names[1:])
             lock = threading.Lock()
@@ -229,20 +244,31 @@ def main() -> int:
                   f"{cpu_servers / per * 1e3:.1f} ms ({len(servers)} of them), the plugin "
                   f"{cpu_plugins / max(len(plugin_procs), 1) * 1e3:.1f} ms")
 
-            with daemon.client() as client:
+            with daemon.client() as client, ref.client() as ref_client:
                 # Every plugin answers once: each has its hook series in /metrics, as in use.
                 t_all = time.perf_counter()
                 for name in loaded:
                     hook_latency(client, f"h{names.index(name)}", 1)
                 print(f"every loaded plugin called once in {time.perf_counter() - t_all:.2f} s")
-                metrics_t, size = timed_get(client, "/metrics", 20)
-                health_t, _ = timed_get(client, "/health", 500)
                 last_hook = f"h{names.index(loaded[-1])}"
+                one: list[float] = []
                 first: list[float] = []
                 last: list[float] = []
-                for _ in range(3):  # interleaved blocks: a burst of load elsewhere hits both alike
-                    first += hook_latency(client, "h0", 100)
-                    last += hook_latency(client, last_hook, 100)
+                one_health: list[float] = []
+                health_t: list[float] = []
+                one_metrics: list[float] = []
+                metrics_t: list[float] = []
+                one_size = size = 0
+                for _ in range(5):  # interleaved blocks: a burst of load elsewhere hits both alike
+                    one += hook_latency(ref_client, "h0", 60)
+                    first += hook_latency(client, "h0", 60)
+                    last += hook_latency(client, last_hook, 60)
+                    t, one_size = timed_get(ref_client, "/metrics", 4)
+                    one_metrics += t
+                    t, size = timed_get(client, "/metrics", 4)
+                    metrics_t += t
+                    one_health += timed_get(ref_client, "/health", 100)[0]
+                    health_t += timed_get(client, "/health", 100)[0]
                 listing = client.get("/api/plugins").json()
             base = statistics.median(one)
             print(f"{'':<30} {'1 plugin':>12} {f'{n} plugins':>14}")
@@ -304,12 +330,15 @@ def main() -> int:
                   + f"; the first to run out: {first_out}"
                   + (f" (it did: {stop_reason})" if stop_reason else ""))
             assert daemon.stop(timeout=max(60.0, n * 0.1)) == 0, "the daemon did not stop cleanly"
+            assert ref.stop() == 0, "the reference daemon did not stop cleanly"
         finally:
             reap(daemon)
+            reap(ref)
             if sandbox:
                 from plugind.sandbox.cgroups import remove_tree
 
                 remove_tree(parent)
+                remove_tree(ref_parent)
     return 0
 
 
