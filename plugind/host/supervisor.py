@@ -98,6 +98,9 @@ class _Incarnation:
     reading_paused: bool = False  # replies over the buffered_bytes budget: the plugin must read first
     paused: asyncio.Future[None] | None = None
     started: float = 0.0  # time.time() at spawn, to tell its kernel log records from older ones
+    # Invoke frames written while other calls are in flight wait here for the end of the loop turn
+    # and go out in one write (see Supervisor._cork); every other frame flushes them first.
+    corked: list[bytes] = field(default_factory=list)
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -414,7 +417,9 @@ class Supervisor:
                 waiters: set[asyncio.Future[Any]] = {fut, inc.paused}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not fut.done() and inc.transport is not None and not inc.transport.is_closing():
-                if len(frame) == 1:
+                if inc.corked or (len(pending) > 1 and len(frame) == 1):
+                    self._cork(inc, frame)
+                elif len(frame) == 1:
                     inc.transport.write(frame[0])
                 else:
                     inc.transport.writelines(frame)
@@ -422,7 +427,7 @@ class Supervisor:
                     sent = time.monotonic()
                     window = poll.window
                     # Not for a plugin on this CPU: it needs the CPU we would poll on.
-                    if window and self._plugin_cpu != getcpu():
+                    if window and len(pending) == 1 and self._plugin_cpu != getcpu():
                         poller = self._poller
                         if poller is None:
                             poller = self._poller = poller_for(loop)
@@ -511,7 +516,32 @@ class Supervisor:
     # ------------------------------------------------------------------ receiving
     def _send(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         if inc.transport is not None and not inc.transport.is_closing():
+            if inc.corked:
+                self._flush(inc)  # frames go out in the order they were made
             inc.transport.write(self._encoder.frame(msg))
+
+    def _cork(self, inc: _Incarnation, frame: tuple[bytes, ...]) -> None:
+        """Hold an invoke frame until the end of this loop turn, then write it with every other one
+        made meanwhile, in one write.
+
+        Only while other calls are in flight: with 8 calls in flight, the replies that come in one
+        read wake their callers in one loop turn, and their next calls (one write each, one wake-up
+        of the plugin each) go out together, read by the plugin in one receive. A lone call is
+        written at once, so a sequential caller waits for no loop turn."""
+        if not inc.corked:
+            asyncio.get_running_loop().call_soon(self._flush, inc)
+        inc.corked.extend(frame)
+
+    def _flush(self, inc: _Incarnation) -> None:
+        """Write the corked frames (nothing if already flushed, or once the connection is gone: the
+        calls they carry are failed by whoever closed it)."""
+        corked = inc.corked
+        if not corked:
+            return
+        transport = inc.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        corked.clear()
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
