@@ -60,6 +60,7 @@ SRC = REPO / "bench" / "peers"
 GOPATH_SYSTEM = "/usr/share/gocode"
 CPUS = sorted(os.sched_getaffinity(0))
 HOST_CPU, PLUGIN_CPU = CPUS[0], CPUS[-1]
+SPACED_GAP_S = 1e-3  # REST calls on one keep-alive connection come about this far apart
 SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
 PLUGIN = """
 from plugind.sdk import Plugin
@@ -204,6 +205,23 @@ async def measure_async(side: Side, call: Callable[[], Awaitable[object]], n: in
     side.rate8.append(n // 8 * 8 / (time.perf_counter() - t0))
 
 
+async def measure_spaced(side: Side, call: Callable[[], Awaitable[object]], n: int, gap_s: float,
+                         plugin_pid: int) -> None:
+    """The plugin's CPU per call for calls `gap_s` apart (as REST calls on one connection come): the
+    plugin's poll window stays at 0 and it sleeps between calls, so each call pays its wake-up.
+    The gap is a busy wait (timers are too coarse): the host's CPU is not reported."""
+    c0 = cpu_ns(plugin_pid)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await call()
+        side.lat.append(time.perf_counter() - t0)
+        until = t0 + gap_s
+        while time.perf_counter() < until:
+            pass
+    side.plugin_cpu += (cpu_ns(plugin_pid) - c0) / 1e9
+    side.cpu_calls += n
+
+
 def idle_cpu(pid: int, seconds: float = 1.0) -> float:
     """CPU seconds per second `pid` burns while nobody calls it."""
     c0 = cpu_ns(pid)
@@ -294,6 +312,8 @@ async def run(args: argparse.Namespace) -> int:
                                        ("invoke", "plugind Supervisor.invoke"),
                                        ("nopoll", "plugind hooks.execute, no poll"),
                                        ("rest", "plugind REST"))}
+    # The public path with calls as far apart as REST calls come (not a row: CPU of the plugin only).
+    spaced = Side("plugind hooks.execute, spaced")
     # The same public path with polling off on both sides: what polling buys, and what it costs.
     quiet = Settings()
     quiet.sandboxing.enabled = False
@@ -366,6 +386,7 @@ async def run(args: argparse.Namespace) -> int:
             if rest is not None:
                 pids = (rest.daemon.proc.pid, rest.pid)
                 measure_sync(sides["rest"], rest.call, max(n // 5, 100), pids)
+            await measure_spaced(spaced, public, max(n // 10, 100), SPACED_GAP_S, sup.pid)
         # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
         sides["rest"].rate8 = sides["rest"].rate1[:] if sides["rest"].rate1 else []
 
@@ -388,6 +409,10 @@ async def run(args: argparse.Namespace) -> int:
             idle["go-plugin plugin"] = idle_cpu(go.plugin_pid)
         print("idle CPU, 1 s after the last call: " +
               ", ".join(f"{k} {v * 1e3:.2f} ms/s" for k, v in idle.items()))
+        print(f"plugin CPU per call, calls {SPACED_GAP_S * 1e3:g} ms apart (as REST calls come; the plugin "
+              f"sleeps between them, its poll window at 0): library {spaced.cpu()[1] * 1e6:.1f} us, "
+              f"p50 {spaced.p50() * 1e6:.1f} us" + (f"; REST {sides['rest'].cpu()[1] * 1e6:.1f} us"
+                                                    if sides["rest"].lat else ""))
         pol, nop = sides["public"], sides["nopoll"]
         print(f"polling: p50 {nop.p50() * 1e6:.1f} -> {pol.p50() * 1e6:.1f} us for CPU per call "
               f"(host + plugin) {sum(nop.cpu()) * 1e6:.1f} -> {sum(pol.cpu()) * 1e6:.1f} us")

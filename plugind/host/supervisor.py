@@ -98,6 +98,9 @@ class _Incarnation:
     reading_paused: bool = False  # replies over the buffered_bytes budget: the plugin must read first
     paused: asyncio.Future[None] | None = None
     started: float = 0.0  # time.time() at spawn, to tell its kernel log records from older ones
+    # Invoke frames written while other calls are in flight wait here for the end of the loop turn
+    # and go out in one write (see Supervisor._cork); every other frame flushes them first.
+    corked: list[bytes] = field(default_factory=list)
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -389,8 +392,13 @@ class Supervisor:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.message}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         pending = inc.pending
+        # The frame goes out first, the bookkeeping below (all before this call's first await)
+        # while the plugin works: a reply is read in a later loop turn, so it finds the call set up.
+        written = inc.paused is None
+        if written:
+            self._write(inc, frame, bool(pending))
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         pending[call_id] = fut
         when = loop.time() + timeout_s
         inc.deadlines[call_id] = when
@@ -409,25 +417,25 @@ class Supervisor:
             inc.expiry_timer = loop.call_at(when, self._expire_due, inc)
         poll, sent, polling, window = self._host_poll, 0.0, False, 0.0
         try:
-            if inc.paused is not None:
+            if not written:
                 # The plugin is not reading: wait for room, but never past this call's deadline.
-                waiters: set[asyncio.Future[Any]] = {fut, inc.paused}
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if not fut.done() and inc.transport is not None and not inc.transport.is_closing():
-                if len(frame) == 1:
-                    inc.transport.write(frame[0])
-                else:
-                    inc.transport.writelines(frame)
-                if poll.budget:
-                    sent = time.monotonic()
-                    window = poll.window
-                    # Not for a plugin on this CPU: it needs the CPU we would poll on.
-                    if window and self._plugin_cpu != getcpu():
-                        poller = self._poller
-                        if poller is None:
-                            poller = self._poller = poller_for(loop)
-                        poller.begin(window)
-                        polling = True
+                if inc.paused is not None:
+                    waiters: set[asyncio.Future[Any]] = {fut, inc.paused}
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if not fut.done() and inc.transport is not None and not inc.transport.is_closing():
+                    self._write(inc, frame, len(pending) > 1)
+                    written = True
+            if written and poll.budget:
+                sent = time.monotonic()
+                window = poll.window
+                # Not for a plugin on this CPU: it needs the CPU we would poll on. Not while other
+                # calls are in flight either: their answers keep the loop busy.
+                if window and len(pending) == 1 and self._plugin_cpu != getcpu():
+                    poller = self._poller
+                    if poller is None:
+                        poller = self._poller = poller_for(loop)
+                    poller.begin(window)
+                    polling = True
             reply = await fut
         finally:
             pending.pop(call_id, None)
@@ -511,7 +519,41 @@ class Supervisor:
     # ------------------------------------------------------------------ receiving
     def _send(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         if inc.transport is not None and not inc.transport.is_closing():
+            if inc.corked:
+                self._flush(inc)  # frames go out in the order they were made
             inc.transport.write(self._encoder.frame(msg))
+
+    def _write(self, inc: _Incarnation, frame: tuple[bytes, ...], others: bool) -> None:
+        """Write an invoke frame (the transport is open): corked while `others` calls are in flight."""
+        if inc.corked or (others and len(frame) == 1):
+            self._cork(inc, frame)
+        elif len(frame) == 1:
+            inc.transport.write(frame[0])  # type: ignore[union-attr]  # checked open by the caller
+        else:
+            inc.transport.writelines(frame)  # type: ignore[union-attr]
+
+    def _cork(self, inc: _Incarnation, frame: tuple[bytes, ...]) -> None:
+        """Hold an invoke frame until the end of this loop turn, then write it with every other one
+        made meanwhile, in one write.
+
+        Only while other calls are in flight: with 8 calls in flight, the replies that come in one
+        read wake their callers in one loop turn, and their next calls (one write each, one wake-up
+        of the plugin each) go out together, read by the plugin in one receive. A lone call is
+        written at once, so a sequential caller waits for no loop turn."""
+        if not inc.corked:
+            asyncio.get_running_loop().call_soon(self._flush, inc)
+        inc.corked.extend(frame)
+
+    def _flush(self, inc: _Incarnation) -> None:
+        """Write the corked frames (nothing if already flushed, or once the connection is gone: the
+        calls they carry are failed by whoever closed it)."""
+        corked = inc.corked
+        if not corked:
+            return
+        transport = inc.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        corked.clear()
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
@@ -525,6 +567,8 @@ class Supervisor:
                 self._plugin_cpu = msg.get("cpu")
                 if not fut.done():
                     fut.set_result(msg)
+                    if self._poller is not None:
+                        self._poller.answered()
                 return
         try:
             kind = m.check_from_plugin(msg)

@@ -112,3 +112,34 @@ def test_loop_poller_polls_every_turn_while_a_call_is_in_flight_within_its_windo
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         assert runner.run(main()) == [0, 50, 50, 70, 100, 100, 100]
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS.values(), ids=LOOPS.keys())
+def test_the_round_after_an_answer_does_not_yield(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between reading an answer and running its caller the poller's round comes first: it skips
+    # its sched_yield then, and yields again from the round after.
+    clock = Clock()
+    monkeypatch.setattr(poll, "time", SimpleNamespace(monotonic=clock))
+    yielded: list[int] = []
+    monkeypatch.setattr(poll, "os", SimpleNamespace(sched_yield=lambda: yielded.append(1)))
+
+    async def main() -> list[tuple[int, int]]:
+        poller = LoopPoller(asyncio.get_running_loop())
+        seen = []
+        poller.answered()  # not polling: nothing to skip later
+        poller.begin(0.005)
+        await turns(10)
+        seen.append((poller.rounds, len(yielded)))
+        poller.answered()
+        await turns(1)
+        seen.append((poller.rounds, len(yielded)))  # that round did not yield
+        await turns(5)
+        seen.append((poller.rounds, len(yielded)))  # the later ones do
+        poller.end()
+        await turns(3)
+        seen.append((poller.rounds, poller.yields))
+        return seen
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(main()) == [(10, 10), (11, 10), (16, 15), (16, 15)]

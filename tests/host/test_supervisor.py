@@ -284,6 +284,73 @@ def test_start_invoke_many_in_flight_context_and_clean_stop(tmp_path: Path) -> N
     run(tmp_path, body)
 
 
+def test_calls_made_in_one_loop_turn_go_out_together_and_each_gets_its_own_answer(tmp_path: Path) -> None:
+    # With other calls in flight, an invoke frame waits for the end of the loop turn and goes out
+    # with the others made meanwhile (one write): flushed by the loop itself, with nothing else to
+    # do, and every call still answered with its own result.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        inc = sup._inc
+        assert inc is not None
+        tasks = [asyncio.create_task(sup.invoke("echo", i, 5)) for i in range(8)]
+        await asyncio.sleep(0)  # each task runs up to its await: the first written, the rest corked
+        assert len(inc.corked) == 7
+        assert await asyncio.wait_for(asyncio.gather(*tasks), 60) == list(range(8))
+        assert inc.corked == [] and inc.pending == {}
+        assert await sup.invoke("echo", "alone", 5) == "alone"  # a lone call is written at once
+        await sup.stop()
+        assert rig.events == []
+
+    run(tmp_path, body)
+
+
+def test_a_corked_call_can_be_cancelled(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        inc = sup._inc
+        assert inc is not None
+        first = asyncio.create_task(sup.invoke("echo", "a", 5))
+        second = asyncio.create_task(sup.invoke("echo", "b", 5))
+        await asyncio.sleep(0)
+        assert len(inc.corked) == 1
+        second.cancel()
+        assert await first == "a"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert inc.pending == {} and inc.deadlines == {}
+        # Its frame went out with the turn and its answer, when it comes, is dropped as late: the
+        # plugin broke no rule and serves the next calls.
+        assert await sup.invoke("echo", "c", 5) == "c"
+        assert await asyncio.gather(*(sup.invoke("echo", i, 5) for i in range(16))) == list(range(16))
+        await sup.stop()
+        assert rig.events == [] and sup.last_exit is not None and sup.last_exit.code == 0
+
+    run(tmp_path, body)
+
+
+def test_a_frame_sent_after_corked_calls_goes_after_them(tmp_path: Path) -> None:
+    # A frame the supervisor sends while calls made in this loop turn are still corked (here the
+    # `shutdown` that stop() sends) must reach the plugin after them: it answers them, then shuts
+    # down; sent ahead, the plugin would exit without answering.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        inc = sup._inc
+        assert inc is not None
+        tasks = [asyncio.create_task(sup.invoke("echo", i, 5)) for i in range(4)]
+        await asyncio.sleep(0)
+        assert len(inc.corked) == 3
+        sup._send(inc, {"type": "shutdown", "reason": "test"})
+        assert inc.corked == []
+        assert await asyncio.wait_for(asyncio.gather(*tasks), 60) == list(range(4))
+        await sup.stop("test over")
+        assert (tmp_path / "good" / "unloaded.mark").read_text() == "bye"
+
+    run(tmp_path, body)
+
+
 async def _reported_poll_us(sup: Supervisor) -> int:
     """The poll budget the plugin says, in its first pong, it took from the welcome."""
     async with asyncio.timeout(20):  # the heartbeat pings every 0.05 s in these tests

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from plugind import __version__
@@ -105,6 +106,41 @@ def test_hook_calls_and_latency_histogram_values(names):
     assert s[("plugind_hook_duration_seconds_bucket", (*labels[:1], ("le", "0.0001"), labels[1]))] == 1
     assert s[("plugind_hook_duration_seconds_bucket", (*labels[:1], ("le", "0.0025"), labels[1]))] == 4
     assert s[("plugind_hook_duration_seconds_bucket", (*labels[:1], ("le", "+Inf"), labels[1]))] == 7
+
+
+def test_hook_observe_matches_prometheus_client_observe(names):
+    # observe_hook adds to the histogram's values directly (bisect, not Histogram.observe's scan):
+    # every bucket, the sum and the counts must be what prometheus_client's own calls would give,
+    # including values right on a bucket bound, zero, negative (as 0), NaN (as 0) and past the last.
+    (p,) = names()
+    registry = CollectorRegistry()
+    reference = Histogram("mt_reference_seconds", "reference", buckets=metrics.HOOK_BUCKETS,
+                          registry=registry)
+    values = [0.0, -1.0, float("nan"), 1e-9, 5e-5, 31.0, 1e9]
+    for bound in metrics.HOOK_BUCKETS:
+        values += [bound, bound * (1 - 1e-12), bound * (1 + 1e-12)]
+    for i, seconds in enumerate(values):
+        metrics.observe_hook("mt_exact", p, ("ok", "error", "timeout")[i % 3], seconds)
+        reference.observe(max(0.0, seconds))
+    s = scrape()
+    labels = (("hook", "mt_exact"), ("plugin", p))
+    ours = {k[1][1][1]: v for k, v in s.items()
+            if k[0] == "plugind_hook_duration_seconds_bucket" and k[1][0] == labels[0]
+            and k[1][2] == labels[1]}
+    theirs = {}
+    their_sum = None
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                theirs[sample.labels["le"]] = sample.value
+            elif sample.name.endswith("_sum"):
+                their_sum = sample.value
+    assert ours == theirs
+    assert s[("plugind_hook_duration_seconds_sum", labels)] == their_sum
+    assert s[("plugind_hook_duration_seconds_count", labels)] == len(values)
+    for i, outcome in enumerate(("ok", "error", "timeout")):
+        key = ("plugind_hook_calls_total", (("hook", "mt_exact"), ("outcome", outcome), ("plugin", p)))
+        assert s[key] == len(values[i::3])
 
 
 def test_violations_restarts_and_load_failures(names):

@@ -323,6 +323,9 @@ POLL_TABLE = {
     "late-call-resets": (1000, [*BURST[:5], 5000.0, 5000.0, 50.0, 50.0],
                          [0, 0, 0, 10, 20, 40, 80, 0, 0, 10, 20]),
     "all-late": (1000, [5000.0] * 6, [0] * 8),
+    # Calls 0.5-2 ms apart (REST calls on one connection) with the default budget: never polled for,
+    # so such a call costs the plugin no polling at all.
+    "sparse-rest-like": (200, [500.0, 1200.0, 800.0, 2000.0, 650.0, 1500.0], [0] * 8),
     # Budget 0 (what the host sends a plugin held to less than one CPU): never polls.
     "no-budget": (0, BURST, [0] * 9),
 }
