@@ -347,11 +347,15 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        before = self.cycle
         super().on_headers_complete()
         self._phase = "body"
         self._head_bytes = 0
-        if self._last_request() and self.cycle is not None:
-            self.cycle.keep_alive = False  # its response says `Connection: close`, then it closes
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            cycle.transport = _HeadWithBody(self.transport, cycle, self.loop)  # type: ignore[assignment]
+            if self._last_request():
+                cycle.keep_alive = False  # its response says `Connection: close`, then it closes
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -365,6 +369,48 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         super().on_response_complete()
         if self._phase == "head" and not self.transport.is_closing():
             self._follow()  # the next request's head has begun: its deadline runs
+
+
+class _HeadWithBody:
+    """The transport as one httptools response cycle sees it: its response head is held back until
+    the body's first write, so a reply sent at once (as the app sends one) leaves in one send(2), one
+    TCP segment, instead of two. A head whose body is late goes out at the loop's next turn; the
+    `100 Continue` interim reply (written before the response starts) is never held."""
+
+    __slots__ = ("_cycle", "_held", "_loop", "_transport", "_waiting")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._loop = loop
+        self._held: bytes | None = None
+        self._waiting = True  # for the response head
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._waiting and self._cycle.response_started:
+            self._waiting = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def parser_protocol(choice: str) -> type[_Guard]:

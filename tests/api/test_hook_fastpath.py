@@ -228,3 +228,41 @@ def test_what_the_fast_path_answers(ws: Workspace) -> None:
 )
 def test_what_the_fast_path_takes_as_it_is(body: bytes, expected: Any) -> None:
     assert parse_request(body) == expected
+
+
+def test_a_client_that_waits_for_100_continue_is_answered(ws: Workspace) -> None:
+    """The edge holds a response head back until its body (one send); the interim `100 Continue`
+    must still go out at once, or a client that waits for it before sending its body hangs."""
+    ws.add(plugin_source("echo", {"echo": (0, "return data")}))
+
+    async def main() -> None:
+        async with open_api(ws) as api:
+            app = create_app(api.registry, api.settings, token=TOKEN)
+            async with serve(app, api.settings) as url:
+                host, port = url.removeprefix("http://").split(":")
+
+                def exchange() -> tuple[bytes, bytes]:
+                    body = b'{"data": {"x": 1}}'
+                    with socket.create_connection((host, int(port)), timeout=10) as s:
+                        s.sendall(
+                            b"POST /api/hooks/echo/execute HTTP/1.1\r\nHost: x\r\n"
+                            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(body)
+                        )
+                        interim = s.recv(65536)
+                        s.sendall(body)
+                        reply = b""
+                        while b"}" not in reply.partition(b"\r\n\r\n")[2][-2:]:
+                            chunk = s.recv(65536)
+                            assert chunk, reply
+                            reply += chunk
+                        return interim, reply
+
+                interim, reply = await asyncio.to_thread(exchange)
+                assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+                head, _, body = reply.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 ")
+                assert json.loads(body)["data"] == {"x": 1}
+
+    asyncio.run(main())
