@@ -8,6 +8,7 @@ Nothing blocking runs on the event loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -148,6 +149,18 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+class PlugindAPI(FastAPI):
+    """FastAPI, with the hook-call fast path (if any) in front of all of it."""
+
+    fast_path: HookFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is not None:
+            await self.fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     registry: PluginRegistry,
     settings: Settings,
@@ -164,7 +177,7 @@ def create_app(
     when they are missing. `fast_hooks` False leaves hook calls to FastAPI alone (the reference
     the fast path is tested against).
     """
-    app = FastAPI(
+    app = PlugindAPI(
         title="plugind",
         version=__version__,
         description="Plugin host daemon: load signed plugins, fire hooks, read metrics.",
@@ -221,18 +234,18 @@ def create_app(
         )
 
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
-    if not fast_hooks:
-        return app
-    # Outermost: hook calls with nothing to refuse skip FastAPI's machinery (plugind/api/fastpath.py).
-    app.add_middleware(
-        HookFastPath,
-        registry=registry,
-        settings=settings,
-        auth=bearer,
-        max_body_bytes=settings.api.max_body_bytes,
-        error_reply=plugin_error_reply,
-    )
+    if fast_hooks:
+        # In front of everything, FastAPI's own layers included: hook calls with nothing to refuse
+        # skip its machinery (plugind/api/fastpath.py); the rest go on to FastAPI.
+        app.fast_path = HookFastPath(
+            functools.partial(FastAPI.__call__, app),
+            registry=registry,
+            settings=settings,
+            auth=bearer,
+            max_body_bytes=settings.api.max_body_bytes,
+            error_reply=plugin_error_reply,
+        )
     return app
 
 
-__all__ = ["BodyLimit", "create_app", "error_body", "plugin_error_reply", "status_for"]
+__all__ = ["BodyLimit", "PlugindAPI", "create_app", "error_body", "plugin_error_reply", "status_for"]

@@ -2,7 +2,8 @@
 
 The hook call is the API's hot path: FastAPI's routing, dependency solving, request and response
 models and the layers of middleware cost the daemon several times what the hook call itself does
-(bench/peers.py, REST row). `HookFastPath` is the outermost ASGI middleware of the app; it answers a
+(bench/peers.py, REST row). `HookFastPath` sits in front of the whole FastAPI app (its own
+middleware included: `app.PlugindAPI.__call__`); it answers a
 well-formed, authorized hook call itself and hands everything else to the FastAPI app, so the
 contract cannot drift:
 
@@ -99,7 +100,8 @@ def encode_reply(reply: dict[str, Any]) -> bytes:
 
 
 class HookFastPath:
-    """ASGI middleware: answers well-formed, authorized hook calls itself (see the module docstring)."""
+    """An ASGI app in front of `app` (FastAPI): answers well-formed, authorized hook calls itself and
+    hands everything else to `app` (see the module docstring)."""
 
     def __init__(
         self,
