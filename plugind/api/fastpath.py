@@ -34,7 +34,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from plugind.api.auth import BearerAuth
 from plugind.api.schemas import HOOK_PATTERN, jsonable
 from plugind.config import Settings
-from plugind.errors import PluginError
 from plugind.host.registry import PluginRegistry
 from plugind.logs import current_redactor
 from plugind.wire.limits import json_problem
@@ -181,10 +180,7 @@ class HookFastPath:
                 if holder.get("error") is not None:
                     holder["error"] = redactor.redact_value(holder["error"])
             code, payload = 200, encode_reply(reply)
-        except PluginError as exc:
-            code, answer = self.error_reply("POST", path, exc)
-            payload = _dumps(answer).encode("utf-8")
-        except Exception as exc:
+        except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
             code, answer = self.error_reply("POST", path, exc)
             payload = _dumps(answer).encode("utf-8")
         await send(
