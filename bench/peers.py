@@ -14,8 +14,9 @@ the plugin end on the last:
 - plugind `Supervisor.invoke`, the layer below;
 - plugind public path again with polling off on both sides (`spin_us = host_spin_us = 0`): what
   polling buys in latency and what it costs in CPU per call;
-- plugind REST: `POST /api/hooks/echo/execute` to a real `plugind serve` on one keep-alive client
-  (the client in this process, next to the daemon on the first CPU).
+- plugind REST: `POST /api/hooks/echo/execute` to a real `plugind serve` on one keep-alive
+  connection (the client in this process, next to the daemon on the first CPU), through http.client
+  (the row the targets read) and through httpx (the tests' client; its own CPU per call is printed).
 
 For each: p50 and p99 of sequential calls, calls/s with 1 and 8 in flight, CPU per call of the host
 and the plugin (every thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -250,6 +252,13 @@ class Rest:
         os.sched_setaffinity(self.daemon.proc.pid, {HOST_CPU})
         self.client = self.daemon.client()
         self.pid = 0
+        # The measuring client: http.client on one persistent connection, a few times leaner than
+        # httpx (whose own CPU per call, on the daemon's CPU, was most of the REST p50 it measured).
+        from conftest import TOKEN
+
+        self.lean = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
+        self.body = json.dumps({"data": SMALL}).encode()
+        self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
     def _drain(self) -> None:
         self.daemon.notify.settimeout(None)  # start() left a timeout on it for READY=1
@@ -275,13 +284,30 @@ class Rest:
         assert reply.status_code == 200, reply.text
 
     def call(self) -> None:
+        """One hook call through httpx (the client the tests use)."""
         reply = self.client.post("/api/hooks/echo/execute", json={"data": SMALL})
         assert reply.status_code == 200 and reply.json()["success"], reply.text
+
+    def call_lean(self) -> None:
+        """One hook call through http.client on a persistent connection; a connection the daemon
+        closed meanwhile (keep-alive timeout, max_requests_per_connection) is opened again."""
+        for attempt in (0, 1):
+            try:
+                self.lean.request("POST", "/api/hooks/echo/execute", self.body, self.headers)
+                reply = self.lean.getresponse()
+                text = reply.read()
+                break
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest):
+                self.lean.close()
+                if attempt:
+                    raise
+        assert reply.status == 200 and json.loads(text)["success"], text
 
     def close(self) -> None:
         from conftest import reap
 
         self.client.close()
+        self.lean.close()
         try:
             self.daemon.stop()
         finally:
@@ -311,7 +337,8 @@ async def run(args: argparse.Namespace) -> int:
     sides = {k: Side(v) for k, v in (("go", "go-plugin net/rpc"), ("public", "plugind hooks.execute"),
                                        ("invoke", "plugind Supervisor.invoke"),
                                        ("nopoll", "plugind hooks.execute, no poll"),
-                                       ("rest", "plugind REST"))}
+                                       ("rest", "plugind REST"),
+                                       ("rest-httpx", "plugind REST, httpx client"))}
     # The public path with calls as far apart as REST calls come (not a row: CPU of the plugin only).
     spaced = Side("plugind hooks.execute, spaced")
     # The same public path with polling off on both sides: what polling buys, and what it costs.
@@ -321,6 +348,7 @@ async def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="plugind-bench-peers-"))
     rest: Rest | None = None
     rest_sb: Rest | None = None
+    rest_client_cpu = {"rest": 0.0, "rest-httpx": 0.0}  # the bench process's CPU in REST blocks
     sup: Supervisor | None = None
     sup0: Supervisor | None = None
     try:
@@ -385,10 +413,14 @@ async def run(args: argparse.Namespace) -> int:
             await measure_async(sides["nopoll"], public0, n, (me, sup0.pid))
             if rest is not None:
                 pids = (rest.daemon.proc.pid, rest.pid)
-                measure_sync(sides["rest"], rest.call, max(n // 5, 100), pids)
+                for key, call in (("rest", rest.call_lean), ("rest-httpx", rest.call)):
+                    c0 = time.process_time()
+                    measure_sync(sides[key], call, max(n // 2, 100), pids)
+                    rest_client_cpu[key] += time.process_time() - c0
             await measure_spaced(spaced, public, max(n // 10, 100), SPACED_GAP_S, sup.pid)
         # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
-        sides["rest"].rate8 = sides["rest"].rate1[:] if sides["rest"].rate1 else []
+        for key in ("rest", "rest-httpx"):
+            sides[key].rate8 = sides[key].rate1[:] if sides[key].rate1 else []
 
         print()
         print(f"{'sequential, small payload':<31} {'p50 us':>8} {'p99 us':>8} {'1 in fl/s':>9} "
@@ -397,8 +429,11 @@ async def run(args: argparse.Namespace) -> int:
         for side in sides.values():
             print(side.row())
         if rest is not None:
-            print("  (REST: one synchronous keep-alive client; its '8 in flight' column repeats 1 in flight;"
-                  " host CPU is the daemon's, without the client's)")
+            print("  (REST: one synchronous keep-alive client on the daemon's CPU; its '8 in flight' column"
+                  " repeats 1 in flight; host CPU is the daemon's, without the client's)")
+            print("  (REST client CPU per call: " + ", ".join(
+                f"{k} {rest_client_cpu[k] / max(sides[k].cpu_calls, 1) * 1e6:.0f} us"
+                for k in ("rest", "rest-httpx")) + "; 'plugind REST' is http.client on one connection)")
 
         # Idle cost of polling: CPU per second of each plugin child once calls stop.
         idle = {"plugind plugin (library)": idle_cpu(sup.pid)}

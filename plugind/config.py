@@ -89,6 +89,8 @@ class ApiSection(_Section):
     keepalive_timeout_secs: float = Field(5.0, gt=0, le=3600)  # idle kept-alive connection
     max_requests_per_connection: int = Field(1000, ge=0)
     max_header_bytes: int = Field(16384, ge=1024, le=1024 * 1024)
+    # HTTP/1.1 parser: "auto" httptools (C) where installed, else h11 (pure Python, slower).
+    http_parser: Literal["auto", "httptools", "h11"] = "auto"
     # HOST:PORT of a listener for GET /health and /ready only (for probes); none by default.
     probe_listen: str | None = None
 

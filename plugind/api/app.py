@@ -8,6 +8,7 @@ Nothing blocking runs on the event loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugind import __version__
 from plugind.api.auth import BearerAuth
+from plugind.api.fastpath import HookFastPath
 from plugind.api.routes import audit as audit_routes
 from plugind.api.routes import context as context_routes
 from plugind.api.routes import hooks as hook_routes
@@ -72,6 +74,19 @@ def status_for(exc: PluginError) -> int:
 def error_body(message: str, error: str) -> dict[str, Any]:
     """The body of every error reply; its message redacted as the daemon log is."""
     return {"success": False, "message": redact(message), "error": error}
+
+
+def plugin_error_reply(method: str, path: str, exc: Exception) -> tuple[int, dict[str, Any]]:
+    """The status and body of the reply to a request that raised `exc` (logged when it is a 500)."""
+    if not isinstance(exc, PluginError):
+        # A bug: log it with its traceback, tell the client nothing about the internals.
+        log.error("%s %s: unexpected error", method, path, exc_info=exc)
+        return 500, error_body("internal error (see the daemon log)", "internal")
+    code = status_for(exc)
+    label = getattr(exc, "reason", None) or exc.code
+    if code == 500:
+        log.error("%s %s failed: %s", method, path, exc)
+    return code, error_body(exc.message, str(label))
 
 
 class BodyLimit:
@@ -134,6 +149,18 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+class PlugindAPI(FastAPI):
+    """FastAPI, with the hook-call fast path (if any) in front of all of it."""
+
+    fast_path: HookFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is not None:
+            await self.fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     registry: PluginRegistry,
     settings: Settings,
@@ -142,13 +169,15 @@ def create_app(
     monitor: Any = None,
     audit_log: Any = None,
     lifespan: Lifespan | None = None,
+    fast_hooks: bool = True,
 ) -> FastAPI:
     """Build the app. `token` None means /api/* is open (the daemon allows that on loopback only).
 
     `monitor` (a ResourceMonitor) and `audit_log` (an AuditLog) are optional; their endpoints say so
-    when they are missing.
+    when they are missing. `fast_hooks` False leaves hook calls to FastAPI alone (the reference
+    the fast path is tested against).
     """
-    app = FastAPI(
+    app = PlugindAPI(
         title="plugind",
         version=__version__,
         description="Plugin host daemon: load signed plugins, fire hooks, read metrics.",
@@ -159,7 +188,8 @@ def create_app(
     app.state.monitor = monitor
     app.state.audit_log = audit_log
 
-    auth = [Depends(BearerAuth(token))]
+    bearer = BearerAuth(token)
+    auth = [Depends(bearer)]
     app.include_router(system_routes.router)
     if settings.api.open_metrics:
         app.include_router(system_routes.metrics_router)
@@ -176,17 +206,13 @@ def create_app(
 
     @app.exception_handler(PluginError)
     async def _plugin_error(request: Request, exc: PluginError) -> JSONResponse:
-        code = status_for(exc)
-        label = getattr(exc, "reason", None) or exc.code
-        if code == 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body(exc.message, str(label)), status_code=code)
+        code, body = plugin_error_reply(request.method, request.url.path, exc)
+        return JSONResponse(body, status_code=code)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        # A bug: log it with its traceback, tell the client nothing about the internals.
-        log.error("%s %s: unexpected error", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body("internal error (see the daemon log)", "internal"), status_code=500)
+        code, body = plugin_error_reply(request.method, request.url.path, exc)
+        return JSONResponse(body, status_code=code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -208,7 +234,18 @@ def create_app(
         )
 
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    if fast_hooks:
+        # In front of everything, FastAPI's own layers included: hook calls with nothing to refuse
+        # skip its machinery (plugind/api/fastpath.py); the rest go on to FastAPI.
+        app.fast_path = HookFastPath(
+            functools.partial(FastAPI.__call__, app),
+            registry=registry,
+            settings=settings,
+            auth=bearer,
+            max_body_bytes=settings.api.max_body_bytes,
+            error_reply=plugin_error_reply,
+        )
     return app
 
 
-__all__ = ["BodyLimit", "create_app", "error_body", "status_for"]
+__all__ = ["BodyLimit", "PlugindAPI", "create_app", "error_body", "plugin_error_reply", "status_for"]

@@ -70,14 +70,18 @@ class BearerAuth:
     def __init__(self, token: str | None) -> None:
         self._token = token.encode() if token else None
 
+    def accepts(self, header: str) -> bool:
+        """Whether `header` (the first Authorization header, "" if none) lets a request in: always
+        when no token is set, else `Bearer <token>` compared in constant time."""
+        if self._token is None:
+            return True
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+
     # async, though it never awaits: FastAPI runs a plain-def dependency in its thread pool, a
     # thread hand-off per request that cost more than the whole hook call (bench/peers.py, REST).
     async def __call__(self, request: Request) -> None:
-        if self._token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+        if not self.accepts(request.headers.get("authorization", "")):
             raise HTTPException(
                 status_code=status.HTTP_401_UNAUTHORIZED,
                 detail="missing or wrong bearer token",

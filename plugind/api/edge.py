@@ -34,7 +34,16 @@ import h11
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:  # uvicorn's C-parser protocol; h11's (pure Python) is the fallback where httptools is missing
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    HAVE_HTTPTOOLS = True
+except ImportError:  # pragma: no cover
+    HAVE_HTTPTOOLS = False
+    HttpToolsProtocol = H11Protocol  # type: ignore[misc,assignment]  # a base never chosen (parser_protocol)
+
 from plugind.config import Settings
+from plugind.errors import ConfigError
 from plugind.monitor import metrics
 
 log = logging.getLogger("plugind.api")
@@ -90,6 +99,7 @@ class EdgeLimits:
     header_timeout: float
     body_timeout: float
     max_requests_per_connection: int
+    max_header_bytes: int = 16384
 
     @classmethod
     def from_settings(cls, settings: Settings, *, nofile: int | None = None, in_use: int = 0) -> EdgeLimits:
@@ -109,6 +119,7 @@ class EdgeLimits:
             header_timeout=api.header_timeout_secs,
             body_timeout=api.body_timeout_secs,
             max_requests_per_connection=api.max_requests_per_connection,
+            max_header_bytes=api.max_header_bytes,
         )
 
 
@@ -142,23 +153,23 @@ class EdgeState:
         metrics.http_connections(self.open)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the edge's limits (see the module docstring). Bind it to an
-    `EdgeState` with `protocol_class(state)`; uvicorn makes one instance per connection."""
+class _Guard:
+    """The edge's limits, common to both protocols below; `_pending()` says what the connection
+    waits for from the client: "head" (a request head begun or expected), "body", or "" (nothing)."""
 
     edge: ClassVar[EdgeState]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _guard_init(self) -> None:
         self._admitted = False
         self._peer: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for = ""  # "head" or "body": what the deadline is for
         self._requests = 0
-        self._last_cycle: Any = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def _admit(self, transport: asyncio.Transport) -> bool:
         # A TCP peer's address; None on the Unix socket, where only the total cap applies.
         self._peer = self.client[0] if self.client else None
         refused = self.edge.admit(self._peer)
@@ -166,50 +177,40 @@ class GuardedH11Protocol(H11Protocol):
             metrics.http_connection_refused(refused)
             transport.write(_reply(_REFUSED, f"too many connections ({refused})", "unavailable"))
             transport.close()
-            return
+            return False
         self._admitted = True
         self._arm("head", self.edge.limits.header_timeout)
+        return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _release(self) -> None:
         self._disarm()
         if self._admitted:
             self._admitted = False
             self.edge.release(self._peer)
-        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if not self._admitted:
-            return  # refused: closing, nothing of it is read
-        super().data_received(data)
+    def _last_request(self) -> bool:
+        """Count a new request in; True when it is the connection's last (`Connection: close`)."""
+        self._requests += 1
+        most = self.edge.limits.max_requests_per_connection
+        return bool(most) and self._requests >= most
 
-    def handle_events(self) -> None:
-        super().handle_events()
+    def _pending(self) -> str:
+        raise NotImplementedError
+
+    def _follow(self) -> None:
+        """Arm or disarm the deadline for what the connection now waits for."""
         if self.transport.is_closing():
             self._disarm()
             return
-        if self.cycle is not None and self.cycle is not self._last_cycle:
-            self._last_cycle = self.cycle
-            self._requests += 1
-            most = self.edge.limits.max_requests_per_connection
-            headers = self.headers  # the list in the new request's scope (not yet run)
-            if most and self._requests >= most and CLOSE_HEADER not in headers:
-                # uvicorn answers a request that says `Connection: close` with the same, and closes.
-                headers.append(CLOSE_HEADER)
-        state = self.conn.their_state
-        if state is h11.IDLE:
-            # Bytes of a request head are buffered, not the whole head yet (data_received calls us
-            # with data only; after a response the keep-alive timer covers the idle connection).
-            if self.conn.trailing_data[0] and self._waiting_for != "head":
+        pending = self._pending()
+        if pending == "head":
+            if self._waiting_for != "head":
                 self._arm("head", self.edge.limits.header_timeout)
-        elif state is h11.SEND_BODY:
+        elif pending == "body":
             if self._waiting_for != "body":
                 self._arm("body", self.edge.limits.body_timeout)
-        else:
+        elif self._deadline is not None:
             self._disarm()
-
-    def on_response_complete(self) -> None:
-        self._disarm()  # the keep-alive timer takes over
-        super().on_response_complete()
 
     def _arm(self, what: str, seconds: float) -> None:
         self._disarm()
@@ -224,35 +225,216 @@ class GuardedH11Protocol(H11Protocol):
         self._waiting_for = ""
 
     def _expired(self, what: str) -> None:
+        pending = self._pending()
         self._deadline = None
         self._waiting_for = ""
         if self.transport.is_closing():
             return
-        state = self.conn.their_state
-        if what == "head" and state is h11.IDLE:
+        if what == "head" and pending == "head":
             metrics.http_connection_timed_out("header_timeout")
             limit = self.edge.limits.header_timeout
             self.transport.write(
                 _reply(_TIMED_OUT, f"request head not complete within {limit:g} s", "request_timeout")
             )
             self.transport.close()
-        elif what == "body" and state is h11.SEND_BODY:
+        elif what == "body" and pending == "body":
             # The application is already reading the body: no answer can be sent over it, the
             # connection is closed and the application sees a disconnect.
             metrics.http_connection_timed_out("body_timeout")
             self.transport.close()
 
 
-def protocol_class(state: EdgeState) -> type[GuardedH11Protocol]:
-    """A `GuardedH11Protocol` bound to `state` (for `uvicorn.Config(http=...)`)."""
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"edge": state})
+class GuardedH11Protocol(_Guard, H11Protocol):
+    """uvicorn's h11 protocol with the edge's limits (see the module docstring): the fallback where
+    httptools is missing. Bind it to an `EdgeState` with `protocol_class(state, "h11")`; uvicorn
+    makes one instance per connection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_init()
+        self._last_cycle: Any = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._admit(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return  # refused: closing, nothing of it is read
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not self._last_cycle:
+            self._last_cycle = self.cycle
+            headers = self.headers  # the list in the new request's scope (not yet run)
+            if self._last_request() and CLOSE_HEADER not in headers:
+                # uvicorn answers a request that says `Connection: close` with the same, and closes.
+                headers.append(CLOSE_HEADER)
+        self._follow()
+
+    def _pending(self) -> str:
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # Bytes of a request head are buffered, not the whole head yet (data_received calls us
+            # with data only; after a response the keep-alive timer covers the idle connection).
+            return "head" if self.conn.trailing_data[0] or self._waiting_for == "head" else ""
+        if state is h11.SEND_BODY:
+            return "body"
+        return ""
+
+    def on_response_complete(self) -> None:
+        self._disarm()  # the keep-alive timer takes over
+        super().on_response_complete()
+
+
+class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+    """uvicorn's httptools protocol (the C parser llhttp; what the daemon uses where httptools is
+    installed) with the edge's limits, and `api.max_header_bytes` (which h11 enforces itself): a
+    request head larger than that gets 400 and the connection is closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_init()
+        self._phase = "head"  # "head" until its headers are complete, then "body", then ""
+        self._head_bytes = 0  # bytes received while the head is incomplete
+        self._head_parsed = 0  # request line and headers parsed so far
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._admit(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return  # refused: closing, nothing of it is read
+        super().data_received(data)
+        if self._phase == "head" and not self.transport.is_closing():
+            # A head still incomplete: llhttp holds its unfinished line; bound what it may hold.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.edge.limits.max_header_bytes:
+                self._head_too_large()
+                return
+        self._follow()
+
+    def _head_too_large(self) -> None:
+        self._disarm()
+        self._phase = ""
+        if not self.transport.is_closing():
+            self.send_400_response("Invalid HTTP request received.")  # as h11's limit answers
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase = "head"
+        self._head_bytes = 0
+        self._head_parsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_parsed += len(name) + len(value) + 4
+        if self._head_parsed > self.edge.limits.max_header_bytes:
+            raise ValueError("request head too large")  # the parser stops: data_received's 400
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        before = self.cycle
+        super().on_headers_complete()
+        self._phase = "body"
+        self._head_bytes = 0
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            cycle.transport = _HeadWithBody(self.transport, cycle, self.loop)  # type: ignore[assignment]
+            if self._last_request():
+                cycle.keep_alive = False  # its response says `Connection: close`, then it closes
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._phase = ""
+
+    def _pending(self) -> str:
+        return self._phase
+
+    def on_response_complete(self) -> None:
+        self._disarm()  # the keep-alive timer takes over
+        super().on_response_complete()
+        if self._phase == "head" and not self.transport.is_closing():
+            self._follow()  # the next request's head has begun: its deadline runs
+
+
+class _HeadWithBody:
+    """The transport as one httptools response cycle sees it: its response head is held back until
+    the body's first write, so a reply sent at once (as the app sends one) leaves in one send(2), one
+    TCP segment, instead of two. A head whose body is late goes out at the loop's next turn; the
+    `100 Continue` interim reply (written before the response starts) is never held."""
+
+    __slots__ = ("_cycle", "_held", "_loop", "_transport", "_waiting")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._loop = loop
+        self._held: bytes | None = None
+        self._waiting = True  # for the response head
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._waiting and self._cycle.response_started:
+            self._waiting = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def parser_protocol(choice: str) -> type[_Guard]:
+    """The guarded protocol of `api.http_parser`: "auto" is httptools where it is installed."""
+    if choice == "h11" or (choice == "auto" and not HAVE_HTTPTOOLS):
+        return GuardedH11Protocol
+    if not HAVE_HTTPTOOLS:
+        raise ConfigError("api.http_parser = \"httptools\" but httptools is not installed",
+                          key="api.http_parser")
+    return GuardedHttpToolsProtocol
+
+
+def protocol_class(state: EdgeState, parser: str = "auto") -> type[_Guard]:
+    """The edge's protocol bound to `state` (for `uvicorn.Config(http=...)`)."""
+    base = parser_protocol(parser)
+    return type(base.__name__, (base,), {"edge": state})
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The `uvicorn.Config` keywords of the edge's limits."""
     api = settings.api
+    state = EdgeState(EdgeLimits.from_settings(settings, in_use=fds_in_use()))
     return {
-        "http": protocol_class(EdgeState(EdgeLimits.from_settings(settings, in_use=fds_in_use()))),
+        "http": protocol_class(state, api.http_parser),
         "timeout_keep_alive": api.keepalive_timeout_secs,
         "h11_max_incomplete_event_size": api.max_header_bytes,
     }
@@ -262,9 +444,11 @@ __all__ = [
     "EdgeLimits",
     "EdgeState",
     "GuardedH11Protocol",
+    "GuardedHttpToolsProtocol",
     "effective_max_connections",
     "fd_limit",
     "fds_in_use",
+    "parser_protocol",
     "protocol_class",
     "uvicorn_options",
 ]

@@ -17,9 +17,20 @@ HOOK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"  # as plugind.wire.messag
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))
+
+
 def jsonable(value: Any) -> Any:
     """`value` (a msgpack value) as something JSON can carry: bytes become {"$bytes": base64},
     NaN and infinities the strings "NaN", "Infinity", "-Infinity", map keys strings."""
+    # The usual values first, by exact type (a hook reply's data is mostly these): one lookup each.
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): jsonable(v) for k, v in value.items()}
+    if kind is list:
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -38,3 +38,11 @@ async def check_value(request: Request, value: Any, field: str) -> None:
     problem = json_problem(await request.body(), value, field)
     if problem is not None:
         raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": problem}])
+
+
+def check_timeout(request: Request, timeout_s: float | None) -> None:
+    """Refuse (422, invalid_input) a `timeout_s` over `[hooks] max_timeout_secs`."""
+    maximum = settings(request).hooks.max_timeout_secs
+    if timeout_s is not None and timeout_s > maximum:
+        message = f"must be in (0, {maximum:g}] seconds ([hooks] max_timeout_secs), got {timeout_s!r}"
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "timeout_s"), "msg": message}])

@@ -20,8 +20,10 @@ async def execute(
     request: Request, body: HookRequest, hook: str = Path(pattern=HOOK_PATTERN)
 ) -> HookReply:
     """Run `hook` with `policy` (chain, until_error, all) and an optional deadline `timeout_s`;
-    422 for `data` nested too deep or holding a lone surrogate."""
+    422 for `data` nested too deep or holding a lone surrogate, or `timeout_s` over `[hooks]
+    max_timeout_secs`. (plugind/api/fastpath.py answers the calls with nothing to refuse.)"""
     await _deps.check_value(request, body.data, "data")
+    _deps.check_timeout(request, body.timeout_s)
     reg = _deps.registry(request)
     result = await reg.hooks.run(hook, body.data, body.policy, body.timeout_s)
     reply = jsonable(result.to_dict())

@@ -1,0 +1,208 @@
+"""`POST /api/hooks/{hook}/execute` without FastAPI's per-request machinery.
+
+The hook call is the API's hot path: FastAPI's routing, dependency solving, request and response
+models and the layers of middleware cost the daemon several times what the hook call itself does
+(bench/peers.py, REST row). `HookFastPath` sits in front of the whole FastAPI app (its own
+middleware included: `app.PlugindAPI.__call__`); it answers a
+well-formed, authorized hook call itself and hands everything else to the FastAPI app, so the
+contract cannot drift:
+
+- anything it does not fully understand goes to FastAPI untouched (other paths and methods, a
+  missing, malformed or oversized Content-Length, a content type other than JSON, a wrong or missing
+  bearer token, a body that is not valid JSON or not a valid `HookRequest`, a hook name off the
+  pattern, `data` nested too deep or holding a lone surrogate, `timeout_s` over `[hooks]
+  max_timeout_secs`): FastAPI answers it exactly as it
+  does without the fast path (401, 404, 405, 413, 422, ...), from the body bytes already read;
+- only a request with nothing to refuse runs here: the same token check (`BearerAuth.accepts`,
+  constant time), the same body limit, the same boundary check of `data` (`json_problem`), the same
+  `registry.hooks.run`, the same error mapping of what it raises (`app.plugin_error_reply`) and the
+  same redaction of plugins' error messages; the reply is `HookReply`'s JSON (its fields, in its
+  order; `jsonable` has already made every value JSON-able).
+
+The route stays registered in FastAPI, so the OpenAPI schema lists it and the fallback serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from plugind.api.auth import BearerAuth
+from plugind.api.schemas import HOOK_PATTERN, jsonable
+from plugind.config import Settings
+from plugind.host.registry import PluginRegistry
+from plugind.logs import current_redactor
+from plugind.wire.limits import json_problem
+
+log = logging.getLogger("plugind.api")
+
+PREFIX = "/api/hooks/"
+SUFFIX = "/execute"
+# As HOOK_PATTERN, matched whole (`$` would let a trailing newline through; FastAPI's check would not).
+_HOOK = re.compile(HOOK_PATTERN.removeprefix("^").removesuffix("$"))
+_POLICIES = frozenset(("chain", "until_error", "all"))
+_FIELDS = frozenset(("data", "policy", "timeout_s"))
+_JSON_TYPES = (b"application/json", b"application/json; charset=utf-8")
+_HEADERS = [(b"content-type", b"application/json")]
+_loads = json.loads
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def parse_request(body: bytes) -> tuple[Any, str, float | None] | None:
+    """(data, policy, timeout_s) of a body that `HookRequest` takes as it is, or None (any doubt:
+    FastAPI decides). Stricter than pydantic's lax mode on purpose: e.g. "5" for timeout_s is None
+    here and FastAPI's to judge."""
+    try:
+        value = _loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if type(value) is not dict or not _FIELDS.issuperset(value):
+        return None
+    policy = value.get("policy", "chain")
+    if type(policy) is not str or policy not in _POLICIES:
+        return None
+    timeout = value.get("timeout_s")
+    if timeout is not None:
+        if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
+            return None
+        timeout = float(timeout)
+    return value.get("data"), policy, timeout
+
+
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    """`HookReply`'s JSON of `reply` (HookResult.to_dict() made JSON-able): its fields in its order."""
+    results = [
+        {
+            "plugin": r["plugin"],
+            "outcome": r["outcome"],
+            "output": r["output"],
+            "error": r["error"],
+            "duration_s": float(r["duration_s"]),
+        }
+        for r in reply["results"]
+    ]
+    out = {
+        "hook": reply["hook"],
+        "policy": reply["policy"],
+        "success": reply["success"],
+        "data": reply["data"],
+        "results": results,
+        "error": reply["error"],
+        "duration_s": float(reply["duration_s"]),
+    }
+    encoded: bytes = _dumps(out).encode("utf-8")
+    return encoded
+
+
+class HookFastPath:
+    """An ASGI app in front of `app` (FastAPI): answers well-formed, authorized hook calls itself and
+    hands everything else to `app` (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: PluginRegistry,
+        settings: Settings,
+        auth: BearerAuth,
+        max_body_bytes: int,
+        error_reply: Any,
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.settings = settings
+        self.auth = auth
+        self.max_bytes = max_body_bytes
+        self.error_reply = error_reply  # app.plugin_error_reply
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if scope.get("method") != "POST" or not path.startswith(PREFIX) or not path.endswith(SUFFIX):
+            await self.app(scope, receive, send)
+            return
+        hook = path[len(PREFIX) : -len(SUFFIX)]
+        authorization = ""
+        content_type = b""
+        declared = -1
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if not authorization:
+                    authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1  # BodyLimit's 400
+        if (
+            declared > self.max_bytes
+            or content_type.lower() not in _JSON_TYPES
+            or _HOOK.fullmatch(hook) is None
+            or not self.auth.accepts(authorization)
+        ):
+            await self.app(scope, receive, send)
+            return
+        # The body, bounded as BodyLimit bounds it.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # http.disconnect: nobody to answer
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > self.max_bytes and more:
+                break
+        body = b"".join(chunks)
+        parsed = None if size > self.max_bytes else parse_request(body)
+        if (
+            parsed is None
+            or json_problem(body, parsed[0], "data") is not None
+            or (parsed[2] is not None and parsed[2] > self.settings.hooks.max_timeout_secs)
+        ):
+            await self.app(scope, _replay(chunks, more, receive), send)
+            return
+        data, policy, timeout_s = parsed
+        try:
+            result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
+            reply = jsonable(result.to_dict())
+            # Plugins' error messages are redacted as the daemon log is; outputs are data, left alone.
+            redactor = current_redactor()
+            for holder in (reply, *reply["results"]):
+                if holder.get("error") is not None:
+                    holder["error"] = redactor.redact_value(holder["error"])
+            code, payload = 200, encode_reply(reply)
+        except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
+            code, answer = self.error_reply("POST", path, exc)
+            payload = _dumps(answer).encode("utf-8")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
+    """A `receive` that gives the messages already read again (as one), then the rest from `receive`."""
+    pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
+__all__ = ["HookFastPath", "encode_reply", "parse_request"]
