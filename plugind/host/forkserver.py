@@ -13,6 +13,14 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
     server -> daemon  {"op": "ready", "pid", "sandbox": bool}
                       {"op": "spawned", "id", "pid", "steps"} | {"op": "spawn_failed", "id", "error"}
                       {"op": "exited", "pid", "code", "signal", "oom_killed"}
+                      {"op": "spare", "pid"}                   the child forked ahead (below)
+
+After an unsandboxed spawn it forks a spare child ahead of the next one: set up like any child
+(fds shed, PDEATHSIG, own session) and waiting on a private socket for its request and plugin
+socket. The next unsandboxed spawn hands both to it instead of forking, so the fork and the
+child's start-up are off that load's path. A spare is never signalled through `kill` (it is not a
+plugin until it has its request) and dies with the fork-server; sandboxed spawns always fork anew
+(their isolation steps are per plugin).
 
 End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
 """
@@ -71,6 +79,7 @@ class ForkServer:
         self.contain = contain
         self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send one control message (blocking; the daemon reads promptly)."""
@@ -85,6 +94,64 @@ class ForkServer:
                 os.close(fd)
         with contextlib.suppress(OSError):  # spawn_contained already closed every fd but the child's
             self.ctl.close()
+        if self.spare is not None:  # a spare's socket is for the spare alone
+            with contextlib.suppress(OSError):
+                self.spare[1].close()
+
+    def make_spare(self) -> None:
+        """Fork a spare child for the next unsandboxed spawn (no-op if there is one)."""
+        if self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            pid = os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            ours.close()
+            self._spare_main(theirs)
+        theirs.close()
+        self.spare = (pid, ours)
+        self.send({"op": "spare", "pid": pid})
+
+    def _spare_main(self, chan: socket.socket) -> NoReturn:
+        # In the spare: the set-up of any unsandboxed child, then wait for the request.
+        try:
+            self._child_setup()
+            set_pdeathsig()
+            os.setsid()
+            data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 1)
+            chan.close()
+            if len(fds) != 1 or not data:  # the fork-server is gone or gave up on us
+                os._exit(0)
+            req = msgpack.unpackb(data, raw=False)
+            runtime.run_child(
+                fds[0],
+                str(req["tree"]),
+                str(req["entrypoint"]),
+                name=str(req.get("name")),
+                version=str(req.get("version") or ""),
+                max_frame=int(req.get("max_frame") or runtime.DEFAULT_MAX_FRAME),
+            )
+        finally:
+            os._exit(127)
+
+    def _use_spare(self, req: dict[str, Any], sock_fd: int) -> int | None:
+        # Hand `req` and the plugin's socket to the spare; its pid, or None when there is no spare
+        # or it died (the caller forks then).
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        pid, chan = spare
+        try:
+            socket.send_fds(chan, [msgpack.packb(req, use_bin_type=True)], [sock_fd])
+        except OSError:
+            return None  # it died; reap() collects it
+        finally:
+            chan.close()
+        return pid
 
     def spawn(self, req: dict[str, Any], sock_fd: int) -> None:
         """Fork one plugin child; answer with its pid and isolation steps."""
@@ -118,9 +185,13 @@ class ForkServer:
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
             else:
-                pid = os.fork()
-                if pid == 0:
-                    run()
+                spared = self._use_spare(req, sock_fd)
+                if spared is not None:
+                    pid = spared
+                else:
+                    pid = os.fork()
+                    if pid == 0:
+                        run()
                 steps = {}
                 if plan_wire is not None:
                     steps["sandbox"] = "degraded: plugind.sandbox.contain is not available"
@@ -136,6 +207,11 @@ class ForkServer:
         finally:
             os.close(sock_fd)
         self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps})
+        if plan_wire is None or self.contain is None:
+            try:
+                self.make_spare()
+            except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
 
     def kill(self, pid: int, sig: int) -> None:
         """Signal a child we forked and have not reaped (so the pid cannot have been recycled)."""
@@ -152,6 +228,10 @@ class ForkServer:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                self.spare[1].close()
+                self.spare = None
+                continue
             if pid not in self.children:
                 continue
             plan = self.children.pop(pid)
@@ -171,6 +251,14 @@ class ForkServer:
 
     def shutdown(self) -> None:
         """Kill and reap every child (the daemon went away)."""
+        if self.spare is not None:
+            pid, chan = self.spare
+            self.spare = None
+            chan.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
