@@ -1,6 +1,6 @@
 """Benchmark: `POST /api/plugins/load` -> first REST hook answer, for one plugin, with a breakdown.
 
-    .venv/bin/python bench/cold.py [--loads 20] [--sandbox] [--strace FILE]
+    .venv/bin/python bench/cold.py [--loads 20] [--sandbox] [--strace FILE] [--against CHECKOUT]
 
 Starts `plugind serve` (the integration tests' workspace: a real signed and trusted echo bundle,
 real verification, extraction, state file and audit log), then times `--loads` cycles of unload,
@@ -8,7 +8,9 @@ load, first hook call on one keep-alive connection (as bench/peers.py's cold-sta
 prints the p50 of the load reply and of load -> first answer. With `--strace FILE`, one more load
 runs under `strace -f -tt` (the daemon, its worker threads, the fork-server and the child): the
 phases are read off the syscalls in that file (strace slows each traced call: read its gaps, not
-its total).
+its total). With `--against CHECKOUT` (another checkout of plugind, e.g. `git archive BASE | tar -x
+-C DIR`), a second daemon runs that code and the loads alternate between the two, one by one: an A/B
+that a shared machine's noise hits alike.
 """
 
 from __future__ import annotations
@@ -38,59 +40,91 @@ TRACED = ("read,write,openat,fsync,fdatasync,rename,renameat2,mkdir,clone,clone3
           "wait4,setns,connect")
 
 
-def run(loads: int, sandbox: bool, trace: Path | None) -> None:
-    with tempfile.TemporaryDirectory(prefix="plugind-bench-cold-") as tmp:
-        ws = Workspace(Path(tmp), sandboxing=sandbox, auto_load=False)
-        parent = f"/plugind-bench-cold-{os.getpid()}"
-        if sandbox:
-            ws.extra_config = f'[sandboxing.cgroups]\nparent = "{parent}"\n'
-        ws.add(plugin_source("echo", {"echo": (0, "return data")}))
-        daemon = start(ws)
-        threading.Thread(target=_drain, args=(daemon,), daemon=True).start()
-        try:
-            reply_t, first_t = [], []
-            with daemon.client() as client:
-                def cycle() -> tuple[float, float]:
-                    t0 = time.perf_counter()
-                    r = client.post("/api/plugins/load", json={"plugin_name": "echo"})
-                    t1 = time.perf_counter()
-                    assert r.status_code == 200, r.text
-                    r = client.post("/api/hooks/echo/execute", json={"data": {"x": 1}})
-                    t2 = time.perf_counter()
-                    assert r.status_code == 200 and r.json()["success"], r.text
-                    pid = int(client.get("/api/plugins/echo").json()["pid"])
-                    daemon.seen_pids.add(pid)
-                    r = client.post("/api/plugins/unload", json={"plugin_name": "echo"})
-                    assert r.status_code == 200, r.text
-                    return t1 - t0, t2 - t0
+class Rig:
+    """One daemon (the code at `checkout`, this one by default) with an echo plugin."""
 
-                cycle()  # the first load extracts the tree; the rest reuse it, as peers.py's do
-                for _ in range(loads):
-                    a, b = cycle()
-                    reply_t.append(a)
-                    first_t.append(b)
-                label = "sandboxed" if sandbox else "unsandboxed"
-                print(f"{label:<11} load reply p50 {statistics.median(reply_t) * 1e3:6.2f} ms | "
-                      f"load -> first answer p50 {statistics.median(first_t) * 1e3:6.2f} ms "
-                      f"min {min(first_t) * 1e3:6.2f} ms ({loads} loads)")
-                if trace is not None:
-                    st = subprocess.Popen(["strace", "-f", "-tt", "-qq", "--seccomp-bpf", "-e",
-                                           f"trace={TRACED}", "-s", "48", "-o", str(trace),
-                                           "-p", str(daemon.proc.pid)] +
-                                          [x for p in _children(daemon.proc.pid) for x in ("-p", str(p))])
-                    time.sleep(1.0)
-                    a, b = cycle()
-                    time.sleep(0.3)
-                    st.terminate()
-                    st.wait()
-                    print(f"traced load: reply {a * 1e3:.2f} ms, first answer {b * 1e3:.2f} ms -> {trace}")
-            assert daemon.stop() == 0
+    def __init__(self, tmp: Path, sandbox: bool, checkout: Path | None = None) -> None:
+        self.ws = Workspace(tmp, sandboxing=sandbox, auto_load=False)
+        self.parent = f"/plugind-bench-cold-{os.getpid()}-{tmp.name}"
+        self.sandbox = sandbox
+        if sandbox:
+            self.ws.extra_config = f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
+        self.ws.add(plugin_source("echo", {"echo": (0, "return data")}))
+        self.daemon = start(self.ws, env={"PYTHONPATH": str(checkout)} if checkout else None)
+        threading.Thread(target=_drain, args=(self.daemon,), daemon=True).start()
+        self.client = self.daemon.client()
+        self.reply: list[float] = []
+        self.first: list[float] = []
+
+    def cycle(self, keep: bool = True) -> tuple[float, float]:
+        client = self.client
+        t0 = time.perf_counter()
+        r = client.post("/api/plugins/load", json={"plugin_name": "echo"})
+        t1 = time.perf_counter()
+        assert r.status_code == 200, r.text
+        r = client.post("/api/hooks/echo/execute", json={"data": {"x": 1}})
+        t2 = time.perf_counter()
+        assert r.status_code == 200 and r.json()["success"], r.text
+        pid = int(client.get("/api/plugins/echo").json()["pid"])
+        self.daemon.seen_pids.add(pid)
+        r = client.post("/api/plugins/unload", json={"plugin_name": "echo"})
+        assert r.status_code == 200, r.text
+        if keep:
+            self.reply.append(t1 - t0)
+            self.first.append(t2 - t0)
+        return t1 - t0, t2 - t0
+
+    def line(self, label: str) -> str:
+        return (f"{label:<24} load reply p50 {statistics.median(self.reply) * 1e3:6.2f} ms | "
+                f"load -> first answer p50 {statistics.median(self.first) * 1e3:6.2f} ms "
+                f"min {min(self.first) * 1e3:6.2f} ms ({len(self.first)} loads)")
+
+    def close(self) -> None:
+        self.client.close()
+        try:
+            assert self.daemon.stop() == 0
         finally:
-            reap(daemon)
-            if sandbox:
+            reap(self.daemon)
+            if self.sandbox:
                 from plugind.sandbox.cgroups import remove_tree
 
-                remove_tree(parent)
+                remove_tree(self.parent)
+
+
+def run(loads: int, sandbox: bool, trace: Path | None, against: Path | None) -> None:
+    label = "sandboxed" if sandbox else "unsandboxed"
+    with tempfile.TemporaryDirectory(prefix="plugind-bench-cold-") as tmp:
+        rigs = []
+        try:
+            (Path(tmp) / "this").mkdir()
+            rigs.append(Rig(Path(tmp) / "this", sandbox))
+            if against is not None:
+                (Path(tmp) / "other").mkdir()
+                rigs.append(Rig(Path(tmp) / "other", sandbox, against))
+            for rig in rigs:
+                rig.cycle(keep=False)  # the first load extracts the tree; the rest reuse it
+            for _ in range(loads):
+                for rig in rigs:
+                    rig.cycle()
+            print(rigs[0].line(f"{label}, this code"))
+            if against is not None:
+                print(rigs[1].line(f"{label}, {against.name}"))
+                ratio = statistics.median(rigs[0].first) / statistics.median(rigs[1].first)
+                print(f"{label}: load -> first answer p50 ratio this/{against.name} {ratio:.2f}")
+            if trace is not None:
+                daemon = rigs[0].daemon
+                st = subprocess.Popen(["strace", "-f", "-tt", "-qq", "-e", f"trace={TRACED}", "-s", "48",
+                                       "-o", str(trace), "-p", str(daemon.proc.pid)] +
+                                      [x for p in _children(daemon.proc.pid) for x in ("-p", str(p))])
+                time.sleep(1.0)
+                a, b = rigs[0].cycle(keep=False)
+                time.sleep(0.3)
+                st.terminate()
+                st.wait()
+                print(f"traced load: reply {a * 1e3:.2f} ms, first answer {b * 1e3:.2f} ms -> {trace}")
+        finally:
+            for rig in rigs:
+                rig.close()
 
 
 def _children(pid: int) -> list[int]:
@@ -112,10 +146,11 @@ def main() -> int:
     parser.add_argument("--loads", type=int, default=20)
     parser.add_argument("--sandbox", action="store_true")
     parser.add_argument("--strace", type=Path, default=None)
+    parser.add_argument("--against", type=Path, default=None, help="another checkout to A/B against")
     args = parser.parse_args()
     if args.strace is not None and shutil.which("strace") is None:
         parser.error("--strace needs strace installed")
-    run(args.loads, args.sandbox, args.strace)
+    run(args.loads, args.sandbox, args.strace, args.against)
     return 0
 
 
