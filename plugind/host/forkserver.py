@@ -48,6 +48,8 @@ import plugind.sdk.testing  # noqa: F401
 from plugind.errors import LoadError, PluginError
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -57,6 +59,16 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def set_comm(name: bytes) -> None:
+    """Set this thread's name (/proc/self/comm, 15 bytes at most); best effort."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
+def _comm() -> bytes:
+    with open("/proc/self/comm", "rb") as f:
+        return f.read().rstrip(b"\n")
 
 
 def _load_sandbox() -> ModuleType | None:
@@ -80,6 +92,8 @@ class ForkServer:
         self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
+        self.pid = os.getpid()
+        self.comm = _comm()
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send one control message (blocking; the daemon reads promptly)."""
@@ -103,20 +117,28 @@ class ForkServer:
         if self.spare is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        # Named before the fork, so the spare bears its name from its first instant (a `ps` or a test
+        # listing the fork-server's children never sees it as a plugin); it takes ours back when it
+        # becomes one.
+        comm = self.comm
+        set_comm(SPARE_NAME)
         try:
             pid = os.fork()
         except BaseException:
             ours.close()
             theirs.close()
             raise
+        finally:
+            if os.getpid() == self.pid:
+                set_comm(comm)
         if pid == 0:
             ours.close()
-            self._spare_main(theirs)
+            self._spare_main(theirs, comm)
         theirs.close()
         self.spare = (pid, ours)
         self.send({"op": "spare", "pid": pid})
 
-    def _spare_main(self, chan: socket.socket) -> NoReturn:
+    def _spare_main(self, chan: socket.socket, comm: bytes) -> NoReturn:
         # In the spare: the set-up of any unsandboxed child, then wait for the request.
         try:
             self._child_setup()
@@ -127,6 +149,7 @@ class ForkServer:
             if len(fds) != 1 or not data:  # the fork-server is gone or gave up on us
                 os._exit(0)
             req = msgpack.unpackb(data, raw=False)
+            set_comm(comm)
             runtime.run_child(
                 fds[0],
                 str(req["tree"]),

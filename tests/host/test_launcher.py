@@ -181,7 +181,12 @@ def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: 
             spare = launcher.spare_pid
             assert spare is not None and spare != first
             proc = psutil.Process(spare)
-            assert proc.ppid() == launcher.server_pid and os.getsid(spare) == spare
+            assert proc.ppid() == launcher.server_pid
+            # Its set-up (fds shed, then its own session) runs while the fork-server goes on.
+            while os.getsid(spare) != spare and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            assert os.getsid(spare) == spare
+            assert proc.name() == "plugind-spare"  # told apart from plugins in ps
             # It holds nothing of the fork-server's or of other plugins: stdio and its own socket.
             fds = {f: os.readlink(f"/proc/{spare}/fd/{f}") for f in os.listdir(f"/proc/{spare}/fd")}
             assert [f for f, target in fds.items() if int(f) > 2] == [
@@ -190,6 +195,7 @@ def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: 
             second, chan2 = await spawn(launcher, tree)
             assert second == spare
             assert await call(chan2, "env", None) == await call(chan1, "env", None)
+            assert proc.name() == psutil.Process(first).name() == psutil.Process(launcher.server_pid).name()
             await launcher.kill(second, signal.SIGKILL)
             status = await asyncio.wait_for(launcher.wait_exit(second), 20)
             assert status.signal == signal.SIGKILL
