@@ -15,7 +15,8 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
                       {"op": "exited", "pid", "code", "signal", "oom_killed"}
                       {"op": "spare", "pid"}                   the child forked ahead (below)
 
-After an unsandboxed spawn it forks a spare child ahead of the next one: set up like any child
+After an unsandboxed spawn, once it has been idle for SPARE_IDLE_S, it forks a spare child ahead of
+the next one: set up like any child
 (fds shed, PDEATHSIG, own session) and waiting on a private socket for its request and plugin
 socket. The next unsandboxed spawn hands both to it instead of forking, so the fork and the
 child's start-up are off that load's path. A spare is never signalled through `kill` (it is not a
@@ -49,6 +50,10 @@ from plugind.errors import LoadError, PluginError
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+# The spare is forked only once the fork-server has had nothing to do for this long: forked at once,
+# it competed for the CPU with the child it had just handed over (its import, hello and first call),
+# and a daemon and plugins confined to one CPU lost more than the spare saved (bench/peers.py).
+SPARE_IDLE_S = 0.05
 SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -92,6 +97,7 @@ class ForkServer:
         self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
+        self.want_spare = False
         self.pid = os.getpid()
         self.comm = _comm()
 
@@ -231,10 +237,7 @@ class ForkServer:
             os.close(sock_fd)
         self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps})
         if plan_wire is None or self.contain is None:
-            try:
-                self.make_spare()
-            except OSError as exc:  # no spare: the next spawn forks, as it would anyway
-                print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
+            self.want_spare = True  # forked once we have been idle for SPARE_IDLE_S (serve)
 
     def kill(self, pid: int, sig: int) -> None:
         """Signal a child we forked and have not reaped (so the pid cannot have been recycled)."""
@@ -317,9 +320,17 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
         while True:
+            idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
             try:
-                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
+                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
             except InterruptedError:
+                continue
+            if not readable:
+                self.want_spare = False
+                try:
+                    self.make_spare()
+                except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                    print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):

@@ -154,7 +154,6 @@ class PluginRegistry:
         self._wanted: list[str] | None = None
         self._failed: dict[str, str] = {}  # wanted but not loaded: name -> why its last load failed
         self._early: list[str] = []  # loaded through the API before `start` read the state file
-        self._ahead: set[str] = set()  # being loaded through the API: in the state file already
         # Versions chosen by an upgrade (the state file's "versions"): a restart loads that version,
         # not the highest one in the directory. An unload or a plain load drops the pin.
         self._pins: dict[str, str] = {}
@@ -334,26 +333,15 @@ class PluginRegistry:
         """
         if name not in self._loaded:
             self._pins.pop(name, None)  # the operator's plain load: the highest version, unpinned
-        # Write-ahead: the state file naming the plugin is written (fsync of the file and of its
-        # directory) while the bundle is verified and the child starts, not after; the reply still
-        # waits for it, and a failed load writes it again without the plugin.
-        ahead = self._write_ahead(name)
+        # The load's audit entry (fsync) is written next to the state file (fsync of the file and of
+        # its directory), not before it; the reply waits for both.
         audits: list[asyncio.Future[None]] = []
         try:
             loaded = await self._load(name, explicit=True, audits=audits)
-        except BaseException:
-            if ahead is not None:
-                self._ahead.discard(name)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(ahead)
-                if name not in (self._wanted or ()):
-                    await asyncio.shield(self.persist())
-            raise
+            why = await self.persist()
         finally:
             if audits:
                 await asyncio.gather(*audits, return_exceptions=True)
-        self._ahead.discard(name)
-        why = await ahead if ahead is not None else await self.persist()
         if why is not None and name in (self._wanted or ()):
             # Running but not recorded: a restart would not bring it back. Undo it, so the answer,
             # the running set and the file agree.
@@ -366,14 +354,6 @@ class PluginRegistry:
                 reason="state_not_saved",
             )
         return loaded
-
-    def _write_ahead(self, name: str) -> asyncio.Future[str | None] | None:
-        # The persist of a load that will be tried (not one refused before any work is done).
-        if (self._wanted is None or self.shutting_down or name in self._loaded or name in self._busy
-                or name not in self._available):
-            return None
-        self._ahead.add(name)
-        return asyncio.ensure_future(self.persist())
 
     async def load_plugin_by_name(self, name: str) -> LoadedPlugin:
         """Same as `load_plugin` (the integration guide's name for it)."""
@@ -726,8 +706,8 @@ class PluginRegistry:
             if self._wanted is None:
                 return None
             path = Path(self.settings.plugins.state_file)
-            names = [*self._wanted, *sorted(self._ahead.difference(self._wanted))]
-            pins = {n: v for n, v in self._pins.items() if n in names}
+            names = list(self._wanted)
+            pins = {n: v for n, v in self._pins.items() if n in self._wanted}
             try:
                 await asyncio.to_thread(write_state, path, names, pins)
             except OSError as exc:
