@@ -1,6 +1,6 @@
 """Benchmark: `POST /api/plugins/load` -> first REST hook answer, for one plugin, with a breakdown.
 
-    .venv/bin/python bench/cold.py [--loads 20] [--sandbox] [--strace FILE] [--against CHECKOUT]
+    .venv/bin/python bench/cold.py [--loads 20] [--sandbox] [--strace FILE] [--against CHECKOUT] [--gap S]
 
 Starts `plugind serve` (the integration tests' workspace: a real signed and trusted echo bundle,
 real verification, extraction, state file and audit log), then times `--loads` cycles of unload,
@@ -10,7 +10,8 @@ runs under `strace -f -tt` (the daemon, its worker threads, the fork-server and 
 phases are read off the syscalls in that file (strace slows each traced call: read its gaps, not
 its total). With `--against CHECKOUT` (another checkout of plugind, e.g. `git archive BASE | tar -x
 -C DIR`), a second daemon runs that code and the loads alternate between the two, one by one: an A/B
-that a shared machine's noise hits alike.
+that a shared machine's noise hits alike. `--gap S` waits S seconds before each load (an operator's
+loads come one at a time, not back to back).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class Rig:
                 remove_tree(self.parent)
 
 
-def run(loads: int, sandbox: bool, trace: Path | None, against: Path | None) -> None:
+def run(loads: int, sandbox: bool, trace: Path | None, against: Path | None,
+        gap: float = 0.0) -> None:
     label = "sandboxed" if sandbox else "unsandboxed"
     with tempfile.TemporaryDirectory(prefix="plugind-bench-cold-") as tmp:
         rigs = []
@@ -105,6 +107,7 @@ def run(loads: int, sandbox: bool, trace: Path | None, against: Path | None) -> 
                 rig.cycle(keep=False)  # the first load extracts the tree; the rest reuse it
             for _ in range(loads):
                 for rig in rigs:
+                    time.sleep(gap)
                     rig.cycle()
             print(rigs[0].line(f"{label}, this code"))
             if against is not None:
@@ -146,11 +149,12 @@ def main() -> int:
     parser.add_argument("--loads", type=int, default=20)
     parser.add_argument("--sandbox", action="store_true")
     parser.add_argument("--strace", type=Path, default=None)
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds to wait before each load")
     parser.add_argument("--against", type=Path, default=None, help="another checkout to A/B against")
     args = parser.parse_args()
     if args.strace is not None and shutil.which("strace") is None:
         parser.error("--strace needs strace installed")
-    run(args.loads, args.sandbox, args.strace, args.against)
+    run(args.loads, args.sandbox, args.strace, args.against, args.gap)
     return 0
 
 
