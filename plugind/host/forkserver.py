@@ -13,6 +13,15 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
     server -> daemon  {"op": "ready", "pid", "sandbox": bool}
                       {"op": "spawned", "id", "pid", "steps"} | {"op": "spawn_failed", "id", "error"}
                       {"op": "exited", "pid", "code", "signal", "oom_killed"}
+                      {"op": "spare", "pid"}                   the child forked ahead (below)
+
+After an unsandboxed spawn, once it has been idle for SPARE_IDLE_S, it forks a spare child ahead of
+the next one: set up like any child
+(fds shed, PDEATHSIG, own session) and waiting on a private socket for its request and plugin
+socket. The next unsandboxed spawn hands both to it instead of forking, so the fork and the
+child's start-up are off that load's path. A spare is never signalled through `kill` (it is not a
+plugin until it has its request) and dies with the fork-server; sandboxed spawns always fork anew
+(their isolation steps are per plugin).
 
 End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
 """
@@ -40,6 +49,12 @@ import plugind.sdk.testing  # noqa: F401
 from plugind.errors import LoadError, PluginError
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+# The spare is forked only once the fork-server has had nothing to do for this long: forked at once,
+# it competed for the CPU with the child it had just handed over (its import, hello and first call),
+# and a daemon and plugins confined to one CPU lost more than the spare saved (bench/peers.py).
+SPARE_IDLE_S = 0.05
+SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -49,6 +64,16 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def set_comm(name: bytes) -> None:
+    """Set this thread's name (/proc/self/comm, 15 bytes at most); best effort."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
+def _comm() -> bytes:
+    with open("/proc/self/comm", "rb") as f:
+        return f.read().rstrip(b"\n")
 
 
 def _load_sandbox() -> ModuleType | None:
@@ -71,6 +96,10 @@ class ForkServer:
         self.contain = contain
         self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
+        self.want_spare = False
+        self.pid = os.getpid()
+        self.comm = _comm()
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send one control message (blocking; the daemon reads promptly)."""
@@ -85,6 +114,73 @@ class ForkServer:
                 os.close(fd)
         with contextlib.suppress(OSError):  # spawn_contained already closed every fd but the child's
             self.ctl.close()
+        if self.spare is not None:  # a spare's socket is for the spare alone
+            with contextlib.suppress(OSError):
+                self.spare[1].close()
+
+    def make_spare(self) -> None:
+        """Fork a spare child for the next unsandboxed spawn (no-op if there is one)."""
+        if self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        # Named before the fork, so the spare bears its name from its first instant (a `ps` or a test
+        # listing the fork-server's children never sees it as a plugin); it takes ours back when it
+        # becomes one.
+        comm = self.comm
+        set_comm(SPARE_NAME)
+        try:
+            pid = os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        finally:
+            if os.getpid() == self.pid:
+                set_comm(comm)
+        if pid == 0:
+            ours.close()
+            self._spare_main(theirs, comm)
+        theirs.close()
+        self.spare = (pid, ours)
+        self.send({"op": "spare", "pid": pid})
+
+    def _spare_main(self, chan: socket.socket, comm: bytes) -> NoReturn:
+        # In the spare: the set-up of any unsandboxed child, then wait for the request.
+        try:
+            self._child_setup()
+            set_pdeathsig()
+            os.setsid()
+            data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 1)
+            chan.close()
+            if len(fds) != 1 or not data:  # the fork-server is gone or gave up on us
+                os._exit(0)
+            req = msgpack.unpackb(data, raw=False)
+            set_comm(comm)
+            runtime.run_child(
+                fds[0],
+                str(req["tree"]),
+                str(req["entrypoint"]),
+                name=str(req.get("name")),
+                version=str(req.get("version") or ""),
+                max_frame=int(req.get("max_frame") or runtime.DEFAULT_MAX_FRAME),
+            )
+        finally:
+            os._exit(127)
+
+    def _use_spare(self, req: dict[str, Any], sock_fd: int) -> int | None:
+        # Hand `req` and the plugin's socket to the spare; its pid, or None when there is no spare
+        # or it died (the caller forks then).
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        pid, chan = spare
+        try:
+            socket.send_fds(chan, [msgpack.packb(req, use_bin_type=True)], [sock_fd])
+        except OSError:
+            return None  # it died; reap() collects it
+        finally:
+            chan.close()
+        return pid
 
     def spawn(self, req: dict[str, Any], sock_fd: int) -> None:
         """Fork one plugin child; answer with its pid and isolation steps."""
@@ -118,9 +214,13 @@ class ForkServer:
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
             else:
-                pid = os.fork()
-                if pid == 0:
-                    run()
+                spared = self._use_spare(req, sock_fd)
+                if spared is not None:
+                    pid = spared
+                else:
+                    pid = os.fork()
+                    if pid == 0:
+                        run()
                 steps = {}
                 if plan_wire is not None:
                     steps["sandbox"] = "degraded: plugind.sandbox.contain is not available"
@@ -136,6 +236,8 @@ class ForkServer:
         finally:
             os.close(sock_fd)
         self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps})
+        if plan_wire is None or self.contain is None:
+            self.want_spare = True  # forked once we have been idle for SPARE_IDLE_S (serve)
 
     def kill(self, pid: int, sig: int) -> None:
         """Signal a child we forked and have not reaped (so the pid cannot have been recycled)."""
@@ -152,6 +254,10 @@ class ForkServer:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                self.spare[1].close()
+                self.spare = None
+                continue
             if pid not in self.children:
                 continue
             plan = self.children.pop(pid)
@@ -171,6 +277,14 @@ class ForkServer:
 
     def shutdown(self) -> None:
         """Kill and reap every child (the daemon went away)."""
+        if self.spare is not None:
+            pid, chan = self.spare
+            self.spare = None
+            chan.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -206,9 +320,17 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
         while True:
+            idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
             try:
-                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
+                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
             except InterruptedError:
+                continue
+            if not readable:
+                self.want_spare = False
+                try:
+                    self.make_spare()
+                except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                    print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):

@@ -339,8 +339,15 @@ class PluginRegistry:
         """
         if name not in self._loaded:
             self._pins.pop(name, None)  # the operator's plain load: the highest version, unpinned
-        loaded = await self._load(name, explicit=True)
-        why = await self.persist()
+        # The load's audit entry (fsync) is written next to the state file (fsync of the file and of
+        # its directory), not before it; the reply waits for both.
+        audits: list[asyncio.Future[None]] = []
+        try:
+            loaded = await self._load(name, explicit=True, audits=audits)
+            why = await self.persist()
+        finally:
+            if audits:
+                await asyncio.gather(*audits, return_exceptions=True)
         if why is not None and name in (self._wanted or ()):
             # Running but not recorded: a restart would not bring it back. Undo it, so the answer,
             # the running set and the file agree. Unwanted at once, before the stop awaits: the
@@ -360,7 +367,8 @@ class PluginRegistry:
         """Same as `load_plugin` (the integration guide's name for it)."""
         return await self.load_plugin(name)
 
-    async def _load(self, name: str, *, explicit: bool, at_start: bool = False) -> LoadedPlugin:
+    async def _load(self, name: str, *, explicit: bool, at_start: bool = False,
+                    audits: list[asyncio.Future[None]] | None = None) -> LoadedPlugin:
         # explicit: the operator asked (API, CLI, library), so a success makes the plugin wanted.
         # at_start: the caller logs the failure itself, as one line.
         try:
@@ -428,7 +436,11 @@ class PluginRegistry:
         finally:
             self._busy.discard(name)
             self._publish_states()
-        await self._audit("load", name, version=loaded.version, digest=loaded.digest, pid=sup.pid)
+        entry = self._audit("load", name, version=loaded.version, digest=loaded.digest, pid=sup.pid)
+        if audits is None:
+            await entry
+        else:  # awaited by the caller, next to its state file write
+            audits.append(asyncio.ensure_future(entry))
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
 

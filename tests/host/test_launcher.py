@@ -155,11 +155,58 @@ def test_a_cancelled_spawn_does_not_leave_a_child(tmp_path: Path) -> None:
                 assert msg["type"] == "hello"
             server = psutil.Process(launcher.server_pid)
             deadline = asyncio.get_running_loop().time() + 60  # a bound against a hang
-            while server.children() and asyncio.get_running_loop().time() < deadline:
+            def plugins() -> list[psutil.Process]:  # the spare forked ahead is no plugin
+                return [p for p in server.children() if p.pid != launcher.spare_pid]
+
+            while plugins() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
-            assert server.children() == []
+            assert plugins() == []
         finally:
             await launcher.close()
+
+    asyncio.run(main())
+
+
+def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            first, chan1 = await spawn(launcher, tree)
+            deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
+            while launcher.spare_pid is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            spare = launcher.spare_pid
+            assert spare is not None and spare != first
+            proc = psutil.Process(spare)
+            assert proc.ppid() == launcher.server_pid
+            # Its set-up (fds shed, then its own session) runs while the fork-server goes on.
+            while os.getsid(spare) != spare and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            assert os.getsid(spare) == spare
+            assert proc.name() == "plugind-spare"  # told apart from plugins in ps
+            # It holds nothing of the fork-server's or of other plugins: stdio and its own socket.
+            fds = {f: os.readlink(f"/proc/{spare}/fd/{f}") for f in os.listdir(f"/proc/{spare}/fd")}
+            assert [f for f, target in fds.items() if int(f) > 2] == [
+                f for f, target in fds.items() if target.startswith("socket:") and int(f) > 2]
+            assert len([f for f in fds if int(f) > 2]) == 1
+            second, chan2 = await spawn(launcher, tree)
+            assert second == spare
+            assert await call(chan2, "env", None) == await call(chan1, "env", None)
+            assert proc.name() == psutil.Process(first).name() == psutil.Process(launcher.server_pid).name()
+            await launcher.kill(second, signal.SIGKILL)
+            status = await asyncio.wait_for(launcher.wait_exit(second), 20)
+            assert status.signal == signal.SIGKILL
+            for chan in (chan1, chan2):
+                chan.sock.close()
+        finally:
+            await launcher.close()
+        assert not psutil.pid_exists(launcher.server_pid)
+        _gone, alive = psutil.wait_procs(
+            [psutil.Process(p) for p in (first, spare) if psutil.pid_exists(p)], timeout=20)
+        assert alive == []
 
     asyncio.run(main())
 

@@ -253,6 +253,25 @@ def test_a_state_file_that_cannot_be_written_rolls_a_load_back_and_warns_of_an_u
     assert states == ["not saved", "saved"]
 
 
+def test_a_failed_load_is_not_in_the_state_file(ws: Workspace) -> None:
+    ws.auto_load = False
+    ws.add(echo("one"))
+    ws.add(plugin_source("broken", {"on_request": (0, "return data")}, on_load="raise ValueError('no')"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        await reg.load_plugin("one")
+        with pytest.raises(InitializationError, match="on_load of plugin 'broken' raised ValueError"):
+            await reg.load_plugin("broken")
+        assert not reg.is_loaded("broken") and reg.wanted_plugins() == ["one"]
+        assert decode_state(state_file(ws).read_bytes()) == ["one"]
+        assert reg.state_problem is None
+
+    run(ws, scenario)
+    events = [e["event"] for e in AuditLog(ws.root / "data" / "audit.log").tail(50)]
+    assert events.count("load") == 1 and "refused" in events
+
+
 def test_startup_and_shutdown_hooks_fire(ws: Workspace) -> None:
     ws.add(plugin_source("life", {
         "on_startup": (0, "ctx.set('life.started', data['host'])\nreturn data"),

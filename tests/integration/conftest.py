@@ -33,6 +33,8 @@ import pytest
 from cgroup_host import DaemonGroup, SessionParent
 from kit import Workspace
 
+from plugind.host.forkserver import SPARE_NAME
+
 TOKEN = "integration-token-0123456789"
 READY_TIMEOUT_S = 60.0
 
@@ -106,13 +108,14 @@ class RunningDaemon:
         return info
 
     def tree(self) -> list[psutil.Process]:
-        """Every live (non-zombie) descendant of the daemon: the fork-server and plugin children."""
+        """Every live (non-zombie) descendant of the daemon: the fork-server and plugin children (not
+        the fork-server's spare child, which is no plugin; it is in `seen_pids` all the same)."""
         try:
             procs = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
         self.seen_pids.update(p.pid for p in procs)
-        return [p for p in procs if alive(p.pid)]
+        return [p for p in procs if alive(p.pid) and not _is_spare(p)]
 
     def zombies(self) -> list[int]:
         try:
@@ -148,6 +151,13 @@ class RunningDaemon:
             return self.notify.recv(4096).decode().splitlines()
         except TimeoutError:
             return []
+
+
+def _is_spare(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() == SPARE_NAME.decode()
+    except psutil.Error:
+        return False
 
 
 def start(
