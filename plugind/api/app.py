@@ -204,15 +204,13 @@ def create_app(
     ):
         app.include_router(router, prefix="/api", dependencies=auth)
 
-    @app.exception_handler(PluginError)
-    async def _plugin_error(request: Request, exc: PluginError) -> JSONResponse:
+    async def _error(request: Request, exc: Exception) -> JSONResponse:
+        # A PluginError's own status and label; anything else is a bug: 500, logged.
         code, body = plugin_error_reply(request.method, request.url.path, exc)
         return JSONResponse(body, status_code=code)
 
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        code, body = plugin_error_reply(request.method, request.url.path, exc)
-        return JSONResponse(body, status_code=code)
+    app.add_exception_handler(PluginError, _error)
+    app.add_exception_handler(Exception, _error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

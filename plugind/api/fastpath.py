@@ -32,10 +32,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugind.api.auth import BearerAuth
-from plugind.api.schemas import HOOK_PATTERN, jsonable
+from plugind.api.routes.hooks import reply_of
+from plugind.api.schemas import HOOK_PATTERN, MAX_HOOK_TIMEOUT_S
 from plugind.config import Settings
 from plugind.host.registry import PluginRegistry
-from plugind.logs import current_redactor
 from plugind.wire.limits import json_problem
 
 log = logging.getLogger("plugind.api")
@@ -67,7 +67,7 @@ def parse_request(body: bytes) -> tuple[Any, str, float | None] | None:
         return None
     timeout = value.get("timeout_s")
     if timeout is not None:
-        if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
+        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_HOOK_TIMEOUT_S:
             return None
         timeout = float(timeout)
     return value.get("data"), policy, timeout
@@ -173,13 +173,7 @@ class HookFastPath:
         data, policy, timeout_s = parsed
         try:
             result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
-            reply = jsonable(result.to_dict())
-            # Plugins' error messages are redacted as the daemon log is; outputs are data, left alone.
-            redactor = current_redactor()
-            for holder in (reply, *reply["results"]):
-                if holder.get("error") is not None:
-                    holder["error"] = redactor.redact_value(holder["error"])
-            code, payload = 200, encode_reply(reply)
+            code, payload = 200, encode_reply(reply_of(result))
         except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
             code, answer = self.error_reply("POST", path, exc)
             payload = _dumps(answer).encode("utf-8")

@@ -15,6 +15,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # Hook names and context keys come from integrators: short and printable, no path separators.
 HOOK_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"  # as plugind.wire.messages.HOOK_NAME_RE
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+MAX_HOOK_TIMEOUT_S = 3600  # the schema's bound on a request's timeout_s ([hooks] max_timeout_secs lowers it)
 
 
 _PLAIN = frozenset((str, int, bool, type(None)))
@@ -174,7 +175,7 @@ class RescanReply(BaseModel):
 class HookRequest(_Request):
     data: Any = None
     policy: Literal["chain", "until_error", "all"] = "chain"
-    timeout_s: float | None = Field(None, gt=0, le=3600)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_HOOK_TIMEOUT_S)
 
 
 class HookOutcomeReply(BaseModel):

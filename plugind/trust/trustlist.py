@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hmac
 import json
 import os
 import re
@@ -205,7 +206,7 @@ def decrypt_trust_document(blob: bytes, key: bytes, *, path: str | None = None) 
     blob, key = bytes(blob), bytes(key)
     with _decoded_lock:
         last = _decoded
-    if last is not None and last[0] == key and last[1] == blob:
+    if last is not None and last[1] == blob and hmac.compare_digest(last[0], key):  # the key: a secret
         doc = last[2]
         return TrustList(list(doc.entries), doc.generation, doc.valid_until)
     doc = _decrypt_trust_document(blob, key, path=path)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Path, Request
 
 from plugind.api.routes import _deps
 from plugind.api.schemas import HOOK_PATTERN, ErrorReply, HookReply, HookRequest, jsonable
+from plugind.host.hooks import HookResult
 from plugind.logs import current_redactor
 
 router = APIRouter(tags=["hooks"])
@@ -26,10 +29,16 @@ async def execute(
     _deps.check_timeout(request, body.timeout_s)
     reg = _deps.registry(request)
     result = await reg.hooks.run(hook, body.data, body.policy, body.timeout_s)
-    reply = jsonable(result.to_dict())
-    # Plugins' error messages are redacted as the daemon log is; their outputs are data, left alone.
+    return HookReply.model_validate(reply_of(result))
+
+
+def reply_of(result: HookResult) -> dict[str, Any]:
+    """`result` as the JSON-able dict of a HookReply, plugins' error messages redacted as the daemon
+    log is (their outputs are data, left alone). The FastAPI route and the fast path both answer
+    with it."""
+    reply: dict[str, Any] = jsonable(result.to_dict())
     redactor = current_redactor()
-    for holder in (reply, *reply.get("results", ())):
+    for holder in (reply, *reply["results"]):
         if holder.get("error") is not None:
             holder["error"] = redactor.redact_value(holder["error"])
-    return HookReply.model_validate(reply)
+    return reply
