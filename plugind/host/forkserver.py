@@ -88,6 +88,21 @@ def _load_sandbox() -> ModuleType | None:
     return contain
 
 
+
+def run_plugin(req: dict[str, Any], sock_fd: int, hooks: Any = None) -> None:
+    """In a forked child: run the plugin a spawn request names, on `sock_fd` (never returns while it
+    runs)."""
+    runtime.run_child(
+        sock_fd,
+        str(req["tree"]),
+        str(req["entrypoint"]),
+        name=str(req.get("name")),
+        version=str(req.get("version") or ""),
+        max_frame=int(req.get("max_frame") or runtime.DEFAULT_MAX_FRAME),
+        hooks=hooks,
+    )
+
+
 class ForkServer:
     """The server loop; one instance per process."""
 
@@ -156,14 +171,7 @@ class ForkServer:
                 os._exit(0)
             req = msgpack.unpackb(data, raw=False)
             set_comm(comm)
-            runtime.run_child(
-                fds[0],
-                str(req["tree"]),
-                str(req["entrypoint"]),
-                name=str(req.get("name")),
-                version=str(req.get("version") or ""),
-                max_frame=int(req.get("max_frame") or runtime.DEFAULT_MAX_FRAME),
-            )
+            run_plugin(req, fds[0])
         finally:
             os._exit(127)
 
@@ -193,15 +201,7 @@ class ForkServer:
                 set_pdeathsig()
                 if hooks is None:
                     os.setsid()
-                runtime.run_child(
-                    sock_fd,
-                    str(req["tree"]),
-                    str(req["entrypoint"]),
-                    name=name,
-                    version=str(req.get("version") or ""),
-                    max_frame=int(req.get("max_frame") or runtime.DEFAULT_MAX_FRAME),
-                    hooks=hooks,
-                )
+                run_plugin(req, sock_fd, hooks)
             finally:
                 os._exit(127)
 
