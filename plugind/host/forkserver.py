@@ -113,6 +113,11 @@ class ForkServer:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
         self.want_spare = False
+        # The pre-contained spare for sandboxed spawns (contain.ContainedSpare), prepared like the
+        # last sandboxed plan that allows one (`proto`) once we are idle.
+        self.cspare: Any = None
+        self.proto: Any = None
+        self.want_cspare = False
         self.pid = os.getpid()
         self.comm = _comm()
 
@@ -132,6 +137,9 @@ class ForkServer:
         if self.spare is not None:  # a spare's socket is for the spare alone
             with contextlib.suppress(OSError):
                 self.spare[1].close()
+        if self.cspare is not None:
+            with contextlib.suppress(OSError):
+                self.cspare.chan.close()
 
     def make_spare(self) -> None:
         """Fork a spare child for the next unsandboxed spawn (no-op if there is one)."""
@@ -175,6 +183,44 @@ class ForkServer:
         finally:
             os._exit(127)
 
+    def make_contained_spare(self) -> None:
+        """Prepare a pre-contained spare for the next sandboxed spawn like `proto` (see
+        plugind.sandbox.contain); no-op if there is one or nothing to prepare it like."""
+        if self.cspare is not None or self.proto is None or self.contain is None:
+            return
+        comm = self.comm
+
+        def run(payload: bytes, sock_fd: int, hooks: Any) -> NoReturn:
+            set_comm(comm)
+            run_plugin(msgpack.unpackb(payload, raw=False), sock_fd, hooks)
+            os._exit(0)
+
+        set_comm(SPARE_NAME)
+        try:
+            spare = self.contain.prepare_spare(self.proto, self._child_setup, run)
+        finally:
+            if os.getpid() == self.pid:
+                set_comm(comm)
+        self.cspare = spare
+        self.send({"op": "spare", "pid": spare.pid, "sandboxed": True})
+
+    def _use_contained_spare(self, plan: Any, req: dict[str, Any], sock_fd: int) -> Any:
+        # The spare's Spawned for `plan`, or None (no spare, it does not fit, or the hand-off failed:
+        # the spare is discarded and the caller forks anew, which reports any real error).
+        spare, self.cspare = self.cspare, None
+        if spare is None:
+            return None
+        if not self.contain.spare_fits(spare, plan):  # type: ignore[union-attr]
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
+            return None
+        try:
+            return self.contain.use_spare(spare, plan, msgpack.packb(req, use_bin_type=True),  # type: ignore[union-attr]
+                                          sock_fd)
+        except Exception as exc:
+            print(f"plugind fork-server: spare not used: {exc!r}", file=sys.stderr, flush=True)
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
+            return None
+
     def _use_spare(self, req: dict[str, Any], sock_fd: int) -> int | None:
         # Hand `req` and the plugin's socket to the spare; its pid, or None when there is no spare
         # or it died (the caller forks then).
@@ -210,9 +256,13 @@ class ForkServer:
                 from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
 
                 plan = SandboxPlan.from_wire(plan_wire)
-                spawned = self.contain.spawn_contained(plan, run, [sock_fd])
+                spawned = self._use_contained_spare(plan, req, sock_fd)
+                if spawned is None:
+                    spawned = self.contain.spawn_contained(plan, run, [sock_fd])
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
+                if self.contain.spare_capable(plan):
+                    self.proto, self.want_cspare = plan, True
             else:
                 spared = self._use_spare(req, sock_fd)
                 if spared is not None:
@@ -258,6 +308,10 @@ class ForkServer:
                 self.spare[1].close()
                 self.spare = None
                 continue
+            if self.cspare is not None and pid == self.cspare.pid:  # died unused: the next spawn forks
+                spare, self.cspare = self.cspare, None
+                self.contain.discard_spare(spare, reaped=True)  # type: ignore[union-attr]
+                continue
             if pid not in self.children:
                 continue
             plan = self.children.pop(pid)
@@ -277,6 +331,9 @@ class ForkServer:
 
     def shutdown(self) -> None:
         """Kill and reap every child (the daemon went away)."""
+        if self.cspare is not None:
+            spare, self.cspare = self.cspare, None
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
         if self.spare is not None:
             pid, chan = self.spare
             self.spare = None
@@ -320,17 +377,26 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
         while True:
-            idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
+            wanted = (self.want_spare and self.spare is None) or (self.want_cspare and self.cspare is None)
+            idle = SPARE_IDLE_S if wanted else None
             try:
                 readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
             except InterruptedError:
                 continue
             if not readable:
-                self.want_spare = False
-                try:
-                    self.make_spare()
-                except OSError as exc:  # no spare: the next spawn forks, as it would anyway
-                    print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
+                if self.want_spare:
+                    self.want_spare = False
+                    try:
+                        self.make_spare()
+                    except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                        print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
+                elif self.want_cspare:
+                    self.want_cspare = False
+                    try:
+                        self.make_contained_spare()
+                    except Exception as exc:  # no spare: the next sandboxed spawn forks anew
+                        print(f"plugind fork-server: no sandboxed spare: {exc!r}", file=sys.stderr,
+                              flush=True)
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
