@@ -207,12 +207,10 @@ class ForkServer:
     def _use_contained_spare(self, plan: Any, req: dict[str, Any], sock_fd: int) -> Any:
         # The spare's Spawned for `plan`, or None (no spare, it does not fit, or the hand-off failed:
         # the spare is discarded and the caller forks anew, which reports any real error).
-        spare, self.cspare = self.cspare, None
-        if spare is None:
-            return None
-        if not self.contain.spare_fits(spare, plan):  # type: ignore[union-attr]
-            self.contain.discard_spare(spare)  # type: ignore[union-attr]
-            return None
+        spare = self.cspare
+        if spare is None or not self.contain.spare_fits(spare, plan):  # type: ignore[union-attr]
+            return None  # an unfit spare stays for a later plan it fits (it served nobody yet)
+        self.cspare = None  # used once, whatever happens next
         try:
             return self.contain.use_spare(spare, plan, msgpack.packb(req, use_bin_type=True),  # type: ignore[union-attr]
                                           sock_fd)
@@ -261,8 +259,8 @@ class ForkServer:
                     spawned = self.contain.spawn_contained(plan, run, [sock_fd])
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
-                if self.contain.spare_capable(plan):
-                    self.proto, self.want_cspare = plan, True
+                if self.cspare is None and self.contain.spare_capable(plan):
+                    self.proto, self.want_cspare = plan, True  # prepared like this one once idle
             else:
                 spared = self._use_spare(req, sock_fd)
                 if spared is not None:

@@ -431,6 +431,7 @@ def _plugin_steps(
 
 SPARE_GROUP_PREFIX = ".spare-"  # a plugin's group never starts with '.' (config.PLUGIN_NAME_RE)
 _SPARE_PACKET = 256 * 1024
+SPARE_REPORT_TIMEOUT_S = 10.0  # a spare that does not report by then is discarded (a bound, not a pace)
 
 
 @dataclass
@@ -506,6 +507,7 @@ def prepare_spare(
         ours.close()
         _spare_child(proto, fs, theirs, child_setup, run)
     theirs.close()
+    ours.settimeout(SPARE_REPORT_TIMEOUT_S)
     spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto))
     try:
         if backend == "v1":

@@ -43,11 +43,11 @@ STATUS_KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "
 LIMITS = ("Max open files", "Max file size", "Max core file size", "Max processes")
 
 
-def plan_for(tmp_path: Path, parent: str, name: str) -> SandboxPlan:
+def plan_for(tmp_path: Path, parent: str, name: str, **sandboxing: Any) -> SandboxPlan:
     tree = tmp_path / f"{name}-tree"
     tree.mkdir()
     (tree / "demo.py").write_text(textwrap.dedent(PLUGIN))
-    return build_plan(make_settings(parent), name, tree)
+    return build_plan(make_settings(parent, **sandboxing), name, tree)
 
 
 class Plugin:
@@ -271,6 +271,27 @@ def test_a_killed_spare_means_the_next_spawn_forks_anew(tmp_path: Path, parent: 
             assert limit_files(after.plan) == expected_limits(after.plan)
             assert isolation(after) | {"steps": None} == isolation(first) | {"steps": None}
             for p in (first, after):
+                p.chan.sock.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(HOST.backend is None, reason="no cgroup controllers on this host")
+def test_a_plan_the_spare_does_not_fit_forks_anew_and_leaves_the_spare(tmp_path: Path, parent: str) -> None:
+    plain = [plan_for(tmp_path, parent, n) for n in ("first", "last")]
+    other = plan_for(tmp_path, parent, "bigtmp", filesystem__tmp_size_mb=32)  # another /tmp: another root
+
+    async def main() -> None:
+        async with running() as launcher:
+            first = await spawn(launcher, plain[0])
+            spare = await next_spare(launcher, {first.pid})
+            odd = await spawn(launcher, other)
+            assert odd.pid != spare
+            assert any(m[0] == "/tmp" and "size=32768k" in m[4] for m in isolation(odd)["mounts"])
+            last = await spawn(launcher, plain[1])
+            assert last.pid == spare  # still there, and still unused: it serves the next plan it fits
+            assert any(m[0] == "/tmp" and "size=16384k" in m[4] for m in isolation(last)["mounts"])
+            for p in (first, odd, last):
                 p.chan.sock.close()
 
     asyncio.run(main())
