@@ -54,6 +54,9 @@ PR_SET_NAME = 15
 # it competed for the CPU with the child it had just handed over (its import, hello and first call),
 # and a daemon and plugins confined to one CPU lost more than the spare saved (bench/peers.py).
 SPARE_IDLE_S = 0.05
+# The pre-contained spare costs the fork-server only its fork (it prepares itself, at nice 19): it is
+# forked once nothing has come for this long after a sandboxed spawn (the daemon's next steps first).
+CSPARE_IDLE_S = 0.005
 SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -308,6 +311,11 @@ class ForkServer:
                 continue
             if self.cspare is not None and pid == self.cspare.pid:  # died unused: the next spawn forks
                 spare, self.cspare = self.cspare, None
+                with contextlib.suppress(OSError):  # what it said, if it failed its preparation
+                    spare.chan.setblocking(False)
+                    if (said := spare.chan.recv(4096)) and b'"error"' in said:
+                        print(f"plugind fork-server: sandboxed spare failed: {said.decode(errors='replace')}",
+                              file=sys.stderr, flush=True)
                 self.contain.discard_spare(spare, reaped=True)  # type: ignore[union-attr]
                 continue
             if pid not in self.children:
@@ -375,26 +383,27 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
         while True:
-            wanted = (self.want_spare and self.spare is None) or (self.want_cspare and self.cspare is None)
-            idle = SPARE_IDLE_S if wanted else None
+            idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
+            if self.want_cspare and self.cspare is None:
+                idle = CSPARE_IDLE_S
             try:
                 readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
             except InterruptedError:
                 continue
             if not readable:
-                if self.want_spare:
-                    self.want_spare = False
-                    try:
-                        self.make_spare()
-                    except OSError as exc:  # no spare: the next spawn forks, as it would anyway
-                        print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
-                elif self.want_cspare:
+                if self.want_cspare:
                     self.want_cspare = False
                     try:
                         self.make_contained_spare()
                     except Exception as exc:  # no spare: the next sandboxed spawn forks anew
                         print(f"plugind fork-server: no sandboxed spare: {exc!r}", file=sys.stderr,
                               flush=True)
+                elif self.want_spare:
+                    self.want_spare = False
+                    try:
+                        self.make_spare()
+                    except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                        print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):

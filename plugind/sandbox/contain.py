@@ -445,6 +445,8 @@ class ContainedSpare:
     group: cgroups.CgroupHandle | None
     steps: dict[str, str] = field(default_factory=dict)
     root: Any = None  # mounts.plugin_independent(...) of the root it built ahead (mount namespace)
+    nice: int = 0  # the fork-server's priority, which a plugin gets (the spare waits at nice 19)
+    ready: bool = False  # its report of the prepared steps was read
 
 
 def spare_capable(plan: SandboxPlan) -> bool:
@@ -476,7 +478,9 @@ def prepare_spare(
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
 ) -> ContainedSpare:
-    """Fork and prepare a spare for plans like `proto` (see above); it waits for `use_spare`.
+    """Fork a spare for plans like `proto` (see above) and return at once: it prepares itself, at
+    the lowest CPU priority (nice 19, so that it never competes with a plugin starting up), and
+    waits for `use_spare`, which restores its priority first.
 
     In the spare, `child_setup()` runs first (the fork-server sheds its fds and signal plumbing);
     at hand-off, `run(payload, sock_fd, hooks)` runs the plugin. Raises SandboxError or OSError
@@ -505,20 +509,27 @@ def prepare_spare(
         raise
     if pid == 0:
         ours.close()
-        _spare_child(proto, fs, theirs, child_setup, run)
+        _spare_child(proto, fs, backend, theirs, child_setup, run)
     theirs.close()
     ours.settimeout(SPARE_REPORT_TIMEOUT_S)
-    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto))
+    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto),
+                           nice=os.getpriority(os.PRIO_PROCESS, 0))
     try:
-        if backend == "v1":
-            spare.group = cgroups.make_group(backend, proto.cgroup_parent, f"{SPARE_GROUP_PREFIX}{pid}")
-            spare.group.attach(pid)
-        report = _spare_report(proto, ours)
-        steps.update(report["steps"])
+        os.setpriority(os.PRIO_PROCESS, pid, 19)  # by us, not by it: use_spare cannot race it
     except BaseException:
         discard_spare(spare)
         raise
     return spare
+
+
+def _spare_group(spare: ContainedSpare) -> cgroups.CgroupHandle | None:
+    return cgroups.open_group("v1", spare.proto.cgroup_parent, f"{SPARE_GROUP_PREFIX}{spare.pid}")
+
+
+def _spare_group_name() -> str:
+    # In the spare (still in the host's mount namespace): its group is named by its host pid, which
+    # /proc/self (the host's procfs) gives; getpid() is 1 in its own pid namespace.
+    return f"{SPARE_GROUP_PREFIX}{os.readlink('/proc/self')}"
 
 
 def _spare_report(plan: SandboxPlan, chan: socket.socket) -> dict[str, Any]:
@@ -538,6 +549,14 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
     hand-off fails: the caller then discards the spare (`discard_spare`) and forks anew."""
     if not spare_fits(spare, plan):
         raise ValueError("the spare does not fit this plan")
+    os.setpriority(os.PRIO_PROCESS, spare.pid, spare.nice)  # a plugin's priority; and it may finish
+    if not spare.ready:  # its own preparation (normally long done)
+        spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
+        spare.ready = True
+    if spare.backend == "v1":  # it made and entered its group itself
+        spare.group = _spare_group(spare)
+        if spare.group is None:
+            raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
     steps = dict(spare.steps)
     if spare.backend is not None:
         existing = cgroups.open_group(spare.backend, plan.cgroup_parent, plan.group)
@@ -574,6 +593,9 @@ def discard_spare(spare: ContainedSpare, *, reaped: bool = False) -> None:
             os.kill(spare.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(spare.pid, 0)
+    if spare.group is None and spare.backend == "v1":  # the group it may have made itself
+        with contextlib.suppress(Exception):
+            spare.group = _spare_group(spare)
     if spare.group is not None:
         with contextlib.suppress(Exception):
             spare.group.remove()
@@ -582,6 +604,7 @@ def discard_spare(spare: ContainedSpare, *, reaped: bool = False) -> None:
 def _spare_child(
     proto: SandboxPlan,
     fs: _Filesystem,
+    backend: str | None,
     chan: socket.socket,
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
@@ -592,6 +615,8 @@ def _spare_child(
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
         child_setup()
+        if backend == "v1":  # a group of its own (no limits until hand-off), entered: "0" is oneself
+            cgroups.make_group(backend, proto.cgroup_parent, _spare_group_name()).attach(0)
         _enter_namespaces(proto, steps, step, with_mount=False)  # mount: from the template, later
         if "net" in proto.namespaces:
             step("network", network.loopback_up)

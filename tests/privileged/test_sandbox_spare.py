@@ -158,6 +158,8 @@ def isolation(p: Plugin) -> dict[str, Any]:
         "steps": p.steps,
         "sid_is_self": os.getsid(pid) == pid,
         "comm": Path(f"/proc/{pid}/comm").read_text().strip(),
+        # priority: a spare waits at nice 19; a plugin gets the fork-server's, as a fresh child does
+        "nice": Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16],
     }
 
 
@@ -234,7 +236,12 @@ def test_an_unused_spare_and_its_cgroup_are_removed_at_shutdown(tmp_path: Path, 
             p = await spawn(launcher, plan)
             spare = await next_spare(launcher, {p.pid})
             if HOST.backend == "v1":  # cgroup2 refuses rename(2): a spare is put in a group at hand-off
-                assert group_of(spare)["pids"] == f"/{parent.strip('/')}/.spare-{spare}"
+                want = f"/{parent.strip('/')}/.spare-{spare}"
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30  # it makes and enters its group itself, at nice 19
+                while group_of(spare)["pids"] != want and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                assert group_of(spare)["pids"] == want
                 assert all((d / f".spare-{spare}").is_dir() for d in group_dirs(parent))
             p.chan.sock.close()
         deadline = asyncio.get_running_loop().time() + 30
