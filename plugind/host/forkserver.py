@@ -20,8 +20,12 @@ the next one: set up like any child
 (fds shed, PDEATHSIG, own session) and waiting on a private socket for its request and plugin
 socket. The next unsandboxed spawn hands both to it instead of forking, so the fork and the
 child's start-up are off that load's path. A spare is never signalled through `kill` (it is not a
-plugin until it has its request) and dies with the fork-server; sandboxed spawns always fork anew
-(their isolation steps are per plugin).
+plugin until it has its request) and dies with the fork-server.
+
+After a sandboxed spawn, once idle for CSPARE_IDLE_S, it forks a pre-contained spare (see
+plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
+next sandboxed spawn whose plan it fits; any other sandboxed spawn forks anew. It is announced as
+{"op": "spare", "pid", "sandboxed": true}.
 
 End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
 """

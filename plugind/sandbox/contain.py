@@ -419,15 +419,17 @@ def _plugin_steps(
 
 # --- the pre-contained spare ----------------------------------------------------------------------
 #
-# An idle fork-server prepares, ahead of the next sandboxed spawn, a child that has done every step
-# that does not depend on the plugin: forked as PID 1 of its own pid namespace, in its own ipc, uts
-# and network namespaces with loopback up and (cgroup v1) attached to a group of its own under
-# plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
+# An idle fork-server forks, ahead of the next sandboxed spawn, a child that does (at nice 19) every
+# step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
+# network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
+# its environment scrubbed and (cgroup v1) in a group of its own that it makes under plugind's
+# parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
 # fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
 # rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
-# the spare does the plugin's own steps (`_plugin_steps`: mounts and pivot_root, hostname, fds,
-# rlimits, setsid, no_new_privs, capabilities) and runs the plugin, which loads seccomp last. It is
-# used only for a plan it fits (`spare_fits`), once; anything else forks anew.
+# the spare does the plugin's own steps (`_plugin_steps`: the tree's mount and the root made
+# read-only, hostname, fds, rlimits, setsid, no_new_privs, capabilities) and runs the plugin, which
+# loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
+# anew.
 
 SPARE_GROUP_PREFIX = ".spare-"  # a plugin's group never starts with '.' (config.PLUGIN_NAME_RE)
 _SPARE_PACKET = 256 * 1024
