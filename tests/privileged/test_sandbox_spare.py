@@ -158,6 +158,9 @@ def isolation(p: Plugin) -> dict[str, Any]:
         "steps": p.steps,
         "sid_is_self": os.getsid(pid) == pid,
         "comm": Path(f"/proc/{pid}/comm").read_text().strip(),
+        # what it holds open (the numbers vary with the fork-server's own fds; the kinds must not)
+        "fds": sorted(os.readlink(f"/proc/{pid}/fd/{fd}").partition(":")[0]
+                      for fd in os.listdir(f"/proc/{pid}/fd")),
         # priority: a spare waits at nice 19; a plugin gets the fork-server's, as a fresh child does
         "nice": Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16],
     }
