@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -469,8 +470,10 @@ def spare_fits(spare: ContainedSpare, plan: SandboxPlan) -> bool:
     return "mount" not in plan.namespaces or _root_of(plan) == spare.root
 
 
+@functools.lru_cache(maxsize=256)
 def _root_of(plan: SandboxPlan) -> Any:
-    # The plugin-independent part of `plan`'s root; None when it has no shared template path.
+    # The plugin-independent part of `plan`'s root; None when it has no shared template path
+    # (pure, and a plan is frozen: cached, as a plugin is loaded again and again with one plan).
     split = mounts.split_ops(mounts.mount_ops(plan), plan.tree)
     return None if split is None else mounts.plugin_independent(split, plan.tree)
 
