@@ -395,8 +395,9 @@ def _plugin_steps(
 ) -> None:
     # The child's steps after its namespaces, in order: filesystem (pivot_root), loopback, hostname,
     # fds, rlimits, environment, setsid, no_new_privs, capabilities, not dumpable; seccomp is loaded
-    # later by the runtime. A pre-contained spare (`fresh=False`) brought its loopback up and
-    # scrubbed its environment ahead, and `build_root` only finishes the root it built ahead.
+    # later by the runtime. A pre-contained spare (`fresh=False`) brought its loopback up, scrubbed
+    # its environment and left the daemon's session ahead, and `build_root` only finishes the root
+    # it built ahead.
     if "mount" in plan.namespaces:
         step("filesystem", build_root)
     if fresh and plan.network_mode == "none" and "net" in plan.namespaces:
@@ -411,7 +412,7 @@ def _plugin_steps(
     step("rlimits", lambda: rlimits.apply(plan))
     if fresh:
         _scrub_environment()
-    os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
+        os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
     allowed = caps.cap_numbers(plan.allowed_caps)
     step("no_new_privs", caps.no_new_privs)
     step("capabilities", lambda: caps.drop(allowed))
@@ -423,12 +424,12 @@ def _plugin_steps(
 # An idle fork-server forks, ahead of the next sandboxed spawn, a child that does (at nice 19) every
 # step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
 # network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
-# its environment scrubbed and (cgroup v1) in a group of its own that it makes under plugind's
-# parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
+# its environment scrubbed, a session of its own and (cgroup v1) a group of its own that it makes
+# under plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
 # fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
 # rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
 # the spare does the plugin's own steps (`_plugin_steps`: the tree's mount and the root made
-# read-only, hostname, fds, rlimits, setsid, no_new_privs, capabilities) and runs the plugin, which
+# read-only, hostname, fds, rlimits, no_new_privs, capabilities) and runs the plugin, which
 # loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
 # anew.
 
@@ -629,6 +630,7 @@ def _spare_child(
             assert fs.template_fd is not None and fs.split is not None
             mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree)
         _scrub_environment()
+        os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
         chan.send(json.dumps({"steps": steps}).encode())
     except BaseException as exc:
         with contextlib.suppress(OSError):
