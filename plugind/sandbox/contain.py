@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import json
 import logging
@@ -617,7 +618,9 @@ def _spare_child(
 ) -> NoReturn:
     # In the spare: the plugin-independent steps, a report, then wait for the hand-off.
     steps: dict[str, str] = {}
-    step = _stepper(proto, steps)  # `spare_capable` plans never degrade here: a failure discards it
+    # Never degraded, whatever `proto` allows: the plan it serves may not allow it. A step that
+    # fails here discards the spare; the spawn then forks anew and degrades (or fails) as the plan says.
+    step = _stepper(dataclasses.replace(proto, allow_degraded=False), steps)
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
         child_setup()
