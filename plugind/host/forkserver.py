@@ -20,8 +20,12 @@ the next one: set up like any child
 (fds shed, PDEATHSIG, own session) and waiting on a private socket for its request and plugin
 socket. The next unsandboxed spawn hands both to it instead of forking, so the fork and the
 child's start-up are off that load's path. A spare is never signalled through `kill` (it is not a
-plugin until it has its request) and dies with the fork-server; sandboxed spawns always fork anew
-(their isolation steps are per plugin).
+plugin until it has its request) and dies with the fork-server.
+
+After a sandboxed spawn, once idle for CSPARE_IDLE_S, it forks a pre-contained spare (see
+plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
+next sandboxed spawn whose plan it fits; any other sandboxed spawn forks anew. It is announced as
+{"op": "spare", "pid", "sandboxed": true}.
 
 End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
 """
@@ -54,6 +58,9 @@ PR_SET_NAME = 15
 # it competed for the CPU with the child it had just handed over (its import, hello and first call),
 # and a daemon and plugins confined to one CPU lost more than the spare saved (bench/peers.py).
 SPARE_IDLE_S = 0.05
+# The pre-contained spare costs the fork-server only its fork (it prepares itself, at nice 19): it is
+# forked once nothing has come for this long after a sandboxed spawn (the daemon's next steps first).
+CSPARE_IDLE_S = 0.005
 SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -113,6 +120,11 @@ class ForkServer:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
         self.want_spare = False
+        # The pre-contained spare for sandboxed spawns (contain.ContainedSpare), prepared like the
+        # last sandboxed plan that allows one (`proto`) once we are idle.
+        self.cspare: Any = None
+        self.proto: Any = None
+        self.want_cspare = False
         self.pid = os.getpid()
         self.comm = _comm()
 
@@ -132,6 +144,9 @@ class ForkServer:
         if self.spare is not None:  # a spare's socket is for the spare alone
             with contextlib.suppress(OSError):
                 self.spare[1].close()
+        if self.cspare is not None:
+            with contextlib.suppress(OSError):
+                self.cspare.chan.close()
 
     def make_spare(self) -> None:
         """Fork a spare child for the next unsandboxed spawn (no-op if there is one)."""
@@ -175,6 +190,42 @@ class ForkServer:
         finally:
             os._exit(127)
 
+    def make_contained_spare(self) -> None:
+        """Prepare a pre-contained spare for the next sandboxed spawn like `proto` (see
+        plugind.sandbox.contain); no-op if there is one or nothing to prepare it like."""
+        if self.cspare is not None or self.proto is None or self.contain is None:
+            return
+        comm = self.comm
+
+        def run(payload: bytes, sock_fd: int, hooks: Any) -> NoReturn:
+            set_comm(comm)
+            run_plugin(msgpack.unpackb(payload, raw=False), sock_fd, hooks)
+            os._exit(0)
+
+        set_comm(SPARE_NAME)
+        try:
+            spare = self.contain.prepare_spare(self.proto, self._child_setup, run)
+        finally:
+            if os.getpid() == self.pid:
+                set_comm(comm)
+        self.cspare = spare
+        self.send({"op": "spare", "pid": spare.pid, "sandboxed": True})
+
+    def _use_contained_spare(self, plan: Any, req: dict[str, Any], sock_fd: int) -> Any:
+        # The spare's Spawned for `plan`, or None (no spare, it does not fit, or the hand-off failed:
+        # the spare is discarded and the caller forks anew, which reports any real error).
+        spare = self.cspare
+        if spare is None or not self.contain.spare_fits(spare, plan):  # type: ignore[union-attr]
+            return None  # an unfit spare stays for a later plan it fits (it served nobody yet)
+        self.cspare = None  # used once, whatever happens next
+        try:
+            return self.contain.use_spare(spare, plan, msgpack.packb(req, use_bin_type=True),  # type: ignore[union-attr]
+                                          sock_fd)
+        except Exception as exc:
+            print(f"plugind fork-server: spare not used: {exc!r}", file=sys.stderr, flush=True)
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
+            return None
+
     def _use_spare(self, req: dict[str, Any], sock_fd: int) -> int | None:
         # Hand `req` and the plugin's socket to the spare; its pid, or None when there is no spare
         # or it died (the caller forks then).
@@ -210,9 +261,13 @@ class ForkServer:
                 from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
 
                 plan = SandboxPlan.from_wire(plan_wire)
-                spawned = self.contain.spawn_contained(plan, run, [sock_fd])
+                spawned = self._use_contained_spare(plan, req, sock_fd)
+                if spawned is None:
+                    spawned = self.contain.spawn_contained(plan, run, [sock_fd])
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
+                if self.cspare is None and self.contain.spare_capable(plan):
+                    self.proto, self.want_cspare = plan, True  # prepared like this one once idle
             else:
                 spared = self._use_spare(req, sock_fd)
                 if spared is not None:
@@ -258,6 +313,15 @@ class ForkServer:
                 self.spare[1].close()
                 self.spare = None
                 continue
+            if self.cspare is not None and pid == self.cspare.pid:  # died unused: the next spawn forks
+                spare, self.cspare = self.cspare, None
+                with contextlib.suppress(OSError):  # what it said, if it failed its preparation
+                    spare.chan.setblocking(False)
+                    if (said := spare.chan.recv(4096)) and b'"error"' in said:
+                        print(f"plugind fork-server: sandboxed spare failed: {said.decode(errors='replace')}",
+                              file=sys.stderr, flush=True)
+                self.contain.discard_spare(spare, reaped=True)  # type: ignore[union-attr]
+                continue
             if pid not in self.children:
                 continue
             plan = self.children.pop(pid)
@@ -277,6 +341,9 @@ class ForkServer:
 
     def shutdown(self) -> None:
         """Kill and reap every child (the daemon went away)."""
+        if self.cspare is not None:
+            spare, self.cspare = self.cspare, None
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
         if self.spare is not None:
             pid, chan = self.spare
             self.spare = None
@@ -321,16 +388,26 @@ class ForkServer:
         self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
         while True:
             idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
+            if self.want_cspare and self.cspare is None:
+                idle = CSPARE_IDLE_S
             try:
                 readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
             except InterruptedError:
                 continue
             if not readable:
-                self.want_spare = False
-                try:
-                    self.make_spare()
-                except OSError as exc:  # no spare: the next spawn forks, as it would anyway
-                    print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
+                if self.want_cspare:
+                    self.want_cspare = False
+                    try:
+                        self.make_contained_spare()
+                    except Exception as exc:  # no spare: the next sandboxed spawn forks anew
+                        print(f"plugind fork-server: no sandboxed spare: {exc!r}", file=sys.stderr,
+                              flush=True)
+                elif self.want_spare:
+                    self.want_spare = False
+                    try:
+                        self.make_spare()
+                    except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                        print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):

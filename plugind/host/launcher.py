@@ -100,6 +100,7 @@ class Launcher:
         self.server_pid: int | None = None
         self.sandbox_available = False
         self.spare_pid: int | None = None  # the fork-server's spare child (forkserver.py), if any
+        self.sandboxed_spare_pid: int | None = None  # its pre-contained spare (sandbox/contain.py)
         self._ctl: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
@@ -177,6 +178,8 @@ class Launcher:
             pid = int(msg["pid"])
             if pid == self.spare_pid:
                 self.spare_pid = None
+            if pid == self.sandboxed_spare_pid:
+                self.sandboxed_spare_pid = None
             assert self._loop is not None
             self._state.exits.setdefault(pid, self._loop.create_future())
             fut = self._state.spawns.pop(int(msg["id"]), None)
@@ -199,6 +202,8 @@ class Launcher:
                 exit_fut = self._state.exits[status.pid] = self._loop.create_future()
             if not exit_fut.done():
                 exit_fut.set_result(status)
+        elif op == "spare" and msg.get("sandboxed"):
+            self.sandboxed_spare_pid = int(msg["pid"])
         elif op == "spare":
             self.spare_pid = int(msg["pid"])
         elif op == "ready" and self._ready is not None and not self._ready.done():

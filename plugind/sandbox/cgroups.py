@@ -427,6 +427,25 @@ def create_group(
     (`cgroup_layout.plan_parent_controllers`; `proc_self_cgroup`, this process's by default, tells
     which part of the hierarchy is plugind's to write).
     """
+    handle = make_group(backend, parent, name, hier, proc_self_cgroup=proc_self_cgroup)
+    try:
+        apply_limits(handle, limits)
+    except SandboxError:
+        handle.remove()  # a group without its limits is never left behind
+        raise
+    return handle
+
+
+def make_group(
+    backend: str,
+    parent: str,
+    name: str,
+    hier: Hierarchy | None = None,
+    *,
+    proc_self_cgroup: str | None = None,
+) -> CgroupHandle:
+    """Create `<parent>/<name>` (v1: in every controller) without writing any limit yet; see
+    `create_group`. Raises SandboxError (step "cgroup")."""
     hier = hier or detect_cached()
     rel = f"{parent.strip('/')}/{name}"
     if backend == "v2":
@@ -435,37 +454,56 @@ def create_group(
         _v2_prepare_parent(root, "/" + parent.strip("/"), proc_self_cgroup)
         path = root / rel
         _mkdir(path)
-        handle = CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
-        try:
-            handle.gaps = tuple(write_v2_limits(path, limits))
-        except SandboxError:
-            handle.remove()  # a group without its limits is never left behind
-            raise
-        return handle
+        return CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
     dirs = _v1_dirs(hier, rel)
     for controller in dirs:
         _ensure_parents(Path(hier.v1_paths[controller]), rel)
-    handle = CgroupHandle("v1", dirs)
+    return CgroupHandle("v1", dirs)
+
+
+def apply_limits(handle: CgroupHandle, limits: CgroupLimits) -> None:
+    """Write `limits` into the group and set `handle.gaps`. Raises SandboxError (step "cgroup"); the
+    caller removes the group then."""
+    if handle.backend == "v2":
+        handle.gaps = tuple(write_v2_limits(next(iter(handle.dirs.values())), limits))
+        return
+    dirs = handle.dirs
     gaps = []
-    try:
-        for controller, fname, value in v1_settings(limits):
-            d = dirs.get(controller)
-            if d is None or not (d / fname).exists():
-                if fname in BEST_EFFORT:  # no BFQ scheduler, no swap accounting
-                    if gap := _gap(fname):
-                        gaps.append(gap)
-                    continue
-                raise SandboxError(
-                    f"cgroup v1 file {controller}/{fname} is missing on this host",
-                    step="cgroup",
-                    detail=f"open({d}/{fname}): ENOENT",
-                )
-            _write(d / fname, value)
-    except SandboxError:
-        handle.remove()  # a group without its limits is never left behind
-        raise
+    for controller, fname, value in v1_settings(limits):
+        d = dirs.get(controller)
+        if d is None or not (d / fname).exists():
+            if fname in BEST_EFFORT:  # no BFQ scheduler, no swap accounting
+                if gap := _gap(fname):
+                    gaps.append(gap)
+                continue
+            raise SandboxError(
+                f"cgroup v1 file {controller}/{fname} is missing on this host",
+                step="cgroup",
+                detail=f"open({d}/{fname}): ENOENT",
+            )
+        _write(d / fname, value)
     handle.gaps = tuple(gaps)
-    return handle
+
+
+def rename_group(handle: CgroupHandle, name: str) -> CgroupHandle:
+    """v1 only: rename the group, processes and all, to `name` within its parent (rename(2) in each
+    controller's hierarchy); returns the handle of the renamed group. cgroup2 refuses rename(2)
+    (EPERM). Raises SandboxError (step "cgroup")."""
+    if handle.backend != "v1":
+        raise SandboxError("cgroup v2 groups cannot be renamed", step="cgroup", detail="rename: EPERM")
+    dirs = {c: d.with_name(name) for c, d in handle.dirs.items()}
+    for c, d in handle.dirs.items():
+        try:
+            os.rename(d, dirs[c])
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and dirs[c].is_dir():
+                continue  # one directory under two names (co-mounted controllers): renamed already
+            raise SandboxError(
+                f"cannot rename cgroup {d} to {name}: {exc.strerror}",
+                step="cgroup",
+                detail=f"rename({d}, {dirs[c]}): {errno.errorcode.get(exc.errno or 0, '?')}",
+            ) from exc
+    return CgroupHandle("v1", dirs)
 
 
 def open_group(backend: str, parent: str, name: str, hier: Hierarchy | None = None) -> CgroupHandle | None:
@@ -651,6 +689,7 @@ __all__ = [
     "CgroupUsage",
     "Hierarchy",
     "apply_layout",
+    "apply_limits",
     "cgroup_for",
     "choose_backend",
     "cleanup_stale",
@@ -658,10 +697,12 @@ __all__ = [
     "detect",
     "detect_cached",
     "effective_parent",
+    "make_group",
     "open_group",
     "parse_flat_keyed",
     "parse_mountinfo",
     "prepare_v2_layout",
+    "rename_group",
     "v1_settings",
     "v2_settings",
     "write_v2_limits",

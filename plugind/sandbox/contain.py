@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -332,6 +335,19 @@ class _StepFailed(Exception):
         self.detail = detail
 
 
+def _stepper(plan: SandboxPlan, steps: dict[str, str]) -> Callable[[str, Callable[[], object]], None]:
+    def step(name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+            steps[name] = ACTIVE
+        except Exception as exc:
+            if not plan.allow_degraded:
+                raise _StepFailed(name, str(exc)) from exc
+            steps[name] = f"degraded: {exc}"
+
+    return step
+
+
 def _child(
     plan: SandboxPlan,
     run_child: Callable[[ChildHooks], NoReturn],
@@ -342,15 +358,7 @@ def _child(
     hooks: ChildHooks,
 ) -> NoReturn:
     steps: dict[str, str] = {}
-
-    def step(name: str, fn: Callable[[], object]) -> None:
-        try:
-            fn()
-            steps[name] = ACTIVE
-        except Exception as exc:
-            if not plan.allow_degraded:
-                raise _StepFailed(name, str(exc)) from exc
-            steps[name] = f"degraded: {exc}"
+    step = _stepper(plan, steps)
 
     def report() -> None:
         os.write(rep_w, json.dumps({"steps": steps}).encode() + b"\n")
@@ -360,24 +368,8 @@ def _child(
             prctl.set_pdeathsig(signal.SIGKILL)
         _enter_namespaces(plan, steps, step, with_mount=fs.template_fd is None)
         report()
-        if "mount" in plan.namespaces:
-            step("filesystem", lambda: _build_root(plan, fs, steps))
-        if plan.network_mode == "none" and "net" in plan.namespaces:
-            step("network", network.loopback_up)
-        if plan.user_namespace and os.getresuid() != (0, 0, 0):  # no mount namespace: not done yet
-            _become_namespace_root()
-        if "uts" in plan.namespaces:
-            _libc.sethostname(f"plugin-{plan.name}")
-        # Every fd the plugin does not get closed before RLIMIT_NOFILE is lowered: a spawner with
-        # more fds open than the plugin's limit would otherwise leave it unable to open any file.
-        _close_fds([*keep_fds, go_r, rep_w])
-        step("rlimits", lambda: rlimits.apply(plan))
-        _scrub_environment()
-        os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
-        allowed = caps.cap_numbers(plan.allowed_caps)
-        step("no_new_privs", caps.no_new_privs)
-        step("capabilities", lambda: caps.drop(allowed))
-        prctl.set_dumpable(False)  # /proc/<pid>/mem and ptrace closed even to its own children
+        _plugin_steps(plan, steps, step, [*keep_fds, go_r, rep_w], lambda: _build_root(plan, fs, steps),
+                      fresh=True)
         report()
         os.close(rep_w)
         if os.read(go_r, 1) != b"g":
@@ -391,6 +383,299 @@ def _child(
         _send_error(rep_w, "spawn", f"{type(exc).__name__}: {exc}")
         os._exit(_CHILD_FAILED)
     _run(run_child, hooks, keep_fds)
+
+
+def _plugin_steps(
+    plan: SandboxPlan,
+    steps: dict[str, str],
+    step: Callable[[str, Callable[[], object]], None],
+    keep_fds: list[int],
+    build_root: Callable[[], None],
+    *,
+    fresh: bool,
+) -> None:
+    # The child's steps after its namespaces, in order: filesystem (pivot_root), loopback, hostname,
+    # fds, rlimits, environment, setsid, no_new_privs, capabilities, not dumpable; seccomp is loaded
+    # later by the runtime. A pre-contained spare (`fresh=False`) brought its loopback up, scrubbed
+    # its environment and left the daemon's session ahead, and `build_root` only finishes the root
+    # it built ahead.
+    if "mount" in plan.namespaces:
+        step("filesystem", build_root)
+    if fresh and plan.network_mode == "none" and "net" in plan.namespaces:
+        step("network", network.loopback_up)
+    if plan.user_namespace and os.getresuid() != (0, 0, 0):  # no mount namespace: not done yet
+        _become_namespace_root()
+    if "uts" in plan.namespaces:
+        _libc.sethostname(f"plugin-{plan.name}")
+    # Every fd the plugin does not get closed before RLIMIT_NOFILE is lowered: a spawner with
+    # more fds open than the plugin's limit would otherwise leave it unable to open any file.
+    _close_fds(keep_fds)
+    step("rlimits", lambda: rlimits.apply(plan))
+    if fresh:
+        _scrub_environment()
+        os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
+    allowed = caps.cap_numbers(plan.allowed_caps)
+    step("no_new_privs", caps.no_new_privs)
+    step("capabilities", lambda: caps.drop(allowed))
+    prctl.set_dumpable(False)  # /proc/<pid>/mem and ptrace closed even to its own children
+
+
+# --- the pre-contained spare ----------------------------------------------------------------------
+#
+# An idle fork-server forks, ahead of the next sandboxed spawn, a child that does (at nice 19) every
+# step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
+# network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
+# its environment scrubbed, a session of its own and (cgroup v1) a group of its own that it makes
+# under plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
+# fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
+# rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
+# the spare does the plugin's own steps (`_plugin_steps`: the tree's mount and the root made
+# read-only, hostname, fds, rlimits, no_new_privs, capabilities) and runs the plugin, which
+# loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
+# anew.
+
+SPARE_GROUP_PREFIX = ".spare-"  # a plugin's group never starts with '.' (config.PLUGIN_NAME_RE)
+_SPARE_PACKET = 256 * 1024
+SPARE_REPORT_TIMEOUT_S = 10.0  # a spare that does not report by then is discarded (a bound, not a pace)
+
+
+@dataclass
+class ContainedSpare:
+    """The fork-server's handle on a prepared spare (its pid, our end of its socket, its group)."""
+
+    pid: int
+    chan: socket.socket
+    proto: SandboxPlan
+    backend: str | None
+    group: cgroups.CgroupHandle | None
+    steps: dict[str, str] = field(default_factory=dict)
+    root: Any = None  # mounts.plugin_independent(...) of the root it built ahead (mount namespace)
+    nice: int = 0  # the fork-server's priority, which a plugin gets (the spare waits at nice 19)
+    ready: bool = False  # its report of the prepared steps was read
+
+
+def spare_capable(plan: SandboxPlan) -> bool:
+    """Whether a spare can be prepared from `plan`'s plugin-independent settings."""
+    return (plan.enabled and not plan.user_namespace and "pid" in plan.namespaces
+            and plan.network_mode == "none")
+
+
+def spare_fits(spare: ContainedSpare, plan: SandboxPlan) -> bool:
+    """Whether `plan` asks for exactly what `spare` prepared (else the spawn forks anew): the same
+    namespaces, network mode, seccomp mode, cgroup backend and parent, and a root that differs from
+    the one it built ahead only by the plugin's tree."""
+    proto = spare.proto
+    if not (spare_capable(plan) and plan.namespaces == proto.namespaces
+            and plan.network_mode == proto.network_mode and plan.mode == proto.mode
+            and plan.cgroup_backend == proto.cgroup_backend and plan.cgroup_parent == proto.cgroup_parent):
+        return False
+    return "mount" not in plan.namespaces or _root_of(plan) == spare.root
+
+
+@functools.lru_cache(maxsize=256)
+def _root_of(plan: SandboxPlan) -> Any:
+    # The plugin-independent part of `plan`'s root; None when it has no shared template path
+    # (pure, and a plan is frozen: cached, as a plugin is loaded again and again with one plan).
+    split = mounts.split_ops(mounts.mount_ops(plan), plan.tree)
+    return None if split is None else mounts.plugin_independent(split, plan.tree)
+
+
+def prepare_spare(
+    proto: SandboxPlan,
+    child_setup: Callable[[], None],
+    run: Callable[[bytes, int, ChildHooks], NoReturn],
+) -> ContainedSpare:
+    """Fork a spare for plans like `proto` (see above) and return at once: it prepares itself, at
+    the lowest CPU priority (nice 19, so that it never competes with a plugin starting up), and
+    waits for `use_spare`, which restores its priority first.
+
+    In the spare, `child_setup()` runs first (the fork-server sheds its fds and signal plumbing);
+    at hand-off, `run(payload, sock_fd, hooks)` runs the plugin. Raises SandboxError or OSError
+    (nothing is left behind then).
+    """
+    if not spare_capable(proto):
+        raise ValueError("this plan cannot be served by a spare")
+    _filters_for(proto)  # compiled here, before the fork, like a fresh child's
+    if proto.mode == "strict":
+        _strict_filter()
+    fs = _filesystem_plan(proto)
+    if "mount" in proto.namespaces and (fs.template_fd is None or fs.split is None):
+        raise ValueError("no shared mount template: no spare")
+    backend = cgroups.choose_backend(proto.cgroup_backend, cgroups.detect_cached())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    steps: dict[str, str] = dict.fromkeys(STEPS, OFF)
+
+    def never_degraded(step: str, exc: BaseException) -> None:
+        raise _fail(proto, step, exc) from exc
+
+    try:
+        pid = _fork(proto, steps, never_degraded)
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+    if pid == 0:
+        ours.close()
+        _spare_child(proto, fs, backend, theirs, child_setup, run)
+    theirs.close()
+    ours.settimeout(SPARE_REPORT_TIMEOUT_S)
+    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto),
+                           nice=os.getpriority(os.PRIO_PROCESS, 0))
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 19)  # by us, not by it: use_spare cannot race it
+    except BaseException:
+        discard_spare(spare)
+        raise
+    return spare
+
+
+def _spare_group(spare: ContainedSpare) -> cgroups.CgroupHandle | None:
+    return cgroups.open_group("v1", spare.proto.cgroup_parent, f"{SPARE_GROUP_PREFIX}{spare.pid}")
+
+
+def _spare_group_name() -> str:
+    # In the spare (still in the host's mount namespace): its group is named by its host pid, which
+    # /proc/self (the host's procfs) gives; getpid() is 1 in its own pid namespace.
+    return f"{SPARE_GROUP_PREFIX}{os.readlink('/proc/self')}"
+
+
+def _spare_report(plan: SandboxPlan, chan: socket.socket) -> dict[str, Any]:
+    data = chan.recv(_SPARE_PACKET)
+    if not data:
+        raise SandboxError(f"the spare for plugin {plan.name} died during set-up", plugin=plan.name,
+                           step="spawn", detail="spare exited before reporting")
+    msg: dict[str, Any] = json.loads(data)
+    if "error" in msg:
+        raise step_failed(plan, msg["error"]["step"], msg["error"]["detail"])
+    return msg
+
+
+def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd: int) -> Spawned:
+    """Hand `plan`'s spawn (`payload` and the plugin's socket) to `spare`; return once every step
+    but seccomp is done. Raises ValueError if `plan` does not fit, SandboxError or OSError if the
+    hand-off fails: the caller then discards the spare (`discard_spare`) and forks anew."""
+    if not spare_fits(spare, plan):
+        raise ValueError("the spare does not fit this plan")
+    os.setpriority(os.PRIO_PROCESS, spare.pid, spare.nice)  # a plugin's priority; and it may finish
+    if not spare.ready:  # its own preparation (normally long done)
+        spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
+        spare.ready = True
+    if spare.backend == "v1":  # it made and entered its group itself
+        spare.group = _spare_group(spare)
+        if spare.group is None:
+            raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
+    steps = dict(spare.steps)
+    if spare.backend is not None:
+        existing = cgroups.open_group(spare.backend, plan.cgroup_parent, plan.group)
+        if existing is not None:
+            existing.remove()  # a previous run of this plugin that nobody cleaned up
+        if spare.group is not None:  # v1: the spare is in its group already
+            spare.group = cgroups.rename_group(spare.group, plan.group)
+            cgroups.apply_limits(spare.group, plan.limits)
+        else:  # v2: as for a fresh child
+            spare.group = cgroups.create_group(spare.backend, plan.cgroup_parent, plan.group, plan.limits)
+            spare.group.attach(spare.pid)
+        gaps = spare.group.gaps
+        steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
+    tree_fd = mounts.open_tree_ro(plan.tree) if "mount" in plan.namespaces else None
+    try:
+        socket.send_fds(spare.chan, [payload], [sock_fd] if tree_fd is None else [sock_fd, tree_fd])
+    finally:
+        if tree_fd is not None:
+            os.close(tree_fd)
+    report = _spare_report(plan, spare.chan)
+    steps.update(report["steps"])
+    steps["seccomp"] = ACTIVE
+    spare.chan.close()
+    return Spawned(spare.pid, steps)
+
+
+def discard_spare(spare: ContainedSpare, *, reaped: bool = False) -> None:
+    """Kill and reap an unused (or failed) spare, unless the caller `reaped` it already (its pid may
+    be another process's now), and remove its cgroup. Best effort, never raises."""
+    with contextlib.suppress(OSError):
+        spare.chan.close()
+    if not reaped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(spare.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.pid, 0)
+    if spare.group is None and spare.backend == "v1":  # the group it may have made itself
+        with contextlib.suppress(Exception):
+            spare.group = _spare_group(spare)
+    if spare.group is not None:
+        with contextlib.suppress(Exception):
+            spare.group.remove()
+
+
+def _spare_child(
+    proto: SandboxPlan,
+    fs: _Filesystem,
+    backend: str | None,
+    chan: socket.socket,
+    child_setup: Callable[[], None],
+    run: Callable[[bytes, int, ChildHooks], NoReturn],
+) -> NoReturn:
+    # In the spare: the plugin-independent steps, a report, then wait for the hand-off.
+    steps: dict[str, str] = {}
+    # Never degraded, whatever `proto` allows: the plan it serves may not allow it. A step that
+    # fails here discards the spare; the spawn then forks anew and degrades (or fails) as the plan says.
+    step = _stepper(dataclasses.replace(proto, allow_degraded=False), steps)
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        child_setup()
+        if backend == "v1":  # a group of its own (no limits until hand-off), entered: "0" is oneself
+            cgroups.make_group(backend, proto.cgroup_parent, _spare_group_name()).attach(0)
+        _enter_namespaces(proto, steps, step, with_mount=False)  # mount: from the template, later
+        if "net" in proto.namespaces:
+            step("network", network.loopback_up)
+        if "mount" in proto.namespaces:
+            assert fs.template_fd is not None and fs.split is not None
+            mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree)
+        _scrub_environment()
+        os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
+        chan.send(json.dumps({"steps": steps}).encode())
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            chan.send(json.dumps({"error": {"step": getattr(exc, "step", "spawn"),
+                                            "detail": f"{type(exc).__name__}: {exc}"}}).encode())
+        os._exit(_CHILD_FAILED)
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(chan, _SPARE_PACKET, 2)
+    except BaseException:
+        os._exit(_CHILD_FAILED)
+    if not data or not fds:  # the fork-server gave up on us
+        os._exit(0)
+    hand_off: list[Any] = []
+    try:
+        import msgpack
+
+        req = msgpack.unpackb(data, raw=False)
+        plan = SandboxPlan.from_wire(req["plan"])
+        if not spare_capable(plan) or plan.namespaces != proto.namespaces:
+            raise _StepFailed("spawn", "the spare does not fit this plan")
+        sock_fd = fds[0]
+        if ("mount" in plan.namespaces) != (len(fds) == 2):
+            raise _StepFailed("filesystem", "the spare was handed no tree to mount")
+        steps = {}
+        step = _stepper(plan, steps)
+
+        def finish_root() -> None:
+            mounts.finish_with_tree(plan.tree, fds[1])
+            steps["mount_ns"] = ACTIVE
+
+        _plugin_steps(plan, steps, step, [sock_fd, chan.fileno()], finish_root, fresh=False)
+        chan.send(json.dumps({"steps": steps}).encode())
+        chan.close()
+        hand_off += [plan, sock_fd]
+    except _StepFailed as exc:
+        _send_error(chan.fileno(), exc.step, exc.detail)
+        os._exit(_CHILD_FAILED)
+    except BaseException as exc:
+        _send_error(chan.fileno(), "spawn", f"{type(exc).__name__}: {exc}")
+        os._exit(_CHILD_FAILED)
+    plan, sock_fd = hand_off
+    _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, _filters_for(plan)), [sock_fd])
 
 
 @dataclass
@@ -541,4 +826,18 @@ def oom_killed(plan: SandboxPlan) -> bool:
     return group is not None and group.oom_kills() > 0
 
 
-__all__ = ["STEPS", "ChildHooks", "Spawned", "cgroup_for", "cleanup", "oom_killed", "spawn_contained"]
+__all__ = [
+    "STEPS",
+    "ChildHooks",
+    "ContainedSpare",
+    "Spawned",
+    "cgroup_for",
+    "cleanup",
+    "discard_spare",
+    "oom_killed",
+    "prepare_spare",
+    "spare_capable",
+    "spare_fits",
+    "spawn_contained",
+    "use_spare",
+]

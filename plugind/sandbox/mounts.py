@@ -332,14 +332,57 @@ def apply_from_template(template_fd: int, split: Split, tree: str, tree_fd: int)
     _pivot(stage)
 
 
+def _is_tree_op(op: MountOp, tree: str) -> bool:
+    return op.kind == "bind" and op.source == tree and op.target == tree
+
+
+def plugin_independent(split: Split, tree: str) -> tuple[tuple[MountOp, ...], tuple[MountOp, ...]]:
+    """What of `split` does not depend on the plugin's tree: (shared, per-child ops but the tree's).
+    Two plans with equal values build the same root but for the tree (a pre-contained spare's fit)."""
+    return split.shared, tuple(op for op in split.per_child if not _is_tree_op(op, tree))
+
+
+def prebuild_from_template(template_fd: int, split: Split, tree: str) -> None:
+    """In a pre-contained spare: `apply_from_template` without the plugin's tree, pivoted, the new
+    root left writable; `finish_with_tree` adds the tree at hand-off and makes the root read-only.
+    Raises KernelCallError naming the failing call."""
+    c.setns(template_fd, c.CLONE_NEWNS)
+    c.unshare(c.CLONE_NEWNS)
+    stage = "/" + STAGE
+    c.mount("tmpfs", stage, "tmpfs", c.MS_NOSUID | c.MS_NODEV, "size=1048576,mode=755")
+    for op in split.symlinks:
+        _apply_one(op, stage)
+    for top in split.tops:
+        dst = _make_path(stage, top, directory=os.path.isdir(top))
+        c.mount(top, dst, None, c.MS_MOVE)
+    for op in split.per_child:
+        if not _is_tree_op(op, tree):
+            _apply_one(op, stage)
+    os.chdir(stage)
+    c.pivot_root(".", ".")
+    c.umount2(".", c.MNT_DETACH)
+    os.chdir("/")
+
+
+def finish_with_tree(tree: str, tree_fd: int) -> None:
+    """At hand-off, in the spare's prebuilt root: mount the plugin's tree (`open_tree_ro`, made in
+    the host's namespace) at its path, then make the root read-only, as `_pivot` does."""
+    c.move_mount_fd(tree_fd, _make_path("/", tree, directory=True))
+    os.close(tree_fd)
+    c.mount_setattr("/", c.MOUNT_ATTR_RDONLY | c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV, recursive=False)
+
+
 __all__ = [
     "MountOp",
     "Split",
     "apply",
     "apply_from_template",
+    "finish_with_tree",
     "mount_ops",
     "newroot_dir",
     "open_tree_ro",
+    "plugin_independent",
+    "prebuild_from_template",
     "split_ops",
     "template_for",
 ]
