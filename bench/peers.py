@@ -16,7 +16,9 @@ the plugin end on the last:
   polling buys in latency and what it costs in CPU per call;
 - plugind REST: `POST /api/hooks/echo/execute` to a real `plugind serve` on one keep-alive
   connection (the client in this process, next to the daemon on the first CPU), through http.client
-  (the row the targets read) and through httpx (the tests' client; its own CPU per call is printed).
+  (the row the targets read) and through httpx (the tests' client; its own CPU per call is printed);
+  and http.client again to a second daemon with `[supervisor] host_spin_us = 0` (its event loop
+  never polls for the plugin's answer): what that polling buys a REST call, and costs.
 
 For each: p50 and p99 of sequential calls, calls/s with 1 and 8 in flight, CPU per call of the host
 and the plugin (every thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle
@@ -235,15 +237,16 @@ def idle_cpu(pid: int, seconds: float = 1.0) -> float:
 class Rest:
     """A real daemon with an echo plugin, and one keep-alive client."""
 
-    def __init__(self, tmp: Path, sandbox: bool) -> None:
+    def __init__(self, tmp: Path, sandbox: bool, config: str = "") -> None:
         from conftest import start
         from kit import Workspace, plugin_source
 
         self.sandbox = sandbox
         self.ws = Workspace(tmp, sandboxing=sandbox, auto_load=False)
         self.parent = f"/plugind-bench-peers-{os.getpid()}-{int(sandbox)}"
+        self.ws.extra_config = config
         if sandbox:
-            self.ws.extra_config = f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
+            self.ws.extra_config += f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
         self.ws.add(plugin_source("echo", {"echo": (0, "return data")}))
         self.daemon = start(self.ws)
         # Drain the daemon's sd_notify datagrams: a full socket nobody reads blocks its sendto,
@@ -338,6 +341,7 @@ async def run(args: argparse.Namespace) -> int:
                                        ("invoke", "plugind Supervisor.invoke"),
                                        ("nopoll", "plugind hooks.execute, no poll"),
                                        ("rest", "plugind REST"),
+                                       ("rest-nospin", "plugind REST, host_spin_us=0"),
                                        ("rest-httpx", "plugind REST, httpx client"))}
     # The public path with calls as far apart as REST calls come (not a row: CPU of the plugin only).
     spaced = Side("plugind hooks.execute, spaced")
@@ -347,8 +351,9 @@ async def run(args: argparse.Namespace) -> int:
     quiet.supervisor.spin_us = quiet.supervisor.host_spin_us = 0
     tmp = Path(tempfile.mkdtemp(prefix="plugind-bench-peers-"))
     rest: Rest | None = None
+    rest0: Rest | None = None  # the same daemon, its event loop never polling for an answer
     rest_sb: Rest | None = None
-    rest_client_cpu = {"rest": 0.0, "rest-httpx": 0.0}  # the bench process's CPU in REST blocks
+    rest_client_cpu = {"rest": 0.0, "rest-nospin": 0.0, "rest-httpx": 0.0}  # the bench's CPU in REST blocks
     sup: Supervisor | None = None
     sup0: Supervisor | None = None
     try:
@@ -376,6 +381,9 @@ async def run(args: argparse.Namespace) -> int:
             (tmp / "rest").mkdir()
             rest = Rest(tmp / "rest", sandbox=False)
             rest.load()
+            (tmp / "rest0").mkdir()
+            rest0 = Rest(tmp / "rest0", sandbox=False, config="[supervisor]\nhost_spin_us = 0\n")
+            rest0.load()
 
         def go_seq(n: int) -> None:
             assert go is not None
@@ -411,15 +419,15 @@ async def run(args: argparse.Namespace) -> int:
             await measure_async(sides["public"], public, n, (me, sup.pid))
             await measure_async(sides["invoke"], invoke, n, (me, sup.pid))
             await measure_async(sides["nopoll"], public0, n, (me, sup0.pid))
-            if rest is not None:
-                pids = (rest.daemon.proc.pid, rest.pid)
-                for key, call in (("rest", rest.call_lean), ("rest-httpx", rest.call)):
+            if rest is not None and rest0 is not None:
+                for key, r_, call in (("rest", rest, rest.call_lean), ("rest-nospin", rest0, rest0.call_lean),
+                                      ("rest-httpx", rest, rest.call)):
                     c0 = time.process_time()
-                    measure_sync(sides[key], call, max(n // 2, 100), pids)
+                    measure_sync(sides[key], call, max(n // 2, 100), (r_.daemon.proc.pid, r_.pid))
                     rest_client_cpu[key] += time.process_time() - c0
             await measure_spaced(spaced, public, max(n // 10, 100), SPACED_GAP_S, sup.pid)
         # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
-        for key in ("rest", "rest-httpx"):
+        for key in ("rest", "rest-nospin", "rest-httpx"):
             sides[key].rate8 = sides[key].rate1[:] if sides[key].rate1 else []
 
         print()
@@ -433,7 +441,13 @@ async def run(args: argparse.Namespace) -> int:
                   " repeats 1 in flight; host CPU is the daemon's, without the client's)")
             print("  (REST client CPU per call: " + ", ".join(
                 f"{k} {rest_client_cpu[k] / max(sides[k].cpu_calls, 1) * 1e6:.0f} us"
-                for k in ("rest", "rest-httpx")) + "; 'plugind REST' is http.client on one connection)")
+                for k in ("rest", "rest-nospin", "rest-httpx"))
+                  + "; 'plugind REST' is http.client on one connection)")
+            r, r0 = sides["rest"], sides["rest-nospin"]
+            print(f"event loop polling on the REST path: p50 {r0.p50() * 1e6:.1f} -> {r.p50() * 1e6:.1f} us, "
+                  f"daemon CPU per call {r0.cpu()[0] * 1e6:.1f} -> {r.cpu()[0] * 1e6:.1f} us, plugin "
+                  f"{r0.cpu()[1] * 1e6:.1f} -> {r.cpu()[1] * 1e6:.1f} us (host_spin_us = 0 -> "
+                  f"{settings.supervisor.host_spin_us})")
 
         # Idle cost of polling: CPU per second of each plugin child once calls stop.
         idle = {"plugind plugin (library)": idle_cpu(sup.pid)}
@@ -518,7 +532,7 @@ async def run(args: argparse.Namespace) -> int:
             if s_ is not None:
                 await s_.stop()
         await launcher.close()
-        for r_ in (rest, rest_sb):
+        for r_ in (rest, rest0, rest_sb):
             if r_ is not None:
                 r_.close()
         if go is not None:

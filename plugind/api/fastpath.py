@@ -119,11 +119,15 @@ class HookFastPath:
         self.max_bytes = max_body_bytes
         self.error_reply = error_reply  # app.plugin_error_reply
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope.get("method") != "POST" or not path.startswith(PREFIX) or not path.endswith(SUFFIX):
-            await self.app(scope, receive, send)
-            return
+    def hook_of(self, scope: Scope) -> str | None:
+        """The hook of a request (an http scope) that may be answered here once its body is read:
+        POST to the route, a hook name on the pattern, a JSON content type, a Content-Length within
+        the body limit and the right bearer token. None: FastAPI's to answer."""
+        if scope.get("method") != "POST":
+            return None
+        path: str = scope.get("path", "")
+        if not path.startswith(PREFIX) or not path.endswith(SUFFIX):
+            return None
         hook = path[len(PREFIX) : -len(SUFFIX)]
         authorization = ""
         content_type = b""
@@ -145,6 +149,36 @@ class HookFastPath:
             or _HOOK.fullmatch(hook) is None
             or not self.auth.accepts(authorization)
         ):
+            return None
+        return hook
+
+    def call_of(self, body: bytes) -> tuple[Any, str, float | None] | None:
+        """(data, policy, timeout_s) of a body with nothing to refuse (not over the body limit, a
+        valid `HookRequest`, `data` within the wire's bounds, `timeout_s` within `[hooks]
+        max_timeout_secs`); None: FastAPI's to answer."""
+        parsed = None if len(body) > self.max_bytes else parse_request(body)
+        if (
+            parsed is None
+            or json_problem(body, parsed[0], "data") is not None
+            or (parsed[2] is not None and parsed[2] > self.settings.hooks.max_timeout_secs)
+        ):
+            return None
+        return parsed
+
+    async def answer(self, hook: str, call: tuple[Any, str, float | None], path: str) -> tuple[int, bytes]:
+        """Run the hook call; its status and JSON body (HookReply's, or the error reply FastAPI's
+        handlers give)."""
+        data, policy, timeout_s = call
+        try:
+            result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
+            return 200, encode_reply(reply_of(result))
+        except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
+            code, answer = self.error_reply("POST", path, exc)
+            return code, _dumps(answer).encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hook = self.hook_of(scope) if scope["type"] == "http" else None
+        if hook is None:
             await self.app(scope, receive, send)
             return
         # The body, bounded as BodyLimit bounds it.
@@ -162,21 +196,11 @@ class HookFastPath:
             if size > self.max_bytes and more:
                 break
         body = b"".join(chunks)
-        parsed = None if size > self.max_bytes else parse_request(body)
-        if (
-            parsed is None
-            or json_problem(body, parsed[0], "data") is not None
-            or (parsed[2] is not None and parsed[2] > self.settings.hooks.max_timeout_secs)
-        ):
+        call = None if more else self.call_of(body)
+        if call is None:
             await self.app(scope, _replay(chunks, more, receive), send)
             return
-        data, policy, timeout_s = parsed
-        try:
-            result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
-            code, payload = 200, encode_reply(reply_of(result))
-        except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
-            code, answer = self.error_reply("POST", path, exc)
-            payload = _dumps(answer).encode("utf-8")
+        code, payload = await self.answer(hook, call, scope["path"])
         await send(
             {
                 "type": "http.response.start",
