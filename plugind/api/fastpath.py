@@ -17,7 +17,11 @@ contract cannot drift:
   constant time), the same body limit, the same boundary check of `data` (`json_problem`), the same
   `registry.hooks.run`, the same error mapping of what it raises (`app.plugin_error_reply`) and the
   same redaction of plugins' error messages; the reply is `HookReply`'s JSON (its fields, in its
-  order; `jsonable` has already made every value JSON-able).
+  order; `jsonable`'s JSON-able values, though `encode_result` skips its walk when JSON takes the
+  values as they are, for the same bytes).
+
+With httptools the edge protocol runs `hook_of`, `call_of` and `answer` itself, without making the
+call an ASGI request (plugind/api/edge.py, `GuardedHttpToolsProtocol`).
 
 The route stays registered in FastAPI, so the OpenAPI schema lists it and the fallback serves it.
 """
@@ -32,9 +36,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugind.api.auth import BearerAuth
-from plugind.api.routes.hooks import reply_of
+from plugind.api.routes.hooks import redact_errors, reply_of
 from plugind.api.schemas import HOOK_PATTERN, MAX_HOOK_TIMEOUT_S
 from plugind.config import Settings
+from plugind.host.hooks import HookResult
 from plugind.host.registry import PluginRegistry
 from plugind.wire.limits import json_problem
 
@@ -95,6 +100,30 @@ def encode_reply(reply: dict[str, Any]) -> bytes:
         "duration_s": float(reply["duration_s"]),
     }
     encoded: bytes = _dumps(out).encode("utf-8")
+    return encoded
+
+
+# What a map key that is not a string (True, False, None) becomes in JSON, where `jsonable` makes it
+# str(key) ("True", ...): a reply holding one of these is encoded the long way. (Only a key can end
+# so: inside a string value the quote is escaped, and no value is followed by a colon.)
+_ODD_KEYS = (b'true":', b'false":', b'null":')
+
+
+def encode_result(result: HookResult) -> bytes:
+    """`encode_reply(reply_of(result))`, without `jsonable`'s walk of every value when JSON takes
+    them as they are (str, int, float, bool, None, lists, dicts with str or int keys: a plugin's
+    usual answer). Anything else (bytes, NaN, infinities, keys that are not strings, ...) makes the
+    strict encoder refuse, or leaves a mark `_ODD_KEYS` finds: then the long way."""
+    reply = redact_errors(result.to_dict())
+    reply["duration_s"] = float(reply["duration_s"])
+    for r in reply["results"]:
+        r["duration_s"] = float(r["duration_s"])
+    try:
+        encoded: bytes = _dumps(reply).encode("utf-8")
+    except (TypeError, ValueError):
+        return encode_reply(reply_of(result))
+    if any(mark in encoded for mark in _ODD_KEYS):
+        return encode_reply(reply_of(result))
     return encoded
 
 
@@ -171,7 +200,7 @@ class HookFastPath:
         data, policy, timeout_s = call
         try:
             result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
-            return 200, encode_reply(reply_of(result))
+            return 200, encode_result(result)
         except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
             code, answer = self.error_reply("POST", path, exc)
             return code, _dumps(answer).encode("utf-8")
@@ -223,4 +252,4 @@ def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
     return replay
 
 
-__all__ = ["HookFastPath", "encode_reply", "parse_request"]
+__all__ = ["HookFastPath", "encode_reply", "encode_result", "parse_request"]

@@ -28,8 +28,11 @@ from integration.kit import Workspace, plugin_source
 
 from plugind.api import edge
 from plugind.api.app import create_app
-from plugind.api.fastpath import HookFastPath, parse_request
+from plugind.api.fastpath import HookFastPath, encode_reply, encode_result, parse_request
+from plugind.api.routes.hooks import reply_of
 from plugind.config import Settings
+from plugind.errors import PluginError
+from plugind.host.hooks import HookOutcome, HookResult
 from plugind.wire.limits import MAX_DEPTH
 
 SECRET = "token=" + "ab" * 32  # a 64-hex value after "token": redacted in every error message
@@ -124,6 +127,7 @@ CASES: list[tuple[str, str, bytes, dict[str, str], bool]] = [
     ("timed out", "/api/hooks/slow/execute", b'{"data": 1, "timeout_s": 0.2}', {}, True),
     ("unknown hook", "/api/hooks/nobody/execute", b'{"data": 7}', {}, True),
     ("bytes and NaN out", "/api/hooks/odd/execute", b'{"data": null}', {}, True),
+    ("keys that are not strings out", "/api/hooks/keys/execute", b'{"data": null}', {}, True),
     ("charset", "/api/hooks/echo/execute", b'{"data": 3}',
      {"content-type": "application/json; charset=utf-8"}, True),
     # Everything below is FastAPI's to answer.
@@ -164,6 +168,8 @@ def add_plugins(ws: Workspace) -> None:
     ws.add(plugin_source("slow", {"slow": (0, "time.sleep(2)\nreturn data")}))
     odd = "return {'b': b'\\x00\\xff', 'n': float('nan'), 1: -float('inf')}"
     ws.add(plugin_source("odd", {"odd": (0, odd)}))
+    keys = "return {True: 1, None: {False: 2}, 3: 'null', 'null': [4.5, 'true\\\":'], 1.5: 'x'}"
+    ws.add(plugin_source("keys", {"keys": (0, keys)}))
 
 
 def comparable(reply: httpx.Response) -> tuple[int, str, Any]:
@@ -261,6 +267,21 @@ def test_what_the_fast_path_answers(ws: Workspace) -> None:
 )
 def test_what_the_fast_path_takes_as_it_is(body: bytes, expected: Any) -> None:
     assert parse_request(body) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": [1, 2.5, "é", None, True]}, {True: 1}, {None: {False: 2}}, {1: 3, "k": (1, 2)}, {"null": 1},
+     {"x": 'true":'}, b"\x00", float("nan"), [float("-inf")], {1.5: 2}, {b"k": 1}, {(1, 2): 3}, 10**30,
+     "\u2028"],
+)
+def test_the_short_encoding_is_the_long_one(value: Any) -> None:
+    """encode_result (no walk of the values when JSON takes them as they are) gives the bytes of
+    encode_reply(reply_of(...)), the long way, whatever the plugins answered."""
+    failed = HookOutcome("b", "error", None, PluginError(f"no, {SECRET}"), 0.5)
+    for result in (HookResult("h", "chain", value, [HookOutcome("a", "ok", value, None, 1e-05)], 2e-05),
+                   HookResult("h", "all", None, [HookOutcome("a", "ok", value, None, 0), failed], 1)):
+        assert encode_result(result) == encode_reply(reply_of(result))
 
 
 def test_a_client_that_waits_for_100_continue_is_answered(ws: Workspace) -> None:
