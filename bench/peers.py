@@ -1,6 +1,6 @@
 """plugind next to hashicorp/go-plugin (net/rpc, a Go host calling a Go echo plugin), in one run.
 
-    .venv/bin/python bench/peers.py [--calls N] [--rounds R] [--no-rest] [--no-cold]
+    .venv/bin/python bench/peers.py [--calls N] [--rounds R] [--no-rest] [--no-cold] [--rest-against DIR]
 
 Builds the go-plugin host and plugin of bench/peers/ from Debian's packages (`apt-get install
 golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev golang-goprotobuf-dev
@@ -18,7 +18,10 @@ the plugin end on the last:
   connection (the client in this process, next to the daemon on the first CPU), through http.client
   (the row the targets read) and through httpx (the tests' client; its own CPU per call is printed);
   and http.client again to a second daemon with `[supervisor] host_spin_us = 0` (its event loop
-  never polls for the plugin's answer): what that polling buys a REST call, and costs.
+  never polls for the plugin's answer): what that polling buys a REST call, and costs. With
+  `--rest-against DIR` (another checkout, e.g. a `git worktree` of the base commit), a third daemon
+  runs DIR's code (its plugind package first on PYTHONPATH), measured in the same rounds: an A/B of
+  the REST row whose blocks take turns within one run, so both see the same machine load.
 
 For each: p50 and p99 of sequential calls, calls/s with 1 and 8 in flight, CPU per call of the host
 and the plugin (every thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle
@@ -237,7 +240,7 @@ def idle_cpu(pid: int, seconds: float = 1.0) -> float:
 class Rest:
     """A real daemon with an echo plugin, and one keep-alive client."""
 
-    def __init__(self, tmp: Path, sandbox: bool, config: str = "") -> None:
+    def __init__(self, tmp: Path, sandbox: bool, config: str = "", code: Path | None = None) -> None:
         from conftest import start
         from kit import Workspace, plugin_source
 
@@ -248,7 +251,8 @@ class Rest:
         if sandbox:
             self.ws.extra_config += f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
         self.ws.add(plugin_source("echo", {"echo": (0, "return data")}))
-        self.daemon = start(self.ws)
+        # `code`: another checkout whose plugind package the daemon runs (the A/B reference).
+        self.daemon = start(self.ws, env={"PYTHONPATH": str(code)} if code is not None else None)
         # Drain the daemon's sd_notify datagrams: a full socket nobody reads blocks its sendto,
         # and with it the daemon's event loop (STATUS= is sent on every load and unload).
         threading.Thread(target=self._drain, daemon=True).start()
@@ -342,6 +346,7 @@ async def run(args: argparse.Namespace) -> int:
                                        ("nopoll", "plugind hooks.execute, no poll"),
                                        ("rest", "plugind REST"),
                                        ("rest-nospin", "plugind REST, host_spin_us=0"),
+                                       ("rest-ref", "plugind REST, --rest-against"),
                                        ("rest-httpx", "plugind REST, httpx client"))}
     # The public path with calls as far apart as REST calls come (not a row: CPU of the plugin only).
     spaced = Side("plugind hooks.execute, spaced")
@@ -352,8 +357,9 @@ async def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="plugind-bench-peers-"))
     rest: Rest | None = None
     rest0: Rest | None = None  # the same daemon, its event loop never polling for an answer
+    rest_ref: Rest | None = None  # --rest-against: the daemon of another checkout
     rest_sb: Rest | None = None
-    rest_client_cpu = {"rest": 0.0, "rest-nospin": 0.0, "rest-httpx": 0.0}  # the bench's CPU in REST blocks
+    rest_client_cpu = {"rest": 0.0, "rest-nospin": 0.0, "rest-ref": 0.0, "rest-httpx": 0.0}  # bench CPU
     sup: Supervisor | None = None
     sup0: Supervisor | None = None
     try:
@@ -384,6 +390,10 @@ async def run(args: argparse.Namespace) -> int:
             (tmp / "rest0").mkdir()
             rest0 = Rest(tmp / "rest0", sandbox=False, config="[supervisor]\nhost_spin_us = 0\n")
             rest0.load()
+            if args.rest_against is not None:
+                (tmp / "rest-ref").mkdir()
+                rest_ref = Rest(tmp / "rest-ref", sandbox=False, code=args.rest_against)
+                rest_ref.load()
 
         def go_seq(n: int) -> None:
             assert go is not None
@@ -420,15 +430,21 @@ async def run(args: argparse.Namespace) -> int:
             await measure_async(sides["invoke"], invoke, n, (me, sup.pid))
             await measure_async(sides["nopoll"], public0, n, (me, sup0.pid))
             if rest is not None and rest0 is not None:
-                for key, r_, call in (("rest", rest, rest.call_lean), ("rest-nospin", rest0, rest0.call_lean),
-                                      ("rest-httpx", rest, rest.call)):
+                blocks = [("rest", rest, rest.call_lean), ("rest-nospin", rest0, rest0.call_lean)]
+                if rest_ref is not None:  # A and B in turns, a few times a round
+                    blocks = [*blocks, ("rest-ref", rest_ref, rest_ref.call_lean)] * 2
+                for key, r_, call in (*blocks, ("rest-httpx", rest, rest.call)):
                     c0 = time.process_time()
                     measure_sync(sides[key], call, max(n // 2, 100), (r_.daemon.proc.pid, r_.pid))
                     rest_client_cpu[key] += time.process_time() - c0
             await measure_spaced(spaced, public, max(n // 10, 100), SPACED_GAP_S, sup.pid)
         # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
-        for key in ("rest", "rest-nospin", "rest-httpx"):
+        for key in ("rest", "rest-nospin", "rest-ref", "rest-httpx"):
             sides[key].rate8 = sides[key].rate1[:] if sides[key].rate1 else []
+        if rest_ref is None:
+            del sides["rest-ref"]
+        else:
+            sides["rest-ref"].name = f"plugind REST, {args.rest_against.name}"[:31]
 
         print()
         print(f"{'sequential, small payload':<31} {'p50 us':>8} {'p99 us':>8} {'1 in fl/s':>9} "
@@ -441,13 +457,19 @@ async def run(args: argparse.Namespace) -> int:
                   " repeats 1 in flight; host CPU is the daemon's, without the client's)")
             print("  (REST client CPU per call: " + ", ".join(
                 f"{k} {rest_client_cpu[k] / max(sides[k].cpu_calls, 1) * 1e6:.0f} us"
-                for k in ("rest", "rest-nospin", "rest-httpx"))
+                for k in ("rest", "rest-nospin", "rest-ref", "rest-httpx") if k in sides)
                   + "; 'plugind REST' is http.client on one connection)")
             r, r0 = sides["rest"], sides["rest-nospin"]
             print(f"event loop polling on the REST path: p50 {r0.p50() * 1e6:.1f} -> {r.p50() * 1e6:.1f} us, "
                   f"daemon CPU per call {r0.cpu()[0] * 1e6:.1f} -> {r.cpu()[0] * 1e6:.1f} us, plugin "
                   f"{r0.cpu()[1] * 1e6:.1f} -> {r.cpu()[1] * 1e6:.1f} us (host_spin_us = 0 -> "
                   f"{settings.supervisor.host_spin_us})")
+            if "rest-ref" in sides:
+                ref = sides["rest-ref"]
+                print(f"REST A/B (this checkout / {args.rest_against}): p50 {r.p50() / ref.p50():.2f}x, "
+                      f"calls/s {statistics.median(r.rate1) / statistics.median(ref.rate1):.2f}x, daemon CPU "
+                      f"per call {r.cpu()[0] / ref.cpu()[0]:.2f}x, plugin CPU per call "
+                      f"{r.cpu()[1] / ref.cpu()[1]:.2f}x")
 
         # Idle cost of polling: CPU per second of each plugin child once calls stop.
         idle = {"plugind plugin (library)": idle_cpu(sup.pid)}
@@ -532,7 +554,7 @@ async def run(args: argparse.Namespace) -> int:
             if s_ is not None:
                 await s_.stop()
         await launcher.close()
-        for r_ in (rest, rest0, rest_sb):
+        for r_ in (rest, rest0, rest_ref, rest_sb):
             if r_ is not None:
                 r_.close()
         if go is not None:
@@ -548,6 +570,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--no-rest", action="store_true", help="skip the REST path (no daemon)")
     parser.add_argument("--no-cold", action="store_true", help="skip cold starts")
+    parser.add_argument("--rest-against", type=Path, metavar="DIR",
+                        help="another checkout: its daemon's REST row, measured in turns with this one's")
     args = parser.parse_args()
     settle_heap()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
