@@ -1,6 +1,6 @@
 """plugind next to hashicorp/go-plugin (net/rpc, a Go host calling a Go echo plugin), in one run.
 
-    .venv/bin/python bench/peers.py [--calls N] [--rounds R] [--no-rest] [--no-cold]
+    .venv/bin/python bench/peers.py [--calls N] [--rounds R] [--no-rest] [--no-cold] [--rest-against DIR]
 
 Builds the go-plugin host and plugin of bench/peers/ from Debian's packages (`apt-get install
 golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev golang-goprotobuf-dev
@@ -16,7 +16,13 @@ the plugin end on the last:
   polling buys in latency and what it costs in CPU per call;
 - plugind REST: `POST /api/hooks/echo/execute` to a real `plugind serve` on one keep-alive
   connection (the client in this process, next to the daemon on the first CPU), through http.client
-  (the row the targets read) and through httpx (the tests' client; its own CPU per call is printed).
+  (the row the targets read) and through httpx (the tests' client; its own CPU per call is printed);
+  and http.client again to a second daemon with `[supervisor] host_spin_us = 0` (its event loop
+  never polls for the plugin's answer): what that polling buys a REST call, and costs. With
+  `--rest-against DIR` (another checkout, e.g. a `git worktree` of the base commit), a third daemon
+  runs DIR's code (its plugind package first on PYTHONPATH), and a fourth the same with
+  `host_spin_us = 0`, measured in the same rounds: an A/B of the REST row (with polling, and with
+  polling off on both sides) whose blocks take turns within one run, so both see the same load.
 
 For each: p50 and p99 of sequential calls, calls/s with 1 and 8 in flight, CPU per call of the host
 and the plugin (every thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle
@@ -235,17 +241,19 @@ def idle_cpu(pid: int, seconds: float = 1.0) -> float:
 class Rest:
     """A real daemon with an echo plugin, and one keep-alive client."""
 
-    def __init__(self, tmp: Path, sandbox: bool) -> None:
+    def __init__(self, tmp: Path, sandbox: bool, config: str = "", code: Path | None = None) -> None:
         from conftest import start
         from kit import Workspace, plugin_source
 
         self.sandbox = sandbox
         self.ws = Workspace(tmp, sandboxing=sandbox, auto_load=False)
         self.parent = f"/plugind-bench-peers-{os.getpid()}-{int(sandbox)}"
+        self.ws.extra_config = config
         if sandbox:
-            self.ws.extra_config = f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
+            self.ws.extra_config += f'[sandboxing.cgroups]\nparent = "{self.parent}"\n'
         self.ws.add(plugin_source("echo", {"echo": (0, "return data")}))
-        self.daemon = start(self.ws)
+        # `code`: another checkout whose plugind package the daemon runs (the A/B reference).
+        self.daemon = start(self.ws, env={"PYTHONPATH": str(code)} if code is not None else None)
         # Drain the daemon's sd_notify datagrams: a full socket nobody reads blocks its sendto,
         # and with it the daemon's event loop (STATUS= is sent on every load and unload).
         threading.Thread(target=self._drain, daemon=True).start()
@@ -338,6 +346,9 @@ async def run(args: argparse.Namespace) -> int:
                                        ("invoke", "plugind Supervisor.invoke"),
                                        ("nopoll", "plugind hooks.execute, no poll"),
                                        ("rest", "plugind REST"),
+                                       ("rest-nospin", "plugind REST, host_spin_us=0"),
+                                       ("rest-ref", "plugind REST, --rest-against"),
+                                       ("rest-ref0", "plugind REST, --rest-against, 0"),
                                        ("rest-httpx", "plugind REST, httpx client"))}
     # The public path with calls as far apart as REST calls come (not a row: CPU of the plugin only).
     spaced = Side("plugind hooks.execute, spaced")
@@ -347,8 +358,12 @@ async def run(args: argparse.Namespace) -> int:
     quiet.supervisor.spin_us = quiet.supervisor.host_spin_us = 0
     tmp = Path(tempfile.mkdtemp(prefix="plugind-bench-peers-"))
     rest: Rest | None = None
+    rest0: Rest | None = None  # the same daemon, its event loop never polling for an answer
+    rest_ref: Rest | None = None  # --rest-against: the daemon of another checkout
+    rest_ref0: Rest | None = None  # and that daemon with host_spin_us = 0
     rest_sb: Rest | None = None
-    rest_client_cpu = {"rest": 0.0, "rest-httpx": 0.0}  # the bench process's CPU in REST blocks
+    rest_client_cpu = {"rest": 0.0, "rest-nospin": 0.0, "rest-ref": 0.0, "rest-ref0": 0.0,
+                       "rest-httpx": 0.0}  # the bench's CPU in REST blocks
     sup: Supervisor | None = None
     sup0: Supervisor | None = None
     try:
@@ -376,6 +391,17 @@ async def run(args: argparse.Namespace) -> int:
             (tmp / "rest").mkdir()
             rest = Rest(tmp / "rest", sandbox=False)
             rest.load()
+            (tmp / "rest0").mkdir()
+            rest0 = Rest(tmp / "rest0", sandbox=False, config="[supervisor]\nhost_spin_us = 0\n")
+            rest0.load()
+            if args.rest_against is not None:
+                (tmp / "rest-ref").mkdir()
+                rest_ref = Rest(tmp / "rest-ref", sandbox=False, code=args.rest_against)
+                rest_ref.load()
+                (tmp / "rest-ref0").mkdir()
+                rest_ref0 = Rest(tmp / "rest-ref0", sandbox=False, code=args.rest_against,
+                                 config="[supervisor]\nhost_spin_us = 0\n")
+                rest_ref0.load()
 
         def go_seq(n: int) -> None:
             assert go is not None
@@ -411,16 +437,24 @@ async def run(args: argparse.Namespace) -> int:
             await measure_async(sides["public"], public, n, (me, sup.pid))
             await measure_async(sides["invoke"], invoke, n, (me, sup.pid))
             await measure_async(sides["nopoll"], public0, n, (me, sup0.pid))
-            if rest is not None:
-                pids = (rest.daemon.proc.pid, rest.pid)
-                for key, call in (("rest", rest.call_lean), ("rest-httpx", rest.call)):
+            if rest is not None and rest0 is not None:
+                blocks = [("rest", rest, rest.call_lean), ("rest-nospin", rest0, rest0.call_lean)]
+                if rest_ref is not None and rest_ref0 is not None:  # A and B in turns, twice a round
+                    blocks = [*blocks, ("rest-ref", rest_ref, rest_ref.call_lean),
+                              ("rest-ref0", rest_ref0, rest_ref0.call_lean)] * 2
+                for key, r_, call in (*blocks, ("rest-httpx", rest, rest.call)):
                     c0 = time.process_time()
-                    measure_sync(sides[key], call, max(n // 2, 100), pids)
+                    measure_sync(sides[key], call, max(n // 2, 100), (r_.daemon.proc.pid, r_.pid))
                     rest_client_cpu[key] += time.process_time() - c0
             await measure_spaced(spaced, public, max(n // 10, 100), SPACED_GAP_S, sup.pid)
         # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
-        for key in ("rest", "rest-httpx"):
+        for key in ("rest", "rest-nospin", "rest-ref", "rest-ref0", "rest-httpx"):
             sides[key].rate8 = sides[key].rate1[:] if sides[key].rate1 else []
+        if rest_ref is None:
+            del sides["rest-ref"], sides["rest-ref0"]
+        else:
+            sides["rest-ref"].name = f"plugind REST, {args.rest_against.name}"[:31]
+            sides["rest-ref0"].name = f"plugind REST, {args.rest_against.name}, 0"[-31:]
 
         print()
         print(f"{'sequential, small payload':<31} {'p50 us':>8} {'p99 us':>8} {'1 in fl/s':>9} "
@@ -433,7 +467,23 @@ async def run(args: argparse.Namespace) -> int:
                   " repeats 1 in flight; host CPU is the daemon's, without the client's)")
             print("  (REST client CPU per call: " + ", ".join(
                 f"{k} {rest_client_cpu[k] / max(sides[k].cpu_calls, 1) * 1e6:.0f} us"
-                for k in ("rest", "rest-httpx")) + "; 'plugind REST' is http.client on one connection)")
+                for k in ("rest", "rest-nospin", "rest-ref", "rest-ref0", "rest-httpx") if k in sides)
+                  + "; 'plugind REST' is http.client on one connection)")
+            r, r0 = sides["rest"], sides["rest-nospin"]
+            print(f"event loop polling on the REST path: p50 {r0.p50() * 1e6:.1f} -> {r.p50() * 1e6:.1f} us, "
+                  f"daemon CPU per call {r0.cpu()[0] * 1e6:.1f} -> {r.cpu()[0] * 1e6:.1f} us, plugin "
+                  f"{r0.cpu()[1] * 1e6:.1f} -> {r.cpu()[1] * 1e6:.1f} us (host_spin_us = 0 -> "
+                  f"{settings.supervisor.host_spin_us})")
+            if "rest-ref" in sides:
+                # Polling makes the p50 bimodal on a busy machine: the pair with host_spin_us = 0 on
+                # both sides compares the HTTP path alone.
+                for label, a_, b_ in (("", r, sides["rest-ref"]),
+                                      (", host_spin_us = 0 both", r0, sides["rest-ref0"])):
+                    print(f"REST A/B (this checkout / {args.rest_against}{label}): p50 "
+                          f"{a_.p50() / b_.p50():.2f}x, calls/s "
+                          f"{statistics.median(a_.rate1) / statistics.median(b_.rate1):.2f}x, daemon CPU per "
+                          f"call {a_.cpu()[0] / b_.cpu()[0]:.2f}x, plugin CPU per call "
+                          f"{a_.cpu()[1] / b_.cpu()[1]:.2f}x")
 
         # Idle cost of polling: CPU per second of each plugin child once calls stop.
         idle = {"plugind plugin (library)": idle_cpu(sup.pid)}
@@ -518,7 +568,7 @@ async def run(args: argparse.Namespace) -> int:
             if s_ is not None:
                 await s_.stop()
         await launcher.close()
-        for r_ in (rest, rest_sb):
+        for r_ in (rest, rest0, rest_ref, rest_ref0, rest_sb):
             if r_ is not None:
                 r_.close()
         if go is not None:
@@ -534,6 +584,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--no-rest", action="store_true", help="skip the REST path (no daemon)")
     parser.add_argument("--no-cold", action="store_true", help="skip cold starts")
+    parser.add_argument("--rest-against", type=Path, metavar="DIR",
+                        help="another checkout: its daemon's REST row, measured in turns with this one's")
     args = parser.parse_args()
     settle_heap()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

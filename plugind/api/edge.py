@@ -23,6 +23,7 @@ exhaust the daemon's fds.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import resource
@@ -33,15 +34,18 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 try:  # uvicorn's C-parser protocol; h11's (pure Python) is the fallback where httptools is missing
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     HAVE_HTTPTOOLS = True
 except ImportError:  # pragma: no cover
     HAVE_HTTPTOOLS = False
     HttpToolsProtocol = H11Protocol  # type: ignore[misc,assignment]  # a base never chosen (parser_protocol)
+    STATUS_LINE = {}
 
+from plugind.api.fastpath import HookFastPath
 from plugind.config import Settings
 from plugind.errors import ConfigError
 from plugind.monitor import metrics
@@ -303,6 +307,10 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         self._phase = "head"  # "head" until its headers are complete, then "body", then ""
         self._head_bytes = 0  # bytes received while the head is incomplete
         self._head_parsed = 0  # request line and headers parsed so far
+        # The hook route answered in this protocol (see `_start_asgi_task`): the app's fast path.
+        fast = getattr(self.config.app, "fast_path", None)
+        self._fast: HookFastPath | None = fast if isinstance(fast, HookFastPath) else None
+        self._held: tuple[Any, str] | None = None  # (cycle, hook) whose body is still coming
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -357,9 +365,108 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
             if self._last_request():
                 cycle.keep_alive = False  # its response says `Connection: close`, then it closes
 
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        held = self._held
+        if held is not None and held[0] is self.cycle:
+            assert self._fast is not None
+            if len(self.cycle.body) > self._fast.max_bytes:
+                # A chunked body past the limit: the ASGI app reads on and answers (BodyLimit's 413).
+                self._held = None
+                super()._start_asgi_task(self.cycle, self.app)
+            else:
+                # Nobody calls receive() for a held request (which resumes reading): read on.
+                self.flow.resume_reading()
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._phase = ""
+        held = self._held
+        if held is not None and held[0] is self.cycle:
+            self._held = None
+            self._answer_hook(*held)
+
+    # --------------------------------------------------------------- the hook route, in the protocol
+    # uvicorn runs every request as an ASGI task of a RequestResponseCycle (receive/send coroutines,
+    # an Event per body message, header checks on every send) before FastAPI, or the app's fast path
+    # in front of it, sees it. A hook call the fast path takes (`HookFastPath.hook_of`: route, name,
+    # content type, length, bearer token) is answered here instead, once its whole body is in: the
+    # same `call_of` and `answer` as the ASGI fast path, the reply written as the cycle's send would
+    # write it (status line, uvicorn's default headers, content-type, content-length, `connection:
+    # close` when the connection ends), and the cycle then completed as send completes it, so
+    # keep-alive, pipelining (requests answered in order, one at a time), `Connection: close`,
+    # HTTP/1.0, max_requests_per_connection, shutdown and the access log behave as they do for any
+    # request. Anything the fast path would refuse runs as the ASGI task it would have been, with
+    # the body already read (FastAPI answers it, as it does without the fast path).
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        fast = self._fast
+        hook = fast.hook_of(cycle.scope) if fast is not None and app is self.app else None
+        if hook is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        if cycle.waiting_for_100_continue and not self.transport.is_closing():
+            # What the app's first receive() would write: the client may wait for it to send the body.
+            cycle.waiting_for_100_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if cycle.more_body:
+            self._held = (cycle, hook)  # answered from on_message_complete
+            self.flow.resume_reading()  # (a pipelined request's head paused it)
+        else:
+            self._answer_hook(cycle, hook)
+
+    def _answer_hook(self, cycle: Any, hook: str) -> None:
+        assert self._fast is not None
+        body = bytes(cycle.body)
+        call = self._fast.call_of(body)
+        if call is None:
+            super()._start_asgi_task(cycle, self.app)  # FastAPI's to answer, the body already read
+            return
+        cycle.body = bytearray()
+        coro = self._hook_reply(cycle, hook, call)
+        if self.config.reset_contextvars:  # as uvicorn starts a request's task
+            task = self.loop.create_task(coro, context=contextvars.Context())
+        else:
+            task = self.loop.create_task(coro)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _hook_reply(self, cycle: Any, hook: str, call: tuple[Any, str, float | None]) -> None:
+        assert self._fast is not None
+        scope = cycle.scope
+        try:
+            code, payload = await self._fast.answer(hook, call, scope["path"])
+            if self.flow.write_paused and not cycle.disconnected:
+                await self.flow.drain()  # as send() waits for a client that does not read
+            if cycle.disconnected:
+                return  # nobody to answer (the hook ran, its metrics are counted)
+            cycle.response_started = True
+            if cycle.access_log:
+                cycle.access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                    get_path_with_query_string(scope), scope["http_version"], code,
+                )
+            head = [STATUS_LINE[code]]
+            for name, value in cycle.default_headers:
+                head += (name.lower(), b": ", value, b"\r\n")
+            head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(payload))
+            if not cycle.keep_alive:
+                head.append(b"connection: close\r\n")
+            head += (b"\r\n", payload)
+            self.transport.write(b"".join(head))
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                self.transport.close()
+            cycle.on_response()
+        except BaseException as exc:  # as uvicorn's run_asgi: logged, a 500 if nothing was sent yet
+            cycle.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not cycle.response_started:
+                await cycle.send_500_response()
+            else:
+                self.transport.close()
+        finally:
+            cycle.on_response = lambda: None
 
     def _pending(self) -> str:
         return self._phase

@@ -17,7 +17,11 @@ contract cannot drift:
   constant time), the same body limit, the same boundary check of `data` (`json_problem`), the same
   `registry.hooks.run`, the same error mapping of what it raises (`app.plugin_error_reply`) and the
   same redaction of plugins' error messages; the reply is `HookReply`'s JSON (its fields, in its
-  order; `jsonable` has already made every value JSON-able).
+  order; `jsonable`'s JSON-able values, though `encode_result` skips its walk when JSON takes the
+  values as they are, for the same bytes).
+
+With httptools the edge protocol runs `hook_of`, `call_of` and `answer` itself, without making the
+call an ASGI request (plugind/api/edge.py, `GuardedHttpToolsProtocol`).
 
 The route stays registered in FastAPI, so the OpenAPI schema lists it and the fallback serves it.
 """
@@ -32,9 +36,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugind.api.auth import BearerAuth
-from plugind.api.routes.hooks import reply_of
+from plugind.api.routes.hooks import redact_errors, reply_of
 from plugind.api.schemas import HOOK_PATTERN, MAX_HOOK_TIMEOUT_S
 from plugind.config import Settings
+from plugind.host.hooks import HookResult
 from plugind.host.registry import PluginRegistry
 from plugind.wire.limits import json_problem
 
@@ -98,6 +103,30 @@ def encode_reply(reply: dict[str, Any]) -> bytes:
     return encoded
 
 
+# What a map key that is not a string (True, False, None) becomes in JSON, where `jsonable` makes it
+# str(key) ("True", ...): a reply holding one of these is encoded the long way. (Only a key can end
+# so: inside a string value the quote is escaped, and no value is followed by a colon.)
+_ODD_KEYS = (b'true":', b'false":', b'null":')
+
+
+def encode_result(result: HookResult) -> bytes:
+    """`encode_reply(reply_of(result))`, without `jsonable`'s walk of every value when JSON takes
+    them as they are (str, int, float, bool, None, lists, dicts with str or int keys: a plugin's
+    usual answer). Anything else (bytes, NaN, infinities, keys that are not strings, ...) makes the
+    strict encoder refuse, or leaves a mark `_ODD_KEYS` finds: then the long way."""
+    reply = redact_errors(result.to_dict())
+    reply["duration_s"] = float(reply["duration_s"])
+    for r in reply["results"]:
+        r["duration_s"] = float(r["duration_s"])
+    try:
+        encoded: bytes = _dumps(reply).encode("utf-8")
+    except (TypeError, ValueError):
+        return encode_reply(reply_of(result))
+    if any(mark in encoded for mark in _ODD_KEYS):
+        return encode_reply(reply_of(result))
+    return encoded
+
+
 class HookFastPath:
     """An ASGI app in front of `app` (FastAPI): answers well-formed, authorized hook calls itself and
     hands everything else to `app` (see the module docstring)."""
@@ -119,11 +148,15 @@ class HookFastPath:
         self.max_bytes = max_body_bytes
         self.error_reply = error_reply  # app.plugin_error_reply
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope.get("method") != "POST" or not path.startswith(PREFIX) or not path.endswith(SUFFIX):
-            await self.app(scope, receive, send)
-            return
+    def hook_of(self, scope: Scope) -> str | None:
+        """The hook of a request (an http scope) that may be answered here once its body is read:
+        POST to the route, a hook name on the pattern, a JSON content type, a Content-Length within
+        the body limit and the right bearer token. None: FastAPI's to answer."""
+        if scope.get("method") != "POST":
+            return None
+        path: str = scope.get("path", "")
+        if not path.startswith(PREFIX) or not path.endswith(SUFFIX):
+            return None
         hook = path[len(PREFIX) : -len(SUFFIX)]
         authorization = ""
         content_type = b""
@@ -145,6 +178,36 @@ class HookFastPath:
             or _HOOK.fullmatch(hook) is None
             or not self.auth.accepts(authorization)
         ):
+            return None
+        return hook
+
+    def call_of(self, body: bytes) -> tuple[Any, str, float | None] | None:
+        """(data, policy, timeout_s) of a body with nothing to refuse (not over the body limit, a
+        valid `HookRequest`, `data` within the wire's bounds, `timeout_s` within `[hooks]
+        max_timeout_secs`); None: FastAPI's to answer."""
+        parsed = None if len(body) > self.max_bytes else parse_request(body)
+        if (
+            parsed is None
+            or json_problem(body, parsed[0], "data") is not None
+            or (parsed[2] is not None and parsed[2] > self.settings.hooks.max_timeout_secs)
+        ):
+            return None
+        return parsed
+
+    async def answer(self, hook: str, call: tuple[Any, str, float | None], path: str) -> tuple[int, bytes]:
+        """Run the hook call; its status and JSON body (HookReply's, or the error reply FastAPI's
+        handlers give)."""
+        data, policy, timeout_s = call
+        try:
+            result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
+            return 200, encode_result(result)
+        except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
+            code, answer = self.error_reply("POST", path, exc)
+            return code, _dumps(answer).encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hook = self.hook_of(scope) if scope["type"] == "http" else None
+        if hook is None:
             await self.app(scope, receive, send)
             return
         # The body, bounded as BodyLimit bounds it.
@@ -162,21 +225,11 @@ class HookFastPath:
             if size > self.max_bytes and more:
                 break
         body = b"".join(chunks)
-        parsed = None if size > self.max_bytes else parse_request(body)
-        if (
-            parsed is None
-            or json_problem(body, parsed[0], "data") is not None
-            or (parsed[2] is not None and parsed[2] > self.settings.hooks.max_timeout_secs)
-        ):
+        call = None if more else self.call_of(body)
+        if call is None:
             await self.app(scope, _replay(chunks, more, receive), send)
             return
-        data, policy, timeout_s = parsed
-        try:
-            result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
-            code, payload = 200, encode_reply(reply_of(result))
-        except Exception as exc:  # a PluginError's status and label, else 500 (logged): as FastAPI's handlers
-            code, answer = self.error_reply("POST", path, exc)
-            payload = _dumps(answer).encode("utf-8")
+        code, payload = await self.answer(hook, call, scope["path"])
         await send(
             {
                 "type": "http.response.start",
@@ -199,4 +252,4 @@ def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
     return replay
 
 
-__all__ = ["HookFastPath", "encode_reply", "parse_request"]
+__all__ = ["HookFastPath", "encode_reply", "encode_result", "parse_request"]

@@ -3,7 +3,10 @@
 Two real uvicorn servers with the daemon's edge protocol, over real sockets, share one registry with
 real plugin children: one app as the daemon builds it (fast path in front), one with
 `fast_hooks=False` (FastAPI alone, the reference). Every request goes to both; status, content type
-and JSON body must be the same, and the test checks which requests the fast path answered itself.
+and JSON body must be the same, and the test checks which requests the fast path answered itself:
+with httptools, in the edge protocol (the request never becomes an ASGI task), with h11 in the ASGI
+layer in front of FastAPI. Raw exchanges (pipelined requests, `Connection: close`, HTTP/1.0, chunked
+bodies, `Expect: 100-continue`, max_requests_per_connection) compare the bytes on the wire.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -24,8 +28,11 @@ from integration.kit import Workspace, plugin_source
 
 from plugind.api import edge
 from plugind.api.app import create_app
-from plugind.api.fastpath import HookFastPath, parse_request
+from plugind.api.fastpath import HookFastPath, encode_reply, encode_result, parse_request
+from plugind.api.routes.hooks import reply_of
 from plugind.config import Settings
+from plugind.errors import PluginError
+from plugind.host.hooks import HookOutcome, HookResult
 from plugind.wire.limits import MAX_DEPTH
 
 SECRET = "token=" + "ab" * 32  # a 64-hex value after "token": redacted in every error message
@@ -53,12 +60,38 @@ def fast_layer(app: Any) -> HookFastPath:
     return layer
 
 
+class Entry:
+    """The app as uvicorn runs it, counting the requests that reach it as ASGI requests (a hook call
+    the edge protocol answers itself never does); it carries the app's fast path, which the edge
+    protocol looks for on the app it serves."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.fast_path = getattr(app, "fast_path", None)
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.calls += 1
+        await self.app(scope, receive, send)
+
+
+class Served:
+    def __init__(self, url: str, entry: Entry, server: uvicorn.Server) -> None:
+        self.url = url
+        self.entry = entry
+        self.server = server
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+
+
 @contextlib.asynccontextmanager
-async def serve(app: Any, settings: Settings) -> AsyncIterator[str]:
+async def serve(app: Any, settings: Settings) -> AsyncIterator[Served]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+    entry = Entry(app)
+    config = uvicorn.Config(entry, log_config=None, access_log=False, lifespan="off",
                             server_header=False, **edge.uvicorn_options(settings))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -66,7 +99,7 @@ async def serve(app: Any, settings: Settings) -> AsyncIterator[str]:
         while not server.started:
             assert not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", entry, server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
@@ -94,6 +127,7 @@ CASES: list[tuple[str, str, bytes, dict[str, str], bool]] = [
     ("timed out", "/api/hooks/slow/execute", b'{"data": 1, "timeout_s": 0.2}', {}, True),
     ("unknown hook", "/api/hooks/nobody/execute", b'{"data": 7}', {}, True),
     ("bytes and NaN out", "/api/hooks/odd/execute", b'{"data": null}', {}, True),
+    ("keys that are not strings out", "/api/hooks/keys/execute", b'{"data": null}', {}, True),
     ("charset", "/api/hooks/echo/execute", b'{"data": 3}',
      {"content-type": "application/json; charset=utf-8"}, True),
     # Everything below is FastAPI's to answer.
@@ -134,6 +168,8 @@ def add_plugins(ws: Workspace) -> None:
     ws.add(plugin_source("slow", {"slow": (0, "time.sleep(2)\nreturn data")}))
     odd = "return {'b': b'\\x00\\xff', 'n': float('nan'), 1: -float('inf')}"
     ws.add(plugin_source("odd", {"odd": (0, odd)}))
+    keys = "return {True: 1, None: {False: 2}, 3: 'null', 'null': [4.5, 'true\\\":'], 1.5: 'x'}"
+    ws.add(plugin_source("keys", {"keys": (0, keys)}))
 
 
 def comparable(reply: httpx.Response) -> tuple[int, str, Any]:
@@ -144,27 +180,32 @@ def comparable(reply: httpx.Response) -> tuple[int, str, Any]:
     return reply.status_code, reply.headers.get("content-type", ""), body
 
 
-def test_fast_path_answers_as_fastapi_does(ws: Workspace) -> None:
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_fast_path_answers_as_fastapi_does(ws: Workspace, parser: str) -> None:
     add_plugins(ws)
 
     async def main() -> None:
         async with open_api(ws) as api:
             settings = api.settings
+            settings.api.http_parser = parser
             fast_app = create_app(api.registry, settings, token=TOKEN)
             slow_app = create_app(api.registry, settings, token=TOKEN, fast_hooks=False)
-            async with serve(fast_app, settings) as fast_url, serve(slow_app, settings) as slow_url, \
-                    httpx.AsyncClient(base_url=fast_url, timeout=30) as fast, \
-                    httpx.AsyncClient(base_url=slow_url, timeout=30) as slow:
+            async with serve(fast_app, settings) as fast_srv, serve(slow_app, settings) as slow_srv, \
+                    httpx.AsyncClient(base_url=fast_srv.url, timeout=30) as fast, \
+                    httpx.AsyncClient(base_url=slow_srv.url, timeout=30) as slow:
                 fallback = Counting(fast_layer(fast_app).app)
                 fast_layer(fast_app).app = fallback
                 for name, path, body, extra, handled in CASES:
                     headers = {**AUTH, **JSON, **extra}
                     headers = {k: v for k, v in headers.items() if v}
-                    before = fallback.calls
+                    before, asgi_before = fallback.calls, fast_srv.entry.calls
                     a = await fast.post(path, content=body, headers=headers)
                     b = await slow.post(path, content=body, headers=headers)
                     assert comparable(a) == comparable(b), name
                     assert (fallback.calls == before) is handled, name
+                    # httptools: the edge protocol answers the hook call, no ASGI request is made.
+                    in_protocol = handled and parser == "httptools"
+                    assert (fast_srv.entry.calls == asgi_before) is in_protocol, name
                     if a.status_code == 401:
                         assert a.headers["www-authenticate"] == "Bearer", name
                 # Other routes are untouched, and the schema still lists the route.
@@ -182,8 +223,8 @@ def test_what_the_fast_path_answers(ws: Workspace) -> None:
     async def main() -> None:
         async with open_api(ws) as api:
             app = create_app(api.registry, api.settings, token=TOKEN)
-            async with serve(app, api.settings) as url, \
-                    httpx.AsyncClient(base_url=url, timeout=30, headers=AUTH) as client:
+            async with serve(app, api.settings) as srv, \
+                    httpx.AsyncClient(base_url=srv.url, timeout=30, headers=AUTH) as client:
                 ok = await client.post("/api/hooks/echo/execute", json={"data": {"x": "é"}})
                 assert ok.status_code == 200
                 assert ok.json() == {**ok.json(), "hook": "echo", "policy": "chain", "success": True,
@@ -228,6 +269,21 @@ def test_what_the_fast_path_takes_as_it_is(body: bytes, expected: Any) -> None:
     assert parse_request(body) == expected
 
 
+@pytest.mark.parametrize(
+    "value",
+    [{"a": [1, 2.5, "é", None, True]}, {True: 1}, {None: {False: 2}}, {1: 3, "k": (1, 2)}, {"null": 1},
+     {"x": 'true":'}, b"\x00", float("nan"), [float("-inf")], {1.5: 2}, {b"k": 1}, {(1, 2): 3}, 10**30,
+     "\u2028"],
+)
+def test_the_short_encoding_is_the_long_one(value: Any) -> None:
+    """encode_result (no walk of the values when JSON takes them as they are) gives the bytes of
+    encode_reply(reply_of(...)), the long way, whatever the plugins answered."""
+    failed = HookOutcome("b", "error", None, PluginError(f"no, {SECRET}"), 0.5)
+    for result in (HookResult("h", "chain", value, [HookOutcome("a", "ok", value, None, 1e-05)], 2e-05),
+                   HookResult("h", "all", None, [HookOutcome("a", "ok", value, None, 0), failed], 1)):
+        assert encode_result(result) == encode_reply(reply_of(result))
+
+
 def test_a_client_that_waits_for_100_continue_is_answered(ws: Workspace) -> None:
     """The edge holds a response head back until its body (one send); the interim `100 Continue`
     must still go out at once, or a client that waits for it before sending its body hangs."""
@@ -236,8 +292,8 @@ def test_a_client_that_waits_for_100_continue_is_answered(ws: Workspace) -> None
     async def main() -> None:
         async with open_api(ws) as api:
             app = create_app(api.registry, api.settings, token=TOKEN)
-            async with serve(app, api.settings) as url:
-                host, port = url.removeprefix("http://").split(":")
+            async with serve(app, api.settings) as srv:
+                host, port = srv.host, srv.port
 
                 def exchange() -> tuple[bytes, bytes]:
                     body = b'{"data": {"x": 1}}'
@@ -262,5 +318,211 @@ def test_a_client_that_waits_for_100_continue_is_answered(ws: Workspace) -> None
                 head, _, body = reply.partition(b"\r\n\r\n")
                 assert head.startswith(b"HTTP/1.1 200 ")
                 assert json.loads(body)["data"] == {"x": 1}
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- on the wire
+def request(path: str, body: bytes, *, headers: dict[str, str] | None = None, version: str = "1.1",
+            method: str = "POST", chunks: list[bytes] | None = None) -> bytes:
+    """One raw request; `chunks` sends the body chunked (Transfer-Encoding) instead of `body`."""
+    fields = {"Host": "x", **AUTH, **JSON, **(headers or {})}
+    if chunks is not None:
+        fields["Transfer-Encoding"] = "chunked"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    elif method == "POST":
+        fields["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/{version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v)
+    return head.encode() + b"\r\n" + body
+
+
+def read_reply(sock: socket.socket, buf: bytearray) -> bytes | None:
+    """The next response's bytes (head and body) from `sock` (leftovers kept in `buf`), or None when
+    the server closed the connection first."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            assert not buf, bytes(buf)
+            return None
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    length = int(re.search(rb"\r\ncontent-length: (\d+)\r\n", bytes(buf[:end])).group(1))  # type: ignore[union-attr]
+    while len(buf) < end + length:
+        chunk = sock.recv(65536)
+        assert chunk, bytes(buf)
+        buf += chunk
+    reply = bytes(buf[: end + length])
+    del buf[: end + length]
+    return reply
+
+
+def normal(reply: bytes) -> bytes:
+    """`reply` without what differs from one run to the next: the date, measured durations (and the
+    content length they change)."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    body = re.sub(rb'"duration_s":[0-9.e+-]+', b'"duration_s":0', body)
+    body = re.sub(rb"within [0-9.]+s", b"within Ns", body)
+    lines = [line for line in head.split(b"\r\n") if not line.startswith((b"date: ", b"content-length: "))]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def exchange(srv: Served, raw: bytes, count: int, *, then: bytes = b"") -> tuple[list[bytes], bool]:
+    """Send `raw` at once (pipelined), read `count` replies (an interim `100 Continue` first when it
+    comes, then `then` is sent), and whether the server then closed the connection."""
+    with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+        s.sendall(raw)
+        buf = bytearray()
+        replies = []
+        if then:
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            interim, _, rest = bytes(buf).partition(b"\r\n\r\n")
+            replies.append(interim + b"\r\n\r\n")
+            buf = bytearray(rest)
+            s.sendall(then)
+        while len(replies) < count + bool(then):
+            reply = read_reply(s, buf)
+            if reply is None:
+                break
+            replies.append(reply)
+        s.settimeout(1.0)
+        try:
+            closed = not buf and s.recv(65536) == b""
+        except TimeoutError:
+            closed = False
+        return [normal(r) for r in replies], closed
+
+
+ECHO = "/api/hooks/echo/execute"
+BIG = b'{"data": "' + b"x" * 1_100_000 + b'"}'
+# (name, raw bytes, replies expected, bytes sent after the `100 Continue`)
+WIRE: list[tuple[str, bytes, int, bytes]] = [
+    ("pipelined, fast and not", b"".join([
+        request("/api/hooks/slow/execute", b'{"data": 1, "timeout_s": 0.3}'),
+        request(ECHO, b'{"data": 1}'),
+        request(ECHO, b'{"data": 2}', headers={"Authorization": ""}),
+        request("/api/hooks/on_request/execute", b'{"data": {"seen": []}}'),
+        request("/health", b"", method="GET"),
+        request(ECHO, b'{"data": '),
+        request(ECHO, b'{"data": 3}'),
+    ]), 7, b""),
+    ("pipelined, the last says close", b"".join([
+        request(ECHO, b'{"data": 1}'),
+        request(ECHO, b'{"data": 2}', headers={"Connection": "close"}),
+        request(ECHO, b'{"data": 3}'),
+    ]), 2, b""),
+    ("Connection: close", request(ECHO, b'{"data": 1}', headers={"Connection": "close"}), 1, b""),
+    ("HTTP/1.0", request(ECHO, b'{"data": 1}', version="1.0"), 1, b""),
+    ("HTTP/1.0 keep-alive", request(ECHO, b'{"data": 1}', version="1.0",
+                                    headers={"Connection": "keep-alive"}), 1, b""),
+    ("chunked", request(ECHO, b"", chunks=[b'{"data": ', b'{"x": [1, 2]}', b"}"]) + request(ECHO, b"{}"), 2,
+     b""),
+    ("chunked, not JSON", request(ECHO, b"", chunks=[b'{"data": ', b"x}"]), 1, b""),
+    ("chunked, too large", request(ECHO, b"", chunks=[BIG[i : i + 65536] for i in range(0, len(BIG), 65536)]),
+     1, b""),
+    ("100-continue", request(ECHO, b"", headers={"Expect": "100-continue", "Content-Length": "11"}), 1,
+     b'{"data": 1}'),
+    ("100-continue, no token", request(ECHO, b"", headers={"Expect": "100-continue", "Content-Length": "11",
+                                                           "Authorization": ""}), 1, b'{"data": 1}'),
+]
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_the_wire_is_as_fastapi_writes_it(ws: Workspace, parser: str) -> None:
+    """Pipelined requests (answered in order, one at a time), `Connection: close`, HTTP/1.0, chunked
+    bodies and `Expect: 100-continue`: byte for byte what the server with FastAPI alone sends, and
+    the connection closed when (and only when) it is."""
+    add_plugins(ws)
+
+    async def main() -> None:
+        async with open_api(ws) as api:
+            settings = api.settings
+            settings.api.http_parser = parser
+            fast_app = create_app(api.registry, settings, token=TOKEN)
+            slow_app = create_app(api.registry, settings, token=TOKEN, fast_hooks=False)
+            async with serve(fast_app, settings) as fast, serve(slow_app, settings) as slow:
+                for name, raw, count, then in WIRE:
+                    a = await asyncio.to_thread(exchange, fast, raw, count, then=then)
+                    b = await asyncio.to_thread(exchange, slow, raw, count, then=then)
+                    assert a == b, name
+                    assert len(a[0]) == count + bool(then), (name, a)
+                    assert a[0][-1].startswith(b"HTTP/1.1 "), name
+                # What the replies say, beyond being the same.
+                replies, closed = await asyncio.to_thread(exchange, fast, WIRE[0][1], 7)
+                assert [r.split(b" ", 2)[1] for r in replies] == [b"200", b"200", b"401", b"200", b"200",
+                                                                   b"422", b"200"]
+                assert b'"outcome":"timeout"' in replies[0] and not closed
+                replies, closed = await asyncio.to_thread(exchange, fast, WIRE[1][1], 3)
+                assert len(replies) == 2 and b"connection: close" in replies[1].lower() and closed
+                replies, closed = await asyncio.to_thread(exchange, fast, WIRE[3][1], 1)
+                assert b"connection: close" in replies[0].lower() and closed
+                replies, _ = await asyncio.to_thread(exchange, fast, WIRE[5][1], 2)
+                assert b'"data":{"x":[1,2]}' in replies[0]
+
+    asyncio.run(main())
+
+
+def test_the_last_request_of_a_connection_is_answered_then_closed(ws: Workspace) -> None:
+    """api.max_requests_per_connection: its last reply says `Connection: close`, then the connection
+    closes; pipelined requests past it are not answered (as FastAPI's replies do)."""
+    add_plugins(ws)
+
+    async def main() -> None:
+        async with open_api(ws, configure=lambda s: setattr(s.api, "max_requests_per_connection", 3)) as api:
+            fast_app = create_app(api.registry, api.settings, token=TOKEN)
+            slow_app = create_app(api.registry, api.settings, token=TOKEN, fast_hooks=False)
+            raw = b"".join(request(ECHO, b'{"data": %d}' % i) for i in range(5))
+            async with serve(fast_app, api.settings) as fast, serve(slow_app, api.settings) as slow:
+                a = await asyncio.to_thread(exchange, fast, raw, 5)
+                b = await asyncio.to_thread(exchange, slow, raw, 5)
+                assert a == b
+                replies, closed = a
+                assert len(replies) == 3 and closed
+                assert [b"connection: close" in r for r in replies] == [False, False, True]
+                assert fast.entry.calls == 0  # all three answered in the edge protocol
+
+    asyncio.run(main())
+
+
+def hook_calls(outcome: str) -> float:
+    from plugind.monitor import metrics
+
+    value = metrics.REGISTRY.get_sample_value(
+        "plugind_hook_calls_total", {"hook": "slow", "plugin": "slow", "outcome": outcome})
+    return value or 0.0
+
+
+def test_a_client_gone_mid_call_or_mid_body(ws: Workspace, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that disconnects while its hook call runs: the call runs to its end (and is counted),
+    nothing is written or logged, no task is left; one gone before its body is complete: no call. The
+    server answers the next client as ever."""
+    add_plugins(ws)
+
+    async def main() -> None:
+        async with open_api(ws) as api:
+            app = create_app(api.registry, api.settings, token=TOKEN)
+            async with serve(app, api.settings) as srv:
+                before = hook_calls("timeout")
+
+                def gone(raw: bytes) -> None:
+                    with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+                        s.sendall(raw)
+
+                await asyncio.to_thread(gone, request("/api/hooks/slow/execute", b'{"timeout_s": 0.5}'))
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if not srv.server.server_state.tasks and hook_calls("timeout") > before:
+                        break
+                assert hook_calls("timeout") == before + 1
+                assert not srv.server.server_state.tasks
+                half = request("/api/hooks/slow/execute", b'{"timeout_s": 0.5}')[:-5]
+                await asyncio.to_thread(gone, half)
+                await asyncio.sleep(0.8)
+                assert hook_calls("timeout") == before + 1 and not srv.server.server_state.tasks
+                replies, closed = await asyncio.to_thread(exchange, srv, request(ECHO, b'{"data": 1}'), 1)
+                assert replies[0].startswith(b"HTTP/1.1 200 ") and not closed
+                assert srv.entry.calls == 0
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
 
     asyncio.run(main())

@@ -37,6 +37,11 @@ def reply_of(result: HookResult) -> dict[str, Any]:
     log is (their outputs are data, left alone). The FastAPI route and the fast path both answer
     with it."""
     reply: dict[str, Any] = jsonable(result.to_dict())
+    return redact_errors(reply)
+
+
+def redact_errors(reply: dict[str, Any]) -> dict[str, Any]:
+    """`reply` (a HookResult's dict) with its error messages redacted, in place."""
     redactor = current_redactor()
     for holder in (reply, *reply["results"]):
         if holder.get("error") is not None:
