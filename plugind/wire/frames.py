@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from plugind.errors import ProtocolViolation
+from plugind.wire.limits import MAX_DEPTH
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -31,6 +32,12 @@ RECV_CHUNK = 256 * 1024
 MIN_FREE = 64 * 1024
 # A frame up to this size is sent as one joined buffer, a bigger one as header and body apart.
 SMALL_FRAME = 16 * 1024
+
+
+# Every msgpack byte that can open a container: fixmap, fixarray, array 16/32, map 16/32. A value
+# nesting d containers is encoded with at least d of these bytes, so a frame with at most
+# MAX_DEPTH + 1 of them (the message's own map is one) holds no value deeper than MAX_DEPTH.
+_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -222,15 +229,22 @@ class RecvBuffer:
     against the maximum frame size first) and shrinks back once that frame is consumed.
     """
 
-    __slots__ = ("_buf", "_end", "_size", "_start", "_view", "max_frame")
+    __slots__ = ("_buf", "_end", "_size", "_start", "_view", "max_frame", "unbounded", "watch_depth")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, size: int = RECV_CHUNK) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, size: int = RECV_CHUNK, *,
+                 watch_depth: bool = False) -> None:
         self.max_frame = max_frame
         self._size = size
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet part of a decoded frame
         self._end = 0  # end of the bytes received
+        # With `watch_depth`, each buffer_updated lists here the messages it returned whose frame
+        # does not rule out a value nested past MAX_DEPTH (a frame of n bytes nests at most n
+        # containers, and at most as many as it has container bytes): only those need the exact
+        # (and dearer) walk of plugind.wire.limits.too_deep. Empty for the usual small frame.
+        self.watch_depth = watch_depth
+        self.unbounded: list[dict[str, Any]] = []
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Free space to receive into: at least MIN_FREE bytes, or the rest of a frame in progress.
@@ -259,6 +273,9 @@ class RecvBuffer:
         self._end = end
         buf, view, pos, max_frame = self._buf, self._view, self._start, self.max_frame
         out: list[dict[str, Any]] = []
+        watch = self.watch_depth
+        if self.unbounded:
+            self.unbounded = []
         # Hot loop of the host's receive path: kept flat on purpose.
         while end - pos >= HEADER_SIZE:
             (length,) = HEADER.unpack_from(buf, pos)
@@ -268,7 +285,10 @@ class RecvBuffer:
                 break
             start = pos + HEADER_SIZE
             pos = start + length
-            out.append(decode_body(view[start:pos]))
+            msg = decode_body(view[start:pos])
+            out.append(msg)
+            if watch and length > MAX_DEPTH + 1 and _containers(buf, start, pos) > MAX_DEPTH + 1:
+                self.unbounded.append(msg)
         if pos == end:
             self._start = self._end = 0
             if len(buf) > self._size:  # a big frame is consumed: give its memory back
@@ -282,6 +302,12 @@ class RecvBuffer:
     def pending(self) -> int:
         """Bytes received but not yet part of a complete frame."""
         return self._end - self._start
+
+
+def _containers(buf: bytearray, start: int, end: int) -> int:
+    """How many bytes of buf[start:end] could open a msgpack container (an upper bound of how
+    many containers it holds, hence of how deep they nest)."""
+    return len(buf[start:end].translate(None, _NOT_CONTAINER))
 
 
 class BlockingChannel:
