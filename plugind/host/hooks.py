@@ -251,7 +251,10 @@ class HookRegistry:
                 else:
                     elapsed = _monotonic() - now
                     observe_hook(hook, handler.plugin, "ok", elapsed)
-                    outcome = HookOutcome(handler.plugin, "ok", output, None, elapsed)
+                    results.append(HookOutcome(handler.plugin, "ok", output, None, elapsed))
+                    result.data = output
+                    now += elapsed
+                    continue
             now += outcome.duration_s
             results.append(outcome)
             if outcome.outcome == "ok":

@@ -129,6 +129,8 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.inc.violation is not None:
             return
+        # Any frame proves the child ran: the frames of one read are heard at once.
+        self.inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         try:
             msgs = self.buf.buffer_updated(nbytes)
         except ProtocolViolation as exc:
@@ -569,7 +571,6 @@ class Supervisor:
         corked.clear()
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
-        inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         if msg["type"] == m.RESULT:
             # The hot path: a well-formed result for a call in flight, checked inline by the rules of
             # check_from_plugin; anything else goes the long way below.

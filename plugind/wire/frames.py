@@ -37,6 +37,7 @@ SMALL_FRAME = 16 * 1024
 # Every msgpack byte that can open a container: fixmap, fixarray, array 16/32, map 16/32. A value
 # nesting d containers is encoded with at least d of these bytes, so a frame with at most
 # MAX_DEPTH + 1 of them (the message's own map is one) holds no value deeper than MAX_DEPTH.
+_SHALLOW = MAX_DEPTH + 1
 _NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
 
@@ -273,7 +274,9 @@ class RecvBuffer:
         self._end = end
         buf, view, pos, max_frame = self._buf, self._view, self._start, self.max_frame
         out: list[dict[str, Any]] = []
-        watch = self.watch_depth
+        # Frames up to `shallow` bytes cannot nest past the limit (with watch_depth off, none is
+        # looked at: no frame is longer than max_frame).
+        shallow = _SHALLOW if self.watch_depth else max_frame
         if self.unbounded:
             self.unbounded = []
         # Hot loop of the host's receive path: kept flat on purpose.
@@ -287,7 +290,7 @@ class RecvBuffer:
             pos = start + length
             msg = decode_body(view[start:pos])
             out.append(msg)
-            if watch and length > MAX_DEPTH + 1 and _containers(buf, start, pos) > MAX_DEPTH + 1:
+            if length > shallow and _containers(buf, start, pos) > _SHALLOW:
                 self.unbounded.append(msg)
         if pos == end:
             self._start = self._end = 0
