@@ -66,6 +66,7 @@ _REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
 # Put in place of a result's data nested past MAX_DEPTH (see _Connection.buffer_updated): no
 # decoded value is ever this object, so a plugin cannot send it.
 _TOO_DEEP = object()
+_INVOKE = m.INVOKE
 
 
 @dataclass
@@ -400,8 +401,9 @@ class Supervisor:
         inc.next_id += 1
         cpu = getcpu()
         try:
-            frame = self._encoder.frame_parts(m.invoke(call_id, hook, data, round(timeout_s * 1000, 3),
-                                                       cpu=cpu))
+            # m.invoke's message, built inline (the same map, key for key).
+            frame = self._encoder.frame_parts({"type": _INVOKE, "id": call_id, "hook": hook, "data": data,
+                                               "deadline_ms": round(timeout_s * 1000, 3), "cpu": cpu})
             check_outgoing(len(frame[-1]) if len(frame) > 1 else len(frame[0]) - HEADER_SIZE,
                            self.max_frame)
         except ProtocolViolation as exc:
