@@ -323,6 +323,8 @@ class BlockingChannel:
         self.sock = sock
         self._rbuf = RecvBuffer(max_frame)
         self._send_lock = threading.Lock()
+        # Bound once: a `with` block on a lock costs about twice as much as acquire + release.
+        self._lock, self._unlock = self._send_lock.acquire, self._send_lock.release
         self._encoder = FrameEncoder()  # used under the send lock only
         self.spin_s = 0.0  # the longest poll before a sleeping receive (see recv), set by the runtime
         self._poller = select.poll()
@@ -341,7 +343,8 @@ class BlockingChannel:
     def send(self, msg: dict[str, Any]) -> None:
         """Encode and send one message. Raises ProtocolViolation (unencodable, or larger than the
         peer accepts: see check_outgoing) or OSError."""
-        with self._send_lock:
+        self._lock()
+        try:
             parts = self._encoder.frame_parts(msg)
             check_outgoing(len(parts[-1]) if len(parts) > 1 else len(parts[0]) - HEADER_SIZE,
                            self._rbuf.max_frame)
@@ -351,6 +354,8 @@ class BlockingChannel:
             sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
             if sent < sum(map(len, parts)):
                 self.sock.sendall(memoryview(b"".join(parts))[sent:])
+        finally:
+            self._unlock()
 
     def _wait_recv(self, view: memoryview, spin_s: float) -> int:
         """recv_into `view`; with `spin_s`, first poll for up to that long without sleeping, yielding
