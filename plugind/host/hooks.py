@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -187,27 +187,32 @@ class HookRegistry:
                 self._ordered[hook] = found
         return found
 
-    async def run(
+    def run(
         self, hook: str, data: Any, policy: Policy = "chain", timeout_s: float | None = None
-    ) -> HookResult:
-        """Run `hook` under `policy`. Raises ValueError for an unknown policy or a bad timeout."""
-        if policy == "chain":
-            return await self.execute(hook, data, timeout_s)
-        if policy == "until_error":
-            return await self.execute_until_error(hook, data, timeout_s)
+    ) -> Coroutine[Any, Any, HookResult]:
+        """Run `hook` under `policy` (awaitable). Raises ValueError for an unknown policy or a bad
+        timeout, when awaited."""
+        if policy == "chain" or policy == "until_error":
+            return self._sequential(hook, data, timeout_s, policy)
         if policy == "all":
-            return await self.execute_all(hook, data, timeout_s)
-        raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")
+            return self.execute_all(hook, data, timeout_s)
+        return _refuse(ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}"))
 
-    async def execute(self, hook: str, data: Any, timeout_s: float | None = None) -> HookResult:
-        """Chain: each handler gets the previous output; a failing handler is skipped and reported."""
-        return await self._sequential(hook, data, timeout_s, policy="chain")
-
-    async def execute_until_error(
+    # execute and execute_until_error hand back the coroutine of _sequential (they are not coroutine
+    # functions themselves): one coroutine less to make and to resume through on every public call.
+    def execute(
         self, hook: str, data: Any, timeout_s: float | None = None
-    ) -> HookResult:
-        """As chain, but stop at the first failure; the handlers after it are reported `skipped`."""
-        return await self._sequential(hook, data, timeout_s, policy="until_error")
+    ) -> Coroutine[Any, Any, HookResult]:
+        """Chain (awaitable): each handler gets the previous output; a failing handler is skipped
+        and reported."""
+        return self._sequential(hook, data, timeout_s, "chain")
+
+    def execute_until_error(
+        self, hook: str, data: Any, timeout_s: float | None = None
+    ) -> Coroutine[Any, Any, HookResult]:
+        """As chain (awaitable), but stop at the first failure; the handlers after it are reported
+        `skipped`."""
+        return self._sequential(hook, data, timeout_s, "until_error")
 
     async def execute_all(self, hook: str, data: Any, timeout_s: float | None = None) -> HookResult:
         """Every handler gets the same input, concurrently; the result lists each outcome."""
@@ -218,11 +223,11 @@ class HookRegistry:
         outcomes = await asyncio.gather(*(self._call(h, hook, data, deadline) for h in handlers))
         return HookResult(hook, "all", None, list(outcomes), time.monotonic() - started)
 
-    async def _sequential(
-        self, hook: str, data: Any, timeout_s: float | None, *, policy: Policy
-    ) -> HookResult:
+    async def _sequential(self, hook: str, data: Any, timeout_s: float | None, policy: Policy) -> HookResult:
         # The public hot path (execute is this, chain policy): kept flat on purpose. One clock
-        # reading per handler: each call starts when the one before it ended.
+        # reading per handler: each call starts when the one before it ended. A target that enforces
+        # its own deadline (the supervisor) is called inline, as _call would call it; everything
+        # else, and every failure, goes through _call / _failed.
         if timeout_s is not None:
             _check_timeout(timeout_s, self._settings.hooks.max_timeout_secs)
         now = started = _monotonic()
@@ -230,11 +235,26 @@ class HookRegistry:
         result = HookResult(hook, policy, data)
         results = result.results
         stopped = False
+        hook_timeout = self._settings.hook_timeout
         for handler in self._handlers(hook):
             if stopped:
                 results.append(HookOutcome(handler.plugin, "skipped"))
                 continue
-            outcome = await self._call(handler, hook, result.data, deadline, now)
+            timeout = hook_timeout(hook, handler.plugin) if deadline is None else deadline - now
+            if handler.guarded or timeout <= 0:
+                outcome = await self._call(handler, hook, result.data, deadline, now)
+            else:
+                try:
+                    output = await handler.target.invoke(hook, result.data, timeout)
+                except Exception as exc:
+                    outcome = self._failed(handler, hook, exc, now, timeout)
+                else:
+                    elapsed = _monotonic() - now
+                    observe_hook(hook, handler.plugin, "ok", elapsed)
+                    results.append(HookOutcome(handler.plugin, "ok", output, None, elapsed))
+                    result.data = output
+                    now += elapsed
+                    continue
             now += outcome.duration_s
             results.append(outcome)
             if outcome.outcome == "ok":
@@ -279,8 +299,25 @@ class HookRegistry:
                     hook=hook,
                     timeout_s=timeout,
                 ) from None
-        except PluginError as exc:
-            elapsed = _monotonic() - started
+        except Exception as exc:
+            return self._failed(handler, hook, exc, started, timeout)
+        elapsed = _monotonic() - started
+        observe_hook(hook, handler.plugin, "ok", elapsed)
+        return HookOutcome(handler.plugin, "ok", output, None, elapsed)
+
+    def _failed(self, handler: _Handler, hook: str, exc: Exception, started: float,
+                timeout: float) -> HookOutcome:
+        """The outcome of a handler call that raised `exc` (counted, logged, told to on_failure)."""
+        elapsed = _monotonic() - started
+        if isinstance(exc, TimeoutError) and not isinstance(exc, PluginError):
+            # Our own timeout scope (_call) around a target that does not enforce its deadline.
+            exc = HookTimeout(
+                f"hook {hook!r} of plugin {handler.plugin!r} did not answer within {timeout:.3g} s",
+                plugin=handler.plugin,
+                hook=hook,
+                timeout_s=timeout,
+            )
+        if isinstance(exc, PluginError):
             kind = _outcome_of(exc)
             observe_hook(hook, handler.plugin, kind, elapsed)
             log.warning(
@@ -289,17 +326,18 @@ class HookRegistry:
             if self.on_failure is not None:
                 self.on_failure(hook, handler.plugin, kind, exc.message)
             return HookOutcome(handler.plugin, kind, error=exc, duration_s=elapsed)
-        except Exception as exc:  # a bug in a target must not take the whole call down
-            elapsed = _monotonic() - started
-            observe_hook(hook, handler.plugin, "error", elapsed)
-            log.exception("hook %s of %s raised", hook, handler.plugin, extra={"plugin": handler.plugin})
-            err = HookError(f"{type(exc).__name__}: {exc}", plugin=handler.plugin, hook=hook)
-            if self.on_failure is not None:
-                self.on_failure(hook, handler.plugin, "error", err.message)
-            return HookOutcome(handler.plugin, "error", error=err, duration_s=elapsed)
-        elapsed = _monotonic() - started
-        observe_hook(hook, handler.plugin, "ok", elapsed)
-        return HookOutcome(handler.plugin, "ok", output, None, elapsed)
+        # A bug in a target must not take the whole call down.
+        observe_hook(hook, handler.plugin, "error", elapsed)
+        log.error("hook %s of %s raised", hook, handler.plugin, exc_info=exc,
+                  extra={"plugin": handler.plugin})
+        err = HookError(f"{type(exc).__name__}: {exc}", plugin=handler.plugin, hook=hook)
+        if self.on_failure is not None:
+            self.on_failure(hook, handler.plugin, "error", err.message)
+        return HookOutcome(handler.plugin, "error", error=err, duration_s=elapsed)
+
+
+async def _refuse(exc: Exception) -> HookResult:
+    raise exc
 
 
 def _check_timeout(timeout_s: float | None, maximum: float) -> None:

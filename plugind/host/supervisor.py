@@ -63,7 +63,10 @@ LOG_LINES_PER_SEC = 200
 EXPIRY_SLACK_S = 1e-6
 # Error types a plugin may report for a hook; anything else is wrapped in HookFailed.
 _REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
-_NESTED = (dict, list)  # what a decoded result may nest with (msgpack gives no tuples)
+# Put in place of a result's data nested past MAX_DEPTH (see _Connection.buffer_updated): no
+# decoded value is ever this object, so a plugin cannot send it.
+_TOO_DEEP = object()
+_INVOKE = m.INVOKE
 
 
 @dataclass
@@ -101,6 +104,10 @@ class _Incarnation:
     # Invoke frames written while other calls are in flight wait here for the end of the loop turn
     # and go out in one write (see Supervisor._cork); every other frame flushes them first.
     corked: list[bytes] = field(default_factory=list)
+    # The event loop its connection lives on, set at spawn. The hot path uses it rather than
+    # asyncio.get_running_loop(), which makes a getpid() system call every time (CPython 3.11's
+    # fork check): one or two per call otherwise.
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -110,7 +117,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, sup: Supervisor, inc: _Incarnation, max_frame: int) -> None:
         self.sup = sup
         self.inc = inc
-        self.buf = RecvBuffer(max_frame)
+        self.buf = RecvBuffer(max_frame, watch_depth=True)
         # The transport calls get_buffer once per read: hand it the RecvBuffer's own method.
         self.get_buffer = self.buf.get_buffer  # type: ignore[method-assign]
 
@@ -123,11 +130,20 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.inc.violation is not None:
             return
+        # Any frame proves the child ran: the frames of one read are heard at once.
+        self.inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         try:
             msgs = self.buf.buffer_updated(nbytes)
         except ProtocolViolation as exc:
             self.sup._violation(self.inc, exc)
             return
+        unbounded = self.buf.unbounded
+        if unbounded:
+            # Frames too big for their size alone to rule out a value nested past the limit: the
+            # exact walk. A well-formed frame with such a value fails its call; the plugin lives.
+            for msg in unbounded:
+                if msg["type"] == m.RESULT and msg.get("ok") is True and too_deep(msg.get("data")):
+                    msg["data"] = _TOO_DEEP
         on_message = self.sup._on_message
         for msg in msgs:
             on_message(self.inc, msg)
@@ -311,7 +327,7 @@ class Supervisor:
             await self.before_spawn(self._gen > 0)
         plan = self._plan() if self.plan is None else dict(self.plan.to_wire())
         self._gen += 1
-        inc = _Incarnation(self._gen, hello=loop.create_future(), started=time.time())
+        inc = _Incarnation(self._gen, hello=loop.create_future(), started=time.time(), loop=loop)
         inc.proxy = self.context.proxy_for(self.name, self.settings.override_for(self.name).context_grants,
                                            self.budgets.context) if self.context is not None else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -383,15 +399,17 @@ class Supervisor:
                 budget="pending_calls", limit=self.budgets.pending_calls))
         call_id = inc.next_id
         inc.next_id += 1
+        cpu = getcpu()
         try:
-            frame = self._encoder.frame_parts(m.invoke(call_id, hook, data, round(timeout_s * 1000, 3),
-                                                       cpu=getcpu()))
+            # m.invoke's message, built inline (the same map, key for key).
+            frame = self._encoder.frame_parts({"type": _INVOKE, "id": call_id, "hook": hook, "data": data,
+                                               "deadline_ms": round(timeout_s * 1000, 3), "cpu": cpu})
             check_outgoing(len(frame[-1]) if len(frame) > 1 else len(frame[0]) - HEADER_SIZE,
                            self.max_frame)
         except ProtocolViolation as exc:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.message}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None
-        loop = asyncio.get_running_loop()
+        loop = inc.loop or asyncio.get_running_loop()
         pending = inc.pending
         # The frame goes out first, the bookkeeping below (all before this call's first await)
         # while the plugin works: a reply is read in a later loop turn, so it finds the call set up.
@@ -430,7 +448,7 @@ class Supervisor:
                 window = poll.window
                 # Not for a plugin on this CPU: it needs the CPU we would poll on. Not while other
                 # calls are in flight either: their answers keep the loop busy.
-                if window and len(pending) == 1 and self._plugin_cpu != getcpu():
+                if window and len(pending) == 1 and self._plugin_cpu != cpu:
                     poller = self._poller
                     if poller is None:
                         poller = self._poller = poller_for(loop)
@@ -446,8 +464,7 @@ class Supervisor:
                 poll.update(window if polling else 0.0, time.monotonic() - sent)
         if reply["ok"]:
             data = reply["data"]
-            # A well-formed frame with a value nested past the limit: the call fails, the plugin lives.
-            if type(data) in _NESTED and too_deep(data):
+            if data is _TOO_DEEP:  # nested past the limit (marked on receipt)
                 raise HookFailed(depth_message(f"the value hook {hook!r} of plugin {self.name!r} "
                                                "returned"), plugin=self.name, hook=hook,
                                  error_type="ValueError")
@@ -541,7 +558,7 @@ class Supervisor:
         of the plugin each) go out together, read by the plugin in one receive. A lone call is
         written at once, so a sequential caller waits for no loop turn."""
         if not inc.corked:
-            asyncio.get_running_loop().call_soon(self._flush, inc)
+            (inc.loop or asyncio.get_running_loop()).call_soon(self._flush, inc)
         inc.corked.extend(frame)
 
     def _flush(self, inc: _Incarnation) -> None:
@@ -556,7 +573,6 @@ class Supervisor:
         corked.clear()
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
-        inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         if msg["type"] == m.RESULT:
             # The hot path: a well-formed result for a call in flight, checked inline by the rules of
             # check_from_plugin; anything else goes the long way below.

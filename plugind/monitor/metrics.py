@@ -218,18 +218,25 @@ class _HookSeries:
         value = self._counts.get(outcome)
         if value is None:
             value = self._counts[outcome] = self._child(outcome)._value
-        # The first bound >= seconds: the bucket Histogram.observe's scan would pick.
-        bucket = self._buckets[bisect_left(self._bounds, seconds)]
+        # The first bound >= seconds: the bucket Histogram.observe's scan would pick. Most calls
+        # fall in the first (100 us): one comparison, no search.
+        bounds = self._bounds
+        bucket = self._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
         total = self._sum
         # One lock for the three values: every writer of the hook series' values comes through here
         # (the renderer reads them without a lock, as MutexValue.get's own read would see them).
-        with _observe_lock:
+        # acquire/release bound once: a `with` block on a lock costs about twice as much.
+        _observe_acquire()
+        try:
             value._value += 1
             bucket._value += 1
             total._value += seconds
+        finally:
+            _observe_release()
 
 
 _observe_lock = threading.Lock()
+_observe_acquire, _observe_release = _observe_lock.acquire, _observe_lock.release
 _bound: dict[tuple[str, str], _HookSeries] = {}
 
 

@@ -49,6 +49,7 @@ EXIT_PROTOCOL = 4
 ALARM_GRACE_S = 0.02
 MAX_SPIN_US = 1000  # a welcome asking for more is ignored
 _monotonic = time.monotonic
+_RESULT = m.RESULT
 
 
 class ChildHooks(Protocol):
@@ -262,7 +263,8 @@ class Runtime:
                     data = spec.func(msg["data"], self.ctx)
             finally:
                 self._in_handler = False
-            reply = m.result_ok(call_id, data, cpu=_getcpu())
+            # m.result_ok's message, built inline (the same map, key for key).
+            reply = {"type": _RESULT, "id": call_id, "ok": True, "data": data, "cpu": _getcpu()}
             if timeout_s and _monotonic() - start > timeout_s:
                 reply["late"] = True
         except _Deadline:
@@ -296,10 +298,13 @@ class Runtime:
         assert self.plugin is not None
         chan = self.chan
         queue, recv, check, invoke = self._queue, chan.recv, m.check_from_host, self.invoke
-        monotonic, poll = _monotonic, self._poll
+        monotonic, poll, max_id = _monotonic, self._poll, m.MAX_ID
+        window = 0.0
         while True:
+            took = -1.0  # seconds from the last answer to this message, when it was waited for
             if queue:
                 msg = queue.popleft()  # checked when it was received
+                kind = msg["type"]
             else:
                 # Adaptive poll (plugind.wire.polling): after answering, poll for the next call
                 # before sleeping, for as long as calls have lately been coming that soon.
@@ -309,16 +314,28 @@ class Runtime:
                 got = recv(window)
                 if got is None:
                     return 0
-                check(got)
-                msg = got
                 if poll.budget:
-                    poll.update(window, monotonic() - self._answered_at)
-            kind = msg["type"]
+                    took = monotonic() - self._answered_at  # the window is updated after answering
+                kind = got["type"]
+                # The hot path: a well-formed invoke, checked inline by the rules of
+                # check_from_host; anything else is checked there.
+                call_id, deadline = got.get("id"), got.get("deadline_ms")
+                hook = got.get("hook")
+                if not (kind == m.INVOKE and type(call_id) is int and 0 <= call_id <= max_id
+                        and type(hook) is str and len(hook) <= 128 and "data" in got
+                        and (deadline is None or (type(deadline) in (int, float) and deadline >= 0))):
+                    check(got)
+                msg = got
             if kind == m.INVOKE:
                 invoke(msg)
                 self._answered_at = monotonic()
                 self._host_cpu = msg.get("cpu")
-            elif kind == m.PING:
+                if took >= 0.0:
+                    poll.update(window, took)
+                continue
+            if took >= 0.0:
+                poll.update(window, took)
+            if kind == m.PING:
                 self.send(self._pong(msg["id"]))
             elif kind == m.SHUTDOWN:
                 try:

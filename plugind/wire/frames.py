@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from plugind.errors import ProtocolViolation
+from plugind.wire.limits import MAX_DEPTH
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -31,6 +32,13 @@ RECV_CHUNK = 256 * 1024
 MIN_FREE = 64 * 1024
 # A frame up to this size is sent as one joined buffer, a bigger one as header and body apart.
 SMALL_FRAME = 16 * 1024
+
+
+# Every msgpack byte that can open a container: fixmap, fixarray, array 16/32, map 16/32. A value
+# nesting d containers is encoded with at least d of these bytes, so a frame with at most
+# MAX_DEPTH + 1 of them (the message's own map is one) holds no value deeper than MAX_DEPTH.
+_SHALLOW = MAX_DEPTH + 1
+_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -222,15 +230,22 @@ class RecvBuffer:
     against the maximum frame size first) and shrinks back once that frame is consumed.
     """
 
-    __slots__ = ("_buf", "_end", "_size", "_start", "_view", "max_frame")
+    __slots__ = ("_buf", "_end", "_size", "_start", "_view", "max_frame", "unbounded", "watch_depth")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, size: int = RECV_CHUNK) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, size: int = RECV_CHUNK, *,
+                 watch_depth: bool = False) -> None:
         self.max_frame = max_frame
         self._size = size
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet part of a decoded frame
         self._end = 0  # end of the bytes received
+        # With `watch_depth`, each buffer_updated lists here the messages it returned whose frame
+        # does not rule out a value nested past MAX_DEPTH (a frame of n bytes nests at most n
+        # containers, and at most as many as it has container bytes): only those need the exact
+        # (and dearer) walk of plugind.wire.limits.too_deep. Empty for the usual small frame.
+        self.watch_depth = watch_depth
+        self.unbounded: list[dict[str, Any]] = []
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Free space to receive into: at least MIN_FREE bytes, or the rest of a frame in progress.
@@ -259,6 +274,11 @@ class RecvBuffer:
         self._end = end
         buf, view, pos, max_frame = self._buf, self._view, self._start, self.max_frame
         out: list[dict[str, Any]] = []
+        # Frames up to `shallow` bytes cannot nest past the limit (with watch_depth off, none is
+        # looked at: no frame is longer than max_frame).
+        shallow = _SHALLOW if self.watch_depth else max_frame
+        if self.unbounded:
+            self.unbounded = []
         # Hot loop of the host's receive path: kept flat on purpose.
         while end - pos >= HEADER_SIZE:
             (length,) = HEADER.unpack_from(buf, pos)
@@ -268,7 +288,10 @@ class RecvBuffer:
                 break
             start = pos + HEADER_SIZE
             pos = start + length
-            out.append(decode_body(view[start:pos]))
+            msg = decode_body(view[start:pos])
+            out.append(msg)
+            if length > shallow and _containers(buf, start, pos) > _SHALLOW:
+                self.unbounded.append(msg)
         if pos == end:
             self._start = self._end = 0
             if len(buf) > self._size:  # a big frame is consumed: give its memory back
@@ -284,6 +307,12 @@ class RecvBuffer:
         return self._end - self._start
 
 
+def _containers(buf: bytearray, start: int, end: int) -> int:
+    """How many bytes of buf[start:end] could open a msgpack container (an upper bound of how
+    many containers it holds, hence of how deep they nest)."""
+    return len(buf[start:end].translate(None, _NOT_CONTAINER))
+
+
 class BlockingChannel:
     """A frame channel over a blocking stream socket, for the plugin runtime (no asyncio needed).
 
@@ -294,6 +323,8 @@ class BlockingChannel:
         self.sock = sock
         self._rbuf = RecvBuffer(max_frame)
         self._send_lock = threading.Lock()
+        # Bound once: a `with` block on a lock costs about twice as much as acquire + release.
+        self._lock, self._unlock = self._send_lock.acquire, self._send_lock.release
         self._encoder = FrameEncoder()  # used under the send lock only
         self.spin_s = 0.0  # the longest poll before a sleeping receive (see recv), set by the runtime
         self._poller = select.poll()
@@ -312,7 +343,8 @@ class BlockingChannel:
     def send(self, msg: dict[str, Any]) -> None:
         """Encode and send one message. Raises ProtocolViolation (unencodable, or larger than the
         peer accepts: see check_outgoing) or OSError."""
-        with self._send_lock:
+        self._lock()
+        try:
             parts = self._encoder.frame_parts(msg)
             check_outgoing(len(parts[-1]) if len(parts) > 1 else len(parts[0]) - HEADER_SIZE,
                            self._rbuf.max_frame)
@@ -322,6 +354,8 @@ class BlockingChannel:
             sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
             if sent < sum(map(len, parts)):
                 self.sock.sendall(memoryview(b"".join(parts))[sent:])
+        finally:
+            self._unlock()
 
     def _wait_recv(self, view: memoryview, spin_s: float) -> int:
         """recv_into `view`; with `spin_s`, first poll for up to that long without sleeping, yielding

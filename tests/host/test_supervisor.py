@@ -36,6 +36,7 @@ from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
 from plugind.host.poll import poller_for
 from plugind.host.supervisor import Supervisor
+from plugind.wire.limits import MAX_DEPTH
 
 HEADER = '''
 import os, signal, socket, stat, struct, sys, time
@@ -489,6 +490,41 @@ def test_a_raising_handler_gives_hook_failed_and_the_plugin_lives_on(tmp_path: P
         with pytest.raises(HookFailed, match="plugin 'raises' has no handler for hook 'nope'"):
             await sup.invoke("nope", 1, 5)
         assert sup.restarts == 0 and rig.events == []
+        await sup.stop()
+
+    run(tmp_path, body)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def test_a_result_nested_past_the_limit_fails_its_call_alone_and_the_plugin_lives_on(tmp_path: Path) -> None:
+    # The depth of a result is bounded by its frame's size first and walked only past that bound
+    # (plugind.wire.frames.RecvBuffer.watch_depth): every shape must still get the exact answer,
+    # alone or among other answers read at once.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        assert await sup.invoke("echo", _nested(MAX_DEPTH), 5) == _nested(MAX_DEPTH)
+        with pytest.raises(HookFailed, match="nested deeper than 128 levels") as info:
+            await sup.invoke("echo", _nested(MAX_DEPTH + 1), 5)
+        assert info.value.error_type == "ValueError"
+        # Big, shallow, and full of bytes that look like container headers (U+0080 is C2 80).
+        wide = {"text": "\u0080" * 5000, "items": [[i] for i in range(300)]}
+        assert await sup.invoke("echo", wide, 5) == wide
+        values = [_nested(MAX_DEPTH + 1) if i % 3 == 0 else {"n": i} for i in range(9)]
+        outcomes = await asyncio.gather(*(sup.invoke("echo", v, 5) for v in values),
+                                        return_exceptions=True)
+        for i, out in enumerate(outcomes):
+            if i % 3 == 0:
+                assert isinstance(out, HookFailed) and "nested deeper" in out.message, out
+            else:
+                assert out == {"n": i}
+        assert sup.state == "running" and sup.restarts == 0 and rig.events == []
         await sup.stop()
 
     run(tmp_path, body)

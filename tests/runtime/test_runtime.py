@@ -423,6 +423,27 @@ def test_garbage_from_the_host_ends_the_runtime(child: Child) -> None:
     assert "exceeds the maximum" in child.proc.stderr.read()
 
 
+@pytest.mark.parametrize("fields", [
+    {"id": -1}, {"id": 2**63}, {"id": True}, {"id": 1.0}, {"hook": "h" * 129}, {"hook": 7},
+    {"data": None, "drop": "data"}, {"deadline_ms": -1}, {"deadline_ms": "5"}, {"deadline_ms": True},
+], ids=["id<0", "id>max", "id-bool", "id-float", "hook-long", "hook-int", "no-data", "deadline<0",
+        "deadline-str", "deadline-bool"])
+def test_a_malformed_invoke_ends_the_runtime_as_a_protocol_violation(child: Child,
+                                                                    fields: dict[str, Any]) -> None:
+    # The runtime checks a well-formed invoke inline (its hot path) and anything else through
+    # check_from_host: each field's rule must hold on either way.
+    start(child)
+    msg: dict[str, Any] = {"type": "invoke", "id": 1, "hook": "echo", "data": 1, "deadline_ms": 5000}
+    drop = fields.pop("drop", None)
+    msg.update(fields)
+    if drop:
+        del msg[drop]
+    child.chan.send(msg)
+    assert child.proc.wait(20) == 4
+    assert child.proc.stderr is not None
+    assert "malformed message: invoke" in child.proc.stderr.read()
+
+
 @pytest.mark.parametrize(
     ("source", "entrypoint", "message"),
     [

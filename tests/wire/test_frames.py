@@ -19,6 +19,7 @@ from plugind.errors import ProtocolViolation
 from plugind.wire import BlockingChannel, FrameBuffer, FrameEncoder, RecvBuffer, decode, encode, frames
 from plugind.wire.aio import read_message, write_message
 from plugind.wire.frames import SMALL_FRAME
+from plugind.wire.limits import MAX_DEPTH, too_deep
 
 VALUES = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1.5, "", "héllo", b"\x00\xff",
           [1, [2, [3]]], {"a": {"b": [None]}}, {1: "int key"}]
@@ -112,6 +113,46 @@ def test_recv_buffer_reassembles_any_split(step: int) -> None:
     rb = RecvBuffer()
     assert [m["id"] for m in receive(rb, frames, step)] == list(range(50))
     assert rb.pending == 0
+
+
+_scalars = st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8) | st.binary(max_size=8)
+_values = st.recursive(_scalars,
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=200)
+
+
+def _nest(value: object, depth: int) -> object:
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_values, extra=st.integers(min_value=0, max_value=MAX_DEPTH + 3))
+def test_recv_buffer_lists_every_message_its_frame_size_does_not_bound(value: object, extra: int) -> None:
+    # Soundness: any message holding a value nested past MAX_DEPTH is listed in `unbounded` (the
+    # supervisor walks only those); a message that is not listed is within the limit.
+    data = _nest(value, extra)
+    rb = RecvBuffer(watch_depth=True)
+    frames_in = encode({"type": "result", "id": 1, "ok": True, "data": data}) + encode({"type": "pong"})
+    got = receive(rb, frames_in)
+    assert [m["type"] for m in got] == ["result", "pong"]
+    if too_deep(got[0]["data"]):
+        assert any(m is got[0] for m in rb.unbounded)
+    assert not any(m is got[1] for m in rb.unbounded)
+
+
+def test_recv_buffer_depth_bound_small_frames_pass_deep_ones_are_listed_each_read() -> None:
+    rb = RecvBuffer(watch_depth=True)
+    at_limit = encode({"type": "result", "id": 1, "ok": True, "data": _nest(1, MAX_DEPTH)})
+    past = encode({"type": "result", "id": 2, "ok": True, "data": _nest(1, MAX_DEPTH + 1)})
+    assert [m["id"] for m in receive(rb, at_limit)] == [1] and rb.unbounded == []
+    got = receive(rb, past)
+    assert [m["id"] for m in got] == [2] and rb.unbounded == got
+    assert receive(rb, at_limit) and rb.unbounded == []  # one read's list, not a history
+    # Without watch_depth nothing is counted or listed.
+    plain = RecvBuffer()
+    assert receive(plain, past) and plain.unbounded == []
 
 
 def test_recv_buffer_grows_for_a_big_frame_and_shrinks_after() -> None:
