@@ -40,6 +40,7 @@ from plugind.api.routes.hooks import redact_errors, reply_of
 from plugind.api.schemas import HOOK_PATTERN, MAX_HOOK_TIMEOUT_S
 from plugind.config import Settings
 from plugind.host.hooks import HookResult
+from plugind.host.poll import LOOP_POLLING
 from plugind.host.registry import PluginRegistry
 from plugind.wire.limits import json_problem
 
@@ -198,6 +199,7 @@ class HookFastPath:
         """Run the hook call; its status and JSON body (HookReply's, or the error reply FastAPI's
         handlers give)."""
         data, policy, timeout_s = call
+        LOOP_POLLING.set(False)  # this request's own task: its call does not make the loop poll
         try:
             result = await self.registry.hooks.run(hook, data, policy, timeout_s)  # type: ignore[arg-type]
             return 200, encode_result(result)

@@ -11,14 +11,25 @@ plugin that shares this CPU runs meanwhile.
 How long each call may be polled for is decided per plugin by `plugind.wire.polling.PollWindow`
 (the plugin runtime uses the same to poll for calls): a plugin answering in bursts gets polled
 for, one that takes milliseconds never is.
+
+Calls made for a REST request do not poll (`LOOP_POLLING`, set False by the API's hook routes): a
+REST call already costs a few hundred microseconds of HTTP work, polling bought it nothing
+measurable on a quiet machine, and on a loaded one a polling loop loses whole scheduler ticks to
+other processes (bench/peers.py: REST p50 0.65-1.55 ms polling, 0.32-0.48 ms not, with a CPU hog on
+each CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 import weakref
+
+# Whether a call made in this context may have the loop poll for its answer. A task's own context:
+# the REST hook routes set it False in theirs, library callers keep the default.
+LOOP_POLLING: contextvars.ContextVar[bool] = contextvars.ContextVar("plugind_loop_polling", default=True)
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPoller] = weakref.WeakKeyDictionary()
 
@@ -80,4 +91,4 @@ def poller_for(loop: asyncio.AbstractEventLoop) -> LoopPoller:
     return poller
 
 
-__all__ = ["LoopPoller", "poller_for"]
+__all__ = ["LOOP_POLLING", "LoopPoller", "poller_for"]

@@ -45,7 +45,7 @@ from plugind.host.budgets import PluginBudgets, ReportThrottle
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.host.liveness import process_state, unresponsive
-from plugind.host.poll import LoopPoller, poller_for
+from plugind.host.poll import LOOP_POLLING, LoopPoller, poller_for
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.sandbox.seccomp_audit import seccomp_kill
@@ -447,8 +447,9 @@ class Supervisor:
                 sent = time.monotonic()
                 window = poll.window
                 # Not for a plugin on this CPU: it needs the CPU we would poll on. Not while other
-                # calls are in flight either: their answers keep the loop busy.
-                if window and len(pending) == 1 and self._plugin_cpu != cpu:
+                # calls are in flight either: their answers keep the loop busy. Not for a REST
+                # request's call (LOOP_POLLING, see plugind.host.poll).
+                if window and len(pending) == 1 and self._plugin_cpu != cpu and LOOP_POLLING.get():
                     poller = self._poller
                     if poller is None:
                         poller = self._poller = poller_for(loop)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from plugind.api.routes.hooks import reply_of
 from plugind.config import Settings
 from plugind.errors import PluginError
 from plugind.host.hooks import HookOutcome, HookResult
+from plugind.host.poll import poller_for
 from plugind.wire.limits import MAX_DEPTH
 
 SECRET = "token=" + "ab" * 32  # a 64-hex value after "token": redacted in every error message
@@ -524,5 +526,42 @@ def test_a_client_gone_mid_call_or_mid_body(ws: Workspace, caplog: pytest.LogCap
                 assert srv.entry.calls == 0
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert not errors, [r.getMessage() for r in errors]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("parser", "fast"), [("httptools", True), ("h11", True), ("httptools", False)],
+                         ids=["edge-protocol", "asgi-fast-path", "fastapi-route"])
+def test_a_rest_call_does_not_make_the_loop_poll(ws: Workspace, parser: str, fast: bool,
+                                                 two_cpus: tuple[int, int]) -> None:
+    """The event loop polls for a library call's answer (a plugin on another CPU, a window to poll
+    in), never for a REST request's, whichever of the three routes answers it."""
+    add_plugins(ws)
+    window = 200e-6  # as if grown over a burst (tests/host/test_poll.py)
+
+    async def main() -> None:
+        async with open_api(ws) as api:
+            api.settings.api.http_parser = parser
+            app = create_app(api.registry, api.settings, token=TOKEN, fast_hooks=fast)
+            loaded = api.registry.get_plugin("echo")
+            assert loaded is not None
+            sup: Any = loaded.supervisor
+            os.sched_setaffinity(sup.pid, {two_cpus[1]})
+            assert (await api.registry.hooks.run("echo", 0, "chain", None)).data == 0  # where it runs now
+            poller = poller_for(asyncio.get_running_loop())
+            asked: list[float] = []
+            begin = poller.begin
+            poller.begin = lambda w: (asked.append(w), begin(w))[1]  # type: ignore[method-assign]
+            async with serve(app, api.settings) as srv, \
+                    httpx.AsyncClient(base_url=srv.url, timeout=30, headers=AUTH) as client:
+                for i in range(1, 11):
+                    sup._host_poll.window = window
+                    reply = await client.post("/api/hooks/echo/execute", json={"data": i})
+                    assert reply.status_code == 200 and reply.json()["data"] == i
+                assert asked == []
+                assert srv.entry.calls == (0 if fast and parser == "httptools" else 10)
+                sup._host_poll.window = window
+                assert (await api.registry.hooks.run("echo", 11, "chain", None)).data == 11
+                assert asked == [window]  # the same plugin, called as a library: polled for
 
     asyncio.run(main())

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request
 from plugind.api.routes import _deps
 from plugind.api.schemas import HOOK_PATTERN, ErrorReply, HookReply, HookRequest, jsonable
 from plugind.host.hooks import HookResult
+from plugind.host.poll import LOOP_POLLING
 from plugind.logs import current_redactor
 
 router = APIRouter(tags=["hooks"])
@@ -28,6 +29,7 @@ async def execute(
     await _deps.check_value(request, body.data, "data")
     _deps.check_timeout(request, body.timeout_s)
     reg = _deps.registry(request)
+    LOOP_POLLING.set(False)  # this request's own task: its call does not make the loop poll
     result = await reg.hooks.run(hook, body.data, body.policy, body.timeout_s)
     return HookReply.model_validate(reply_of(result))
 
