@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plugind.host.heartbeats")
 
+SLICE = 64  # members handled per loop turn of a sweep
+
 
 class _Ping:
     """One ping in flight; duck-types the part of a Future the supervisor's receive path uses."""
@@ -83,6 +85,8 @@ class HeartbeatSweep:
         self._timer: asyncio.TimerHandle | None = None
         self._when = 0.0  # when the armed timer fires
         self._last = float("-inf")  # when the last sweep ran
+        self._sweeping = False  # a sweep is under way (its next slice is the armed callback)
+        self._joined = float("inf")  # the earliest due of members that joined during it
 
     def join(self, sup: Supervisor) -> Beat:
         """Start pinging `sup` (its first ping one interval from now)."""
@@ -91,7 +95,10 @@ class HeartbeatSweep:
             self.leave(old)
         beat = Beat(sup, self, self.loop.time() + self.interval)
         self.members[sup] = beat
-        self._arm(beat.due)
+        if self._sweeping:
+            self._joined = min(self._joined, beat.due)
+        else:
+            self._arm(beat.due)
         return beat
 
     def leave(self, beat: Beat) -> None:
@@ -101,6 +108,7 @@ class HeartbeatSweep:
         if not self.members and self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._sweeping = False
 
     def _arm(self, when: float) -> None:
         when = max(when, self._last + self.grain)
@@ -115,18 +123,34 @@ class HeartbeatSweep:
         self._timer = None
         now = self.loop.time()
         self._last = now
-        nearest = float("inf")
-        try:
-            nearest = self.sweep(now)
-        finally:
-            if self.members:
-                self._arm(nearest if nearest != float("inf") else now + self.interval)
+        self._sweeping = True
+        self._joined = float("inf")
+        self._pass(list(self.members.values()), 0, now, float("inf"))
 
-    def sweep(self, now: float) -> float:
-        """One pass over every member at loop time `now`; returns when the next pass is needed."""
+    def _pass(self, beats: list[Beat], start: int, now: float, nearest: float) -> None:
+        # One sweep, SLICE members per loop turn: 1,000 pings in one callback would hold the loop
+        # (and every request waiting on it) for milliseconds.
+        end = min(start + SLICE, len(beats))
+        try:
+            nearest = min(nearest, self.sweep(beats[start:end], now))
+        finally:
+            if end < len(beats) and self.members:
+                self._timer = self.loop.call_soon(self._pass, beats, end, now, nearest)  # type: ignore[assignment]
+                self._when = now
+            else:
+                self._timer = None
+                self._sweeping = False
+                nearest = min(nearest, self._joined)
+                if self.members:
+                    self._arm(nearest if nearest != float("inf") else now + self.interval)
+
+    def sweep(self, beats: list[Beat], now: float) -> float:
+        """One pass over `beats` at loop time `now`; returns when the next pass is needed."""
         nearest = float("inf")
         horizon = now + self.grain  # a ping due within a grain goes out with this sweep
-        for beat in list(self.members.values()):
+        for beat in beats:
+            if beat.sweep is not self or self.members.get(beat.sup) is not beat:
+                continue  # left since the sweep began
             try:
                 when = self._beat(beat, now, horizon)
             except Exception:  # one member's bug must not stop the heartbeats of the others

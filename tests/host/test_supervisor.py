@@ -591,13 +591,14 @@ def test_a_wedged_handler_fails_the_heartbeat_and_is_restarted(tmp_path: Path) -
 
 
 def test_one_heartbeat_sweep_finds_the_stopped_plugin_among_many_and_spares_the_busy_one(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Every supervisor of a loop is pinged by one sweep (plugind/host/heartbeats.py), with the same
     # verdicts as a task per plugin: among six plugins, the one SIGSTOPped with a call in flight far
     # inside its deadline is found hung (the call fails at once, it is restarted); the one busy in a
     # call longer than the heartbeat timeout, inside its deadline, is not; the idle ones keep answering.
     s = settings(heartbeat_interval_secs=0.1, heartbeat_timeout_secs=0.4)
+    monkeypatch.setattr(heartbeats, "SLICE", 2)  # a sweep over several loop turns, as with 1,000
 
     async def body(rig: Rig) -> None:
         sups = [rig.supervisor("hangs", f"p{i}") for i in range(6)]
