@@ -180,6 +180,7 @@ class PluginRegistry:
         self.event_listeners: list[Callable[[str, str, Any], None]] = []
         # Called (no arguments) whenever the loaded, wanted or failed set may have changed.
         self.change_listeners: list[Callable[[], None]] = []
+        self._notify_pending = False
         # The registry owns its monitor: it samples the loaded plugins, unloads through
         # `monitor_unload`, hears of OOM kills, and runs from `start` to `shutdown`.
         self.monitor = ResourceMonitor(settings, self.monitored_plugins, self.monitor_unload, audit=audit)
@@ -736,7 +737,21 @@ class PluginRegistry:
         self._notify_changed()
 
     def _notify_changed(self) -> None:
+        # The listeners (sd_notify STATUS=, O(N) at 1,000 plugins) run once per loop turn however
+        # many changes it made: a load changes things twice, concurrent loads more.
         self._health_gen += 1
+        if self._notify_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._call_change_listeners()
+            return
+        self._notify_pending = True
+        loop.call_soon(self._call_change_listeners)
+
+    def _call_change_listeners(self) -> None:
+        self._notify_pending = False
         for listener in self.change_listeners:
             try:
                 listener()
