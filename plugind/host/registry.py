@@ -650,12 +650,16 @@ class PluginRegistry:
                 await self._load(name, explicit=False, at_start=True, slot=slots, turn=turn)
             except PluginError as exc:
                 log.error("could not load %s at start: %s", name, exc, extra={"plugin": name})
+                await turn()  # the next one waits for this one, and so for every one before it
             finally:
-                if i:  # a failed load still waits for its turn: the next one waits for this one
-                    await done[i - 1].wait()
-                done[i].set()
+                done[i].set()  # also when cancelled (a shutdown): the others are cancelled too
 
-        await asyncio.gather(*(one(i, n) for i, n in enumerate(names)))
+        # Every load runs to its end before a bug in one (not a PluginError) is raised, as the
+        # first of them: none is left loading behind the caller's back.
+        results = await asyncio.gather(*(one(i, n) for i, n in enumerate(names)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def shutdown(self) -> None:
         """Not ready any more; stop the monitor; fire `on_shutdown`; stop every plugin (the persisted
