@@ -59,6 +59,8 @@ log = logging.getLogger("plugind.host.registry")
 _BUNDLE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})-(\d[0-9A-Za-z.+-]{0,63})\.plugin$")
 # Plugins a start restores at once (each still joins the loaded set in the intent's order).
 RESTORE_CONCURRENCY = 8
+# How long change listeners (STATUS=) may lag the change that calls them (they see every change).
+CHANGE_COALESCE_S = 0.05
 
 
 class SupervisorLike(HookTarget, Protocol):
@@ -741,8 +743,9 @@ class PluginRegistry:
         self._notify_changed()
 
     def _notify_changed(self) -> None:
-        # The listeners (sd_notify STATUS=, O(N) at 1,000 plugins) run once per loop turn however
-        # many changes it made: a load changes things twice, concurrent loads more.
+        # The listeners (sd_notify STATUS=: an O(N) summary and a new socket each, at 1,000
+        # plugins) run at most once per CHANGE_COALESCE_S, after the changes made meanwhile: a load
+        # changes things twice, and loads come 50 a second.
         self._health_gen += 1
         if self._notify_pending:
             return
@@ -752,7 +755,7 @@ class PluginRegistry:
             self._call_change_listeners()
             return
         self._notify_pending = True
-        loop.call_soon(self._call_change_listeners)
+        loop.call_later(CHANGE_COALESCE_S, self._call_change_listeners)
 
     def _call_change_listeners(self) -> None:
         self._notify_pending = False

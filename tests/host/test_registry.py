@@ -568,3 +568,25 @@ def test_health_counts_follow_every_change_they_count(ws: Workspace) -> None:
         assert reg.health_counts() == exact(reg) == (1, 3, 0)
 
     run(ws, scenario)
+
+
+def test_change_listeners_see_every_change_once_they_run_and_are_coalesced(ws: Workspace) -> None:
+    # Three concurrent loads change the registry at least six times; the listeners (STATUS=) run
+    # fewer times than that, and their last run sees all three loaded.
+    ws.auto_load = False
+    for name in ("a", "b", "c"):
+        ws.add(echo(name))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        seen: list[int] = []
+        reg.change_listeners.append(lambda: seen.append(reg.plugin_count()))
+        await asyncio.gather(*(reg.load_plugin(n) for n in ("a", "b", "c")))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30  # a bound against a hang, not a figure
+        while (not seen or seen[-1] != 3) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert seen and seen[-1] == 3
+        assert len(seen) < 6
+
+    run(ws, scenario)
