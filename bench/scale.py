@@ -19,7 +19,9 @@ Starts `plugind serve` (the integration tests' workspace: real signed and truste
 4. daemon RSS (and of its fork-servers), per-plugin USS (median of 20 plugins), pids, fds and
    cgroups in use next to their limits, and the first resource to run out, if one did;
 5. the CPU a load costs (the daemon, its fork-servers, the plugin itself) and the daemon's CPU when
-   idle with N plugins loaded (heartbeats, the resource monitor), with its threads.
+   idle with N plugins loaded (heartbeats, the resource monitor), with its threads;
+6. (unless --no-restart) stops the daemon and starts it again: how long it takes to restore every
+   plugin of its state file, from exec to `/ready`.
 
 Every hook figure is taken warm (100 calls to the reference plugin first; the N plugins were each
 called once).
@@ -137,6 +139,8 @@ def main() -> int:
     parser.add_argument("--min-free-mb", type=float, default=4096.0,
                         help="stop loading when MemAvailable falls under this (MiB; default 4096)")
     parser.add_argument("--no-sandbox", action="store_true", help="plain fork (no root needed)")
+    parser.add_argument("--no-restart", action="store_true",
+                        help="skip the restart at the end (how long restoring the plugins takes)")
     parser.add_argument("--config", default="", help="more TOML for the daemon's config, e.g. "
                         "'[monitoring]\\ncheck_interval_secs = 60' (to tell what costs at scale)")
     args = parser.parse_args()
@@ -331,6 +335,28 @@ def main() -> int:
                   + (f" (it did: {stop_reason})" if stop_reason else ""))
             assert daemon.stop(timeout=max(60.0, n * 0.1)) == 0, "the daemon did not stop cleanly"
             assert ref.stop() == 0, "the reference daemon did not stop cleanly"
+            if not args.no_restart:
+                # A restart restores the state file's plugins: from exec to /ready (scan included).
+                reap(daemon)
+                t_restart = time.perf_counter()
+                daemon = start(ws, wait_ready=False)
+                daemon.notify.settimeout(None)
+                threading.Thread(target=drain, args=(daemon.notify,), daemon=True).start()
+                restored = 0
+                with daemon.client() as client:
+                    while time.perf_counter() - t_restart < args.time_limit:
+                        with contextlib.suppress(httpx.HTTPError):
+                            reply = client.get("/ready")
+                            if reply.status_code == 200 and reply.json().get("status") == "ready":
+                                restored = client.get("/health").json()["plugins_loaded"]
+                                break
+                        time.sleep(0.05)
+                restart_s = time.perf_counter() - t_restart
+                print(f"restart: {restored} of {n} plugins restored and ready in {restart_s:.2f} s "
+                      f"(exec to /ready, the scan of {args.count} bundles included)")
+                kids = psutil.Process(daemon.proc.pid).children(recursive=True)
+                daemon.seen_pids.update(k.pid for k in kids)
+                assert daemon.stop(timeout=max(60.0, n * 0.1)) == 0, "the restarted daemon did not stop"
         finally:
             reap(daemon)
             reap(ref)

@@ -19,10 +19,12 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True,
+                 durable: bool = True) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one.
 
     With overwrite=False the final step is link(2), which fails atomically when `path` exists.
+    durable=False skips both fsyncs (for a file a crash may lose: still atomic, not durable).
     Raises FileExistsError (overwrite=False and the file exists) or OSError.
     """
     path = Path(path)
@@ -34,13 +36,15 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)
             os.unlink(tmp)
-        fsync_dir(directory)
+        if durable:
+            fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -57,6 +57,10 @@ log = logging.getLogger("plugind.host.registry")
 
 # NAME-VERSION.plugin; the version starts with a digit, so the last "-<digit>" splits them.
 _BUNDLE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})-(\d[0-9A-Za-z.+-]{0,63})\.plugin$")
+# Plugins a start restores at once (each still joins the loaded set in the intent's order).
+RESTORE_CONCURRENCY = 8
+# How long change listeners (STATUS=) may lag the change that calls them (they see every change).
+CHANGE_COALESCE_S = 0.05
 
 
 class SupervisorLike(HookTarget, Protocol):
@@ -171,10 +175,14 @@ class PluginRegistry:
         self._unsaved = False
         self.ready = False
         self.shutting_down = False
+        # `health_counts` is cached until something it counts may have changed.
+        self._health_gen = 0
+        self._health: tuple[int, tuple[int, int, int]] | None = None
         # Also told of every supervisor event (name, kind, detail), e.g. the monitor of OOM kills.
         self.event_listeners: list[Callable[[str, str, Any], None]] = []
         # Called (no arguments) whenever the loaded, wanted or failed set may have changed.
         self.change_listeners: list[Callable[[], None]] = []
+        self._notify_pending = False
         # The registry owns its monitor: it samples the loaded plugins, unloads through
         # `monitor_unload`, hears of OOM kills, and runs from `start` to `shutdown`.
         self.monitor = ResourceMonitor(settings, self.monitored_plugins, self.monitor_unload, audit=audit)
@@ -189,6 +197,20 @@ class PluginRegistry:
     def plugin_count(self) -> int:
         """How many plugins are loaded."""
         return len(self._loaded)
+
+    def health_counts(self) -> tuple[int, int, int]:
+        """(loaded, total, failed) for `/health`: `plugin_count()`, `total_plugin_count()` and
+        `len(failed_plugins())`, computed again only after a change (a load, unload, scan, event or
+        intent change bumps `_health_gen`), so a probe costs O(1) with 1,000 plugins loaded."""
+        cached = self._health
+        if cached is not None and cached[0] == self._health_gen:
+            return cached[1]
+        counts = (self.plugin_count(), self.total_plugin_count(), len(self.failed_plugins()))
+        self._health = (self._health_gen, counts)
+        return counts
+
+    def _changed_health(self) -> None:
+        self._health_gen += 1
 
     def total_plugin_count(self) -> int:
         """How many plugins are known (available from the last scan, or loaded)."""
@@ -368,9 +390,13 @@ class PluginRegistry:
         return await self.load_plugin(name)
 
     async def _load(self, name: str, *, explicit: bool, at_start: bool = False,
-                    audits: list[asyncio.Future[None]] | None = None) -> LoadedPlugin:
+                    audits: list[asyncio.Future[None]] | None = None,
+                    slot: asyncio.Semaphore | None = None,
+                    turn: Callable[[], Awaitable[None]] | None = None) -> LoadedPlugin:
         # explicit: the operator asked (API, CLI, library), so a success makes the plugin wanted.
         # at_start: the caller logs the failure itself, as one line.
+        # slot: held while the bundle is loaded and the plugin started (a bound on concurrent
+        # loads); turn: awaited after that, before the plugin joins the loaded set and the hooks.
         try:
             validate_name(name)
         except LoadError as exc:
@@ -394,8 +420,12 @@ class PluginRegistry:
         self._busy.add(name)
         self._publish_states()
         sup: SupervisorLike | None = None
+        held: asyncio.Semaphore | None = None
         try:
             try:
+                if slot is not None:
+                    await slot.acquire()
+                    held = slot
                 path = available.path
                 pinned = self._pins.get(name)
                 if pinned is not None and pinned != available.version:
@@ -414,6 +444,11 @@ class PluginRegistry:
                 if hasattr(sup, "before_spawn"):  # verify-then-run on every start, restarts included
                     sup.before_spawn = self._before_spawn(bundle)
                 await sup.start()
+                if held is not None:  # started: the slot goes to the next load
+                    held.release()
+                    held = None
+                if turn is not None:
+                    await turn()
             except PluginError as exc:
                 if exc.plugin is None:
                     exc.plugin = name
@@ -434,6 +469,8 @@ class PluginRegistry:
             elif explicit and self._wanted is None:
                 self._early.append(name)  # loaded before `start` read the state file
         finally:
+            if held is not None:
+                held.release()
             self._busy.discard(name)
             self._publish_states()
         entry = self._audit("load", name, version=loaded.version, digest=loaded.digest, pid=sup.pid)
@@ -481,6 +518,7 @@ class PluginRegistry:
         metrics.load_failed(str(reason))
         if name is not None and name in (self._wanted or ()):
             self._failed[name] = failure_reason(exc)  # still wanted: reported, retried at next start
+            self._health_gen += 1
         await self._audit("refused", name, reason=str(reason), error=str(exc), **extra)
         if not quiet:
             log.warning("load of %s refused: %s", name, exc, extra={"plugin": name})
@@ -508,6 +546,7 @@ class PluginRegistry:
         return True
 
     def _unwant(self, name: str) -> None:
+        self._health_gen += 1
         if self._wanted is not None and name in self._wanted:
             self._wanted.remove(name)
         self._failed.pop(name, None)
@@ -586,13 +625,7 @@ class PluginRegistry:
         early = [n for n in self._early if n not in wanted]  # loaded through the API meanwhile
         self._wanted = [*wanted, *early]
         self._early.clear()
-        for name in wanted:
-            if name in self._loaded:
-                continue
-            try:
-                await self._load(name, explicit=False, at_start=True)
-            except PluginError as exc:
-                log.error("could not load %s at start: %s", name, exc, extra={"plugin": name})
+        await self._restore([n for n in wanted if n not in self._loaded])
         if not restoring or early:
             # First start: from now on the state file, not auto_load, decides, whatever loaded. A
             # restored intent is not rewritten: failed loads leave it as it is.
@@ -601,6 +634,34 @@ class PluginRegistry:
         self.ready = True
         self._notify_changed()
         return list(self._loaded)
+
+    async def _restore(self, names: list[str]) -> None:
+        """Load `names` at start, up to RESTORE_CONCURRENCY at once, but each one joins the loaded set
+        and the hooks (load order: equal priorities run in it) in the order of `names`, the
+        intent's; a failed load is logged and reported as at any start, and never holds up the
+        others."""
+        slots = asyncio.Semaphore(RESTORE_CONCURRENCY)
+        done = [asyncio.Event() for _ in names]
+
+        async def one(i: int, name: str) -> None:
+            async def turn() -> None:  # after its start, before it is registered
+                if i:
+                    await done[i - 1].wait()
+
+            try:
+                await self._load(name, explicit=False, at_start=True, slot=slots, turn=turn)
+            except PluginError as exc:
+                log.error("could not load %s at start: %s", name, exc, extra={"plugin": name})
+                await turn()  # the next one waits for this one, and so for every one before it
+            finally:
+                done[i].set()  # also when cancelled (a shutdown): the others are cancelled too
+
+        # Every load runs to its end before a bug in one (not a PluginError) is raised, as the
+        # first of them: none is left loading behind the caller's back.
+        results = await asyncio.gather(*(one(i, n) for i, n in enumerate(names)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def shutdown(self) -> None:
         """Not ready any more; stop the monitor; fire `on_shutdown`; stop every plugin (the persisted
@@ -646,6 +707,10 @@ class PluginRegistry:
             except Exception:  # a listener must not break the supervisor's crash handling
                 log.exception("event listener failed on %s of %s", kind, name, extra={"plugin": name})
         self._publish_states()
+        # A supervisor may change its state just after telling (a crash with no restart ends
+        # "failed"): count again once it has.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_soon(self._changed_health)
 
     async def _audit(self, event: str, plugin: str | None, **fields: Any) -> None:
         # The audit log fsyncs every line: off the event loop.
@@ -678,6 +743,22 @@ class PluginRegistry:
         self._notify_changed()
 
     def _notify_changed(self) -> None:
+        # The listeners (sd_notify STATUS=: an O(N) summary and a new socket each, at 1,000
+        # plugins) run at most once per CHANGE_COALESCE_S, after the changes made meanwhile: a load
+        # changes things twice, and loads come 50 a second.
+        self._health_gen += 1
+        if self._notify_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._call_change_listeners()
+            return
+        self._notify_pending = True
+        loop.call_later(CHANGE_COALESCE_S, self._call_change_listeners)
+
+    def _call_change_listeners(self) -> None:
+        self._notify_pending = False
         for listener in self.change_listeners:
             try:
                 listener()

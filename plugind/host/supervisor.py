@@ -41,10 +41,10 @@ from plugind.errors import (
     ProtocolViolation,
     from_wire,
 )
+from plugind.host import heartbeats
 from plugind.host.budgets import PluginBudgets, ReportThrottle
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
-from plugind.host.liveness import process_state, unresponsive
 from plugind.host.poll import LOOP_POLLING, LoopPoller, poller_for
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
@@ -208,7 +208,7 @@ class Supervisor:
         self._inc: _Incarnation | None = None
         self._gen = 0
         self._restart_times: deque[float] = deque()
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat: heartbeats.Beat | None = None  # its membership of the heartbeat sweep
         self._restart_task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
         sup = settings.supervisor
@@ -250,13 +250,13 @@ class Supervisor:
             raise
         self.state = "running"
         self._end_heartbeat()  # one left over from before a failure must not ping alongside
-        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.name}")
+        self._heartbeat = heartbeats.join(self)
 
     def _end_heartbeat(self) -> None:
-        """Cancel the heartbeat task (not waiting for it): the plugin is failed or about to restart."""
-        task, self._heartbeat = self._heartbeat, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        """Stop pinging (plugind/host/heartbeats.py): the plugin is failed or being stopped."""
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.cancel()
 
     async def stop(self, reason: str = "unload") -> None:
         """Shut the child down: `shutdown` frame (it runs on_unload), SIGTERM after
@@ -264,13 +264,12 @@ class Supervisor:
         if self.state == "stopped" and self._inc is None:
             return
         self.state = "stopping"
-        current = asyncio.current_task()
-        for task in (self._heartbeat, self._restart_task):
-            if task is not None and task is not current:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._heartbeat = self._restart_task = None
+        self._end_heartbeat()
+        task, self._restart_task = self._restart_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         inc = self._inc
         if inc is not None and inc.exited is not None and not inc.exited.done():
             grace = self.settings.supervisor.shutdown_grace_secs
@@ -840,53 +839,14 @@ class Supervisor:
             self._emit("recovered", {"pid": self.pid, "attempt": self.restarts})
             return
 
-    async def _heartbeat_loop(self) -> None:
-        sup = self.settings.supervisor
-        loop = asyncio.get_running_loop()
-        excused = False
-        while self.state not in ("stopping", "stopped"):
-            # After an excused silence, ping again at once: the plugin has had no answer for a whole
-            # timeout already, and a stop mid-call is then found within one more timeout.
-            if not excused:
-                await asyncio.sleep(sup.heartbeat_interval_secs)
-            excused = False
-            inc = self._inc
-            if self.state != "running" or inc is None or inc.transport is None:
-                continue
-            ping_id = inc.next_id
-            inc.next_id += 1
-            fut: asyncio.Future[None] = loop.create_future()
-            inc.pings[ping_id] = fut
-            sent = loop.time()
-            self._send(inc, {"type": m.PING, "id": ping_id})
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
-                # stop() sends when the pong lands in the same loop turn, and stop() would hang.
-                async with asyncio.timeout(sup.heartbeat_timeout_secs):
-                    await asyncio.shield(fut)
-                continue
-            except TimeoutError:
-                pass
-            except PluginError:
-                continue  # the child is gone; the exit watcher handles it
-            inc.pings.pop(ping_id, None)
-            # A call still inside its deadline explains the silence (the runtime serves in order),
-            # unless the kernel says the process is stopped: see plugind/host/liveness.py. So does a
-            # frame heard since the ping: a call that ended just before the timeout leaves the
-            # runtime its queued pings to answer, and a plugin that just spoke is not hung.
-            busy = inc.heard > sent or any(d > loop.time() for d in inc.deadlines.values())
-            why = unresponsive(process_state(inc.pid) if inc.pid is not None else None, busy,
-                               sup.heartbeat_timeout_secs)
-            if why is None:
-                excused = True
-                continue
-            if inc is self._inc and self.state == "running":
-                inc.hung = why
-                self.last_error = inc.hung
-                log.error("plugin %s is hung (%s); killing it", self.name, inc.hung,
-                          extra={"plugin": self.name})
-                self._emit("hung", {"pid": inc.pid, "detail": inc.hung})
-                await self._kill(inc, signal.SIGKILL)
+    def _found_hung(self, inc: _Incarnation, why: str) -> None:
+        """The heartbeat sweep found the running `inc` unresponsive: record why and kill it (its exit
+        watcher then applies the restart policy; the calls it fails say why)."""
+        inc.hung = why
+        self.last_error = why
+        log.error("plugin %s is hung (%s); killing it", self.name, why, extra={"plugin": self.name})
+        self._emit("hung", {"pid": inc.pid, "detail": why})
+        self._spawn_task(self._kill(inc, signal.SIGKILL))
 
     def _emit(self, kind: str, detail: dict[str, Any]) -> None:
         if self.on_event is None:

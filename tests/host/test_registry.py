@@ -476,3 +476,117 @@ def test_a_start_that_fails_for_a_host_reason_keeps_the_intent(ws: Workspace) ->
         assert reg.load_summary() == "loaded 2 of 2 configured plugins"
 
     run(ws, fixed)
+
+
+def test_a_restart_restores_concurrently_in_intent_order_and_keeps_the_state_file(ws: Workspace) -> None:
+    # More plugins than RESTORE_CONCURRENCY, one of which fails its own on_load: every other one is
+    # restored, they join the loaded set and the hooks in the intent's order (not the order their
+    # starts finished in), the failed one stays wanted and reported, and the state file is left as
+    # it was. The starts overlapped, and never more of them at once than the bound.
+    from plugind.host import registry as registry_module
+
+    names = [f"r{i:02d}" for i in range(registry_module.RESTORE_CONCURRENCY + 5)][::-1]  # not sorted
+    for name in names:
+        ws.add(broken(name) if name == "r07" else echo(name))
+    state_file(ws).write_text(json.dumps({"version": 1, "loaded": names}))
+    before = state_file(ws).read_bytes()
+    starting = {"now": 0, "most": 0}
+
+    class Counting(Supervisor):
+        async def start(self) -> None:
+            starting["now"] += 1
+            starting["most"] = max(starting["most"], starting["now"])
+            try:
+                if self.name == names[0]:  # the first in the intent starts last
+                    await asyncio.sleep(0.5)
+                await super().start()
+            finally:
+                starting["now"] -= 1
+
+    async def main() -> None:
+        settings = ws.settings()
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            security = PluginSecurity.from_settings(settings, ws.trust_key_hex)
+            reg = PluginRegistry(settings, loader=PluginLoader(settings, security),
+                                 supervisor_factory=Counting, hooks=HookRegistry(settings),
+                                 context=PluginContext(), launcher=launcher,
+                                 audit=AuditLog(settings.logging.audit_log))
+            try:
+                good = [n for n in names if n != "r07"]
+                assert await reg.start() == good
+                assert [p.name for p in reg.get_loaded_plugins()] == good
+                assert all(reg.state_of(n) == "running" for n in good)
+                assert list(reg.failed_plugins()) == ["r07"] and reg.wanted_plugins() == names
+                result = await reg.hooks.execute("on_request", {"seen": []})
+                assert result.data == {"seen": good}  # equal priorities: load order, the intent's
+                assert 1 < starting["most"] <= registry_module.RESTORE_CONCURRENCY
+            finally:
+                await reg.shutdown()
+        finally:
+            await launcher.close()
+
+    asyncio.run(main())
+    assert state_file(ws).read_bytes() == before
+
+
+def test_health_counts_follow_every_change_they_count(ws: Workspace) -> None:
+    # /health's counts are cached between changes: each step below changes one of them and must be
+    # seen at once, including a crash with restart = "never", where the supervisor ends "failed"
+    # only after it told the registry of the crash.
+    ws.extra_config = '[supervisor]\nrestart = "never"\n'
+    ws.auto_load = False
+    ws.add(echo("a"))
+    ws.add(echo("b"))
+    ws.add(broken("c"))
+
+    def exact(reg: PluginRegistry) -> tuple[int, int, int]:
+        return reg.plugin_count(), reg.total_plugin_count(), len(reg.failed_plugins())
+
+    async def scenario(reg: PluginRegistry) -> None:
+        assert reg.health_counts() == (0, 0, 0)
+        await reg.scan_directory()
+        assert reg.health_counts() == (0, 3, 0)
+        await reg.start()
+        assert reg.health_counts() == exact(reg) == (0, 3, 0)
+        await reg.load_plugin("a")
+        await reg.load_plugin("b")
+        assert reg.health_counts() == exact(reg) == (2, 3, 0)
+        with pytest.raises(InitializationError):
+            await reg.load_plugin("c")
+        assert reg.health_counts() == exact(reg) == (2, 3, 0)  # not wanted: not failed
+        sup = reg.get_plugin("a").supervisor  # type: ignore[union-attr]
+        reg.change_listeners.append(reg.health_counts)  # counts taken mid-event, as a listener may
+        os.kill(sup.pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60  # a bound against a hang, not a figure
+        while sup.state != "failed" and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert reg.health_counts() == exact(reg) == (2, 3, 1)
+        await reg.unload_plugin("a")
+        assert reg.health_counts() == exact(reg) == (1, 3, 0)
+
+    run(ws, scenario)
+
+
+def test_change_listeners_see_every_change_once_they_run_and_are_coalesced(ws: Workspace) -> None:
+    # Three concurrent loads change the registry at least six times; the listeners (STATUS=) run
+    # fewer times than that, and their last run sees all three loaded.
+    ws.auto_load = False
+    for name in ("a", "b", "c"):
+        ws.add(echo(name))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        seen: list[int] = []
+        reg.change_listeners.append(lambda: seen.append(reg.plugin_count()))
+        await asyncio.gather(*(reg.load_plugin(n) for n in ("a", "b", "c")))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30  # a bound against a hang, not a figure
+        while (not seen or seen[-1] != 3) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert seen and seen[-1] == 3
+        assert len(seen) < 6
+
+    run(ws, scenario)

@@ -32,6 +32,7 @@ from plugind.errors import (
     PluginCrashed,
     ProtocolViolation,
 )
+from plugind.host import heartbeats
 from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
 from plugind.host.poll import poller_for
@@ -625,6 +626,43 @@ def test_a_wedged_handler_fails_the_heartbeat_and_is_restarted(tmp_path: Path) -
     run(tmp_path, body, s)
 
 
+def test_one_heartbeat_sweep_finds_the_stopped_plugin_among_many_and_spares_the_busy_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every supervisor of a loop is pinged by one sweep (plugind/host/heartbeats.py), with the same
+    # verdicts as a task per plugin: among six plugins, the one SIGSTOPped with a call in flight far
+    # inside its deadline is found hung (the call fails at once, it is restarted); the one busy in a
+    # call longer than the heartbeat timeout, inside its deadline, is not; the idle ones keep answering.
+    s = settings(heartbeat_interval_secs=0.1, heartbeat_timeout_secs=0.4)
+    monkeypatch.setattr(heartbeats, "SLICE", 2)  # a sweep over several loop turns, as with 1,000
+
+    async def body(rig: Rig) -> None:
+        sups = [rig.supervisor("hangs", f"p{i}") for i in range(6)]
+        await asyncio.gather(*(sup.start() for sup in sups))
+        sweeps = {id(b.sweep) for b in (sup._heartbeat for sup in sups) if b is not None}
+        assert len(sweeps) == 1 and all(heartbeats.beating(sup) for sup in sups)
+        stopped, busy, idle = sups[0], sups[1], sups[2:]
+        pid = stopped.pid
+        assert pid is not None
+        in_flight = asyncio.ensure_future(stopped.invoke("go", 30, 60))
+        busy_call = asyncio.ensure_future(busy.invoke("go", 1.5, 60))
+        await asyncio.sleep(0.2)  # both calls are running in their plugins
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(PluginCrashed, match=r"found hung: no pong within 0.4s: its process is stopped"):
+            await asyncio.wait_for(in_flight, 20)
+        await rig.wait_event("p0", "recovered")
+        assert stopped.pid != pid and await stopped.invoke("echo", 1, 5) == 1
+        assert await asyncio.wait_for(busy_call, 20) == "late"  # busy past the timeout, not hung
+        for sup in idle:
+            assert await sup.invoke("echo", 2, 5) == 2
+        assert [n for n, k, _ in rig.events if k == "hung"] == ["p0"]
+        await asyncio.gather(*(sup.stop() for sup in sups))
+        assert not any(heartbeats.beating(sup) for sup in sups)
+        assert_gone(pid)
+
+    run(tmp_path, body, s)
+
+
 def test_exit_mid_call_is_a_crash_and_the_plugin_restarts(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         sup = rig.supervisor("exits")
@@ -785,11 +823,9 @@ def test_backoff_doubles_and_the_circuit_breaker_opens(tmp_path: Path) -> None:
             await sup.invoke("echo", 1, 5)
         # Nothing is left running for a failed plugin, and starting it again gives it one heartbeat.
         await asyncio.sleep(0)
-        beats = [t for t in asyncio.all_tasks() if t.get_name() == "heartbeat-exits"]
-        assert beats == []
+        assert not heartbeats.beating(sup)
         await sup.start()
-        beats = [t for t in asyncio.all_tasks() if t.get_name() == "heartbeat-exits"]
-        assert len(beats) == 1 and sup.state == "running"
+        assert heartbeats.beating(sup) and sup.state == "running"
         await sup.stop()
 
     run(tmp_path, body, s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -235,6 +237,27 @@ def test_system_binds_keep_top_level_symlinks_and_skip_missing() -> None:
 def test_wire_round_trip(tmp_path: Path) -> None:
     plan = build_plan(restricted(["10.0.0.0/8:443"]), "alpha", tmp_path, resolve=fake_dns)
     assert SandboxPlan.from_wire(plan.to_wire()) == plan
+
+
+def test_to_wire_is_asdict_field_for_field(tmp_path: Path) -> None:
+    # to_wire spells the fields out (asdict's deep copy was slow); it must stay exactly asdict.
+    s = restricted(["10.0.0.0/8:443", "api.example.com:443"])
+    s.sandboxing.filesystem.writable_paths = [str(tmp_path)]
+    plan = build_plan(s, "alpha", tmp_path, {"memory_mb": 64}, resolve=fake_dns, instance="2")
+    assert plan.allowed_targets and plan.binds and plan.limits.memory_bytes
+    wire = plan.to_wire()
+    assert wire == asdict(plan)
+    assert {k: type(v) for k, v in wire.items()} == {k: type(v) for k, v in asdict(plan).items()}
+    assert SandboxPlan.from_wire(wire) == plan
+
+
+def test_cached_system_binds_are_what_the_checks_give() -> None:
+    # Kept between loads while / and /etc keep their identity and mtime: the same answer as checking.
+    for mode in ("none", "restricted", "host"):
+        first = system_binds(mode)
+        assert system_binds(mode) == first == system_binds(mode, exists=os.path.lexists)
+        first.append(Bind("/x", "/x"))  # a caller's list: never the cache itself
+        assert Bind("/x", "/x") not in system_binds(mode)
 
 
 @pytest.mark.parametrize(

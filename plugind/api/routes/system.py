@@ -24,12 +24,8 @@ async def health(request: Request) -> HealthReply:
 
 def health_reply(reg: PluginRegistry) -> HealthReply:
     """The body of `/health` (also served by the probe listener, plugind/api/probe.py)."""
-    return HealthReply(
-        status="ok",
-        plugins_loaded=reg.plugin_count(),
-        plugins_total=reg.total_plugin_count(),
-        plugins_failed=len(reg.failed_plugins()),
-    )
+    loaded, total, failed = reg.health_counts()
+    return HealthReply(status="ok", plugins_loaded=loaded, plugins_total=total, plugins_failed=failed)
 
 
 def readiness(
