@@ -210,6 +210,7 @@ class PluginRegistry:
         return counts
 
     def _changed_health(self) -> None:
+        """Something `health_counts` counts may have changed: count again at the next probe."""
         self._health_gen += 1
 
     def total_plugin_count(self) -> int:
@@ -518,7 +519,7 @@ class PluginRegistry:
         metrics.load_failed(str(reason))
         if name is not None and name in (self._wanted or ()):
             self._failed[name] = failure_reason(exc)  # still wanted: reported, retried at next start
-            self._health_gen += 1
+            self._changed_health()
         await self._audit("refused", name, reason=str(reason), error=str(exc), **extra)
         if not quiet:
             log.warning("load of %s refused: %s", name, exc, extra={"plugin": name})
@@ -546,7 +547,7 @@ class PluginRegistry:
         return True
 
     def _unwant(self, name: str) -> None:
-        self._health_gen += 1
+        self._changed_health()
         if self._wanted is not None and name in self._wanted:
             self._wanted.remove(name)
         self._failed.pop(name, None)
@@ -746,7 +747,7 @@ class PluginRegistry:
         # The listeners (sd_notify STATUS=: an O(N) summary and a new socket each, at 1,000
         # plugins) run at most once per CHANGE_COALESCE_S, after the changes made meanwhile: a load
         # changes things twice, and loads come 50 a second.
-        self._health_gen += 1
+        self._changed_health()
         if self._notify_pending:
             return
         try:

@@ -298,7 +298,7 @@ class Runtime:
         assert self.plugin is not None
         chan = self.chan
         queue, recv, check, invoke = self._queue, chan.recv, m.check_from_host, self.invoke
-        monotonic, poll, max_id = _monotonic, self._poll, m.MAX_ID
+        monotonic, poll, max_id, max_hook = _monotonic, self._poll, m.MAX_ID, m.MAX_HOOK_NAME
         window = 0.0
         while True:
             took = -1.0  # seconds from the last answer to this message, when it was waited for
@@ -322,7 +322,7 @@ class Runtime:
                 call_id, deadline = got.get("id"), got.get("deadline_ms")
                 hook = got.get("hook")
                 if not (kind == m.INVOKE and type(call_id) is int and 0 <= call_id <= max_id
-                        and type(hook) is str and len(hook) <= 128 and "data" in got
+                        and type(hook) is str and len(hook) <= max_hook and "data" in got
                         and (deadline is None or (type(deadline) in (int, float) and deadline >= 0))):
                     check(got)
                 msg = got

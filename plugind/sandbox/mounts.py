@@ -290,11 +290,16 @@ def _build_template(shared: tuple[MountOp, ...]) -> int:
         os.waitpid(pid, 0)
 
 
-def _pivot(newroot: str) -> None:
+def _pivot(newroot: str, *, seal: bool = True) -> None:
     os.chdir(newroot)
     c.pivot_root(".", ".")
     c.umount2(".", c.MNT_DETACH)
     os.chdir("/")
+    if seal:
+        _seal_root()
+
+
+def _seal_root() -> None:
     c.mount_setattr("/", c.MOUNT_ATTR_RDONLY | c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV, recursive=False)
 
 
@@ -309,11 +314,9 @@ def open_tree_ro(path: str) -> int:
     return fd
 
 
-def apply_from_template(template_fd: int, split: Split, tree: str, tree_fd: int) -> None:
-    """In the child: join the template, take a private copy, assemble our root, pivot into it.
-
-    Raises KernelCallError naming the failing call.
-    """
+def _stage_from_template(template_fd: int, split: Split) -> str:
+    # Join the template, take a private copy, and stage in it what every child shares: the
+    # symlinks and the template's top mounts moved in. Returns the stage (the root-to-be).
     c.setns(template_fd, c.CLONE_NEWNS)
     c.unshare(c.CLONE_NEWNS)
     stage = "/" + STAGE
@@ -323,6 +326,15 @@ def apply_from_template(template_fd: int, split: Split, tree: str, tree_fd: int)
     for top in split.tops:
         dst = _make_path(stage, top, directory=os.path.isdir(top))
         c.mount(top, dst, None, c.MS_MOVE)
+    return stage
+
+
+def apply_from_template(template_fd: int, split: Split, tree: str, tree_fd: int) -> None:
+    """In the child: join the template, take a private copy, assemble our root, pivot into it.
+
+    Raises KernelCallError naming the failing call.
+    """
+    stage = _stage_from_template(template_fd, split)
     for op in split.per_child:
         if op.kind == "bind" and op.target == tree:
             c.move_mount_fd(tree_fd, _make_path(stage, tree, directory=True))
@@ -346,22 +358,11 @@ def prebuild_from_template(template_fd: int, split: Split, tree: str) -> None:
     """In a pre-contained spare: `apply_from_template` without the plugin's tree, pivoted, the new
     root left writable; `finish_with_tree` adds the tree at hand-off and makes the root read-only.
     Raises KernelCallError naming the failing call."""
-    c.setns(template_fd, c.CLONE_NEWNS)
-    c.unshare(c.CLONE_NEWNS)
-    stage = "/" + STAGE
-    c.mount("tmpfs", stage, "tmpfs", c.MS_NOSUID | c.MS_NODEV, "size=1048576,mode=755")
-    for op in split.symlinks:
-        _apply_one(op, stage)
-    for top in split.tops:
-        dst = _make_path(stage, top, directory=os.path.isdir(top))
-        c.mount(top, dst, None, c.MS_MOVE)
+    stage = _stage_from_template(template_fd, split)
     for op in split.per_child:
         if not _is_tree_op(op, tree):
             _apply_one(op, stage)
-    os.chdir(stage)
-    c.pivot_root(".", ".")
-    c.umount2(".", c.MNT_DETACH)
-    os.chdir("/")
+    _pivot(stage, seal=False)
 
 
 def finish_with_tree(tree: str, tree_fd: int) -> None:
@@ -369,7 +370,7 @@ def finish_with_tree(tree: str, tree_fd: int) -> None:
     the host's namespace) at its path, then make the root read-only, as `_pivot` does."""
     c.move_mount_fd(tree_fd, _make_path("/", tree, directory=True))
     os.close(tree_fd)
-    c.mount_setattr("/", c.MOUNT_ATTR_RDONLY | c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV, recursive=False)
+    _seal_root()
 
 
 __all__ = [

@@ -35,6 +35,7 @@ FROM_HOST = frozenset({WELCOME, INVOKE, PING, SHUTDOWN, CTX_REPLY})
 
 MAX_ID = 2**63 - 1
 MAX_HOOKS = 256
+MAX_HOOK_NAME = 128  # characters (HOOK_NAME_RE allows no more)
 HOOK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 MAX_LOG_CHARS = 8192
@@ -131,7 +132,7 @@ def check_from_host(msg: dict[str, Any]) -> str:
     kind = msg["type"]
     if kind == INVOKE:
         _id(msg)
-        _str(msg, "hook", max_len=128)
+        _str(msg, "hook", max_len=MAX_HOOK_NAME)
         if "data" not in msg:
             raise _bad("invoke: 'data' missing")
         deadline = msg.get("deadline_ms")
@@ -193,6 +194,7 @@ __all__ = [
     "LOG",
     "LOG_LEVELS",
     "MAX_HOOKS",
+    "MAX_HOOK_NAME",
     "PING",
     "PONG",
     "RESULT",

@@ -108,6 +108,19 @@ async def serve(app: Any, settings: Settings) -> AsyncIterator[Served]:
         sock.close()
 
 
+@contextlib.asynccontextmanager
+async def serve_both(ws: Workspace, parser: str) -> AsyncIterator[tuple[Any, Served, Served]]:
+    """One registry (`open_api`) served twice with `parser`: the app as the daemon builds it, fast
+    path in front, and FastAPI alone (the reference). Yields (fast app, its server, reference)."""
+    async with open_api(ws) as api:
+        settings = api.settings
+        settings.api.http_parser = parser
+        fast_app = create_app(api.registry, settings, token=TOKEN)
+        slow_app = create_app(api.registry, settings, token=TOKEN, fast_hooks=False)
+        async with serve(fast_app, settings) as fast_srv, serve(slow_app, settings) as slow_srv:
+            yield fast_app, fast_srv, slow_srv
+
+
 def deep(n: int) -> Any:
     value: Any = 0
     for _ in range(n):
@@ -187,33 +200,28 @@ def test_fast_path_answers_as_fastapi_does(ws: Workspace, parser: str) -> None:
     add_plugins(ws)
 
     async def main() -> None:
-        async with open_api(ws) as api:
-            settings = api.settings
-            settings.api.http_parser = parser
-            fast_app = create_app(api.registry, settings, token=TOKEN)
-            slow_app = create_app(api.registry, settings, token=TOKEN, fast_hooks=False)
-            async with serve(fast_app, settings) as fast_srv, serve(slow_app, settings) as slow_srv, \
-                    httpx.AsyncClient(base_url=fast_srv.url, timeout=30) as fast, \
-                    httpx.AsyncClient(base_url=slow_srv.url, timeout=30) as slow:
-                fallback = Counting(fast_layer(fast_app).app)
-                fast_layer(fast_app).app = fallback
-                for name, path, body, extra, handled in CASES:
-                    headers = {**AUTH, **JSON, **extra}
-                    headers = {k: v for k, v in headers.items() if v}
-                    before, asgi_before = fallback.calls, fast_srv.entry.calls
-                    a = await fast.post(path, content=body, headers=headers)
-                    b = await slow.post(path, content=body, headers=headers)
-                    assert comparable(a) == comparable(b), name
-                    assert (fallback.calls == before) is handled, name
-                    # httptools: the edge protocol answers the hook call, no ASGI request is made.
-                    in_protocol = handled and parser == "httptools"
-                    assert (fast_srv.entry.calls == asgi_before) is in_protocol, name
-                    if a.status_code == 401:
-                        assert a.headers["www-authenticate"] == "Bearer", name
-                # Other routes are untouched, and the schema still lists the route.
-                spec = (await fast.get("/openapi.json")).json()
-                assert "post" in spec["paths"]["/api/hooks/{hook}/execute"]
-                assert (await fast.get("/api/hooks/echo/execute", headers=AUTH)).status_code == 405
+        async with serve_both(ws, parser) as (fast_app, fast_srv, slow_srv), \
+                httpx.AsyncClient(base_url=fast_srv.url, timeout=30) as fast, \
+                httpx.AsyncClient(base_url=slow_srv.url, timeout=30) as slow:
+            fallback = Counting(fast_layer(fast_app).app)
+            fast_layer(fast_app).app = fallback
+            for name, path, body, extra, handled in CASES:
+                headers = {**AUTH, **JSON, **extra}
+                headers = {k: v for k, v in headers.items() if v}
+                before, asgi_before = fallback.calls, fast_srv.entry.calls
+                a = await fast.post(path, content=body, headers=headers)
+                b = await slow.post(path, content=body, headers=headers)
+                assert comparable(a) == comparable(b), name
+                assert (fallback.calls == before) is handled, name
+                # httptools: the edge protocol answers the hook call, no ASGI request is made.
+                in_protocol = handled and parser == "httptools"
+                assert (fast_srv.entry.calls == asgi_before) is in_protocol, name
+                if a.status_code == 401:
+                    assert a.headers["www-authenticate"] == "Bearer", name
+            # Other routes are untouched, and the schema still lists the route.
+            spec = (await fast.get("/openapi.json")).json()
+            assert "post" in spec["paths"]["/api/hooks/{hook}/execute"]
+            assert (await fast.get("/api/hooks/echo/execute", headers=AUTH)).status_code == 405
 
     asyncio.run(main())
 
@@ -437,29 +445,24 @@ def test_the_wire_is_as_fastapi_writes_it(ws: Workspace, parser: str) -> None:
     add_plugins(ws)
 
     async def main() -> None:
-        async with open_api(ws) as api:
-            settings = api.settings
-            settings.api.http_parser = parser
-            fast_app = create_app(api.registry, settings, token=TOKEN)
-            slow_app = create_app(api.registry, settings, token=TOKEN, fast_hooks=False)
-            async with serve(fast_app, settings) as fast, serve(slow_app, settings) as slow:
-                for name, raw, count, then in WIRE:
-                    a = await asyncio.to_thread(exchange, fast, raw, count, then=then)
-                    b = await asyncio.to_thread(exchange, slow, raw, count, then=then)
-                    assert a == b, name
-                    assert len(a[0]) == count + bool(then), (name, a)
-                    assert a[0][-1].startswith(b"HTTP/1.1 "), name
-                # What the replies say, beyond being the same.
-                replies, closed = await asyncio.to_thread(exchange, fast, WIRE[0][1], 7)
-                assert [r.split(b" ", 2)[1] for r in replies] == [b"200", b"200", b"401", b"200", b"200",
-                                                                   b"422", b"200"]
-                assert b'"outcome":"timeout"' in replies[0] and not closed
-                replies, closed = await asyncio.to_thread(exchange, fast, WIRE[1][1], 3)
-                assert len(replies) == 2 and b"connection: close" in replies[1].lower() and closed
-                replies, closed = await asyncio.to_thread(exchange, fast, WIRE[3][1], 1)
-                assert b"connection: close" in replies[0].lower() and closed
-                replies, _ = await asyncio.to_thread(exchange, fast, WIRE[5][1], 2)
-                assert b'"data":{"x":[1,2]}' in replies[0]
+        async with serve_both(ws, parser) as (_, fast, slow):
+            for name, raw, count, then in WIRE:
+                a = await asyncio.to_thread(exchange, fast, raw, count, then=then)
+                b = await asyncio.to_thread(exchange, slow, raw, count, then=then)
+                assert a == b, name
+                assert len(a[0]) == count + bool(then), (name, a)
+                assert a[0][-1].startswith(b"HTTP/1.1 "), name
+            # What the replies say, beyond being the same.
+            replies, closed = await asyncio.to_thread(exchange, fast, WIRE[0][1], 7)
+            assert [r.split(b" ", 2)[1] for r in replies] == [b"200", b"200", b"401", b"200", b"200",
+                                                               b"422", b"200"]
+            assert b'"outcome":"timeout"' in replies[0] and not closed
+            replies, closed = await asyncio.to_thread(exchange, fast, WIRE[1][1], 3)
+            assert len(replies) == 2 and b"connection: close" in replies[1].lower() and closed
+            replies, closed = await asyncio.to_thread(exchange, fast, WIRE[3][1], 1)
+            assert b"connection: close" in replies[0].lower() and closed
+            replies, _ = await asyncio.to_thread(exchange, fast, WIRE[5][1], 2)
+            assert b'"data":{"x":[1,2]}' in replies[0]
 
     asyncio.run(main())
 
