@@ -14,6 +14,8 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
                       {"op": "spawned", "id", "pid", "steps"} | {"op": "spawn_failed", "id", "error"}
                       {"op": "exited", "pid", "code", "signal", "oom_killed"}
                       {"op": "spare", "pid"}                   the child forked ahead (below)
+                      {"op": "warning", "message"}             something it could not do (the daemon
+                                                               logs it, in its format, redacted)
 
 After an unsandboxed spawn, once it has been idle for SPARE_IDLE_S, it forks a spare child ahead of
 the next one: set up like any child
@@ -61,6 +63,7 @@ SPARE_IDLE_S = 0.05
 # The pre-contained spare costs the fork-server only its fork (it prepares itself, at nice 19): it is
 # forked once nothing has come for this long after a sandboxed spawn (the daemon's next steps first).
 CSPARE_IDLE_S = 0.005
+MAX_WARNING = 2000  # characters of one {"op": "warning"} message
 SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -131,6 +134,12 @@ class ForkServer:
     def send(self, msg: dict[str, Any]) -> None:
         """Send one control message (blocking; the daemon reads promptly)."""
         self.ctl.sendall(msgpack.packb(msg, use_bin_type=True))
+
+    def warn(self, message: str) -> None:
+        """Tell the daemon something went wrong here: it logs it as its own log lines are logged (one
+        JSON object per line under journald, secrets redacted), never as a bare line on stderr."""
+        with contextlib.suppress(OSError):
+            self.send({"op": "warning", "message": message[:MAX_WARNING]})
 
     def _child_setup(self) -> None:
         # In the child, right after fork: drop the server's own fds and signal plumbing.
@@ -222,7 +231,7 @@ class ForkServer:
             return self.contain.use_spare(spare, plan, msgpack.packb(req, use_bin_type=True),  # type: ignore[union-attr]
                                           sock_fd)
         except Exception as exc:
-            print(f"plugind fork-server: spare not used: {exc!r}", file=sys.stderr, flush=True)
+            self.warn(f"sandboxed spare not used: {exc!r}")
             self.contain.discard_spare(spare)  # type: ignore[union-attr]
             return None
 
@@ -318,8 +327,7 @@ class ForkServer:
                 with contextlib.suppress(OSError):  # what it said, if it failed its preparation
                     spare.chan.setblocking(False)
                     if (said := spare.chan.recv(4096)) and b'"error"' in said:
-                        print(f"plugind fork-server: sandboxed spare failed: {said.decode(errors='replace')}",
-                              file=sys.stderr, flush=True)
+                        self.warn(f"sandboxed spare failed: {said.decode(errors='replace')}")
                 self.contain.discard_spare(spare, reaped=True)  # type: ignore[union-attr]
                 continue
             if pid not in self.children:
@@ -400,14 +408,13 @@ class ForkServer:
                     try:
                         self.make_contained_spare()
                     except Exception as exc:  # no spare: the next sandboxed spawn forks anew
-                        print(f"plugind fork-server: no sandboxed spare: {exc!r}", file=sys.stderr,
-                              flush=True)
+                        self.warn(f"no sandboxed spare: {exc!r}")
                 elif self.want_spare:
                     self.want_spare = False
                     try:
                         self.make_spare()
                     except OSError as exc:  # no spare: the next spawn forks, as it would anyway
-                        print(f"plugind fork-server: no spare child: {exc!r}", file=sys.stderr, flush=True)
+                        self.warn(f"no spare child: {exc!r}")
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
@@ -424,7 +431,7 @@ class ForkServer:
                 except ConnectionError:  # the daemon is gone: handled by main()
                     raise
                 except Exception as exc:  # a malformed request must not take every plugin down
-                    print(f"plugind fork-server: bad request: {exc!r}", file=sys.stderr, flush=True)
+                    self.warn(f"bad request: {exc!r}")
             self.reap()
 
 

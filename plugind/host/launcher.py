@@ -208,6 +208,8 @@ class Launcher:
             self.spare_pid = int(msg["pid"])
         elif op == "ready" and self._ready is not None and not self._ready.done():
             self._ready.set_result(msg)
+        elif op == "warning":
+            log.warning("fork-server: %s", msg.get("message", ""))
 
     def _server_gone(self, why: str) -> None:
         if self._dead is not None:

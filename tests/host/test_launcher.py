@@ -134,6 +134,36 @@ def test_kill_through_the_fork_server_and_close_leaves_nothing(tmp_path: Path) -
     asyncio.run(main())
 
 
+def test_what_the_fork_server_cannot_do_is_logged_by_the_daemon_not_written_to_stderr(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A bare line on stderr would break the daemon's log format (one JSON object per line under
+    # journald) and skip its redaction; the fork-server tells the daemon, which logs it.
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            await launcher._send({"op": "kill", "pid": "not-a-pid"})  # a request it cannot act on
+            for _ in range(200):
+                if any("fork-server" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            _pid, chan = await spawn(launcher, tree)  # and it still serves
+            assert isinstance(await call(chan, "env", None), dict)
+            chan.sock.close()
+        finally:
+            await launcher.close()
+
+    with caplog.at_level("WARNING", logger="plugind.launcher"):
+        asyncio.run(main())
+    said = [r for r in caplog.records if r.name == "plugind.launcher" and "fork-server" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert "bad request" in said[0].getMessage() and "not-a-pid" in said[0].getMessage()
+    assert "fork-server" not in capfd.readouterr().err
+
+
 def test_a_cancelled_spawn_does_not_leave_a_child(tmp_path: Path) -> None:
     tree = write_tree(tmp_path)
 
