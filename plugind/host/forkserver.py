@@ -145,6 +145,7 @@ class ForkServer:
         # In the child, right after fork: drop the server's own fds and signal plumbing.
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server ignores it (main()); a plugin does not
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -445,7 +446,11 @@ def main(argv: list[str] | None = None) -> None:
     set_pdeathsig()
     if os.getppid() != ppid:  # the daemon died before we could ask to follow it
         sys.exit(1)
+    # A terminal's Ctrl-C, or a unit's SIGTERM sent to every process of its group (KillMode=
+    # control-group, systemd-run's default), is for the daemon: it stops its plugins through this
+    # server, which then ends when the control socket closes (or with the daemon: PDEATHSIG).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctl = socket.socket(fileno=int(args[1]))
     ctl.setblocking(True)
     server = ForkServer(ctl, _load_sandbox())

@@ -76,6 +76,8 @@ class SupervisorLike(HookTarget, Protocol):
 
     async def stop(self, reason: str) -> None: ...
 
+    def host_stopping(self) -> None: ...
+
 
 SupervisorFactory = Callable[..., SupervisorLike]
 EventCallback = Callable[[str, str, Any], None]
@@ -174,7 +176,7 @@ class PluginRegistry:
         self.state_problem: str | None = None
         self._unsaved = False
         self.ready = False
-        self.shutting_down = False
+        self._shutting_down = False
         # `health_counts` is cached until something it counts may have changed.
         self._health_gen = 0
         self._health: tuple[int, tuple[int, int, int]] | None = None
@@ -663,6 +665,20 @@ class PluginRegistry:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    @property
+    def shutting_down(self) -> bool:
+        """The daemon is stopping: loads are refused, and a plugin that exits from now on (the
+        unit's SIGTERM may reach every process of its group) is not restarted or reported as a
+        crash."""
+        return self._shutting_down
+
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self._shutting_down = value
+        if value:
+            for p in self._loaded.values():
+                p.supervisor.host_stopping()
 
     async def shutdown(self) -> None:
         """Not ready any more; stop the monitor; fire `on_shutdown`; stop every plugin (the persisted

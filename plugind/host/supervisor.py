@@ -231,8 +231,15 @@ class Supervisor:
         # Awaited before every spawn (first start and each restart): the registry checks there that
         # the tree is still the verified bundle and the policy still admits it; raising refuses.
         self.before_spawn: Callable[[bool], Awaitable[None]] | None = None
+        self._host_stopping = False  # see host_stopping()
 
     # ------------------------------------------------------------------ life cycle
+    def host_stopping(self) -> None:
+        """The daemon has begun to stop (a signal): from now on an exit of the plugin is part of the
+        stop (under a unit whose KillMode sends SIGTERM to every process of its group, the plugin
+        and the fork-server get it too), so it is logged, never restarted nor reported as a crash."""
+        self._host_stopping = True
+
     async def start(self) -> None:
         """Spawn the child and wait for its hello.
 
@@ -790,6 +797,13 @@ class Supervisor:
         clean = status.code == 0 and inc.violation is None and inc.hung is None
         if status.oom_killed:
             self._emit("oom_killed", {"pid": inc.pid})
+        if self._host_stopping:
+            log.info("plugin %s exited while plugind stops (%s)", self.name, how, extra={"plugin": self.name})
+            self._inc = None
+            self.pid = None
+            self.state = "stopped"
+            self._end_heartbeat()
+            return
         if not clean:
             self.last_error = self.last_error if inc.violation else (inc.hung or how)
             detail = {"pid": inc.pid, "exit_code": status.code, "signal": status.signal,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -356,6 +357,37 @@ def test_sandboxed_plugin_reports_isolation(ws: Workspace, daemon_factory: Facto
     assert daemon.stop(signal.SIGTERM, group=True) == 0
     assert "unloaded boxed (shutdown)" in daemon.log()
     assert not [g for g in groups if g.exists()], "plugin cgroups left after a clean shutdown"
+
+
+@pytest.mark.root
+def test_sigterm_to_every_process_of_the_unit_stops_cleanly(ws: Workspace, daemon_factory: Factory) -> None:
+    # KillMode=control-group (systemd-run's default): systemd sends SIGTERM to every process of the
+    # unit's cgroup at once, the fork-server, the plugins and the spares included, whatever their
+    # session. The stop must still be the daemon's orderly stop: nothing reported as a crash, no
+    # restart, no lost fork-server, the plugins' groups removed, status 0, the intent kept.
+    session_parent()
+    ws.sandboxing = True
+    ws.add(echo("boxed"))
+    daemon = daemon_factory(ws, new_session=True)
+    assert daemon.plugin("boxed")["state"] == "running", daemon.log()
+    assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["boxed"]}
+    assert daemon.cgroup is not None
+    groups = daemon.cgroup.plugin_dirs("boxed")
+    assert groups
+    time.sleep(0.3)  # the fork-server forks its spare meanwhile: it gets the signal too
+    procs = [psutil.Process(daemon.proc.pid), *daemon.tree()]
+    assert len(procs) >= 3, procs  # the daemon, its fork-server(s), the plugin
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0, daemon.log()
+    log = daemon.log()
+    assert "unloaded boxed (shutdown)" in log
+    for said in ("crashed", "restarting", "fork-server lost", "Traceback"):
+        assert said not in log, log
+    assert not [g for g in groups if g.exists()], "plugin cgroups left after the stop"
+    state = json.loads((ws.root / "data" / "loaded.json").read_text())
+    assert state["loaded"] == ["boxed"]
 
 
 def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:

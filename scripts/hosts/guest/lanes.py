@@ -707,6 +707,11 @@ def lane_rootless(out: Path) -> dict[str, Any]:
             "journalctl -u plugind-rootless --no-pager -n 300 > /mnt/host/out/rootless-daemon.log; true",
             check=False,
         )
+    journal = read(out / "rootless-daemon.log")
+    noisy = ("crashed", "restarting", "fork-server lost")
+    noise = [ln for ln in journal.splitlines() if any(w in ln for w in noisy)]
+    checks.add("systemctl stop: an orderly stop (no crash, restart or lost fork-server logged)",
+               not noise, noise[:5])
     active = sorted({s for by in steps.values() for s, v in by.items() if v == "active"})
     inactive = sorted({f"{s}: {v}" for by in steps.values() for s, v in by.items() if v != "active"})
     return {
