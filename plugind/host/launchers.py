@@ -87,12 +87,19 @@ class LauncherPool:
             return 0
         least = min(self._in_flight)
         n = len(self.members)
-        for step in range(n):
-            i = (self._next + step) % n
-            if self._in_flight[i] == least:
+        idle = [(self._next + step) % n for step in range(n)]
+        idle = [i for i in idle if self._in_flight[i] == least]
+        # Among the least busy, one with a spare ready for this kind of spawn: a load served by a
+        # spare skips the fork and the plugin-independent set-up (only the fork-server that made a
+        # spare can hand it over; round robin alone sent every other load past it).
+        sandboxed = request.plan is not None
+        for i in idle:
+            m = self.members[i]
+            if (m.sandboxed_spare_pid if sandboxed else m.spare_pid) is not None:
                 self._next = (i + 1) % n
                 return i
-        return 0  # not reached
+        self._next = (idle[0] + 1) % n
+        return idle[0]
 
     async def spawn(self, request: SpawnRequest, child_sock: socket.socket) -> Spawned:
         """Start one child on the least busy fork-server. Raises as `Launcher.spawn`."""

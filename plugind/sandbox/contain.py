@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -422,7 +423,8 @@ def _plugin_steps(
 
 # --- the pre-contained spare ----------------------------------------------------------------------
 #
-# An idle fork-server forks, ahead of the next sandboxed spawn, a child that does (at nice 19) every
+# An idle fork-server forks, ahead of the next sandboxed spawn, a child that does (at nice 19 where
+# the fork-server may give it its priority back, `_may_renice`) every
 # step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
 # network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
 # its environment scrubbed, a session of its own and (cgroup v1) a group of its own that it makes
@@ -451,6 +453,7 @@ class ContainedSpare:
     steps: dict[str, str] = field(default_factory=dict)
     root: Any = None  # mounts.plugin_independent(...) of the root it built ahead (mount namespace)
     nice: int = 0  # the fork-server's priority, which a plugin gets (the spare waits at nice 19)
+    reniced: bool = False  # it waits at nice 19, and use_spare gives it `nice` back
     ready: bool = False  # its report of the prepared steps was read
 
 
@@ -480,14 +483,30 @@ def _root_of(plan: SandboxPlan) -> Any:
     return None if split is None else mounts.plugin_independent(split, plan.tree)
 
 
+SPARE_NICE = 19
+
+
+def _may_renice(nice: int) -> bool:
+    """Whether a child of this process, once at SPARE_NICE, may be given the priority `nice` back:
+    raising a priority needs CAP_SYS_NICE or an RLIMIT_NICE that allows it (setpriority(2), EACCES
+    otherwise), and a unit may grant neither (systemd's CapabilityBoundingSet=, docker's
+    --cap-drop). Without it a spare prepares at the fork-server's own priority: a spare stuck at nice
+    19 would make its plugin the slowest process on the host."""
+    if prctl.cap_effective.sys_nice:
+        return True
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)  # the child inherits it; 20 - nice, the floor
+    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
+
+
 def prepare_spare(
     proto: SandboxPlan,
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
 ) -> ContainedSpare:
     """Fork a spare for plans like `proto` (see above) and return at once: it prepares itself, at
-    the lowest CPU priority (nice 19, so that it never competes with a plugin starting up), and
-    waits for `use_spare`, which restores its priority first.
+    the lowest CPU priority (nice 19, so that it never competes with a plugin starting up; only
+    where its priority can be given back, `_may_renice`), and waits for `use_spare`, which restores
+    its priority first.
 
     In the spare, `child_setup()` runs first (the fork-server sheds its fds and signal plumbing);
     at hand-off, `run(payload, sock_fd, hooks)` runs the plugin. Raises SandboxError or OSError
@@ -519,13 +538,15 @@ def prepare_spare(
         _spare_child(proto, fs, backend, theirs, child_setup, run)
     theirs.close()
     ours.settimeout(SPARE_REPORT_TIMEOUT_S)
-    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto),
-                           nice=os.getpriority(os.PRIO_PROCESS, 0))
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, 19)  # by us, not by it: use_spare cannot race it
-    except BaseException:
-        discard_spare(spare)
-        raise
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto), nice=nice)
+    if nice < SPARE_NICE and _may_renice(nice):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, SPARE_NICE)  # by us, not by it: use_spare cannot race it
+        except BaseException:
+            discard_spare(spare)
+            raise
+        spare.reniced = True
     return spare
 
 
@@ -556,7 +577,8 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
     hand-off fails: the caller then discards the spare (`discard_spare`) and forks anew."""
     if not spare_fits(spare, plan):
         raise ValueError("the spare does not fit this plan")
-    os.setpriority(os.PRIO_PROCESS, spare.pid, spare.nice)  # a plugin's priority; and it may finish
+    if spare.reniced:
+        os.setpriority(os.PRIO_PROCESS, spare.pid, spare.nice)  # a plugin's priority; and it may finish
     if not spare.ready:  # its own preparation (normally long done)
         spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
         spare.ready = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -388,6 +389,62 @@ def test_sigterm_to_every_process_of_the_unit_stops_cleanly(ws: Workspace, daemo
     assert not [g for g in groups if g.exists()], "plugin cgroups left after the stop"
     state = json.loads((ws.root / "data" / "loaded.json").read_text())
     assert state["loaded"] == ["boxed"]
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
+
+
+@pytest.mark.root
+def test_a_unit_without_cap_sys_nice_still_gets_its_plugins_served_by_spares(
+    ws: Workspace, daemon_factory: Factory
+) -> None:
+    # The shipped unit's CapabilityBoundingSet= has no CAP_SYS_NICE (and RLIMIT_NICE is 0): a spare
+    # lowered to nice 19 could not be given its priority back (setpriority: EACCES), so every
+    # hand-off failed and every load forked anew. It now prepares at the daemon's own priority.
+    import prctl
+
+    session_parent()
+    ws.sandboxing = True
+    ws.auto_load = False
+    ws.add(echo("alpha"))
+    ws.add(echo("beta"))
+
+    def unit_without_sys_nice() -> None:
+        prctl.capbset_drop(prctl.CAP_SYS_NICE)
+        resource.setrlimit(resource.RLIMIT_NICE, (0, 0))
+
+    daemon = daemon_factory(ws, preexec_fn=unit_without_sys_nice, new_session=True)
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    assert not int(status.split("CapEff:\t")[1].split()[0], 16) & (1 << prctl.CAP_SYS_NICE)
+    assert daemon.api("POST", "/api/plugins/load", {"plugin_name": "alpha"}).status_code == 200
+    first = daemon.plugin("alpha")["pid"]
+    deadline = time.monotonic() + 30  # a bound against a hang: the spare is forked 5 ms after
+    spares: list[psutil.Process] = []
+    while not spares and time.monotonic() < deadline:
+        daemon.tree()  # (which leaves spares out, but records them)
+        spares = [p for p in psutil.Process(daemon.proc.pid).children(recursive=True)
+                  if p.pid != first and _comm(p) == "plugind-spare"]
+        time.sleep(0.01)
+    assert len(spares) == 1, daemon.log()
+    spare = spares[0].pid
+    assert _nice(spare) == 0
+    assert daemon.api("POST", "/api/plugins/load", {"plugin_name": "beta"}).status_code == 200
+    beta = daemon.plugin("beta")
+    assert beta["pid"] == spare, daemon.log()  # the spare served it
+    assert _nice(spare) == _nice(first) == 0  # at the priority any plugin gets
+    steps = beta["isolation"]
+    assert [steps[k] for k in ("pid_ns", "filesystem", "seccomp")] == ["active"] * 3
+    assert daemon.call("on_request", {"seen": []})["data"] == {"seen": ["alpha", "beta"]}
+    assert "spare not used" not in daemon.log()
+    assert daemon.stop() == 0
+
+
+def _comm(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
 
 
 def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:
