@@ -484,12 +484,14 @@ def prepare_spare(
     proto: SandboxPlan,
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
+    warm: Callable[[], None] | None = None,
 ) -> ContainedSpare:
     """Fork a spare for plans like `proto` (see above) and return at once: it prepares itself, at
     the lowest CPU priority (nice 19, so that it never competes with a plugin starting up), and
     waits for `use_spare`, which restores its priority first.
 
     In the spare, `child_setup()` runs first (the fork-server sheds its fds and signal plumbing);
+    `warm()`, when given, runs once it has reported ready, while it waits (it must not raise);
     at hand-off, `run(payload, sock_fd, hooks)` runs the plugin. Raises SandboxError or OSError
     (nothing is left behind then).
     """
@@ -516,7 +518,7 @@ def prepare_spare(
         raise
     if pid == 0:
         ours.close()
-        _spare_child(proto, fs, backend, theirs, child_setup, run)
+        _spare_child(proto, fs, backend, theirs, child_setup, run, warm)
     theirs.close()
     ours.settimeout(SPARE_REPORT_TIMEOUT_S)
     spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto),
@@ -615,6 +617,7 @@ def _spare_child(
     chan: socket.socket,
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
+    warm: Callable[[], None] | None = None,
 ) -> NoReturn:
     # In the spare: the plugin-independent steps, a report, then wait for the hand-off.
     steps: dict[str, str] = {}
@@ -640,6 +643,8 @@ def _spare_child(
             chan.send(json.dumps({"error": {"step": getattr(exc, "step", "spawn"),
                                             "detail": f"{type(exc).__name__}: {exc}"}}).encode())
         os._exit(_CHILD_FAILED)
+    if warm is not None:
+        warm()
     try:
         data, fds, _flags, _addr = socket.recv_fds(chan, _SPARE_PACKET, 2)
     except BaseException:
