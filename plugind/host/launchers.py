@@ -87,12 +87,17 @@ class LauncherPool:
             return 0
         least = min(self._in_flight)
         n = len(self.members)
-        for step in range(n):
-            i = (self._next + step) % n
-            if self._in_flight[i] == least:
-                self._next = (i + 1) % n
-                return i
-        return 0  # not reached
+        order = [(self._next + step) % n for step in range(n)]
+        idle = [i for i in order if self._in_flight[i] == least]
+        # Among the least busy, one with a spare of the kind this spawn takes, ready: the spawn is
+        # then a hand-off, not a fork (round robin alone sent a second load to a fork-server that
+        # had never spawned, and so had no spare, while another's waited).
+        sandboxed = request.plan is not None
+        ready = [i for i in idle if (self.members[i].sandboxed_spare_pid if sandboxed
+                                     else self.members[i].spare_pid) is not None]
+        i = (ready or idle)[0]
+        self._next = (i + 1) % n
+        return i
 
     async def spawn(self, request: SpawnRequest, child_sock: socket.socket) -> Spawned:
         """Start one child on the least busy fork-server. Raises as `Launcher.spawn`."""
