@@ -189,6 +189,7 @@ class ForkServer:
         try:
             self._child_setup()
             set_pdeathsig()
+            runtime.rehearse()  # while it waits: the pages a plugin's start touches, copied now
             os.setsid()
             data, fds, _flags, _addr = socket.recv_fds(chan, MAX_PACKET, 1)
             chan.close()
@@ -214,7 +215,7 @@ class ForkServer:
 
         set_comm(SPARE_NAME)
         try:
-            spare = self.contain.prepare_spare(self.proto, self._child_setup, run)
+            spare = self.contain.prepare_spare(self.proto, self._child_setup, run, runtime.rehearse)
         finally:
             if os.getpid() == self.pid:
                 set_comm(comm)

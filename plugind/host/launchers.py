@@ -87,19 +87,17 @@ class LauncherPool:
             return 0
         least = min(self._in_flight)
         n = len(self.members)
-        idle = [(self._next + step) % n for step in range(n)]
-        idle = [i for i in idle if self._in_flight[i] == least]
-        # Among the least busy, one with a spare ready for this kind of spawn: a load served by a
-        # spare skips the fork and the plugin-independent set-up (only the fork-server that made a
-        # spare can hand it over; round robin alone sent every other load past it).
+        order = [(self._next + step) % n for step in range(n)]
+        idle = [i for i in order if self._in_flight[i] == least]
+        # Among the least busy, one with a spare of the kind this spawn takes, ready: the spawn is
+        # then a hand-off, not a fork (round robin alone sent a second load to a fork-server that
+        # had never spawned, and so had no spare, while another's waited).
         sandboxed = request.plan is not None
-        for i in idle:
-            m = self.members[i]
-            if (m.sandboxed_spare_pid if sandboxed else m.spare_pid) is not None:
-                self._next = (i + 1) % n
-                return i
-        self._next = (idle[0] + 1) % n
-        return idle[0]
+        ready = [i for i in idle if (self.members[i].sandboxed_spare_pid if sandboxed
+                                     else self.members[i].spare_pid) is not None]
+        i = (ready or idle)[0]
+        self._next = (i + 1) % n
+        return i
 
     async def spawn(self, request: SpawnRequest, child_sock: socket.socket) -> Spawned:
         """Start one child on the least busy fork-server. Raises as `Launcher.spawn`."""

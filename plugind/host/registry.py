@@ -160,6 +160,10 @@ class PluginRegistry:
         # The operator's intent (the state file), in order; None until `start` has read it.
         self._wanted: list[str] | None = None
         self._failed: dict[str, str] = {}  # wanted but not loaded: name -> why its last load failed
+        # Plugins the operator asked for whose bundle passed its checks and that are starting: the
+        # state file lists them already (written while they start, see `load_plugin`), the
+        # in-memory intent (`_wanted`) once they run. Insertion-ordered.
+        self._starting: dict[str, None] = {}
         self._early: list[str] = []  # loaded through the API before `start` read the state file
         # Versions chosen by an upgrade (the state file's "versions"): a restart loads that version,
         # not the highest one in the directory. An unload or a plain load drops the pin.
@@ -364,12 +368,33 @@ class PluginRegistry:
         """
         if name not in self._loaded:
             self._pins.pop(name, None)  # the operator's plain load: the highest version, unpinned
-        # The load's audit entry (fsync) is written next to the state file (fsync of the file and of
-        # its directory), not before it; the reply waits for both.
+        # The state file is written while the plugin starts, not after: once the bundle has passed
+        # its checks, the name joins the intent as "starting" and a write of it begins next to the
+        # spawn (`intend`). A start that fails takes it out and writes the file again before the
+        # error is answered; a crash in between leaves it listed, and the next start loads it (or
+        # reports why it could not) as for any wanted plugin. A 200 still means it is on disk.
+        # The audit entry (an fsync) is written once it runs, next to the end of that write; the
+        # reply waits for both.
         audits: list[asyncio.Future[None]] = []
+        intent: list[asyncio.Future[str | None]] = []
+
+        def intend() -> None:
+            if self._wanted is not None and name not in self._wanted:
+                self._starting[name] = None
+                intent.append(asyncio.ensure_future(self.persist()))
+
         try:
-            loaded = await self._load(name, explicit=True, audits=audits)
-            why = await self.persist()
+            try:
+                loaded = await self._load(name, explicit=True, audits=audits, intend=intend)
+            except BaseException:
+                if intent:
+                    # Written (or being written) with the name: write it again without, before the
+                    # error is answered. Shielded: a cancelled load still takes its name out.
+                    self._starting.pop(name, None)
+                    await asyncio.shield(self._withdraw(intent[0]))
+                raise
+            self._starting.pop(name, None)
+            why = await intent[0] if intent else await self.persist()
         finally:
             if audits:
                 await asyncio.gather(*audits, return_exceptions=True)
@@ -388,6 +413,13 @@ class PluginRegistry:
             )
         return loaded
 
+    async def _withdraw(self, written: asyncio.Future[str | None]) -> None:
+        # A failed start's name is out of `_starting`: once the write that may list it has ended,
+        # write the intent again (a snapshot taken now does not list it).
+        with contextlib.suppress(Exception):
+            await written
+        await self.persist()
+
     async def load_plugin_by_name(self, name: str) -> LoadedPlugin:
         """Same as `load_plugin` (the integration guide's name for it)."""
         return await self.load_plugin(name)
@@ -395,11 +427,13 @@ class PluginRegistry:
     async def _load(self, name: str, *, explicit: bool, at_start: bool = False,
                     audits: list[asyncio.Future[None]] | None = None,
                     slot: asyncio.Semaphore | None = None,
-                    turn: Callable[[], Awaitable[None]] | None = None) -> LoadedPlugin:
+                    turn: Callable[[], Awaitable[None]] | None = None,
+                    intend: Callable[[], None] | None = None) -> LoadedPlugin:
         # explicit: the operator asked (API, CLI, library), so a success makes the plugin wanted.
         # at_start: the caller logs the failure itself, as one line.
         # slot: held while the bundle is loaded and the plugin started (a bound on concurrent
         # loads); turn: awaited after that, before the plugin joins the loaded set and the hooks.
+        # intend: called once the bundle passed its checks, right before the spawn.
         try:
             validate_name(name)
         except LoadError as exc:
@@ -446,6 +480,8 @@ class PluginRegistry:
                 )
                 if hasattr(sup, "before_spawn"):  # verify-then-run on every start, restarts included
                     sup.before_spawn = self._before_spawn(bundle)
+                if intend is not None:
+                    intend()
                 await sup.start()
                 if held is not None:  # started: the slot goes to the next load
                     held.release()
@@ -834,7 +870,8 @@ class PluginRegistry:
             return None
         path = Path(self.settings.plugins.state_file)
         names = list(self._wanted)
-        pins = {n: v for n, v in self._pins.items() if n in self._wanted}
+        names += [n for n in self._starting if n not in names]
+        pins = {n: v for n, v in self._pins.items() if n in names}
         try:
             await asyncio.to_thread(write_state, path, names, pins)
         except OSError as exc:

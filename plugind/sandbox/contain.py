@@ -502,6 +502,7 @@ def prepare_spare(
     proto: SandboxPlan,
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
+    warm: Callable[[], None] | None = None,
 ) -> ContainedSpare:
     """Fork a spare for plans like `proto` (see above) and return at once: it prepares itself, at
     the lowest CPU priority (nice 19, so that it never competes with a plugin starting up; only
@@ -509,6 +510,7 @@ def prepare_spare(
     its priority first.
 
     In the spare, `child_setup()` runs first (the fork-server sheds its fds and signal plumbing);
+    `warm()`, when given, runs once it has reported ready, while it waits (it must not raise);
     at hand-off, `run(payload, sock_fd, hooks)` runs the plugin. Raises SandboxError or OSError
     (nothing is left behind then).
     """
@@ -535,7 +537,7 @@ def prepare_spare(
         raise
     if pid == 0:
         ours.close()
-        _spare_child(proto, fs, backend, theirs, child_setup, run)
+        _spare_child(proto, fs, backend, theirs, child_setup, run, warm)
     theirs.close()
     ours.settimeout(SPARE_REPORT_TIMEOUT_S)
     nice = os.getpriority(os.PRIO_PROCESS, 0)
@@ -637,6 +639,7 @@ def _spare_child(
     chan: socket.socket,
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
+    warm: Callable[[], None] | None = None,
 ) -> NoReturn:
     # In the spare: the plugin-independent steps, a report, then wait for the hand-off.
     steps: dict[str, str] = {}
@@ -662,6 +665,8 @@ def _spare_child(
             chan.send(json.dumps({"error": {"step": getattr(exc, "step", "spawn"),
                                             "detail": f"{type(exc).__name__}: {exc}"}}).encode())
         os._exit(_CHILD_FAILED)
+    if warm is not None:
+        warm()
     try:
         data, fds, _flags, _addr = socket.recv_fds(chan, _SPARE_PACKET, 2)
     except BaseException:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +212,7 @@ class PluginSecurity:
             key_name = self._signer(digest, signature)
             if key_name is None:
                 raise SignatureInvalid(self._why_invalid(shown, digest, signature), bundle=label)
-        contents = inspect_bundle(data, self.limits, bundle=label)
+        contents = _inspect(data, digest, self.limits, label)
         manifest = contents.manifest
         entry = self._entry_for(digest, manifest, label)
         if key_name is None:
@@ -308,3 +310,29 @@ class PluginSecurity:
                 )
             return entry
         return None
+
+
+# inspect_bundle is a pure function of the bundle's bytes and the limits: what it found for bytes
+# already inspected (the same SHA3-512 digest and length, the same limits) is reused instead of
+# parsing the zip and the manifest again at every load of an unchanged bundle. Keyed by content, so
+# a bundle that changed in any byte is inspected afresh; only successes are kept (a refused bundle
+# is refused again, the same way); the signature, the trust entry and the policy are still checked
+# at every verification. The values are immutable (frozen dataclasses of str, int and tuples).
+INSPECTED_MAX = 256
+_inspected: OrderedDict[tuple[str, int, BundleLimits], BundleContents] = OrderedDict()
+_inspected_lock = threading.Lock()
+
+
+def _inspect(data: bytes, digest: str, limits: BundleLimits, label: str) -> BundleContents:
+    key = (digest, len(data), limits)
+    with _inspected_lock:
+        found = _inspected.get(key)
+        if found is not None:
+            _inspected.move_to_end(key)
+            return found
+    contents = inspect_bundle(data, limits, bundle=label)
+    with _inspected_lock:
+        _inspected[key] = contents
+        while len(_inspected) > INSPECTED_MAX:
+            _inspected.popitem(last=False)
+    return contents

@@ -114,3 +114,33 @@ def test_spawn_through_a_pool_closes_nothing_of_the_callers(tmp_path: Path) -> N
             await pool.close()
 
     asyncio.run(main())
+
+
+def test_a_spawn_goes_to_a_fork_server_whose_spare_is_ready(tmp_path: Path) -> None:
+    # Round robin alone would send the second spawn to the fork-server that has never spawned (so
+    # has no spare) and fork there; the pool prefers the one whose spare waits.
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        pool = LauncherPool(2)
+        await pool.start()
+        chans = []
+        try:
+            first, chan = await spawn(pool, tree)  # type: ignore[arg-type]
+            chans.append(chan)
+            server = next(m for m in pool.members if m.server_pid == psutil.Process(first).ppid())
+            other = next(m for m in pool.members if m is not server)
+            deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
+            while server.spare_pid is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            spare = server.spare_pid
+            assert spare is not None and other.spare_pid is None
+            second, chan = await spawn(pool, tree)  # type: ignore[arg-type]
+            chans.append(chan)
+            assert second == spare  # handed to the spare, not forked by the other fork-server
+            for chan in chans:
+                chan.sock.close()
+        finally:
+            await pool.close()
+
+    asyncio.run(main())

@@ -166,3 +166,39 @@ def test_a_world_writable_extract_dir_is_reported(ws: Workspace, caplog: pytest.
     with caplog.at_level("WARNING", logger="plugind.host.loader"):
         loader_for(ws).load(bundle)
     assert "is writable by group or others (mode 777)" in caplog.text
+
+
+def test_a_bundle_verified_before_is_checked_again_after_any_change(ws: Workspace) -> None:
+    # What inspecting an unchanged bundle found is reused (keyed by its digest), never what a
+    # changed one would need: each load reads the file again and checks its signature, its trust
+    # entry and the policy; new bytes are inspected afresh.
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    first = loader.load(bundle, expected_name="echo")
+    again = loader.load(bundle, expected_name="echo")
+    assert again.bundle.digest == first.bundle.digest and again.bundle.manifest == first.bundle.manifest
+    good = bundle.read_bytes()
+    # Tampered after a good load: refused, though the same name and path loaded just before.
+    data = bytearray(good)
+    data[40] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(SignatureInvalid):
+        loader.load(bundle, expected_name="echo")
+    # Its trust entry removed: refused though the very bytes verified a moment ago.
+    bundle.write_bytes(good)
+    remove_trusted_plugin(ws.trust_list, ws.trust_key, "echo", "1.0.0")
+    with pytest.raises(UntrustedPlugin):
+        loader.load(bundle, expected_name="echo")
+    # Rebuilt as another version, signed and trusted: the new manifest, not the remembered one.
+    rebuilt = ws.add(plugin_source("echo", {"h": (0, "return data")}, version="2.0.0"))
+    assert loader.load(rebuilt, expected_name="echo").bundle.manifest.version == "2.0.0"
+
+
+def test_tighter_bundle_limits_refuse_a_bundle_inspected_under_looser_ones(ws: Workspace) -> None:
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader_for(ws).load(bundle, expected_name="echo")
+    settings = ws.settings()
+    settings.plugins.max_files = 1
+    tight = PluginLoader(settings, PluginSecurity.from_settings(settings, ws.trust_key_hex))
+    with pytest.raises(BundleError, match="over the limit of 1"):
+        tight.verify(bundle)  # the inspection itself, before any extraction

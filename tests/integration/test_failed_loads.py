@@ -6,7 +6,11 @@ no CAP_SYS_CHROOT in the bounding set, so joining the mount template fails with 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import RunningDaemon
@@ -119,3 +123,73 @@ def test_a_start_without_cap_sys_chroot_keeps_the_intent_and_the_fixed_host_load
     assert fixed.api("GET", "/ready").json() == {"ready": True, "status": "ready", "failed": {}}
     assert fixed.stop() == 0
     assert wanted(ws) == ["alpha", "beta"]
+
+
+def audit_events(ws: Workspace, plugin: str) -> list[str]:
+    path = ws.root / "data" / "audit.log"
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [e["event"] for e in entries if e.get("plugin") == plugin]
+
+
+def test_a_daemon_killed_while_a_plugin_starts_leaves_a_state_the_next_start_handles(
+    tmp_path: Path, daemon_factory: Factory
+) -> None:
+    # The state file is written while a plugin starts (next to the spawn, not after its hello): a
+    # daemon killed then has the name on disk but no "load" in the audit trail, and its next start
+    # loads the plugin as it would any wanted one. Unsandboxed: the plugin waits on a file of ours.
+    ws = Workspace(tmp_path, sandboxing=False, auto_load=False)
+    gate = ws.root / "gate"
+    ws.add(plugin_source("slow", {"on_request": (0, "return {'by': 'slow'}")},
+                         header=f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)"))
+    daemon = daemon_factory(ws)
+    assert wanted(ws) == []
+    answers: list[object] = []
+
+    def load() -> None:
+        try:
+            answers.append(daemon.load("slow").status_code)
+        except Exception as exc:  # the daemon is killed under it
+            answers.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    deadline = time.monotonic() + 30
+    while "slow" not in wanted(ws):
+        assert time.monotonic() < deadline, "the state file did not list the starting plugin"
+        time.sleep(0.01)
+    assert daemon.api("GET", "/api/plugins/slow").json()["state"] == "loading"  # it has not said hello
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    loader.join(30)
+    assert len(answers) == 1 and not isinstance(answers[0], int)  # never answered
+    assert "load" not in audit_events(ws, "slow")
+
+    gate.touch()
+    again = daemon_factory(ws)
+    assert again.api("GET", "/api/plugins/slow").json()["state"] == "running"
+    assert again.call("on_request", {})["success"]
+    assert wanted(ws) == ["slow"]
+    assert again.stop() == 0
+
+
+def test_a_plugin_that_fails_to_start_is_taken_out_of_the_state_file_before_the_answer(
+    tmp_path: Path, daemon_factory: Factory
+) -> None:
+    ws = Workspace(tmp_path, auto_load=False)
+    ws.add(echo("good"))
+    ws.add(plugin_source("broken", {"on_request": (0, "return data")},
+                         on_load="raise RuntimeError('no database')"))
+    daemon = daemon_factory(ws)
+    assert daemon.load("good").status_code == 200
+    reply = daemon.load("broken")
+    assert reply.status_code == 500 and "no database" in reply.text
+    assert wanted(ws) == ["good"]  # written with it while it started, then again without it
+    assert "load" not in audit_events(ws, "broken") and "refused" in audit_events(ws, "broken")
+    listed = {p["name"]: p["state"] for p in daemon.api("GET", "/api/plugins").json()}
+    assert listed["broken"] == "available"  # not wanted: nothing reports it as failed
+    assert daemon.stop() == 0
+    # A restart loads only what the file lists.
+    again = daemon_factory(ws)
+    listed = {p["name"]: p["state"] for p in again.api("GET", "/api/plugins").json()}
+    assert (listed["good"], listed["broken"]) == ("running", "available")
+    assert wanted(ws) == ["good"]
+    assert again.stop() == 0

@@ -1,0 +1,59 @@
+"""The spare's rehearsal (plugind.runtime.child.rehearse): it runs the runtime's start-up code on
+throwaway objects and must leave the process as it found it, so the plugin handed to the spare later
+starts in the same process state as one forked fresh. Run in a forked child, as in a spare."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+
+from plugind.runtime import child
+
+
+def _state() -> dict[str, object]:
+    return {
+        "fds": sorted(os.listdir("/proc/self/fd")),
+        "handlers": [type(h).__name__ for h in logging.getLogger().handlers],
+        "level": logging.getLogger().level,
+        "path": list(sys.path),
+        "modules": sorted(m for m in sys.modules if "rehears" in m),
+        "alarm": signal.getsignal(signal.SIGALRM) is signal.SIG_DFL or repr(signal.getsignal(signal.SIGALRM)),
+        "timer": signal.getitimer(signal.ITIMER_REAL),
+        "cwd": os.getcwd(),
+        "bytecode": sys.dont_write_bytecode,
+    }
+
+
+def test_a_rehearsal_leaves_no_trace_in_the_process() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(r)
+            before = _state()
+            before["fds"] = [f for f in before["fds"] if f != str(w)]
+            child.rehearse()
+            child.rehearse()  # twice: a second one finds nothing of the first
+            after = _state()
+            after["fds"] = [f for f in after["fds"] if f != str(w)]
+            os.write(w, json.dumps([before, after]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    before, after = json.loads(data)
+    assert after == before
+
+
+def test_a_rehearsal_never_raises_even_without_sockets(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def refuse(*_a: object, **_k: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(child.socket, "socketpair", refuse)
+    child.rehearse()  # best effort: nothing to warm, nothing raised
