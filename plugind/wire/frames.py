@@ -23,6 +23,7 @@ from plugind.wire.limits import MAX_DEPTH
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
+_pack_header = HEADER.pack
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # Nothing useful fits in less than a fixmap with a "type" entry.
 MIN_FRAME = 1
@@ -326,6 +327,7 @@ class BlockingChannel:
         # Bound once: a `with` block on a lock costs about twice as much as acquire + release.
         self._lock, self._unlock = self._send_lock.acquire, self._send_lock.release
         self._encoder = FrameEncoder()  # used under the send lock only
+        self._send_bytes = sock.send
         self.spin_s = 0.0  # the longest poll before a sleeping receive (see recv), set by the runtime
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN)
@@ -345,15 +347,23 @@ class BlockingChannel:
         peer accepts: see check_outgoing) or OSError."""
         self._lock()
         try:
-            parts = self._encoder.frame_parts(msg)
-            check_outgoing(len(parts[-1]) if len(parts) > 1 else len(parts[0]) - HEADER_SIZE,
-                           self._rbuf.max_frame)
+            body = self._encoder.body(msg)
+            size = len(body)
+            if size > self._rbuf.max_frame:
+                check_outgoing(size, self._rbuf.max_frame)
             # One syscall: a small frame joined (cheaper than sendmsg's two buffers), a big one as
             # header and body (no copy). A signal or a socket timeout may cut it short, then the rest
-            # goes out with sendall.
-            sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
-            if sent < sum(map(len, parts)):
-                self.sock.sendall(memoryview(b"".join(parts))[sent:])
+            # goes out with sendall. The same bytes as FrameEncoder.frame_parts, without its tuple.
+            if size <= SMALL_FRAME:
+                frame = _pack_header(size) + body
+                sent = self._send_bytes(frame)
+                if sent < size + HEADER_SIZE:
+                    self.sock.sendall(memoryview(frame)[sent:])
+            else:
+                parts = (_pack_header(size), body)
+                sent = self.sock.sendmsg(parts)
+                if sent < size + HEADER_SIZE:
+                    self.sock.sendall(memoryview(b"".join(parts))[sent:])
         finally:
             self._unlock()
 

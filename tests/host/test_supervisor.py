@@ -37,6 +37,8 @@ from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
 from plugind.host.poll import poller_for
 from plugind.host.supervisor import Supervisor
+from plugind.wire import decode, encode
+from plugind.wire import messages as m
 from plugind.wire.limits import MAX_DEPTH
 
 HEADER = '''
@@ -303,6 +305,42 @@ def test_calls_made_in_one_loop_turn_go_out_together_and_each_gets_its_own_answe
         assert await sup.invoke("echo", "alone", 5) == "alone"  # a lone call is written at once
         await sup.stop()
         assert rig.events == []
+
+    run(tmp_path, body)
+
+
+def test_each_invoke_frame_carries_its_own_calls_deadline_byte_for_byte(tmp_path: Path) -> None:
+    # The supervisor reuses the deadline_ms of the last timeout object it was given; whatever the
+    # sequence of timeouts (equal floats, an equal int, another value), each frame must be the one
+    # messages.invoke makes for its own call: 5 and 5.0 are equal but encode apart.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        inc = sup._inc
+        assert inc is not None and inc.transport is not None
+        written: list[bytes] = []
+        transport = inc.transport
+        real_write = transport.write
+
+        def record(data: bytes | bytearray | memoryview) -> None:
+            written.append(bytes(data))
+            real_write(data)
+
+        transport.write = record  # type: ignore[method-assign]  # an observer: bytes go out as before
+        timeouts: list[float] = [5.0, 5.0, 0.25, 5, 5.0, 2.0000004, 7, 7, 1e-3, 5.0]
+        try:
+            for i, timeout in enumerate(timeouts):
+                assert await sup.invoke("echo", i, timeout) == i
+        finally:
+            del transport.write  # type: ignore[method-assign]
+        frames = [f for f in written if decode(f)["type"] == "invoke"]
+        assert len(frames) == len(timeouts)
+        for frame, timeout in zip(frames, timeouts, strict=True):
+            sent = decode(frame)
+            want = round(timeout * 1000, 3)
+            assert sent["deadline_ms"] == want and type(sent["deadline_ms"]) is type(want)
+            assert frame == encode(m.invoke(sent["id"], "echo", sent["data"], want, cpu=sent["cpu"]))
+        await sup.stop()
 
     run(tmp_path, body)
 

@@ -430,3 +430,47 @@ def test_arbitrary_bytes_only_ever_give_messages_or_protocol_violations(data: by
                     max_leaves=20))
 def test_any_msgpack_payload_round_trips(value: object) -> None:
     assert FrameBuffer().feed(encode({"type": "x", "data": value})) == [{"type": "x", "data": value}]
+
+
+_LEAF = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+         | st.text(max_size=40) | st.binary(max_size=40))
+_VALUE = st.recursive(_LEAF, lambda inner: st.lists(inner, max_size=5)
+                      | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=20)
+
+
+def _sent_bytes(msg: dict[str, object], max_frame: int = frames.DEFAULT_MAX_FRAME) -> bytes:
+    """What BlockingChannel.send puts on the wire for `msg`, read raw from the peer."""
+    a, b = socket.socketpair()
+    with a, b:
+        BlockingChannel(a, max_frame=max_frame).send(msg)
+        a.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := b.recv(1 << 20):
+            out += chunk
+        return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=_VALUE, pad=st.sampled_from([0, SMALL_FRAME - 40, SMALL_FRAME + 1, 70_000]))
+def test_blocking_channel_sends_the_bytes_of_encode(data: object, pad: int) -> None:
+    # Small frames go out joined and big ones as header and body: either way, encode's bytes.
+    msg = {"type": "result", "id": 7, "ok": True, "data": data, "pad": b"p" * pad}
+    assert _sent_bytes(msg) == encode(msg)
+
+
+def test_blocking_channel_refuses_an_oversized_or_unencodable_message_and_sends_nothing() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        chan = BlockingChannel(a, max_frame=1024)
+        for bad, match in (({"type": "x", "p": b"p" * 1100}, "frame too large to send"),
+                           ({"type": "x", "p": object()}, "cannot encode message")):
+            with pytest.raises(ProtocolViolation) as info:
+                chan.send(bad)
+            assert match in (info.value.detail or "") + info.value.message
+        fits = {"type": "x", "p": b"p" * 1000}  # 1,000 bytes and its envelope: within 1,024
+        chan.send(fits)
+        a.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := b.recv(1 << 20):
+            out += chunk
+        assert out == encode(fits)  # nothing of the refused ones went out before it
