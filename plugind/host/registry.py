@@ -45,7 +45,7 @@ from plugind.errors import (
 from plugind.host.error_hooks import ErrorHooks
 from plugind.host.hooks import HookRegistry, HookResult, HookTarget
 from plugind.host.loader import LoadedBundle, PluginLoader
-from plugind.host.state import keep_aside, read_state, write_state
+from plugind.host.state import StateWriter, keep_aside, read_state
 from plugind.monitor import metrics
 from plugind.monitor.resource import ResourceMonitor
 from plugind.monitor.sampling import MonitoredPlugin
@@ -169,6 +169,8 @@ class PluginRegistry:
         # shares that write's result instead of writing again (see `persist`).
         self._snapshots = 0
         self._last_write: tuple[int, str | None] = (0, None)
+        # Appends each change to the state file's journal (one record, one fdatasync), not all N.
+        self._state = StateWriter(Path(settings.plugins.state_file))
         # Why the state file does not hold the intent (unreadable at start, or the last write
         # failed), or None; `_unsaved`: a write failed since the last one that succeeded.
         self.state_problem: str | None = None
@@ -676,6 +678,12 @@ class PluginRegistry:
         await self.unload_all("shutdown", persist=False)
         if self._unsaved:  # a last try, so a restart finds what the operator last asked for
             await self.persist()
+        async with self._persist_lock:  # the base alone then says everything
+            try:
+                await asyncio.to_thread(self._state.fold)
+            except OSError as exc:  # the journal still holds it all
+                log.warning("state file %s: could not fold its journal in (%s)", self._state.path,
+                            exc.strerror or exc)
         self._notify_changed()
 
     async def fire(self, hook: str, data: Any) -> HookResult:
@@ -820,7 +828,7 @@ class PluginRegistry:
         names = list(self._wanted)
         pins = {n: v for n, v in self._pins.items() if n in self._wanted}
         try:
-            await asyncio.to_thread(write_state, path, names, pins)
+            await asyncio.to_thread(self._state.write, names, pins)
         except OSError as exc:
             why = f"the state file {path} could not be written ({exc.strerror or exc})"
             first = not self._unsaved
