@@ -27,7 +27,7 @@ from plugind.errors import (
 )
 from plugind.host import HookRegistry, PluginContext, PluginLoader, PluginRegistry
 from plugind.host.launcher import Launcher
-from plugind.host.state import journal_path, read_state
+from plugind.host.state import decode_state, journal_path, read_state
 from plugind.host.supervisor import Supervisor
 from plugind.trust import PluginSecurity
 
@@ -169,6 +169,27 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
     refused = [e for e in entries if e["event"] == "refused"]
     pairs = [(e["plugin"], e["reason"]) for e in refused]
     assert pairs == [("ghost", "not_found"), ("unlisted", "untrusted")]
+
+
+def test_a_change_appends_to_the_journal_and_a_clean_stop_folds_it_in(ws: Workspace) -> None:
+    ws.auto_load = False
+    for name in ("a", "b", "c"):
+        ws.add(echo(name))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()  # its first write rewrites the file (then known), with nothing in it
+        base = state_file(ws).read_bytes()
+        await reg.load_plugin("a")
+        await reg.load_plugin("b")
+        await reg.load_plugin("c")
+        await reg.unload_plugin("a")
+        assert state_file(ws).read_bytes() == base  # not rewritten for every change
+        assert len(journal_path(state_file(ws)).read_bytes().splitlines()) == 1 + 4
+        assert read_state(state_file(ws)).names == ["b", "c"]
+
+    run(ws, scenario)
+    assert decode_state(state_file(ws).read_bytes()) == ["b", "c"]  # the file alone says it all
+    assert len(journal_path(state_file(ws)).read_bytes().splitlines()) == 1  # an empty journal
 
 
 def test_persisted_set_wins_over_auto_load_and_shutdown_keeps_it(ws: Workspace) -> None:
@@ -592,3 +613,38 @@ def test_change_listeners_see_every_change_once_they_run_and_are_coalesced(ws: W
         assert len(seen) < 6
 
     run(ws, scenario)
+
+
+def test_the_plugins_by_state_gauge_is_exact_at_every_scrape(ws: Workspace) -> None:
+    # plugind_plugins{state} is counted when /metrics renders: it shows a crash with restart =
+    # "never" as failed, although the supervisor ends "failed" only after it told the registry.
+    from plugind.monitor import metrics
+
+    ws.extra_config = '[supervisor]\nrestart = "never"\n'
+    ws.auto_load = False
+    ws.add(echo("a"))
+    ws.add(echo("b"))
+
+    def gauge() -> dict[str, float]:
+        text = metrics.render()[0].decode()
+        found = re.findall(r'^plugind_plugins\{state="(\w+)"\} (\S+)$', text, re.MULTILINE)
+        return {state: float(value) for state, value in found if float(value)}
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        await reg.load_plugin("a")
+        await reg.load_plugin("b")
+        assert gauge() == {"running": 2}
+        sup = reg.get_plugin("a").supervisor  # type: ignore[union-attr]
+        os.kill(sup.pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60  # a bound against a hang, not a figure
+        while sup.state != "failed" and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # whatever the registry does after the crash has been done
+        assert gauge() == {"running": 1, "failed": 1}
+        await reg.unload_plugin("a")
+        assert gauge() == {"running": 1}
+
+    run(ws, scenario)
+    assert metrics._state_source == []  # a stopped registry counts no more
