@@ -282,6 +282,18 @@ def set_plugin_states(counts: Mapping[str, int]) -> None:
         PLUGINS.labels(state=label).set(total)
 
 
+StateSource = Callable[[], Mapping[str, int]]
+_state_source: list[StateSource] = []  # the running registry's count by state (at most one)
+
+
+def set_state_source(source: StateSource | None) -> None:
+    """Install (None: remove) the callable that counts plugins by state: `render` then sets
+    `plugind_plugins{state}` from it, exact at every scrape, and a load or unload needs no count
+    over every plugin (twice per change, ~1 ms at 1,000 plugins). It runs in the thread that
+    renders: it must only read."""
+    _state_source[:] = [source] if source is not None else []
+
+
 def forget_plugin(plugin: str) -> None:
     """Drop every series labelled with `plugin` and free its label slot (call on unload)."""
     _bound.clear()  # bound series of this plugin go now, and an `other` may now get a slot
@@ -621,6 +633,8 @@ _RENDERER = _TextRenderer(REGISTRY)
 
 def render() -> tuple[bytes, str]:
     """The Prometheus text exposition of every plugind metric, and its content type."""
+    for source in list(_state_source):
+        set_plugin_states(source())
     return _RENDERER.render(), CONTENT_TYPE_LATEST
 
 
@@ -644,5 +658,6 @@ __all__ = [
     "render",
     "set_plugin_states",
     "set_sample_source",
+    "set_state_source",
     "violation",
 ]

@@ -109,18 +109,20 @@ def sample_plugin(plugin: MonitoredPlugin) -> Sample | None:
         except OSError as exc:  # removed under us, or the controller is missing
             log.debug("cgroup usage unreadable: %s", exc, extra={"plugin": plugin.name})
     try:
-        proc = psutil.Process(plugin.pid)
-        with proc.oneshot():
-            if usage is None:
+        if usage is None:
+            proc = psutil.Process(plugin.pid)
+            with proc.oneshot():
                 mem = proc.memory_info().rss
                 times = proc.cpu_times()
                 cpu = times.user + times.system
                 threads = proc.num_threads()
-            else:
-                mem = int(usage.memory_bytes)
-                cpu = usage.cpu_usec / 1e6
-                # pids.current counts tasks, i.e. every thread of every process in the group.
-                threads = int(usage.pids) or proc.num_threads()
+        else:
+            # The group's counters: no psutil.Process (a read of /proc/PID/stat and its objects)
+            # unless pids.current is missing; a process gone is found by its fd listing below.
+            mem = int(usage.memory_bytes)
+            cpu = usage.cpu_usec / 1e6
+            # pids.current counts tasks, i.e. every thread of every process in the group.
+            threads = int(usage.pids) or psutil.Process(plugin.pid).num_threads()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     fds = conns = 0

@@ -237,6 +237,20 @@ def _mkdir(path: Path) -> None:
         ) from exc
 
 
+def _read_file(path: str) -> str:
+    """A cgroup file's text, read with bare syscalls: the resource monitor reads six of these per
+    plugin per sweep, and Path.read_text's objects (a path, a text wrapper, a codec) cost three
+    times the syscalls (~50 us a file, ~0.3 ms a plugin a sweep). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 class CgroupHandle:
     """A plugin's group: one directory (v2) or one per controller (v1)."""
 
@@ -263,7 +277,7 @@ class CgroupHandle:
     def pids(self) -> list[int]:
         """Processes in the group now."""
         try:
-            return [int(x) for x in (self._procs_dir() / "cgroup.procs").read_text().split()]
+            return [int(x) for x in _read_file(f"{self._procs_dir()}/cgroup.procs").split()]
         except OSError:
             return []
 
@@ -272,7 +286,7 @@ class CgroupHandle:
         if d is None:
             return None
         try:
-            return (d / name).read_text()
+            return _read_file(f"{d}/{name}")
         except OSError:
             return None
 

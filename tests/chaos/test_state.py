@@ -21,7 +21,8 @@ import pytest
 from chaos_harness import TOKEN, HealthProbe, wait_for
 from kit import plugin_source
 
-from plugind.host.state import decode_state
+from plugind.host import state as state_module
+from plugind.host.state import decode_state, journal_path, read_state
 from plugind.sandbox import _libc
 
 CLONE_NEWNS = 0x00020000
@@ -114,8 +115,22 @@ def test_a_full_disk_never_makes_an_answer_lie(ws: Any, daemon_factory: Any, sma
     state = small_disk.path("loaded.json")
     assert _running(d) == set(NAMES)
     assert d.api("POST", "/api/plugins/unload", {"plugin_name": "charlie"}).status_code == 200
-    assert decode_state(state.read_bytes()) == ["alpha", "bravo", "delta"]
+    assert read_state(state).names == ["alpha", "bravo", "delta"]
     bravo_pid = d.plugin("bravo")["pid"]
+    # A change is one record appended to the journal: on a full tmpfs it still fits in the slack of
+    # the journal's last page. Changes (charlie in and out) until the next record, bravo's
+    # removal, does not: then it needs a page the full disk does not have.
+    journal = small_disk.path("loaded.json.journal")
+    for _ in range(64):
+        chain = json.loads(journal.read_bytes().splitlines()[-1])["sha256"]
+        record, _chain = state_module._records(chain, [{"op": "del", "name": "bravo"}])
+        if 4096 - journal.stat().st_size % 4096 < len(record):
+            break
+        assert d.load("charlie").status_code == 200
+        assert d.api("POST", "/api/plugins/unload", {"plugin_name": "charlie"}).status_code == 200
+    else:
+        raise AssertionError("the journal never came to the end of a page")
+    assert read_state(state).names == ["alpha", "bravo", "delta"]
 
     small_disk.fill()
     with HealthProbe(d.url) as probe:
@@ -148,7 +163,7 @@ def test_a_full_disk_never_makes_an_answer_lie(ws: Any, daemon_factory: Any, sma
         assert ready.status_code == 200 and ready.json()["status"] == "degraded"
         assert "could not be written (No space left on device)" in ready.json()["state"]
     probe.check()
-    assert decode_state(state.read_bytes()) == ["alpha", "bravo", "delta"]  # the old file, whole
+    assert read_state(state).names == ["alpha", "bravo", "delta"]  # the old intent, whole
     assert [e["action"] for e in _audit(ws, "state")] == ["not saved"]
 
     # Room again: the shutdown writes what the operator last asked for, and a restart brings back
@@ -192,5 +207,56 @@ def test_a_truncated_state_file_loads_nothing_and_says_so(ws: Any, daemon_factor
 
     # The operator acts: the load writes a new, whole intent, and the daemon is ready again.
     assert d2.load("alpha").status_code == 200
-    assert decode_state(state.read_bytes()) == ["alpha"]
+    assert read_state(state).names == ["alpha"]
     assert d2.api("GET", "/ready").json() == {"ready": True, "status": "ready", "failed": {}}
+
+
+def _killed_with_a_journal(ws: Any, daemon_factory: Any) -> tuple[Path, bytes]:
+    """A daemon that loaded all four, unloaded charlie (a journal record), and was SIGKILLed: no
+    clean stop folded the journal in. The state file's journal, as the kill left it."""
+    _add_plugins(ws)
+    d = daemon_factory(ws)
+    assert _running(d) == set(NAMES)
+    assert d.api("POST", "/api/plugins/unload", {"plugin_name": "charlie"}).status_code == 200
+    d.proc.kill()
+    d.proc.wait(10)
+    state = ws.root / "data" / "loaded.json"
+    journal = journal_path(state)
+    assert decode_state(state.read_bytes()) == list(NAMES)  # the base: before the unload
+    assert read_state(state).names == ["alpha", "bravo", "delta"]  # the base and its journal
+    return state, journal.read_bytes()
+
+
+@pytest.mark.root
+def test_a_crash_restart_restores_the_journaled_intent(ws: Any, daemon_factory: Any) -> None:
+    _killed_with_a_journal(ws, daemon_factory)
+    d2 = _restart(daemon_factory, ws)
+    assert _running(d2) == {"alpha", "bravo", "delta"}  # not charlie, unloaded before the crash
+    assert d2.api("GET", "/ready").json() == {"ready": True, "status": "ready", "failed": {}}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("damage", ["torn", "garbled"])
+def test_a_torn_or_garbled_journal_loads_nothing_and_says_so(ws: Any, daemon_factory: Any,
+                                                             damage: str) -> None:
+    state, journal = _killed_with_a_journal(ws, daemon_factory)
+    bad = journal[:-5] if damage == "torn" else journal.replace(b'"charlie"', b'"charlid"')
+    assert bad != journal
+    journal_path(state).write_bytes(bad)
+
+    d2 = _restart(daemon_factory, ws)
+    with HealthProbe(d2.url) as probe:
+        assert _running(d2) == set()  # nothing: not charlie, nor anything else
+        ready = d2.api("GET", "/ready")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["status"] == "failed" and body["ready"] is False
+        assert f"state file {state} is unreadable: its journal {journal_path(state)}" in body["state"]
+        assert "no plugin was loaded on its behalf" in body["state"]
+    probe.check()
+    (entry,) = _audit(ws, "state")
+    assert entry["action"] == "loaded nothing" and "is unreadable" in entry["problem"]
+    assert Path(f"{journal_path(state)}.unreadable").read_bytes() == bad
+    assert journal_path(state).read_bytes() == bad  # kept until the operator acts
+    assert d2.load("alpha").status_code == 200
+    assert read_state(state).names == ["alpha"]

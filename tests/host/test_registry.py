@@ -27,7 +27,7 @@ from plugind.errors import (
 )
 from plugind.host import HookRegistry, PluginContext, PluginLoader, PluginRegistry
 from plugind.host.launcher import Launcher
-from plugind.host.state import decode_state
+from plugind.host.state import decode_state, journal_path, read_state
 from plugind.host.supervisor import Supervisor
 from plugind.trust import PluginSecurity
 
@@ -131,13 +131,13 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
     async def scenario(reg: PluginRegistry) -> None:
         await reg.start()
         assert reg.plugin_count() == 0 and reg.ready
-        assert decode_state(state_file(ws).read_bytes()) == []
+        assert read_state(state_file(ws)).names == []
         assert json.loads(state_file(ws).read_text())["version"] == 2
         loaded = await reg.load_plugin("one")
         assert loaded.supervisor.state == "running" and loaded.trust_level == "trusted"
         await reg.load_plugin_by_name("two")
         assert reg.plugin_count() == 2
-        assert json.loads(state_file(ws).read_text())["loaded"] == ["one", "two"]
+        assert read_state(state_file(ws)).names == ["one", "two"]
         assert [f for f in os.listdir(state_file(ws).parent) if f.startswith(".loaded")] == []
         with pytest.raises(AlreadyLoaded, match="plugin 'one' is already loaded"):
             await reg.load_plugin("one")
@@ -158,7 +158,7 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
         assert pid is not None and not _alive(pid)
         with pytest.raises(NotLoaded, match="plugin 'one' is not loaded"):
             await reg.unload_plugin("one")
-        assert json.loads(state_file(ws).read_text())["loaded"] == ["two"]
+        assert read_state(state_file(ws)).names == ["two"]
         assert reg.hooks.handlers("on_request") == [("two", 1)]
 
     run(ws, scenario)
@@ -169,6 +169,27 @@ def test_load_unload_errors_and_persistence(ws: Workspace) -> None:
     refused = [e for e in entries if e["event"] == "refused"]
     pairs = [(e["plugin"], e["reason"]) for e in refused]
     assert pairs == [("ghost", "not_found"), ("unlisted", "untrusted")]
+
+
+def test_a_change_appends_to_the_journal_and_a_clean_stop_folds_it_in(ws: Workspace) -> None:
+    ws.auto_load = False
+    for name in ("a", "b", "c"):
+        ws.add(echo(name))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()  # its first write rewrites the file (then known), with nothing in it
+        base = state_file(ws).read_bytes()
+        await reg.load_plugin("a")
+        await reg.load_plugin("b")
+        await reg.load_plugin("c")
+        await reg.unload_plugin("a")
+        assert state_file(ws).read_bytes() == base  # not rewritten for every change
+        assert len(journal_path(state_file(ws)).read_bytes().splitlines()) == 1 + 4
+        assert read_state(state_file(ws)).names == ["b", "c"]
+
+    run(ws, scenario)
+    assert decode_state(state_file(ws).read_bytes()) == ["b", "c"]  # the file alone says it all
+    assert len(journal_path(state_file(ws)).read_bytes().splitlines()) == 1  # an empty journal
 
 
 def test_persisted_set_wins_over_auto_load_and_shutdown_keeps_it(ws: Workspace) -> None:
@@ -194,7 +215,7 @@ def test_auto_load_loads_only_what_policy_admits_then_persists(ws: Workspace) ->
         assert await reg.start() == ["trusted-one"]
 
     run(ws, scenario)
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["trusted-one"]
+    assert read_state(state_file(ws)).names == ["trusted-one"]
 
 
 @pytest.mark.parametrize("content", [
@@ -230,9 +251,10 @@ def test_a_state_file_that_cannot_be_written_rolls_a_load_back_and_warns_of_an_u
     async def scenario(reg: PluginRegistry) -> None:
         await reg.start()
         await reg.load_plugin("one")
-        # The write's rename now fails for real (a non-empty directory where the file was).
-        state_file(ws).unlink()
-        (state_file(ws) / "x").mkdir(parents=True)
+        # Writes now fail for real (a non-empty directory where each file of the state was).
+        for each in (state_file(ws), journal_path(state_file(ws))):
+            each.unlink()
+            (each / "x").mkdir(parents=True)
         with pytest.raises(LoadError, match=r"plugin 'two' loaded, but the state file .* could not be "
                                             r"written \(.*\); the load was rolled back") as info:
             await reg.load_plugin("two")
@@ -242,11 +264,12 @@ def test_a_state_file_that_cannot_be_written_rolls_a_load_back_and_warns_of_an_u
         assert not reg.is_loaded("one") and reg.state_problem is not None  # ...with the reason
         assert "could not be written" in reg.state_problem
         # Writable again: the next change (or the shutdown) writes the intent and clears it.
-        (state_file(ws) / "x").rmdir()
-        state_file(ws).rmdir()
+        for each in (state_file(ws), journal_path(state_file(ws))):
+            (each / "x").rmdir()
+            each.rmdir()
         await reg.load_plugin("two")
         assert reg.state_problem is None
-        assert decode_state(state_file(ws).read_bytes()) == ["two"]
+        assert read_state(state_file(ws)).names == ["two"]
 
     run(ws, scenario)
     states = [e["action"] for e in AuditLog(ws.root / "data" / "audit.log").tail(50) if e["event"] == "state"]
@@ -264,7 +287,7 @@ def test_a_failed_load_is_not_in_the_state_file(ws: Workspace) -> None:
         with pytest.raises(InitializationError, match="on_load of plugin 'broken' raised ValueError"):
             await reg.load_plugin("broken")
         assert not reg.is_loaded("broken") and reg.wanted_plugins() == ["one"]
-        assert decode_state(state_file(ws).read_bytes()) == ["one"]
+        assert read_state(state_file(ws)).names == ["one"]
         assert reg.state_problem is None
 
     run(ws, scenario)
@@ -348,9 +371,9 @@ def test_a_failed_load_stays_wanted_and_a_later_persist_keeps_it(ws: Workspace) 
         assert reg.load_summary() == f"loaded 1 of 2 configured plugins; failed: flaky ({why})"
         # Persisting for another plugin's sake writes the intent, not just what runs.
         await reg.load_plugin("later")
-        assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky", "good", "later"]
+        assert read_state(state_file(ws)).names == ["flaky", "good", "later"]
         await reg.unload_plugin("good")
-        assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky", "later"]
+        assert read_state(state_file(ws)).names == ["flaky", "later"]
         # An explicit load that fails again changes nothing; one of a plugin nobody wanted adds nothing.
         with pytest.raises(InitializationError, match="no database"):
             await reg.load_plugin("flaky")
@@ -366,7 +389,7 @@ def test_a_failed_load_stays_wanted_and_a_later_persist_keeps_it(ws: Workspace) 
         assert reg.load_summary() == "loaded 2 of 2 configured plugins"
 
     run(ws, fixed)
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky", "later"]
+    assert read_state(state_file(ws)).names == ["flaky", "later"]
 
 
 def test_a_failed_explicit_load_of_an_unwanted_plugin_is_not_remembered(ws: Workspace) -> None:
@@ -381,7 +404,7 @@ def test_a_failed_explicit_load_of_an_unwanted_plugin_is_not_remembered(ws: Work
         assert reg.state_of("stranger") == "available"
 
     run(ws, scenario)
-    assert json.loads(state_file(ws).read_text())["loaded"] == []
+    assert read_state(state_file(ws)).names == []
 
 
 def test_unloading_a_wanted_plugin_that_failed_forgets_it(ws: Workspace) -> None:
@@ -389,7 +412,7 @@ def test_unloading_a_wanted_plugin_that_failed_forgets_it(ws: Workspace) -> None
 
     async def scenario(reg: PluginRegistry) -> None:
         assert await reg.start() == []
-        assert json.loads(state_file(ws).read_text())["loaded"] == ["flaky"]  # first start: auto_load
+        assert read_state(state_file(ws)).names == ["flaky"]  # first start: auto_load
         assert await reg.unload_plugin("flaky") is False
         assert reg.wanted_plugins() == [] and reg.failed_plugins() == {}
         assert reg.load_summary() == "loaded 0 of 0 configured plugins"
@@ -397,7 +420,7 @@ def test_unloading_a_wanted_plugin_that_failed_forgets_it(ws: Workspace) -> None
             await reg.unload_plugin("flaky")
 
     run(ws, scenario)
-    assert json.loads(state_file(ws).read_text())["loaded"] == []
+    assert read_state(state_file(ws)).names == []
     entries = AuditLog(ws.root / "data" / "audit.log").tail(20)
     assert [(e["event"], e.get("running")) for e in entries if e["event"] == "unload"] == [("unload", False)]
 
@@ -412,7 +435,7 @@ def test_the_monitors_auto_unload_is_the_operators_policy(ws: Workspace) -> None
         assert reg.wanted_plugins() == ["calm"] and reg.failed_plugins() == {}
 
     run(ws, scenario)
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["calm"]
+    assert read_state(state_file(ws)).names == ["calm"]
 
 
 def test_a_load_before_start_neither_overwrites_nor_loses_the_intent(ws: Workspace) -> None:
@@ -423,12 +446,12 @@ def test_a_load_before_start_neither_overwrites_nor_loses_the_intent(ws: Workspa
     async def scenario(reg: PluginRegistry) -> None:
         await reg.scan_directory()
         await reg.load_plugin("early")  # e.g. the API, while start-up still scans
-        assert json.loads(state_file(ws).read_text())["loaded"] == ["kept"]
+        assert read_state(state_file(ws)).names == ["kept"]
         assert sorted(await reg.start()) == ["early", "kept"]
         assert reg.wanted_plugins() == ["kept", "early"]
 
     run(ws, scenario)
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["kept", "early"]
+    assert read_state(state_file(ws)).names == ["kept", "early"]
 
 
 def test_shutdown_keeps_every_wanted_plugin(ws: Workspace) -> None:
@@ -441,7 +464,7 @@ def test_shutdown_keeps_every_wanted_plugin(ws: Workspace) -> None:
         assert reg.wanted_plugins() == ["one", "two"]
 
     run(ws, scenario)
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["one", "two"]
+    assert read_state(state_file(ws)).names == ["one", "two"]
 
 
 @pytest.mark.root
@@ -466,7 +489,7 @@ def test_a_start_that_fails_for_a_host_reason_keeps_the_intent(ws: Workspace) ->
         assert reg.load_summary().startswith("loaded 0 of 2 configured plugins; failed: a (sandbox step")
 
     run(ws, failing)
-    assert json.loads(state_file(ws).read_text())["loaded"] == ["a", "b"]
+    assert read_state(state_file(ws)).names == ["a", "b"]
 
     needed.mkdir()
 
@@ -590,3 +613,38 @@ def test_change_listeners_see_every_change_once_they_run_and_are_coalesced(ws: W
         assert len(seen) < 6
 
     run(ws, scenario)
+
+
+def test_the_plugins_by_state_gauge_is_exact_at_every_scrape(ws: Workspace) -> None:
+    # plugind_plugins{state} is counted when /metrics renders: it shows a crash with restart =
+    # "never" as failed, although the supervisor ends "failed" only after it told the registry.
+    from plugind.monitor import metrics
+
+    ws.extra_config = '[supervisor]\nrestart = "never"\n'
+    ws.auto_load = False
+    ws.add(echo("a"))
+    ws.add(echo("b"))
+
+    def gauge() -> dict[str, float]:
+        text = metrics.render()[0].decode()
+        found = re.findall(r'^plugind_plugins\{state="(\w+)"\} (\S+)$', text, re.MULTILINE)
+        return {state: float(value) for state, value in found if float(value)}
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        await reg.load_plugin("a")
+        await reg.load_plugin("b")
+        assert gauge() == {"running": 2}
+        sup = reg.get_plugin("a").supervisor  # type: ignore[union-attr]
+        os.kill(sup.pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60  # a bound against a hang, not a figure
+        while sup.state != "failed" and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # whatever the registry does after the crash has been done
+        assert gauge() == {"running": 1, "failed": 1}
+        await reg.unload_plugin("a")
+        assert gauge() == {"running": 1}
+
+    run(ws, scenario)
+    assert metrics._state_source == []  # a stopped registry counts no more

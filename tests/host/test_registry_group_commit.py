@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from integration.kit import Workspace, plugin_source
 
-import plugind.host.registry as registry_module
 from plugind.audit import AuditLog
 from plugind.errors import LoadError
 from plugind.host import HookRegistry, PluginContext, PluginLoader, PluginRegistry
 from plugind.host.launcher import Launcher
-from plugind.host.state import decode_state, write_state
+from plugind.host.state import StateWriter, journal_path, read_state
 from plugind.host.supervisor import Supervisor
 from plugind.trust import PluginSecurity
 
@@ -65,11 +64,13 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Every state-file write the registry makes (the real write, counted): the names it wrote."""
     seen: list[list[str]] = []
 
-    def counted(path: Path, names: list[str], versions: dict[str, str] | None = None) -> None:
-        seen.append(list(names))
-        write_state(path, names, versions)
+    real = StateWriter.write
 
-    monkeypatch.setattr(registry_module, "write_state", counted)
+    def counted(self: StateWriter, names: list[str], versions: dict[str, str] | None = None) -> None:
+        seen.append(list(names))
+        real(self, names, versions)
+
+    monkeypatch.setattr(StateWriter, "write", counted)
     return seen
 
 
@@ -91,7 +92,7 @@ def test_concurrent_changes_share_one_write(ws: Workspace, writes: list[list[str
             reg._wanted.append(NAMES[5])
             assert await asyncio.gather(first, reg.persist()) == [None, None]
             assert writes[2:] == [NAMES[:5], NAMES]
-            assert decode_state(state_file(ws).read_bytes()) == NAMES
+            assert read_state(state_file(ws)).names == NAMES
             reg._wanted = []  # nothing runs: leave an empty intent
             assert await reg.persist() is None
 
@@ -107,7 +108,7 @@ def test_concurrent_loads_are_all_recorded(ws: Workspace, writes: list[list[str]
             assert [p.name for p in loaded] == NAMES
             assert sorted(reg.wanted_plugins()) == NAMES
             # Each answer came after a write holding its load: the file has them all.
-            assert sorted(decode_state(state_file(ws).read_bytes())) == NAMES
+            assert sorted(read_state(state_file(ws)).names) == NAMES
             assert 1 <= len(writes) <= len(NAMES)
             for name in NAMES:
                 # the write that answered `name`'s load held it
@@ -121,9 +122,10 @@ def test_a_failed_shared_write_rolls_back_every_load_it_held(ws: Workspace) -> N
         async with open_registry(ws) as reg:
             await reg.start()
             await reg.load_plugin(NAMES[0])
-            # The write's rename now fails for real (a non-empty directory where the file was).
-            state_file(ws).unlink()
-            (state_file(ws) / "x").mkdir(parents=True)
+            # Writes now fail for real (a non-empty directory where each file of the state was).
+            for each in (state_file(ws), journal_path(state_file(ws))):
+                each.unlink()
+                (each / "x").mkdir(parents=True)
             results: list[Any] = await asyncio.gather(
                 *(reg.load_plugin(n) for n in NAMES[1:]), return_exceptions=True
             )
@@ -134,9 +136,10 @@ def test_a_failed_shared_write_rolls_back_every_load_it_held(ws: Workspace) -> N
             assert reg.wanted_plugins() == [NAMES[0]]
             assert [p.name for p in reg.get_loaded_plugins()] == [NAMES[0]]
             # Writable again: the next write holds only what runs and is wanted.
-            (state_file(ws) / "x").rmdir()
-            state_file(ws).rmdir()
+            for each in (state_file(ws), journal_path(state_file(ws))):
+                (each / "x").rmdir()
+                each.rmdir()
             assert await reg.persist() is None
-            assert decode_state(state_file(ws).read_bytes()) == [NAMES[0]]
+            assert read_state(state_file(ws)).names == [NAMES[0]]
 
     asyncio.run(scenario())

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from plugind.host.state import StateUnreadable, decode_state, encode_state, read_state, write_state
+from plugind.fsio import atomic_write
+from plugind.host.state import (
+    StateRead,
+    StateUnreadable,
+    StateWriter,
+    decode_state,
+    encode_state,
+    journal_path,
+    keep_aside,
+    read_state,
+    write_state,
+)
 
 GOOD = encode_state(["alpha", "beta-2"])
 
@@ -65,7 +76,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
     with pytest.raises(OSError):
         write_state(tmp_path / "loaded.json.d", ["two"])  # a rename onto a non-empty directory
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["loaded.json", "loaded.json.d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "loaded.json", "loaded.json.d", "loaded.json.journal"]
 
 
 def test_pinned_versions_are_covered_by_the_checksum() -> None:
@@ -79,3 +91,182 @@ def test_pinned_versions_are_covered_by_the_checksum() -> None:
     for altered in (changed, dropped, odd):
         with pytest.raises(StateUnreadable):
             decode_state_full(json.dumps(altered).encode())
+
+
+# -- the journal: a change is one appended record ------------------------------------------------
+
+
+def test_a_change_appends_one_record_and_leaves_the_base_alone(tmp_path: Path) -> None:
+    path = tmp_path / "loaded.json"
+    writer = StateWriter(path)
+    writer.write(["a", "b"])  # the first write after a start rewrites both files
+    base = path.read_bytes()
+    assert decode_state(base) == ["a", "b"]
+    lines = journal_path(path).read_bytes().splitlines()
+    assert len(lines) == 1  # the header only
+    writer.write(["a", "b", "c"])
+    writer.write(["b", "c"], {"c": "2.0.0"})
+    assert path.read_bytes() == base  # not rewritten
+    assert len(journal_path(path).read_bytes().splitlines()) == 1 + 3  # set c, del a, set c's pin
+    found = read_state(path)
+    assert (found.names, found.versions) == (["b", "c"], {"c": "2.0.0"})
+    writer.write(["b", "c"])  # the pin dropped (a plain load)
+    assert read_state(path).versions == {}
+
+
+def test_the_journal_is_folded_into_the_base_after_max_64_n_records(tmp_path: Path) -> None:
+    path = tmp_path / "loaded.json"
+    writer = StateWriter(path)
+    names: list[str] = []
+
+    def rewrites(changes: list[list[str]]) -> int:
+        count = 0
+        for change in changes:
+            before = path.read_bytes() if path.exists() else b""
+            writer.write(change)
+            count += path.read_bytes() != before
+            assert read_state(path).names == change
+        return count
+
+    # 300 loads from nothing: the base is written once (the first write), the journal holds N.
+    for i in range(300):
+        names.append(f"p{i:03d}")
+    assert rewrites([names[:i + 1] for i in range(300)]) == 1
+    # 400 changes to a set of 10: a rewrite each 64 records, never at every change.
+    writer.fold()
+    churn = [names[:10] if i % 2 else [*names[:10], "x"] for i in range(400)]
+    assert rewrites(churn) == 1 + 399 // 64  # the first: 290 removals at once, more than 64
+    assert len(journal_path(path).read_bytes().splitlines()) <= 1 + 64
+    assert writer.fold() is True
+    assert decode_state(path.read_bytes()) == names[:10]  # the base alone says everything
+    assert len(journal_path(path).read_bytes().splitlines()) == 1
+    assert writer.fold() is False
+
+
+def test_names_that_change_order_rewrite_the_base(tmp_path: Path) -> None:
+    path = tmp_path / "loaded.json"
+    writer = StateWriter(path)
+    writer.write(["a", "b"])
+    writer.write(["b", "a"])  # no record says "move": the base is rewritten
+    assert decode_state(path.read_bytes()) == ["b", "a"] == read_state(path).names
+
+
+def journaled(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "loaded.json"
+    writer = StateWriter(path)
+    writer.write(["a"])
+    writer.write(["a", "b"])
+    writer.write(["a", "b", "c"], {"c": "1.2.0"})
+    writer.write(["b", "c"], {"c": "1.2.0"})
+    return path, journal_path(path).read_bytes()
+
+
+def test_a_torn_or_truncated_journal_is_unreadable_unless_cut_between_records(tmp_path: Path) -> None:
+    path, whole = journaled(tmp_path)
+    assert read_state(path).names == ["b", "c"]
+    ends = {i + 1 for i, byte in enumerate(whole) if byte == ord("\n")}
+    for length in range(len(whole)):
+        journal_path(path).write_bytes(whole[:length])
+        found = read_state(path)
+        if length in ends:
+            # Whole records only: the state before the later ones, as after a crash before their
+            # append (no later change was acknowledged), the same as an older whole file today.
+            assert found.names is not None and found.problem is None, length
+            continue
+        assert found.names is None, length  # load nothing
+        assert found.problem is not None and "is unreadable: its journal" in found.problem, length
+
+
+@pytest.mark.parametrize("where", [1, 2, 3])
+def test_a_garbled_record_is_unreadable(tmp_path: Path, where: int) -> None:
+    path, whole = journaled(tmp_path)
+    lines = whole.splitlines(keepends=True)
+    for old, new in ((b'"b"', b'"x"'), (b'"set"', b'"del"'), (b'"sha256":"', b'"sha256":"0')):
+        if old in lines[where]:
+            garbled = [*lines[:where], lines[where].replace(old, new, 1), *lines[where + 1:]]
+            journal_path(path).write_bytes(b"".join(garbled))
+            found = read_state(path)
+            assert found.names is None and found.problem is not None, (where, old)
+    # A record moved, dropped from the middle, or repeated breaks the chain.
+    for shuffled in ([lines[0], *lines[2:]], [*lines[:2], lines[1], *lines[2:]],
+                     [lines[0], lines[2], lines[1], *lines[3:]]):
+        journal_path(path).write_bytes(b"".join(shuffled))
+        assert read_state(path).names is None
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        pytest.param({"op": "del", "name": "zz"}, "removes 'zz', which is not listed", id="del-unlisted"),
+        pytest.param({"op": "set", "name": "../etc", "version": None}, "invalid plugin name", id="a-path"),
+        pytest.param({"op": "set", "name": "a", "version": "../x"}, "invalid pinned version", id="odd-pin"),
+        pytest.param({"op": "put", "name": "a"}, "is not a change", id="unknown-op"),
+    ],
+)
+def test_a_well_chained_but_invalid_record_is_unreadable(tmp_path: Path, record: dict[str, object],
+                                                         why: str) -> None:
+    from plugind.host import state
+
+    path, whole = journaled(tmp_path)
+    chain = json.loads(whole.splitlines()[-1])["sha256"]
+    data, _ = state._records(chain, [record])
+    journal_path(path).write_bytes(whole + data)
+    found = read_state(path)
+    assert found.names is None and found.problem is not None and why in found.problem
+
+
+def test_a_stale_journal_is_ignored_and_a_missing_base_is_a_first_start(tmp_path: Path) -> None:
+    path, whole = journaled(tmp_path)
+    # A compaction cut short after its new base: the old journal names the old base.
+    atomic_write(path, encode_state(["b", "c", "d"]))
+    assert read_state(path).names == ["b", "c", "d"]
+    # The operator puts a file of their own in place: it wins, whatever journal lies next to it.
+    path.write_text(json.dumps({"version": 1, "loaded": ["z"]}))
+    assert read_state(path).names == ["z"]
+    path.unlink()
+    assert read_state(path) == StateRead(None)
+    assert journal_path(path).read_bytes() == whole
+
+
+def test_an_empty_journal_is_unreadable_and_kept_aside(tmp_path: Path) -> None:
+    path, whole = journaled(tmp_path)
+    journal_path(path).write_bytes(b"")
+    assert read_state(path).names is None
+    journal_path(path).write_bytes(whole[:-3])
+    aside = keep_aside(path)
+    assert aside is not None and aside.read_bytes() == path.read_bytes()
+    assert Path(f"{journal_path(path)}.unreadable").read_bytes() == whole[:-3]
+
+
+APPEND_ON_A_FULL_DISK = r"""
+import os, resource, signal, sys
+from pathlib import Path
+from plugind.host.state import StateWriter, journal_path, read_state
+path = Path(sys.argv[1])
+writer = StateWriter(path)
+writer.write(["a"])
+whole = journal_path(path).read_bytes()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+# The kernel lets the next write(2) put 10 bytes in (a short write): a torn record.
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole) + 10, resource.RLIM_INFINITY))
+try:
+    writer.write(["a", "b"])
+except OSError as exc:
+    print("refused:", exc.strerror)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+assert journal_path(path).read_bytes() == whole, "the torn record was left in"
+assert read_state(path).names == ["a"]
+writer.write(["a", "c"])
+assert read_state(path).names == ["a", "c"]
+print("ok")
+"""
+
+
+def test_a_part_written_record_is_cut_off_again(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", APPEND_ON_A_FULL_DISK, str(tmp_path / "loaded.json")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["refused: No space left on device", "ok"]

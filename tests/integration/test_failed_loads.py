@@ -17,6 +17,8 @@ from conftest import RunningDaemon
 from kit import Workspace, plugin_source
 from scenarios import echo
 
+from plugind.host.state import read_state
+
 Factory = Callable[..., RunningDaemon]
 pytestmark = pytest.mark.slow  # a daemon per test
 
@@ -36,7 +38,8 @@ def next_status(daemon: RunningDaemon, timeout: float = 30.0) -> str:
 
 
 def wanted(ws: Workspace) -> list[str]:
-    state: list[str] = json.loads((ws.root / "data" / "loaded.json").read_text())["loaded"]
+    state = read_state(ws.root / "data" / "loaded.json").names  # the base and its journal
+    assert state is not None
     return state
 
 

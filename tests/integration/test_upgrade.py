@@ -10,7 +10,6 @@ upgrade or an unload meets the first one under way.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import pytest
 from cgroup_host import session_parent
 from conftest import TOKEN, RunningDaemon, alive, wait_for
 from kit import Workspace, plugin_source
+
+from plugind.host.state import read_state
 
 Factory = Callable[..., RunningDaemon]
 pytestmark = pytest.mark.slow  # a daemon per test
@@ -246,8 +247,8 @@ def test_ctl_upgrade_keeps_context_audits_and_survives_a_restart(
     assert daemon.plugin("svc")["pid"] == new_pid
 
     # The state file pins the version: a restart brings 2.0.0 back, although 3.0.0 is there now.
-    state = json.loads((ws.root / "data" / "loaded.json").read_text())
-    assert (state["loaded"], state["versions"]) == (["svc"], {"svc": "2.0.0"})
+    state = read_state(ws.root / "data" / "loaded.json")  # the base and its journal
+    assert (state.names, state.versions) == (["svc"], {"svc": "2.0.0"})
     ws.add(svc("3.0.0"))
     assert daemon.stop() == 0
     restarted = daemon_factory(ws)
@@ -258,8 +259,8 @@ def test_ctl_upgrade_keeps_context_audits_and_survives_a_restart(
     assert back.status_code == 200, back.text
     assert answered_by(restarted) == ["1.0.0"]
     assert restarted.api("POST", "/api/plugins/unload", {"plugin_name": "svc"}).status_code == 200
-    state = json.loads((ws.root / "data" / "loaded.json").read_text())
-    assert state["loaded"] == [] and "versions" not in state
+    state = read_state(ws.root / "data" / "loaded.json")
+    assert state.names == [] and state.versions == {}
     assert restarted.stop() == 0
 
 

@@ -67,3 +67,28 @@ def test_cgroup_counters_violations_and_oom_kill(hog, group):
     assert oom and oom[0].count >= 1
     assert group.usage().oom_kills >= 1
     assert mon.consecutive_violations("cg") == 2 and unloaded == []
+
+
+def test_counters_read_with_bare_syscalls_match_the_files(hog, group):
+    # The monitor reads cgroup files with os.open/os.read (cgroups._read_file): the same text as
+    # Path.read_text, a listing of many processes included (more than one read's worth).
+    h = hog()
+    group.attach(h.pid)
+    for d in dict.fromkeys(group.dirs.values()):
+        for entry in sorted(d.iterdir()):
+            if entry.is_file() and entry.stat().st_mode & 0o444 and entry.name.endswith(
+                    ("current", "usage", "usage_in_bytes", "max", "limit_in_bytes", "events",
+                     "oom_control", "procs")):
+                assert cgroups._read_file(str(entry)).split() == entry.read_text().split(), entry
+    assert group.pids() == [h.pid]
+    sample = sample_plugin(MonitoredPlugin("cg", h.pid, group, None))
+    assert sample is not None and sample.source == "cgroup"
+    assert sample.threads >= 1 and sample.fds >= 3
+
+
+def test_a_file_longer_than_one_read_is_read_whole(tmp_path):
+    big = tmp_path / "cgroup.procs"
+    big.write_text("".join(f"{pid}\n" for pid in range(100_000, 130_000)))  # ~210 kB
+    assert cgroups._read_file(str(big)) == big.read_text()
+    with pytest.raises(FileNotFoundError):
+        cgroups._read_file(str(tmp_path / "gone"))
