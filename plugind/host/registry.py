@@ -849,6 +849,8 @@ class PluginRegistry:
         path = Path(self.settings.plugins.state_file)
         found = await asyncio.to_thread(read_state, path)
         if found.problem is None:
+            if found.note is not None:
+                log.warning("%s", found.note)
             self._pins = dict(found.versions)
             return found.names
         aside = await asyncio.to_thread(keep_aside, path)

@@ -16,10 +16,14 @@ JSON record per line, each `{"op": "set"|"del", "name": ..., ["version": ...,] "
 with a checksum chained over the one before it, after a header naming the SHA-256 of the base it
 extends. An append is one write(2) and one fdatasync; every `max(64, N)` records the base is
 rewritten with everything (atomically) and the journal starts again (atomically), so N loads cost
-O(N) bytes and fsyncs in all, not O(N^2). Read strictly too: a journal that is empty, ends in a
-torn (unterminated) record, or holds a record that does not parse, breaks the chain, names an
-invalid plugin or version or removes a plugin it does not list, makes the whole state unreadable
-(load nothing, as for a bad base). A journal whose header names another base is stale (a
+O(N) bytes and fsyncs in all, not O(N^2). Read strictly too: a journal that is empty or holds a
+record that does not parse, breaks the chain, names an invalid plugin or version or removes a
+plugin it does not list, makes the whole state unreadable (load nothing, as for a bad base). The
+one exception is what a crash in the middle of an append leaves: an unterminated last record after
+whole ones. Its change was never acknowledged (the load or unload answers only after the
+fdatasync), so it is dropped and the state read as before it (`StateRead.note` says so, the daemon
+logs it, and the next write rewrites both files); any whole record that fails a check still makes
+the state unreadable. A journal whose header names another base is stale (a
 compaction was cut short after its new base was written; everything in it is in that base) and is
 ignored, as it is when there is no base at all. A clean shutdown folds the journal into the base.
 """
@@ -54,6 +58,7 @@ class StateRead:
     names: list[str] | None
     problem: str | None = None
     versions: dict[str, str] = field(default_factory=dict)  # pinned by an upgrade: name -> version
+    note: str | None = None  # something the reader dropped but the state is sound without (log it)
 
 
 # A version as it appears in a bundle's file name (NAME-VERSION.plugin); nothing path-like.
@@ -143,14 +148,17 @@ def _records(chain: str, changes: list[dict[str, object]]) -> tuple[bytes, str]:
 
 
 def apply_journal(raw: bytes, base_raw: bytes, names: list[str], pins: dict[str, str]
-                  ) -> tuple[list[str], dict[str, str], int] | None:
+                  ) -> tuple[list[str], dict[str, str], int, int] | None:
     """The names and pins after the journal `raw` on top of the base `base_raw` (which lists `names`
-    and `pins`), and how many records it held; None when the journal is stale (it extends another
-    base). Raises StateUnreadable saying what is wrong."""
+    and `pins`), how many records it held, and how many bytes of an unterminated last record (an
+    append a crash cut short: never acknowledged) it dropped; None when the journal is stale (it
+    extends another base). Raises StateUnreadable saying what is wrong."""
     if not raw:
         raise StateUnreadable("empty; truncated or overwritten?")
-    if not raw.endswith(b"\n"):
-        raise StateUnreadable("its last record is torn (no end of line); truncated?")
+    torn = len(raw) - (raw.rfind(b"\n") + 1)
+    if torn == len(raw):
+        raise StateUnreadable("no whole header (it is written whole); truncated?")
+    raw = raw[:len(raw) - torn]
     lines = raw[:-1].split(b"\n")
     try:
         head: Any = json.loads(lines[0])
@@ -196,7 +204,7 @@ def apply_journal(raw: bytes, base_raw: bytes, names: list[str], pins: dict[str,
             pinned.pop(name, None)
         else:
             pinned[name] = version
-    return list(order), pinned, len(lines) - 1
+    return list(order), pinned, len(lines) - 1, torn
 
 
 def read_state(path: Path) -> StateRead:
@@ -225,7 +233,11 @@ def read_state(path: Path) -> StateRead:
         return StateRead(None, f"state file {path} is unreadable: its journal {journal}: {exc}")
     if applied is None:
         return StateRead(names, versions=versions)
-    return StateRead(applied[0], versions=applied[1])
+    note = None
+    if applied[3]:
+        note = (f"state file {path}: its journal {journal} ends in a part-written record ({applied[3]} "
+                "bytes, an append a crash cut short; that change was never acknowledged): dropped")
+    return StateRead(applied[0], versions=applied[1], note=note)
 
 
 class StateWriter:

@@ -161,20 +161,33 @@ def journaled(tmp_path: Path) -> tuple[Path, bytes]:
     return path, journal_path(path).read_bytes()
 
 
-def test_a_torn_or_truncated_journal_is_unreadable_unless_cut_between_records(tmp_path: Path) -> None:
+def test_a_journal_cut_anywhere_after_its_header_reads_as_its_whole_records(tmp_path: Path) -> None:
     path, whole = journaled(tmp_path)
     assert read_state(path).names == ["b", "c"]
-    ends = {i + 1 for i, byte in enumerate(whole) if byte == ord("\n")}
+    ends = [i + 1 for i, byte in enumerate(whole) if byte == ord("\n")]
+    # The state after each whole record, as the journal cut right after it reads.
+    after = {}
+    for end in ends:
+        journal_path(path).write_bytes(whole[:end])
+        found = read_state(path)
+        assert found.names is not None and found.problem is None and found.note is None, end
+        after[end] = (found.names, found.versions)
+    assert len(set(map(repr, after.values()))) > 2  # the records do change the state
     for length in range(len(whole)):
         journal_path(path).write_bytes(whole[:length])
         found = read_state(path)
-        if length in ends:
-            # Whole records only: the state before the later ones, as after a crash before their
-            # append (no later change was acknowledged), the same as an older whole file today.
-            assert found.names is not None and found.problem is None, length
+        if length < ends[0]:  # empty, or no whole header: the header is written whole, atomically
+            assert found.names is None, length  # load nothing
+            assert found.problem is not None and "is unreadable: its journal" in found.problem, length
             continue
-        assert found.names is None, length  # load nothing
-        assert found.problem is not None and "is unreadable: its journal" in found.problem, length
+        # Whole records, then perhaps an append a crash cut short (never acknowledged): the state
+        # before that append, as after a crash before it; the part-written record is named.
+        whole_end = max(e for e in ends if e <= length)
+        assert (found.names, found.versions) == after[whole_end], length
+        assert found.problem is None, length
+        assert (found.note is None) == (length == whole_end), length
+        if found.note is not None:
+            assert f"part-written record ({length - whole_end} bytes" in found.note
 
 
 @pytest.mark.parametrize("where", [1, 2, 3])
