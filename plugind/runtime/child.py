@@ -415,6 +415,9 @@ _REHEARSAL = (
 )
 
 
+REHEARSAL_TIMEOUT_S = 2.0
+
+
 def rehearse() -> None:
     """In a spare child, before any plugin is handed to it: run once, on throwaway objects, what a
     plugin's start and first call run here (compiling and running a module that builds a `Plugin`,
@@ -427,6 +430,8 @@ def rehearse() -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError:
         return
+    for end in (ours, theirs):  # a bound: however it goes wrong, a rehearsal never holds a spare
+        end.settimeout(REHEARSAL_TIMEOUT_S)
     try:
         # The import machinery as load_plugin drives it: a finder for a directory, a spec, the
         # source read and compiled (this package's own small __init__, not run).
