@@ -133,6 +133,7 @@ class HookRegistry:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._by_plugin: dict[str, dict[str, _Handler]] = {}
+        self._load_order: dict[str, int] = {}  # plugin -> its place, kept by an upgrade (replace)
         self._order = itertools.count()
         # Told of every failed handler call (hook, plugin, outcome, message); must not raise or
         # block. The registry's `on_error` dispatcher (plugind.host.error_hooks) listens here.
@@ -143,29 +144,39 @@ class HookRegistry:
 
     def register(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
         """Add `plugin` as the handler of `hooks` (name -> priority). Re-registering replaces it."""
-        order = next(self._order)
+        order = self._load_order[plugin] = next(self._order)
+        old = self._by_plugin.get(plugin, {})
         self._by_plugin[plugin] = {
             hook: _Handler(plugin, int(priority), order, target, not _enforces_deadline(target))
             for hook, priority in hooks.items()
         }
-        self._ordered.clear()
+        self._forget_orders(old, hooks)
+
+    def _forget_orders(self, *hook_sets: Mapping[str, Any]) -> None:
+        # Only the run orders of the hooks a change touches: at 1,000 plugins, clearing them all on
+        # every load made each hook's next call scan and sort every plugin again.
+        for hooks in hook_sets:
+            for hook in hooks:
+                self._ordered.pop(hook, None)
 
     def replace(self, plugin: str, hooks: Mapping[str, int], target: HookTarget) -> None:
         """Make `target` the handler of `plugin`'s `hooks` in one step, keeping the plugin's place in
         the load order (an upgrade swaps versions). Calls that already picked their handlers keep
         them; every later call gets the new ones."""
         current = self._by_plugin.get(plugin)
-        order = next(iter(current.values())).order if current else next(self._order)
+        order = self._load_order.get(plugin)
+        if order is None:  # (even one that handles no hook has its place)
+            order = self._load_order[plugin] = next(self._order)
         self._by_plugin[plugin] = {
             hook: _Handler(plugin, int(priority), order, target, not _enforces_deadline(target))
             for hook, priority in hooks.items()
         }
-        self._ordered.clear()  # the cached run order holds the old version's handlers
+        self._forget_orders(current or {}, hooks)  # their cached run orders hold the old version
 
     def unregister(self, plugin: str) -> None:
         """Forget every hook of `plugin` (no error if it had none)."""
-        self._by_plugin.pop(plugin, None)
-        self._ordered.clear()
+        self._load_order.pop(plugin, None)
+        self._forget_orders(self._by_plugin.pop(plugin, {}))
 
     def handlers(self, hook: str) -> list[tuple[str, int]]:
         """(plugin, priority) of every handler of `hook`, in the order they run."""

@@ -10,6 +10,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from plugind.config import Settings
 from plugind.errors import HookFailed, HookTimeout, PluginCrashed
@@ -259,3 +261,42 @@ def test_handler_order_follows_every_registration() -> None:
     reg.register("a", {"other": 0}, Target("a"))  # re-registered without h
     assert run(reg.execute("h", {"x": 1})).data == {"x": 1}
     assert reg.handlers("h") == []
+
+
+@given(st.lists(st.tuples(st.sampled_from(["register", "replace", "unregister"]),
+                          st.sampled_from(["p0", "p1", "p2", "p3"]),
+                          st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(-2, 2), max_size=3)),
+                max_size=25))
+# A plugin that handled no hook, then upgraded to one that does, keeps its place.
+@example([("register", "p1", {}), ("register", "p0", {"a": 0}), ("replace", "p1", {"a": 0})])
+@settings(max_examples=200, deadline=None)
+def test_run_orders_stay_right_whatever_the_registrations(
+    steps: list[tuple[str, str, dict[str, int]]],
+) -> None:
+    # Each hook's run order is cached and only the orders a change touches are dropped: after any
+    # sequence of (re)registrations, upgrades and unloads, every hook runs exactly the handlers a
+    # fresh registry would, in the same order (priority, then load order; an upgrade keeps its place).
+    reg = registry()
+    model: dict[str, tuple[int, dict[str, int]]] = {}  # plugin -> (load order, hooks)
+    loads = 0
+    for op, plugin, hooks in steps:
+        for hook in ("a", "b", "c"):
+            reg.handlers(hook)  # fill the cache between changes, as calls do
+        if op == "unregister":
+            reg.unregister(plugin)
+            model.pop(plugin, None)
+            continue
+        target = Target(plugin)
+        if op == "replace" and plugin in model:
+            reg.replace(plugin, hooks, target)
+            model[plugin] = (model[plugin][0], hooks)
+        else:
+            (reg.replace if op == "replace" else reg.register)(plugin, hooks, target)
+            loads += 1
+            model[plugin] = (loads, hooks)
+        for hook in ("a", "b", "c"):
+            want = sorted(((p, h[hook], o) for p, (o, h) in model.items() if hook in h),
+                          key=lambda x: (-x[1], x[2]))
+            assert reg.handlers(hook) == [(p, prio) for p, prio, _ in want], (hook, steps)
+    for hook in ("a", "b", "c"):
+        assert {h.plugin for h in reg._handlers(hook)} == {p for p, (_, h) in model.items() if hook in h}
