@@ -805,21 +805,18 @@ class Supervisor:
         clean = status.code == 0 and inc.violation is None and inc.hung is None
         if status.oom_killed:
             self._emit("oom_killed", {"pid": inc.pid})
-        if self._host_stopping:
+        if self._host_stopping:  # part of the stop (see host_stopping): not a crash, no restart
             log.info("plugin %s exited while plugind stops (%s)", self.name, how, extra={"plugin": self.name})
-            self._inc = None
-            self.pid = None
-            self.state = "stopped"
-            self._end_heartbeat()
-            return
-        if not clean:
+            clean = True
+        elif not clean:
             self.last_error = self.last_error if inc.violation else (inc.hung or how)
             detail = {"pid": inc.pid, "exit_code": status.code, "signal": status.signal,
                       "reason": self.last_error}
             if syscall is not None:
                 detail["syscall"] = syscall
             self._emit("crashed", detail)
-        if self.restart_policy == "always" or (self.restart_policy == "on-failure" and not clean):
+        if not self._host_stopping and (self.restart_policy == "always"
+                                        or (self.restart_policy == "on-failure" and not clean)):
             self._restart_task = asyncio.create_task(self._restart_loop(), name=f"restart-{self.name}")
         else:
             self._inc = None

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 from cgroup_host import session_parent
-from conftest import TOKEN, RunningDaemon, alive, free_port
+from conftest import TOKEN, RunningDaemon, _is_spare, alive, free_port
 from kit import REPO, Workspace, plugin_source
 from scenarios import echo
 
@@ -375,8 +375,8 @@ def test_sigterm_to_every_process_of_the_unit_stops_cleanly(ws: Workspace, daemo
     assert daemon.cgroup is not None
     groups = daemon.cgroup.plugin_dirs("boxed")
     assert groups
-    time.sleep(0.3)  # the fork-server forks its spare meanwhile: it gets the signal too
-    procs = [psutil.Process(daemon.proc.pid), *daemon.tree()]
+    spares = _spares(daemon, not_pid=daemon.plugin("boxed")["pid"])  # they get the signal too
+    procs = [psutil.Process(daemon.proc.pid), *daemon.tree(), *spares]
     assert len(procs) >= 3, procs  # the daemon, its fork-server(s), the plugin
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -419,13 +419,7 @@ def test_a_unit_without_cap_sys_nice_still_gets_its_plugins_served_by_spares(
     assert not int(status.split("CapEff:\t")[1].split()[0], 16) & (1 << prctl.CAP_SYS_NICE)
     assert daemon.api("POST", "/api/plugins/load", {"plugin_name": "alpha"}).status_code == 200
     first = daemon.plugin("alpha")["pid"]
-    deadline = time.monotonic() + 30  # a bound against a hang: the spare is forked 5 ms after
-    spares: list[psutil.Process] = []
-    while not spares and time.monotonic() < deadline:
-        daemon.tree()  # (which leaves spares out, but records them)
-        spares = [p for p in psutil.Process(daemon.proc.pid).children(recursive=True)
-                  if p.pid != first and _comm(p) == "plugind-spare"]
-        time.sleep(0.01)
+    spares = _spares(daemon, not_pid=first)
     assert len(spares) == 1, daemon.log()
     spare = spares[0].pid
     assert _nice(spare) == 0
@@ -440,11 +434,17 @@ def test_a_unit_without_cap_sys_nice_still_gets_its_plugins_served_by_spares(
     assert daemon.stop() == 0
 
 
-def _comm(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.Error:
-        return ""
+def _spares(daemon: RunningDaemon, not_pid: int) -> list[psutil.Process]:
+    """The fork-servers' spare children once there is one (forked 5 ms after a spawn; 30 s is a
+    bound against a hang, not a pace); `daemon.tree()` leaves them out."""
+    deadline = time.monotonic() + 30
+    while True:
+        daemon.tree()  # (which records them)
+        found = [p for p in psutil.Process(daemon.proc.pid).children(recursive=True)
+                 if p.pid != not_pid and _is_spare(p)]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.01)
 
 
 def test_systemd_watchdog_pings(ws: Workspace, daemon_factory: Factory) -> None:
