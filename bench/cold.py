@@ -1,6 +1,7 @@
 """Benchmark: `POST /api/plugins/load` -> first REST hook answer, for one plugin, with a breakdown.
 
     .venv/bin/python bench/cold.py [--loads 20] [--sandbox] [--strace FILE] [--against CHECKOUT] [--gap S]
+                                   [--client lean|httpx]
 
 Starts `plugind serve` (the integration tests' workspace: a real signed and trusted echo bundle,
 real verification, extraction, state file and audit log), then times `--loads` cycles of unload,
@@ -11,7 +12,10 @@ phases are read off the syscalls in that file (strace slows each traced call: re
 its total). With `--against CHECKOUT` (another checkout of plugind, e.g. `git archive BASE | tar -x
 -C DIR`), a second daemon runs that code and the loads alternate between the two, one by one: an A/B
 that a shared machine's noise hits alike. `--gap S` waits S seconds before each load (an operator's
-loads come one at a time, not back to back).
+loads come one at a time, not back to back). `--client` picks the measuring client: `lean`
+(default; `http.client` on one keep-alive connection, bench/lean.py, as bench/peers.py's REST rows)
+or `httpx` (the tests' client, whose own Python costs ~0.5-0.8 ms per request on the machine's CPUs
+and ~1.5-2 ms of every figure here).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from conftest import reap, start  # noqa: E402
 from kit import Workspace, plugin_source  # noqa: E402
+from lean import LeanClient  # noqa: E402
 
 TRACED = ("read,write,openat,fsync,fdatasync,rename,renameat2,mkdir,clone,clone3,unshare,mount,"
           "pivot_root,umount2,seccomp,execve,sendmsg,recvmsg,sendto,recvfrom,accept4,exit_group,"
@@ -44,7 +49,8 @@ TRACED = ("read,write,openat,fsync,fdatasync,rename,renameat2,mkdir,clone,clone3
 class Rig:
     """One daemon (the code at `checkout`, this one by default) with an echo plugin."""
 
-    def __init__(self, tmp: Path, sandbox: bool, checkout: Path | None = None) -> None:
+    def __init__(self, tmp: Path, sandbox: bool, checkout: Path | None = None,
+                 client: str = "lean") -> None:
         self.ws = Workspace(tmp, sandboxing=sandbox, auto_load=False)
         self.parent = f"/plugind-bench-cold-{os.getpid()}-{tmp.name}"
         self.sandbox = sandbox
@@ -54,18 +60,27 @@ class Rig:
         self.daemon = start(self.ws, env={"PYTHONPATH": str(checkout)} if checkout else None)
         threading.Thread(target=_drain, args=(self.daemon,), daemon=True).start()
         self.client = self.daemon.client()
+        self.lean = LeanClient(self.daemon.port) if client == "lean" else None
         self.reply: list[float] = []
         self.first: list[float] = []
 
     def cycle(self, keep: bool = True) -> tuple[float, float]:
-        client = self.client
         t0 = time.perf_counter()
-        r = client.post("/api/plugins/load", json={"plugin_name": "echo"})
-        t1 = time.perf_counter()
-        assert r.status_code == 200, r.text
-        r = client.post("/api/hooks/echo/execute", json={"data": {"x": 1}})
-        t2 = time.perf_counter()
-        assert r.status_code == 200 and r.json()["success"], r.text
+        if self.lean is not None:
+            status, body = self.lean.post("/api/plugins/load", {"plugin_name": "echo"})
+            t1 = time.perf_counter()
+            assert status == 200, body
+            status, body = self.lean.post("/api/hooks/echo/execute", {"data": {"x": 1}})
+            t2 = time.perf_counter()
+            assert status == 200 and body["success"], body
+        else:
+            r = self.client.post("/api/plugins/load", json={"plugin_name": "echo"})
+            t1 = time.perf_counter()
+            assert r.status_code == 200, r.text
+            r = self.client.post("/api/hooks/echo/execute", json={"data": {"x": 1}})
+            t2 = time.perf_counter()
+            assert r.status_code == 200 and r.json()["success"], r.text
+        client = self.client
         pid = int(client.get("/api/plugins/echo").json()["pid"])
         self.daemon.seen_pids.add(pid)
         r = client.post("/api/plugins/unload", json={"plugin_name": "echo"})
@@ -82,6 +97,8 @@ class Rig:
 
     def close(self) -> None:
         self.client.close()
+        if self.lean is not None:
+            self.lean.close()
         try:
             assert self.daemon.stop() == 0
         finally:
@@ -93,16 +110,16 @@ class Rig:
 
 
 def run(loads: int, sandbox: bool, trace: Path | None, against: Path | None,
-        gap: float = 0.0) -> None:
-    label = "sandboxed" if sandbox else "unsandboxed"
+        gap: float = 0.0, client: str = "lean") -> None:
+    label = f"{'sandboxed' if sandbox else 'unsandboxed'} ({client} client)"
     with tempfile.TemporaryDirectory(prefix="plugind-bench-cold-") as tmp:
         rigs = []
         try:
             (Path(tmp) / "this").mkdir()
-            rigs.append(Rig(Path(tmp) / "this", sandbox))
+            rigs.append(Rig(Path(tmp) / "this", sandbox, client=client))
             if against is not None:
                 (Path(tmp) / "other").mkdir()
-                rigs.append(Rig(Path(tmp) / "other", sandbox, against))
+                rigs.append(Rig(Path(tmp) / "other", sandbox, against, client=client))
             for rig in rigs:
                 rig.cycle(keep=False)  # the first load extracts the tree; the rest reuse it
             for _ in range(loads):
@@ -151,10 +168,12 @@ def main() -> int:
     parser.add_argument("--strace", type=Path, default=None)
     parser.add_argument("--gap", type=float, default=0.0, help="seconds to wait before each load")
     parser.add_argument("--against", type=Path, default=None, help="another checkout to A/B against")
+    parser.add_argument("--client", choices=("lean", "httpx"), default="lean",
+                        help="the measuring client (default lean: http.client, keep-alive)")
     args = parser.parse_args()
     if args.strace is not None and shutil.which("strace") is None:
         parser.error("--strace needs strace installed")
-    run(args.loads, args.sandbox, args.strace, args.against, args.gap)
+    run(args.loads, args.sandbox, args.strace, args.against, args.gap, args.client)
     return 0
 
 
