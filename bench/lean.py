@@ -25,7 +25,7 @@ class LeanClient:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """(status, decoded JSON body) of one request."""
+        """(status, decoded JSON body, or its text when it is not JSON) of one request."""
         payload = json.dumps(body).encode() if body is not None else None
         for attempt in (0, 1):
             try:
@@ -37,7 +37,10 @@ class LeanClient:
                 self.conn.close()
                 if attempt:
                     raise
-        return reply.status, json.loads(text) if text else None
+        try:
+            return reply.status, json.loads(text) if text else None
+        except ValueError:  # not JSON (a proxy's or a crash's page): the text, for the message
+            return reply.status, text.decode(errors="replace")
 
     def post(self, path: str, body: Any) -> tuple[int, Any]:
         return self.request("POST", path, body)

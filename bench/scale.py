@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -53,6 +54,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 from conftest import reap, start  # noqa: E402
 from kit import Workspace, plugin_source  # noqa: E402
+from lean import LeanClient  # noqa: E402
 
 SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
 
@@ -60,6 +62,14 @@ SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n
 def pct(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def machine_cpu() -> dict[str, int]:
+    """The machine's CPU time so far by kind (clock ticks, all CPUs), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return {"user": user + nice, "system": system + irq + softirq + steal, "idle": idle,
+            "iowait": iowait}
 
 
 def mem_available_mb() -> float:
@@ -197,12 +207,14 @@ def main() -> int:
             servers = dproc.children()  # the fork-servers (the plugins are their children)
             cpu_daemon0 = cpu_seconds(dproc)
             cpu_servers0 = sum(cpu_seconds(k) for k in servers)
+            stat0, self0 = machine_cpu(), resource.getrusage(resource.RUSAGE_SELF)
             t_load = time.perf_counter()
             deadline = time.monotonic() + args.time_limit
 
             def loader() -> None:
                 nonlocal stop_reason
-                with daemon.client() as c:
+                c = LeanClient(daemon.port)  # http.client: ~0.2 ms of CPU per request, httpx ~0.8
+                try:
                     while True:
                         with lock:
                             if stop_reason is not None:
@@ -220,12 +232,14 @@ def main() -> int:
                                     f"memory: MemAvailable under {args.min_free_mb:.0f} MiB "
                                     f"(the safety floor for a shared machine)")
                             return
-                        r = c.post("/api/plugins/load", json={"plugin_name": name})
+                        status, body = c.post("/api/plugins/load", {"plugin_name": name})
                         with lock:
-                            if r.status_code == 200:
+                            if status == 200:
                                 loaded.append(name)
                             elif stop_reason is None:
-                                stop_reason = f"load of {name} refused: {r.status_code} {r.text[:300]}"
+                                stop_reason = f"load of {name} refused: {status} {str(body)[:300]}"
+                finally:
+                    c.close()
 
             threads = [threading.Thread(target=loader) for _ in range(args.clients)]
             for t in threads:
@@ -233,6 +247,7 @@ def main() -> int:
             for t in threads:
                 t.join()
             load_s = time.perf_counter() - t_load
+            stat1, self1 = machine_cpu(), resource.getrusage(resource.RUSAGE_SELF)
             n = len(loaded)
             cpu_daemon = cpu_seconds(dproc) - cpu_daemon0
             cpu_servers = sum(cpu_seconds(k) for k in servers) - cpu_servers0
@@ -247,6 +262,15 @@ def main() -> int:
             print(f"CPU per load: daemon {cpu_daemon / per * 1e3:.1f} ms, fork-servers "
                   f"{cpu_servers / per * 1e3:.1f} ms ({len(servers)} of them), the plugin "
                   f"{cpu_plugins / max(len(plugin_procs), 1) * 1e3:.1f} ms")
+            # What bounds the load time on a small machine: how busy all of it was meanwhile, and
+            # what the loading clients (this process) took of it.
+            busy = {k: (stat1[k] - stat0[k]) for k in stat0}
+            total = sum(busy.values()) or 1
+            clients = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+            print(f"the machine while loading: {100 * (total - busy['idle'] - busy['iowait']) / total:.0f}% "
+                  f"busy ({100 * busy['user'] / total:.0f}% user, {100 * busy['system'] / total:.0f}% "
+                  f"system, {100 * busy['iowait'] / total:.0f}% iowait) of {os.cpu_count()} CPUs; the "
+                  f"loading clients (this process) {clients / per * 1e3:.1f} ms CPU per load")
 
             with daemon.client() as client, ref.client() as ref_client:
                 # Every plugin answers once: each has its hook series in /metrics, as in use.
