@@ -1,4 +1,5 @@
-"""`POST /api/hooks/{hook}/execute` without FastAPI's per-request machinery.
+"""`POST /api/hooks/{hook}/execute`, and `POST /api/plugins/load` and `/unload`, without FastAPI's
+per-request machinery.
 
 The hook call is the API's hot path: FastAPI's routing, dependency solving, request and response
 models and the layers of middleware cost the daemon several times what the hook call itself does
@@ -23,7 +24,13 @@ contract cannot drift:
 With httptools the edge protocol runs `hook_of`, `call_of` and `answer` itself, without making the
 call an ASGI request (plugind/api/edge.py, `GuardedHttpToolsProtocol`).
 
-The route stays registered in FastAPI, so the OpenAPI schema lists it and the fallback serves it.
+A load or unload (`action_of`, `parse_name`, `act`) is taken the same way: the same header checks,
+a body that is exactly a valid `PluginNameRequest`, the registry's `load_plugin` or `unload_plugin`
+as the routes call it, their reply (`load_reply`, `unload_reply`: one source for both), the same error
+mapping; anything else is FastAPI's. These go through the ASGI layer only (not the edge protocol):
+a load's own work dwarfs the cost of an ASGI request, not FastAPI's ~0.7 ms in front of it.
+
+The routes stay registered in FastAPI, so the OpenAPI schema lists them and the fallback serves them.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugind.api.auth import BearerAuth
 from plugind.api.routes.hooks import redact_errors, reply_of
-from plugind.api.schemas import HOOK_PATTERN, MAX_HOOK_TIMEOUT_S
+from plugind.api.routes.plugins import load_reply, unload_reply
+from plugind.api.schemas import HOOK_PATTERN, MAX_HOOK_TIMEOUT_S, NAME_PATTERN
 from plugind.config import Settings
 from plugind.host.hooks import HookResult
 from plugind.host.poll import LOOP_POLLING
@@ -48,8 +56,12 @@ log = logging.getLogger("plugind.api")
 
 PREFIX = "/api/hooks/"
 SUFFIX = "/execute"
+# The plugin actions answered here too: a load's or unload's own work is the same either way, but
+# FastAPI's layers added ~0.7 ms to each (bench/cold.py, from the request to the registry's call).
+ACTIONS = {"/api/plugins/load": "load", "/api/plugins/unload": "unload"}
 # As HOOK_PATTERN, matched whole (`$` would let a trailing newline through; FastAPI's check would not).
 _HOOK = re.compile(HOOK_PATTERN.removeprefix("^").removesuffix("$"))
+_NAME = re.compile(NAME_PATTERN.removeprefix("^").removesuffix("$"))
 _POLICIES = frozenset(("chain", "until_error", "all"))
 _FIELDS = frozenset(("data", "policy", "timeout_s"))
 _JSON_TYPES = (b"application/json", b"application/json; charset=utf-8")
@@ -77,6 +89,21 @@ def parse_request(body: bytes) -> tuple[Any, str, float | None] | None:
             return None
         timeout = float(timeout)
     return value.get("data"), policy, timeout
+
+
+def parse_name(body: bytes) -> str | None:
+    """The plugin name of a body `PluginNameRequest` takes as it is (UTF-8 JSON, `{"plugin_name":
+    NAME}` and nothing else, NAME on the pattern), or None (any doubt: FastAPI decides)."""
+    try:
+        value = _loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(value) is not dict or len(value) != 1:
+        return None
+    name = value.get("plugin_name")
+    if type(name) is not str or _NAME.fullmatch(name) is None:
+        return None
+    return name
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:
@@ -159,6 +186,23 @@ class HookFastPath:
         if not path.startswith(PREFIX) or not path.endswith(SUFFIX):
             return None
         hook = path[len(PREFIX) : -len(SUFFIX)]
+        if _HOOK.fullmatch(hook) is None or not self._admits(scope):
+            return None
+        return hook
+
+    def action_of(self, scope: Scope) -> str | None:
+        """"load" or "unload" for a request (an http scope) to that route that may be answered here
+        once its body is read (POST, JSON, within the body limit, the right bearer token); None:
+        FastAPI's to answer."""
+        if scope.get("method") != "POST":
+            return None
+        action = ACTIONS.get(scope.get("path", ""))
+        if action is None or not self._admits(scope):
+            return None
+        return action
+
+    def _admits(self, scope: Scope) -> bool:
+        # A JSON content type, a Content-Length within the body limit, the right bearer token.
         authorization = ""
         content_type = b""
         declared = -1
@@ -173,14 +217,11 @@ class HookFastPath:
                     declared = int(value)
                 except ValueError:
                     declared = self.max_bytes + 1  # BodyLimit's 400
-        if (
-            declared > self.max_bytes
-            or content_type.lower() not in _JSON_TYPES
-            or _HOOK.fullmatch(hook) is None
-            or not self.auth.accepts(authorization)
-        ):
-            return None
-        return hook
+        return (
+            declared <= self.max_bytes
+            and content_type.lower() in _JSON_TYPES
+            and self.auth.accepts(authorization)
+        )
 
     def call_of(self, body: bytes) -> tuple[Any, str, float | None] | None:
         """(data, policy, timeout_s) of a body with nothing to refuse (not over the body limit, a
@@ -207,9 +248,26 @@ class HookFastPath:
             code, answer = self.error_reply("POST", path, exc)
             return code, _dumps(answer).encode("utf-8")
 
+    async def act(self, action: str, name: str, path: str) -> tuple[int, bytes]:
+        """Load or unload `name` as the FastAPI routes do; the status and JSON body of the reply
+        (ActionReply's without its unset fields, or the error reply FastAPI's handlers give)."""
+        try:
+            if action == "load":
+                reply = load_reply(await self.registry.load_plugin(name))
+            else:
+                reply = unload_reply(self.registry, name, await self.registry.unload_plugin(name))
+            return 200, _dumps(reply.model_dump(exclude_none=True)).encode("utf-8")
+        except Exception as exc:  # as FastAPI's handlers: a PluginError's status and label, else 500
+            code, answer = self.error_reply("POST", path, exc)
+            return code, _dumps(answer).encode("utf-8")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hook = self.hook_of(scope) if scope["type"] == "http" else None
-        if hook is None:
+        hook = action = None
+        if scope["type"] == "http":
+            hook = self.hook_of(scope)
+            if hook is None:
+                action = self.action_of(scope)
+        if hook is None and action is None:
             await self.app(scope, receive, send)
             return
         # The body, bounded as BodyLimit bounds it.
@@ -227,11 +285,18 @@ class HookFastPath:
             if size > self.max_bytes and more:
                 break
         body = b"".join(chunks)
-        call = None if more else self.call_of(body)
-        if call is None:
-            await self.app(scope, _replay(chunks, more, receive), send)
-            return
-        code, payload = await self.answer(hook, call, scope["path"])
+        if hook is not None:
+            call = None if more else self.call_of(body)
+            if call is None:
+                await self.app(scope, _replay(chunks, more, receive), send)
+                return
+            code, payload = await self.answer(hook, call, scope["path"])
+        else:
+            name = None if more or len(body) > self.max_bytes else parse_name(body)
+            if name is None or action is None:
+                await self.app(scope, _replay(chunks, more, receive), send)
+                return
+            code, payload = await self.act(action, name, scope["path"])
         await send(
             {
                 "type": "http.response.start",
@@ -254,4 +319,4 @@ def _replay(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
     return replay
 
 
-__all__ = ["HookFastPath", "encode_reply", "encode_result", "parse_request"]
+__all__ = ["HookFastPath", "encode_reply", "encode_result", "parse_name", "parse_request"]

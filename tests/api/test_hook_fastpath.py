@@ -29,7 +29,7 @@ from integration.kit import Workspace, plugin_source
 
 from plugind.api import edge
 from plugind.api.app import create_app
-from plugind.api.fastpath import HookFastPath, encode_reply, encode_result, parse_request
+from plugind.api.fastpath import HookFastPath, encode_reply, encode_result, parse_name, parse_request
 from plugind.api.routes.hooks import reply_of
 from plugind.config import Settings
 from plugind.errors import PluginError
@@ -568,3 +568,100 @@ def test_a_rest_call_does_not_make_the_loop_poll(ws: Workspace, parser: str, fas
                 assert asked == [window]  # the same plugin, called as a library: polled for
 
     asyncio.run(main())
+
+
+LOAD, UNLOAD = "/api/plugins/load", "/api/plugins/unload"
+# (name, path, raw body, extra headers, handled by the fast path?, echo loaded before?)
+ACTION_CASES: list[tuple[str, str, bytes, dict[str, str], bool, bool]] = [
+    ("load", LOAD, b'{"plugin_name": "echo"}', {}, True, False),
+    ("load, already loaded", LOAD, b'{"plugin_name": "echo"}', {}, True, True),
+    ("load, unknown plugin", LOAD, b'{"plugin_name": "nobody"}', {}, True, False),
+    ("load, charset", LOAD, b'{"plugin_name":"echo"}', {"content-type": "application/json; charset=utf-8"},
+     True, False),
+    ("load, a name given twice", LOAD, b'{"plugin_name": "x", "plugin_name": "echo"}', {}, True, False),
+    ("unload", UNLOAD, b'{"plugin_name": "echo"}', {}, True, True),
+    ("unload, not loaded", UNLOAD, b'{"plugin_name": "echo"}', {}, True, False),
+    ("unload, unknown plugin", UNLOAD, b'{"plugin_name": "nobody"}', {}, True, False),
+    # Everything below is FastAPI's to answer.
+    ("load, no token", LOAD, b'{"plugin_name": "echo"}', {"Authorization": ""}, False, False),
+    ("unload, wrong token", UNLOAD, b'{"plugin_name": "echo"}', {"Authorization": "Bearer " + "x" * 27},
+     False, True),
+    ("load, extra field", LOAD, b'{"plugin_name": "echo", "x": 1}', {}, False, False),
+    ("load, no name", LOAD, b"{}", {}, False, False),
+    ("load, a path for a name", LOAD, b'{"plugin_name": "../echo"}', {}, False, False),
+    ("load, a newline after the name", LOAD, b'{"plugin_name": "echo\\n"}', {}, False, False),
+    ("load, a name too long", LOAD, json.dumps({"plugin_name": "e" * 64}).encode(), {}, False, False),
+    ("load, a name that is not a string", LOAD, b'{"plugin_name": 5}', {}, False, False),
+    ("unload, null", UNLOAD, b"null", {}, False, True),
+    ("unload, a list", UNLOAD, b'["echo"]', {}, False, True),
+    ("load, malformed JSON", LOAD, b'{"plugin_name": ', {}, False, False),
+    ("load, UTF-16", LOAD, '{"plugin_name": "echo"}'.encode("utf-16"), {}, False, False),
+    ("load, empty body", LOAD, b"", {}, False, False),
+    ("load, text body", LOAD, b'{"plugin_name": "echo"}', {"content-type": "text/plain"}, False, False),
+    ("load, oversized", LOAD, b'{"plugin_name": "' + b"e" * 1_100_000 + b'"}', {}, False, False),
+]
+
+
+def comparable_action(reply: httpx.Response) -> tuple[int, str, str, Any]:
+    # A load's message quotes the pid of the plugin it started: not the same twice.
+    return (reply.status_code, reply.headers.get("content-type", ""),
+            reply.headers.get("content-length", ""), json.loads(re.sub(r"pid \d+", "pid N", reply.text)))
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_loads_and_unloads_answered_as_fastapi_does(ws: Workspace, parser: str) -> None:
+    """POST /api/plugins/load and /unload through the fast path and through FastAPI alone, from the
+    same state each time: the same status, headers and body (the pid in a load's message aside), and
+    the same state after; the fast path answers exactly the requests with nothing to refuse."""
+    ws.add(plugin_source("echo", {"echo": (0, "return data")}))
+
+    async def main() -> None:
+        async with serve_both(ws, parser) as (fast_app, fast_srv, slow_srv), \
+                httpx.AsyncClient(base_url=fast_srv.url, timeout=30) as fast, \
+                httpx.AsyncClient(base_url=slow_srv.url, timeout=30) as slow:
+            registry = fast_layer(fast_app).registry
+            fallback = Counting(fast_layer(fast_app).app)
+            fast_layer(fast_app).app = fallback
+
+            async def put(loaded: bool) -> None:
+                if loaded and registry.get_plugin("echo") is None:
+                    await registry.load_plugin("echo")
+                elif not loaded and registry.get_plugin("echo") is not None:
+                    await registry.unload_plugin("echo")
+
+            for name, path, body, extra, handled, before in ACTION_CASES:
+                headers = {k: v for k, v in {**AUTH, **JSON, **extra}.items() if v}
+                replies, after = [], []
+                for client in (fast, slow):
+                    await put(before)
+                    calls = fallback.calls
+                    replies.append(await client.post(path, content=body, headers=headers))
+                    after.append(registry.get_plugin("echo") is not None)
+                    if client is fast:
+                        assert (fallback.calls == calls) is handled, name
+                a, b = replies
+                assert comparable_action(a) == comparable_action(b), name
+                assert after[0] == after[1], name
+                if handled:
+                    assert a.json()["success"] is (a.status_code == 200), name
+            await put(False)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"plugin_name": "echo"}', "echo"),
+        (b' {"plugin_name":"a-b_9"} ', "a-b_9"),
+        (b'{"plugin_name": "Echo"}', None),
+        (b'{"plugin_name": "echo", "version": "1"}', None),
+        (b'{"plugin_name": null}', None),
+        (b'{"plugin_name": "\\u0065cho"}', "echo"),
+        (b'{"plugin_name": "ech\\u00f6"}', None),
+        (b"\xff", None),
+        (b"[]", None),
+    ],
+)
+def test_what_the_fast_path_takes_as_a_plugin_name(body: bytes, expected: str | None) -> None:
+    assert parse_name(body) == expected

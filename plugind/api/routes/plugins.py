@@ -21,7 +21,7 @@ from plugind.api.schemas import (
     UpgradeRequest,
 )
 from plugind.errors import NotLoaded
-from plugind.host.registry import PluginRegistry
+from plugind.host.registry import LoadedPlugin, PluginRegistry
 
 router = APIRouter(tags=["plugins"])
 
@@ -117,11 +117,7 @@ async def plugin_metrics(request: Request, name: str = NamePath) -> PluginMetric
 async def load(request: Request, body: PluginNameRequest) -> ActionReply:
     """Load a scanned plugin by name. 404 unknown, 403 untrusted, 409 loaded, 500 failed init, 503
     when the state file cannot be written (the load is rolled back: the plugin does not run)."""
-    loaded = await _deps.registry(request).load_plugin(body.plugin_name)
-    return ActionReply(
-        success=True,
-        message=f"loaded {loaded.name} {loaded.version} (pid {loaded.supervisor.pid})",
-    )
+    return load_reply(await _deps.registry(request).load_plugin(body.plugin_name))
 
 
 @router.post("/plugins/unload", response_model=ActionReply, response_model_exclude_none=True,
@@ -130,9 +126,22 @@ async def unload(request: Request, body: PluginNameRequest) -> ActionReply:
     """Unload a plugin: it stops, and is no longer loaded at start. 409 when it is neither loaded
     nor wanted (a wanted plugin whose load failed is only forgotten). When the state file cannot
     be written the unload stands: 200 with a `warning`."""
-    name = body.plugin_name
     reg = _deps.registry(request)
-    if await reg.unload_plugin(name):
+    return unload_reply(reg, body.plugin_name, await reg.unload_plugin(body.plugin_name))
+
+
+def load_reply(loaded: LoadedPlugin) -> ActionReply:
+    """The reply to a load that succeeded (here and in plugind/api/fastpath.py)."""
+    return ActionReply(
+        success=True,
+        message=f"loaded {loaded.name} {loaded.version} (pid {loaded.supervisor.pid})",
+    )
+
+
+def unload_reply(reg: PluginRegistry, name: str, stopped: bool) -> ActionReply:
+    """The reply to an unload of `name` (`stopped`: it was running) once it is done (here and in
+    plugind/api/fastpath.py)."""
+    if stopped:
         message = f"unloaded {name}"
     else:
         message = f"{name} was not running (its load had failed); it is no longer loaded at start"
