@@ -13,10 +13,13 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import ConfigError, SandboxError
+from plugind.names import PLUGIN_NAME_RE
+
+if TYPE_CHECKING:  # the fork-server imports this module: no pydantic in its heap (plugind.names)
+    from plugind.config import Settings
 
 MIB = 1024 * 1024
 NAMESPACES = ("mount", "pid", "ipc", "uts", "net")
