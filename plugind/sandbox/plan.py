@@ -164,7 +164,7 @@ def _validate(plan: SandboxPlan) -> None:
     if not parts or any(p in (".", "..") for p in parts):
         raise SandboxError(f"invalid cgroup parent {plan.cgroup_parent!r}", step="plan")
     for b in plan.binds:
-        if not os.path.isabs(b.target) or ".." in Path(b.target).parts:
+        if not os.path.isabs(b.target) or ".." in b.target.split("/"):
             raise SandboxError(f"bind target must be absolute without '..': {b.target!r}", step="plan")
 
 
