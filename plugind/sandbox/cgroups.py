@@ -493,7 +493,8 @@ def apply_limits(handle: CgroupHandle, limits: CgroupLimits) -> None:
     gaps = []
     for controller, fname, value in v1_settings(limits):
         d = dirs.get(controller)
-        if d is None or not (d / fname).exists():
+        path = f"{d}/{fname}"
+        if d is None or not os.path.exists(path):
             if fname in BEST_EFFORT:  # no BFQ scheduler, no swap accounting
                 if gap := _gap(fname):
                     gaps.append(gap)
@@ -503,7 +504,7 @@ def apply_limits(handle: CgroupHandle, limits: CgroupLimits) -> None:
                 step="cgroup",
                 detail=f"open({d}/{fname}): ENOENT",
             )
-        _write(d / fname, value)
+        _write(path, value)
     handle.gaps = tuple(gaps)
 
 
