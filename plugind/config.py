@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from plugind.errors import ConfigError, PluginError
+from plugind.names import PLUGIN_NAME_RE
 
 DEFAULT_CONFIG_PATH = Path("config/plugins.toml")
-PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 

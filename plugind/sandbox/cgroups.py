@@ -214,10 +214,15 @@ class CgroupUsage:
     oom_kills: int
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: Path | str, value: str) -> None:
+    # open(path, "w") in bare syscalls (the fork-server writes about a dozen of these per sandboxed
+    # spawn): no text wrapper, codec or buffer objects.
     try:
-        with open(path, "w") as f:
-            f.write(value)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise SandboxError(
             f"cannot write {value!r} to {path}: {exc.strerror}",
@@ -272,7 +277,7 @@ class CgroupHandle:
     def attach(self, pid: int) -> None:
         """Move `pid` into the group (every controller). Raises SandboxError."""
         for d in dict.fromkeys(self.dirs.values()):
-            _write(d / "cgroup.procs", str(pid))
+            _write(f"{d}/cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
         """Processes in the group now."""
@@ -470,8 +475,11 @@ def make_group(
         _mkdir(path)
         return CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
     dirs = _v1_dirs(hier, rel)
-    for controller in dirs:
-        _ensure_parents(Path(hier.v1_paths[controller]), rel)
+    for controller, leaf in dirs.items():
+        try:  # the parents are there for every group but the first: one mkdir per controller
+            os.mkdir(leaf)
+        except OSError:  # a parent is missing, or the group exists: as before, part by part
+            _ensure_parents(Path(hier.v1_paths[controller]), rel)
     return CgroupHandle("v1", dirs)
 
 
@@ -485,7 +493,8 @@ def apply_limits(handle: CgroupHandle, limits: CgroupLimits) -> None:
     gaps = []
     for controller, fname, value in v1_settings(limits):
         d = dirs.get(controller)
-        if d is None or not (d / fname).exists():
+        path = f"{d}/{fname}"
+        if d is None or not os.path.exists(path):
             if fname in BEST_EFFORT:  # no BFQ scheduler, no swap accounting
                 if gap := _gap(fname):
                     gaps.append(gap)
@@ -495,7 +504,7 @@ def apply_limits(handle: CgroupHandle, limits: CgroupLimits) -> None:
                 step="cgroup",
                 detail=f"open({d}/{fname}): ENOENT",
             )
-        _write(d / fname, value)
+        _write(path, value)
     handle.gaps = tuple(gaps)
 
 
@@ -529,7 +538,8 @@ def open_group(backend: str, parent: str, name: str, hier: Hierarchy | None = No
             return None
         path = Path(hier.v2_path, rel)
         return CgroupHandle("v2", {c: path for c in ("memory", "cpu", "pids", "io")})
-    dirs = {c: d for c, d in _v1_dirs(hier, rel).items() if d.is_dir()}
+    dirs = {c: Path(base, rel) for c in V1_CONTROLLERS
+            if (base := hier.v1_paths.get(c)) is not None and os.path.isdir(os.path.join(base, rel))}
     return CgroupHandle("v1", dirs) if dirs else None
 
 

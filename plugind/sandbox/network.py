@@ -18,11 +18,12 @@ import socket
 import struct
 import subprocess
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from plugind.sandbox import _libc as c
 from plugind.sandbox.plan import Target
+
+# pyroute2 (about 20 MiB of heap) is imported by the functions that use it, on the fork-server's
+# first restricted network: the fork-server imports this module, and every page of its heap is
+# copied into the page tables of each plugin it forks (a fork costs about twice as much with it).
 
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
 SLOTS = SUBNET.num_addresses // 4
@@ -80,6 +81,8 @@ def setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
 
     Returns the host interface name. Raises KernelCallError (netlink and nft errors included).
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         return _setup_restricted(pid, targets)
     except NetlinkError as exc:
@@ -87,6 +90,8 @@ def setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
 
 
 def _setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
+    from pyroute2 import IPRoute
+
     nft = shutil.which("nft") or "/usr/sbin/nft"
     if not os.path.exists(nft):
         raise c.KernelCallError("nft: not installed (apt-get install nftables)", 2)
@@ -126,6 +131,8 @@ def _setup_restricted(pid: int, targets: tuple[Target, ...]) -> str:
 
 
 def _make_pair(pid: int, netns_fd: int) -> tuple[int, str, str]:
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
         for i in range(64):
             slot = (pid + i) % SLOTS
@@ -140,6 +147,9 @@ def _make_pair(pid: int, netns_fd: int) -> tuple[int, str, str]:
 
 def remove_host_link(ifname: str) -> None:
     """Delete the host end if it is still there (it normally goes with the plugin's namespace)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with IPRoute() as ipr:
         for idx in ipr.link_lookup(ifname=ifname):
             try:

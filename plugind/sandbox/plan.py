@@ -13,10 +13,13 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import ConfigError, SandboxError
+from plugind.names import PLUGIN_NAME_RE
+
+if TYPE_CHECKING:  # the fork-server imports this module: no pydantic in its heap (plugind.names)
+    from plugind.config import Settings
 
 MIB = 1024 * 1024
 NAMESPACES = ("mount", "pid", "ipc", "uts", "net")
@@ -161,7 +164,7 @@ def _validate(plan: SandboxPlan) -> None:
     if not parts or any(p in (".", "..") for p in parts):
         raise SandboxError(f"invalid cgroup parent {plan.cgroup_parent!r}", step="plan")
     for b in plan.binds:
-        if not os.path.isabs(b.target) or ".." in Path(b.target).parts:
+        if not os.path.isabs(b.target) or ".." in b.target.split("/"):
             raise SandboxError(f"bind target must be absolute without '..': {b.target!r}", step="plan")
 
 

@@ -30,6 +30,11 @@ def env(data, ctx):
 @plugin.hook("exit")
 def leave(code, ctx):
     os._exit(code)
+
+@plugin.hook("modules")
+def modules(prefixes, ctx):
+    import sys
+    return sorted(m for m in sys.modules if m.partition(".")[0] in prefixes)
 '''
 
 
@@ -98,6 +103,28 @@ def test_fork_server_is_single_threaded_scrubbed_and_forks_ready_children(
         finally:
             await launcher.close()
         assert not psutil.pid_exists(launcher.server_pid)
+
+    asyncio.run(main())
+
+
+def test_the_fork_server_heap_holds_no_daemon_only_libraries(tmp_path: Path) -> None:
+    # A child starts as a copy of the fork-server: what the server imported, the child has, and every
+    # page of that heap is copied into each child's page tables by fork() and torn down at its exit.
+    # pydantic (the daemon's settings) and pyroute2 (the fork-server's own restricted-network set-up,
+    # imported when first used) would double the heap; a plugin needs neither.
+    tree = write_tree(tmp_path)
+    heavy = ["pydantic", "pydantic_core", "pydantic_settings", "pyroute2"]
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            _pid, chan = await spawn(launcher, tree)
+            assert await call(chan, "modules", heavy) == []
+            assert await call(chan, "modules", ["plugind"])  # the runtime itself is pre-imported
+            chan.sock.close()
+        finally:
+            await launcher.close()
 
     asyncio.run(main())
 
