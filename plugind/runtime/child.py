@@ -279,7 +279,9 @@ class Runtime:
             self._in_handler = False
             reply = m.result_error(call_id, _failure(self.name, hook, exc).to_wire())
         try:
-            self.send(reply)
+            # The channel's send, not self.send: the handler is over (_in_handler is False), so an
+            # alarm landing meanwhile is ignored by _on_alarm and there is no deadline to report.
+            self.chan.send(reply)
         except PluginError as exc:  # not encodable as msgpack, or larger than the host accepts
             # Nothing of the refused frame was sent: answer the call with an error instead, so one
             # bad result is one failed call, not a protocol violation that costs the process.

@@ -326,7 +326,7 @@ class BlockingChannel:
         self._send_lock = threading.Lock()
         # Bound once: a `with` block on a lock costs about twice as much as acquire + release.
         self._lock, self._unlock = self._send_lock.acquire, self._send_lock.release
-        self._encoder = FrameEncoder()  # used under the send lock only
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # used under the send lock only
         self._send_bytes = sock.send
         self.spin_s = 0.0  # the longest poll before a sleeping receive (see recv), set by the runtime
         self._poller = select.poll()
@@ -347,7 +347,10 @@ class BlockingChannel:
         peer accepts: see check_outgoing) or OSError."""
         self._lock()
         try:
-            body = self._encoder.body(msg)
+            try:
+                body = self._pack(msg)  # FrameEncoder.body, inline (one call less per frame)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _unencodable(exc) from exc
             size = len(body)
             if size > self._rbuf.max_frame:
                 check_outgoing(size, self._rbuf.max_frame)
@@ -403,6 +406,8 @@ class BlockingChannel:
                 return None
             msgs = rbuf.buffer_updated(n)
             if msgs:
+                if len(msgs) == 1:  # the usual receive: one whole frame
+                    return msgs[0]
                 ready.extend(msgs)
                 return ready.popleft()
             spin_s = self.spin_s
