@@ -484,7 +484,9 @@ class Supervisor:
             if polling:
                 self._poller.end()  # type: ignore[union-attr]  # set when polling
             if sent:
-                poll.update(window if polling else 0.0, time.monotonic() - sent)
+                took, polled = time.monotonic() - sent, window if polling else 0.0
+                if took > polled:  # else the window stays as it is (PollWindow.update): no call
+                    poll.update(polled, took)
         if reply["ok"]:
             data = reply["data"]
             if data is _TOO_DEEP:  # nested past the limit (marked on receipt)

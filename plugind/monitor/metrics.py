@@ -278,8 +278,25 @@ def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
 
 
 def observe_ok(hook: str, plugin: str, seconds: float) -> None:
-    """`observe_hook(hook, plugin, "ok", seconds)`: the hook path's call for a handler that answered."""
-    (_bound.get((hook, plugin)) or _bind(hook, plugin)).ok(seconds if seconds > 0.0 else 0.0)
+    """`observe_hook(hook, plugin, "ok", seconds)`: the hook path's call for a handler that answered.
+    `_HookSeries.ok` inline once the series has counted an `ok` (one call less per hook call)."""
+    series = _bound.get((hook, plugin)) or _bind(hook, plugin)
+    value = series._ok
+    if value is None:
+        series.ok(seconds if seconds > 0.0 else 0.0)
+        return
+    if not seconds > 0.0:  # negative or NaN: as 0, as observe_hook does
+        seconds = 0.0
+    bounds = series._bounds
+    bucket = series._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
+    total = series._sum
+    _observe_acquire()
+    try:
+        value._value += 1
+        bucket._value += 1
+        total._value += seconds
+    finally:
+        _observe_release()
 
 
 def plugin_restarted(plugin: str) -> None:
