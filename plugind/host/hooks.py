@@ -248,7 +248,7 @@ class HookRegistry:
         results: list[HookOutcome] = []
         stopped = False
         hook_timeout = self._settings.hook_timeout
-        for handler in self._handlers(hook):
+        for handler in self._ordered.get(hook) or self._handlers(hook):  # (the cache, then the scan)
             plugin = handler.plugin
             if stopped:
                 results.append(HookOutcome(plugin, "skipped"))
