@@ -130,16 +130,17 @@ class _Connection(asyncio.BufferedProtocol):
         return self.buf.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.inc.violation is not None:
+        inc, buf = self.inc, self.buf
+        if inc.violation is not None:
             return
         # Any frame proves the child ran: the frames of one read are heard at once.
-        self.inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
+        inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         try:
-            msgs = self.buf.buffer_updated(nbytes)
+            msgs = buf.buffer_updated(nbytes)
         except ProtocolViolation as exc:
-            self.sup._violation(self.inc, exc)
+            self.sup._violation(inc, exc)
             return
-        unbounded = self.buf.unbounded
+        unbounded = buf.unbounded
         if unbounded:
             # Frames too big for their size alone to rule out a value nested past the limit: the
             # exact walk. A well-formed frame with such a value fails its call; the plugin lives.
@@ -148,8 +149,8 @@ class _Connection(asyncio.BufferedProtocol):
                     msg["data"] = _TOO_DEEP
         on_message = self.sup._on_message
         for msg in msgs:
-            on_message(self.inc, msg)
-            if self.inc.violation is not None:
+            on_message(inc, msg)
+            if inc.violation is not None:
                 return
 
     def eof_received(self) -> bool:
