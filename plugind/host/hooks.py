@@ -22,6 +22,7 @@ from plugind.monitor import metrics
 log = logging.getLogger("plugind.host.hooks")
 _monotonic = time.monotonic
 observe_hook = metrics.observe_hook
+observe_ok = metrics.observe_ok
 
 Policy = Literal["chain", "until_error", "all"]
 POLICIES: tuple[str, ...] = ("chain", "until_error", "all")
@@ -238,42 +239,42 @@ class HookRegistry:
         # The public hot path (execute is this, chain policy): kept flat on purpose. One clock
         # reading per handler: each call starts when the one before it ended. A target that enforces
         # its own deadline (the supervisor) is called inline, as _call would call it; everything
-        # else, and every failure, goes through _call / _failed.
+        # else, and every failure, goes through _call / _failed. The result object is made at the
+        # end, from locals (the same fields; nobody sees it before it is returned).
         if timeout_s is not None:
             _check_timeout(timeout_s, self._settings.hooks.max_timeout_secs)
         now = started = _monotonic()
         deadline = None if timeout_s is None else started + timeout_s
-        result = HookResult(hook, policy, data)
-        results = result.results
+        results: list[HookOutcome] = []
         stopped = False
         hook_timeout = self._settings.hook_timeout
-        for handler in self._handlers(hook):
+        for handler in self._ordered.get(hook) or self._handlers(hook):  # (the cache, then the scan)
+            plugin = handler.plugin
             if stopped:
-                results.append(HookOutcome(handler.plugin, "skipped"))
+                results.append(HookOutcome(plugin, "skipped"))
                 continue
-            timeout = hook_timeout(hook, handler.plugin) if deadline is None else deadline - now
+            timeout = hook_timeout(hook, plugin) if deadline is None else deadline - now
             if handler.guarded or timeout <= 0:
-                outcome = await self._call(handler, hook, result.data, deadline, now)
+                outcome = await self._call(handler, hook, data, deadline, now)
             else:
                 try:
-                    output = await handler.target.invoke(hook, result.data, timeout)
+                    output = await handler.target.invoke(hook, data, timeout)
                 except Exception as exc:
                     outcome = self._failed(handler, hook, exc, now, timeout)
                 else:
                     elapsed = _monotonic() - now
-                    observe_hook(hook, handler.plugin, "ok", elapsed)
-                    results.append(HookOutcome(handler.plugin, "ok", output, None, elapsed))
-                    result.data = output
+                    observe_ok(hook, plugin, elapsed)
+                    results.append(HookOutcome(plugin, "ok", output, None, elapsed))
+                    data = output
                     now += elapsed
                     continue
             now += outcome.duration_s
             results.append(outcome)
             if outcome.outcome == "ok":
-                result.data = outcome.output
+                data = outcome.output
             elif policy == "until_error":
                 stopped = True
-        result.duration_s = now - started
-        return result
+        return HookResult(hook, policy, data, results, now - started)
 
     async def _call(
         self, handler: _Handler, hook: str, data: Any, deadline: float | None,
@@ -313,7 +314,7 @@ class HookRegistry:
         except Exception as exc:
             return self._failed(handler, hook, exc, started, timeout)
         elapsed = _monotonic() - started
-        observe_hook(hook, handler.plugin, "ok", elapsed)
+        observe_ok(hook, handler.plugin, elapsed)
         return HookOutcome(handler.plugin, "ok", output, None, elapsed)
 
     def _failed(self, handler: _Handler, hook: str, exc: Exception, started: float,

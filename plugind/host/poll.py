@@ -45,6 +45,9 @@ class LoopPoller:
         self._answered = False  # an answer was read since the last round: skip one yield
         self.rounds = 0  # polling rounds run (for tests and curious operators)
         self.yields = 0  # rounds that yielded the CPU
+        # Bound once: a round (one after every answer is on the answer's path) schedules the next.
+        self._call_soon = loop.call_soon
+        self._round = self._poll
 
     def begin(self, window_s: float) -> None:
         """A call that may be answered within `window_s` is in flight: poll until it is answered or
@@ -55,7 +58,7 @@ class LoopPoller:
             self._until = until
         if not self._active:
             self._active = True
-            self._loop.call_soon(self._poll)
+            self._call_soon(self._round)
 
     def end(self) -> None:
         """The call of a `begin()` is over."""
@@ -80,7 +83,7 @@ class LoopPoller:
         else:
             self.yields += 1
             os.sched_yield()
-        self._loop.call_soon(self._poll)
+        self._call_soon(self._round)
 
 
 def poller_for(loop: asyncio.AbstractEventLoop) -> LoopPoller:

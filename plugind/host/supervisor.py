@@ -50,7 +50,7 @@ from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.sandbox.seccomp_audit import seccomp_kill
 from plugind.wire import messages as m
-from plugind.wire.frames import HEADER_SIZE, FrameEncoder, RecvBuffer, check_outgoing
+from plugind.wire.frames import HEADER, SMALL_FRAME, FrameEncoder, RecvBuffer, check_outgoing
 from plugind.wire.limits import depth_message, too_deep
 from plugind.wire.polling import PollWindow, getcpu
 
@@ -67,6 +67,8 @@ _REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
 # decoded value is ever this object, so a plugin cannot send it.
 _TOO_DEEP = object()
 _INVOKE = m.INVOKE
+_RESULT = m.RESULT
+_pack_header = HEADER.pack
 
 
 @dataclass
@@ -128,16 +130,17 @@ class _Connection(asyncio.BufferedProtocol):
         return self.buf.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.inc.violation is not None:
+        inc, buf = self.inc, self.buf
+        if inc.violation is not None:
             return
         # Any frame proves the child ran: the frames of one read are heard at once.
-        self.inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
+        inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         try:
-            msgs = self.buf.buffer_updated(nbytes)
+            msgs = buf.buffer_updated(nbytes)
         except ProtocolViolation as exc:
-            self.sup._violation(self.inc, exc)
+            self.sup._violation(inc, exc)
             return
-        unbounded = self.buf.unbounded
+        unbounded = buf.unbounded
         if unbounded:
             # Frames too big for their size alone to rule out a value nested past the limit: the
             # exact walk. A well-formed frame with such a value fails its call; the plugin lives.
@@ -146,8 +149,8 @@ class _Connection(asyncio.BufferedProtocol):
                     msg["data"] = _TOO_DEEP
         on_message = self.sup._on_message
         for msg in msgs:
-            on_message(self.inc, msg)
-            if self.inc.violation is not None:
+            on_message(inc, msg)
+            if inc.violation is not None:
                 return
 
     def eof_received(self) -> bool:
@@ -416,20 +419,26 @@ class Supervisor:
             if timeout_s is not self._timeout_s:
                 self._deadline_ms = round(timeout_s * 1000, 3)
                 self._timeout_s = timeout_s
-            frame = self._encoder.frame_parts({"type": _INVOKE, "id": call_id, "hook": hook, "data": data,
-                                               "deadline_ms": self._deadline_ms, "cpu": cpu})
-            check_outgoing(len(frame[-1]) if len(frame) > 1 else len(frame[0]) - HEADER_SIZE,
-                           self.max_frame)
+            body = self._encoder.body({"type": _INVOKE, "id": call_id, "hook": hook, "data": data,
+                                       "deadline_ms": self._deadline_ms, "cpu": cpu})
+            size = len(body)
+            if size > self.max_frame:
+                check_outgoing(size, self.max_frame)
         except ProtocolViolation as exc:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.message}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None
+        # FrameEncoder.frame_parts's buffers: one joined buffer for a small frame, apart beyond.
+        frame = (_pack_header(size) + body,) if size <= SMALL_FRAME else (_pack_header(size), body)
         loop = inc.loop or asyncio.get_running_loop()
         pending = inc.pending
         # The frame goes out first, the bookkeeping below (all before this call's first await)
         # while the plugin works: a reply is read in a later loop turn, so it finds the call set up.
         written = inc.paused is None
         if written:
-            self._write(inc, frame, bool(pending))
+            if pending or inc.corked or size > SMALL_FRAME:
+                self._write(inc, frame, bool(pending))
+            else:  # a lone small call: written at once (_write's own choice, without the call)
+                inc.transport.write(frame[0])
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         pending[call_id] = fut
         when = loop.time() + timeout_s
@@ -476,7 +485,9 @@ class Supervisor:
             if polling:
                 self._poller.end()  # type: ignore[union-attr]  # set when polling
             if sent:
-                poll.update(window if polling else 0.0, time.monotonic() - sent)
+                took, polled = time.monotonic() - sent, window if polling else 0.0
+                if took > polled:  # else the window stays as it is (PollWindow.update): no call
+                    poll.update(polled, took)
         if reply["ok"]:
             data = reply["data"]
             if data is _TOO_DEEP:  # nested past the limit (marked on receipt)
@@ -588,7 +599,7 @@ class Supervisor:
         corked.clear()
 
     def _on_message(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
-        if msg["type"] == m.RESULT:
+        if msg["type"] == _RESULT:
             # The hot path: a well-formed result for a call in flight, checked inline by the rules of
             # check_from_plugin; anything else goes the long way below.
             call_id, ok = msg.get("id"), msg.get("ok")

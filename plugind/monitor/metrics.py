@@ -185,7 +185,7 @@ class _HookSeries:
     methods.
     """
 
-    __slots__ = ("_bounds", "_buckets", "_counts", "_direct", "_sum", "calls", "duration", "hook",
+    __slots__ = ("_bounds", "_buckets", "_counts", "_direct", "_ok", "_sum", "calls", "duration", "hook",
                  "plugin")
 
     def __init__(self, hook: str, plugin: str) -> None:
@@ -194,6 +194,7 @@ class _HookSeries:
         self.duration = HOOK_DURATION.labels(hook=hook, plugin=plugin)
         self._counts: dict[str, Any] = {}  # outcome -> the counter child's MutexValue
         self._direct = _pc_values.ValueClass is _pc_values.MutexValue
+        self._ok: Any = None  # the `ok` counter child's MutexValue, once `ok` has been counted
         if self._direct:
             self._bounds = tuple(self.duration._upper_bounds)  # ends with +Inf
             self._buckets = tuple(self.duration._buckets)
@@ -234,6 +235,26 @@ class _HookSeries:
         finally:
             _observe_release()
 
+    def ok(self, seconds: float) -> None:
+        """`observe("ok", seconds)` (the outcome of most calls), its counter value looked up once."""
+        value = self._ok
+        if value is None:
+            if not self._direct:
+                self.observe("ok", seconds)
+                return
+            value = self._ok = self._counts.get("ok") or self._child("ok")._value
+            self._counts["ok"] = value
+        bounds = self._bounds
+        bucket = self._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
+        total = self._sum
+        _observe_acquire()
+        try:
+            value._value += 1
+            bucket._value += 1
+            total._value += seconds
+        finally:
+            _observe_release()
+
 
 _observe_lock = threading.Lock()
 _observe_acquire, _observe_release = _observe_lock.acquire, _observe_lock.release
@@ -254,6 +275,28 @@ def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
     """Count one hook call and record its latency. Unknown outcomes count as `error`."""
     series = _bound.get((hook, plugin)) or _bind(hook, plugin)
     series.observe(outcome if outcome in OUTCOMES else "error", seconds if seconds > 0.0 else 0.0)
+
+
+def observe_ok(hook: str, plugin: str, seconds: float) -> None:
+    """`observe_hook(hook, plugin, "ok", seconds)`: the hook path's call for a handler that answered.
+    `_HookSeries.ok` inline once the series has counted an `ok` (one call less per hook call)."""
+    series = _bound.get((hook, plugin)) or _bind(hook, plugin)
+    value = series._ok
+    if value is None:
+        series.ok(seconds if seconds > 0.0 else 0.0)
+        return
+    if not seconds > 0.0:  # negative or NaN: as 0, as observe_hook does
+        seconds = 0.0
+    bounds = series._bounds
+    bucket = series._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
+    total = series._sum
+    _observe_acquire()
+    try:
+        value._value += 1
+        bucket._value += 1
+        total._value += seconds
+    finally:
+        _observe_release()
 
 
 def plugin_restarted(plugin: str) -> None:
@@ -654,6 +697,7 @@ __all__ = [
     "load_failed",
     "monitor_swept",
     "observe_hook",
+    "observe_ok",
     "plugin_restarted",
     "render",
     "set_plugin_states",

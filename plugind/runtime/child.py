@@ -279,7 +279,9 @@ class Runtime:
             self._in_handler = False
             reply = m.result_error(call_id, _failure(self.name, hook, exc).to_wire())
         try:
-            self.send(reply)
+            # The channel's send, not self.send: the handler is over (_in_handler is False), so an
+            # alarm landing meanwhile is ignored by _on_alarm and there is no deadline to report.
+            self.chan.send(reply)
         except PluginError as exc:  # not encodable as msgpack, or larger than the host accepts
             # Nothing of the refused frame was sent: answer the call with an error instead, so one
             # bad result is one failed call, not a protocol violation that costs the process.
@@ -300,6 +302,7 @@ class Runtime:
         chan = self.chan
         queue, recv, check, invoke = self._queue, chan.recv, m.check_from_host, self.invoke
         monotonic, poll, max_id, max_hook = _monotonic, self._poll, m.MAX_ID, m.MAX_HOOK_NAME
+        invoke_type = m.INVOKE
         window = 0.0
         while True:
             took = -1.0  # seconds from the last answer to this message, when it was waited for
@@ -322,12 +325,12 @@ class Runtime:
                 # check_from_host; anything else is checked there.
                 call_id, deadline = got.get("id"), got.get("deadline_ms")
                 hook = got.get("hook")
-                if not (kind == m.INVOKE and type(call_id) is int and 0 <= call_id <= max_id
+                if not (kind == invoke_type and type(call_id) is int and 0 <= call_id <= max_id
                         and type(hook) is str and len(hook) <= max_hook and "data" in got
                         and (deadline is None or (type(deadline) in (int, float) and deadline >= 0))):
                     check(got)
                 msg = got
-            if kind == m.INVOKE:
+            if kind == invoke_type:
                 invoke(msg)
                 self._answered_at = monotonic()
                 self._host_cpu = msg.get("cpu")

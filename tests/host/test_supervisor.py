@@ -39,6 +39,7 @@ from plugind.host.poll import poller_for
 from plugind.host.supervisor import Supervisor
 from plugind.wire import decode, encode
 from plugind.wire import messages as m
+from plugind.wire.frames import SMALL_FRAME
 from plugind.wire.limits import MAX_DEPTH
 
 HEADER = '''
@@ -340,6 +341,57 @@ def test_each_invoke_frame_carries_its_own_calls_deadline_byte_for_byte(tmp_path
             want = round(timeout * 1000, 3)
             assert sent["deadline_ms"] == want and type(sent["deadline_ms"]) is type(want)
             assert frame == encode(m.invoke(sent["id"], "echo", sent["data"], want, cpu=sent["cpu"]))
+        await sup.stop()
+
+    run(tmp_path, body)
+
+
+def test_invoke_frames_of_every_size_are_the_bytes_of_encode(tmp_path: Path) -> None:
+    # A frame up to SMALL_FRAME goes out joined in one write, a bigger one as header and body
+    # (writelines): at every size around the bound, what reaches the transport is, joined, exactly
+    # encode(messages.invoke(...)), and the echo comes back whole.
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("good")
+        await sup.start()
+        inc = sup._inc
+        assert inc is not None and inc.transport is not None
+        written: list[bytes] = []
+        transport = inc.transport
+        real_write, real_writelines = transport.write, transport.writelines
+
+        inside: list[bool] = []  # a transport's writelines may go through its own write
+
+        def record(data: bytes | bytearray | memoryview) -> None:
+            if not inside:
+                written.append(bytes(data))
+            real_write(data)
+
+        def record_lines(parts: Any) -> None:
+            parts = list(parts)
+            written.append(b"".join(bytes(p) for p in parts))
+            inside.append(True)
+            try:
+                real_writelines(parts)
+            finally:
+                inside.pop()
+
+        transport.write = record  # type: ignore[method-assign]  # observers: bytes go out as before
+        transport.writelines = record_lines  # type: ignore[method-assign]
+        sizes = [0, 1, SMALL_FRAME - 200, SMALL_FRAME - 60, SMALL_FRAME - 40, SMALL_FRAME, SMALL_FRAME + 1,
+                 4 * SMALL_FRAME]
+        try:
+            for size in sizes:
+                payload = "x" * size
+                assert await sup.invoke("echo", payload, 5.0) == payload
+        finally:
+            del transport.write  # type: ignore[method-assign]
+            del transport.writelines  # type: ignore[method-assign]
+        frames = [f for f in written if decode(f)["type"] == "invoke"]
+        assert len(frames) == len(sizes)
+        assert {len(f) - 4 > SMALL_FRAME for f in frames} == {False, True}  # both ways of writing
+        for frame in frames:
+            sent = decode(frame)
+            assert frame == encode(m.invoke(sent["id"], "echo", sent["data"], 5000.0, cpu=sent["cpu"]))
         await sup.stop()
 
     run(tmp_path, body)

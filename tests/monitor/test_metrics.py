@@ -143,6 +143,31 @@ def test_hook_observe_matches_prometheus_client_observe(names):
         assert s[key] == len(values[i::3])
 
 
+def test_observe_ok_counts_as_observe_hook_ok(names):
+    # observe_ok is the hook path's shortcut for observe_hook(..., "ok", ...): the same call count,
+    # buckets, sum and count, for any duration (zero, negative and NaN as 0, on and past the bounds),
+    # also when it is the first to count `ok` of its series, or comes after other outcomes.
+    a, b = names(2)
+    values = [0.0, -1.0, float("nan"), 1e-9, 5e-5, 31.0, 1e9]
+    for bound in metrics.HOOK_BUCKETS:
+        values += [bound, bound * (1 - 1e-12), bound * (1 + 1e-12)]
+    metrics.observe_hook("mt_ok", b, "timeout", 0.5)
+    metrics.observe_hook("mt_ok", a, "timeout", 0.5)
+    for seconds in values:
+        metrics.observe_hook("mt_ok", a, "ok", seconds)
+        metrics.observe_ok("mt_ok", b, seconds)
+    s = scrape()
+
+    def series(p: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(k[0], tuple(kv for kv in k[1] if kv[0] != "plugin")): v for k, v in s.items()
+                if ("plugin", p) in k[1] and ("hook", "mt_ok") in k[1]}
+
+    ours, theirs = series(b), series(a)
+    assert ours == theirs
+    assert ours[("plugind_hook_calls_total", (("hook", "mt_ok"), ("outcome", "ok")))] == len(values)
+    assert ours[("plugind_hook_duration_seconds_count", (("hook", "mt_ok"),))] == len(values) + 1
+
+
 def test_violations_restarts_and_load_failures(names):
     (p,) = names()
     metrics.violation(p, "memory")

@@ -474,3 +474,40 @@ def test_blocking_channel_refuses_an_oversized_or_unencodable_message_and_sends_
         while chunk := b.recv(1 << 20):
             out += chunk
         assert out == encode(fits)  # nothing of the refused ones went out before it
+
+
+def _decoded_or_refusal(body: bytes) -> object:
+    try:
+        return frames.decode_body(body)
+    except ProtocolViolation as exc:
+        return ("refused", exc.message, exc.detail)
+
+
+_BODIES = (st.binary(max_size=64)
+           | _VALUE.map(lambda v: msgpack.packb(v, use_bin_type=True))
+           | st.builds(lambda t, v: msgpack.packb({"type": t, "data": v}, use_bin_type=True),
+                       st.text(max_size=5) | st.integers(-9, 9) | st.none(), _VALUE)
+           | st.builds(lambda v, extra: msgpack.packb({"type": "x", "data": v}, use_bin_type=True) + extra,
+                       _VALUE, st.binary(min_size=1, max_size=4))
+           | st.builds(lambda v, cut: msgpack.packb({"type": "x", "data": v}, use_bin_type=True)[:-cut],
+                       _VALUE, st.integers(1, 3))
+           | st.just(b"\x81\xa4type\xd4\x05\x00"))  # an extension type
+
+
+@settings(max_examples=400, deadline=None)
+@given(_BODIES)
+def test_recv_buffer_decodes_or_refuses_each_body_as_decode_body_does(body: bytes) -> None:
+    # RecvBuffer decodes inline (the receive path of both ends): every body, well-formed or not,
+    # gives decode_body's message, or its very refusal (message and detail).
+    rbuf = RecvBuffer(watch_depth=True)
+    frame = struct.pack(">I", len(body)) + body
+    if not body:
+        return  # an empty frame is refused from its length (test_buffer_rejects_zero_length)
+    view = rbuf.get_buffer()
+    view[: len(frame)] = frame
+    try:
+        got: object = rbuf.buffer_updated(len(frame))
+    except ProtocolViolation as exc:
+        got = ("refused", exc.message, exc.detail)
+    want = _decoded_or_refusal(body)
+    assert got == (want if isinstance(want, tuple) else [want])
