@@ -219,21 +219,7 @@ class _HookSeries:
         value = self._counts.get(outcome)
         if value is None:
             value = self._counts[outcome] = self._child(outcome)._value
-        # The first bound >= seconds: the bucket Histogram.observe's scan would pick. Most calls
-        # fall in the first (100 us): one comparison, no search.
-        bounds = self._bounds
-        bucket = self._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
-        total = self._sum
-        # One lock for the three values: every writer of the hook series' values comes through here
-        # (the renderer reads them without a lock, as MutexValue.get's own read would see them).
-        # acquire/release bound once: a `with` block on a lock costs about twice as much.
-        _observe_acquire()
-        try:
-            value._value += 1
-            bucket._value += 1
-            total._value += seconds
-        finally:
-            _observe_release()
+        self._add(value, seconds)
 
     def ok(self, seconds: float) -> None:
         """`observe("ok", seconds)` (the outcome of most calls), its counter value looked up once."""
@@ -244,9 +230,18 @@ class _HookSeries:
                 return
             value = self._ok = self._counts.get("ok") or self._child("ok")._value
             self._counts["ok"] = value
+        self._add(value, seconds)
+
+    def _add(self, value: Any, seconds: float) -> None:
+        # One call counted in `value` (an outcome's counter value) and `seconds` in the histogram.
+        # The first bound >= seconds: the bucket Histogram.observe's scan would pick. Most calls
+        # fall in the first (100 us): one comparison, no search.
         bounds = self._bounds
         bucket = self._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
         total = self._sum
+        # One lock for the three values: every writer of the hook series' values comes through here
+        # (the renderer reads them without a lock, as MutexValue.get's own read would see them).
+        # acquire/release bound once: a `with` block on a lock costs about twice as much.
         _observe_acquire()
         try:
             value._value += 1
@@ -278,25 +273,10 @@ def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
 
 
 def observe_ok(hook: str, plugin: str, seconds: float) -> None:
-    """`observe_hook(hook, plugin, "ok", seconds)`: the hook path's call for a handler that answered.
-    `_HookSeries.ok` inline once the series has counted an `ok` (one call less per hook call)."""
+    """`observe_hook(hook, plugin, "ok", seconds)`: the hook path's call for a handler that answered
+    (`_HookSeries.ok`: no outcome check, the `ok` counter looked up once)."""
     series = _bound.get((hook, plugin)) or _bind(hook, plugin)
-    value = series._ok
-    if value is None:
-        series.ok(seconds if seconds > 0.0 else 0.0)
-        return
-    if not seconds > 0.0:  # negative or NaN: as 0, as observe_hook does
-        seconds = 0.0
-    bounds = series._bounds
-    bucket = series._buckets[0 if seconds <= bounds[0] else bisect_left(bounds, seconds)]
-    total = series._sum
-    _observe_acquire()
-    try:
-        value._value += 1
-        bucket._value += 1
-        total._value += seconds
-    finally:
-        _observe_release()
+    series.ok(seconds if seconds > 0.0 else 0.0)
 
 
 def plugin_restarted(plugin: str) -> None:
