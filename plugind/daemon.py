@@ -43,9 +43,8 @@ from plugind.host.registry import PluginRegistry
 from plugind.host.supervisor import Supervisor
 from plugind.logs import setup_logging
 from plugind.monitor.resource import ResourceMonitor
-from plugind.trust import PluginSecurity
 from plugind.trust.freshness import TrustListGuard
-from plugind.trust.security import check_trust_key
+from plugind.trust.security import SecuritySource, check_trust_key
 
 log = logging.getLogger("plugind.daemon")
 
@@ -197,13 +196,13 @@ class Daemon:
             if removed:
                 log.info("removed %d stale plugin cgroups", len(removed))
         guard = TrustListGuard.from_settings(settings)  # highest trust-list generation, in memory too
-        security = await asyncio.to_thread(lambda: PluginSecurity.from_environment(settings, guard=guard))
+        # Read again before each load and scan, when the trust-list file changed (SecuritySource).
+        source = SecuritySource(settings, guard=guard)
+        security = await asyncio.to_thread(source)
         audit = AuditLog(settings.logging.audit_log)
         registry = PluginRegistry(
             settings,
-            loader=PluginLoader(
-                settings, security, refresh=lambda: PluginSecurity.from_environment(settings, guard=guard)
-            ),
+            loader=PluginLoader(settings, security, refresh=source),
             supervisor_factory=Supervisor,
             context=PluginContext(api_budget=api_context_budget(settings)),
             launcher=self.launcher,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,6 +152,8 @@ class PluginSecurity:
         # None: no trust list consulted (no key given), so nothing can be TRUSTED.
         self.trust_entries = trust_entries
         self.limits = limits or BundleLimits()
+        # The trust list's valid_until (Unix time) when one was read and it expires, else None.
+        self.trust_valid_until: int | None = None
 
     @classmethod
     def from_settings(
@@ -170,18 +173,22 @@ class PluginSecurity:
         """
         keys = {name: PublicKey.from_hex(hexkey) for name, hexkey in settings.security.public_keys.items()}
         entries = None
+        valid_until = None
         if trust_key is not None:
             key = trust_key if isinstance(trust_key, bytes) else parse_trust_key(trust_key)
             path = trust_list_path if trust_list_path is not None else settings.security.trust_list_path
             doc = load_trust_document(path, key)
             (guard or TrustListGuard.from_settings(settings)).check(doc, path)
             entries = doc.entries
-        return cls(
+            valid_until = doc.valid_until
+        security = cls(
             keys,
             policy=SecurityPolicy.from_settings(settings),
             trust_entries=entries,
             limits=BundleLimits.from_settings(settings),
         )
+        security.trust_valid_until = valid_until
+        return security
 
     @classmethod
     def from_environment(cls, settings: Settings, *, guard: TrustListGuard | None = None) -> PluginSecurity:
@@ -310,6 +317,78 @@ class PluginSecurity:
                 )
             return entry
         return None
+
+
+# A trust list whose status changed less than this long before it was read is read again at the
+# next refresh, whatever its stat says: a second write within the same coarse clock tick can leave
+# the size, times and inode as they were (as git treats "racily clean" index entries).
+SETTLE_S = 2.0
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+
+
+class SecuritySource:
+    """`PluginSecurity.from_environment(settings, guard=guard)` for every load and scan, built again
+    only when something it was built from may have changed.
+
+    Reading, decrypting and checking the trust list cost ~0.2-0.6 ms of every load. The security
+    built from it is kept while the trust-list file has the same device, inode, size, mode, owner,
+    mtime and ctime (any write, rename, `cp -p` or `touch` changes the ctime, which no user can
+    set), the same $PLUGIN_TRUST_KEY and the same security settings, and until the list's
+    `valid_until` passes (then it is read again, and refused as expired). It is kept only when the
+    file did not change while it was read and its last change was at least SETTLE_S before: a list
+    changed twice within one clock tick is read again at every refresh until it has settled.
+    Anything else reads the list again, exactly as `from_environment` does, raising as it does.
+    Thread-safe.
+    """
+
+    def __init__(self, settings: Settings, *, guard: TrustListGuard | None = None) -> None:
+        self.settings = settings
+        self.guard = guard
+        self._lock = threading.Lock()
+        # (inputs, trust-list identity, security) of the last build that may be reused, or None.
+        self._kept: tuple[tuple[object, ...], tuple[int, ...] | None, PluginSecurity] | None = None
+        self.reads = 0  # how many times the trust list was read and checked (tests, diagnostics)
+
+    def _inputs(self, key: str | None, path: str) -> tuple[object, ...]:
+        sec, plugins = self.settings.security, self.settings.plugins
+        return (key, path, sec.min_trust_level, tuple(sorted(sec.public_keys.items())),
+                plugins.max_bundle_bytes, plugins.max_unpacked_bytes, plugins.max_files)
+
+    def __call__(self) -> PluginSecurity:
+        """The current PluginSecurity. Raises InvalidKey, TrustListError as `from_environment`."""
+        key = os.environ.get(TRUST_KEY_ENV) or None
+        path = str(self.settings.security.trust_list_path)
+        inputs = self._inputs(key, path)
+        with self._lock:
+            kept = self._kept
+            if kept is not None and kept[0] == inputs:
+                security = kept[2]
+                if key is None:  # no list read: the settings alone
+                    return security
+                expires = security.trust_valid_until
+                if (expires is None or time.time() < expires) and _identity(path) == kept[1]:
+                    return security
+            self._kept = None
+            before = _identity(path) if key is not None else None
+            started = time.time_ns()
+            if key is not None:
+                self.reads += 1
+            security = PluginSecurity.from_settings(self.settings, key, trust_list_path=path,
+                                                    guard=self.guard)
+            if key is not None:
+                after = _identity(path)
+                settled = after is not None and max(after[3], after[4]) <= started - int(SETTLE_S * 1e9)
+                if after != before or not settled:
+                    return security
+            self._kept = (inputs, before, security)
+            return security
 
 
 # inspect_bundle is a pure function of the bundle's bytes and the limits: what it found for bytes

@@ -21,6 +21,8 @@ from conftest import TOKEN, RunningDaemon, _is_spare, alive, free_port
 from kit import REPO, Workspace, plugin_source
 from scenarios import echo
 
+from plugind.trust import init_trust_list, remove_trusted_plugin
+
 Factory = Callable[..., RunningDaemon]
 pytestmark = pytest.mark.slow  # a daemon per test
 EXAMPLES = REPO / "examples"
@@ -158,6 +160,43 @@ def test_refusals_and_auth_change_nothing(ws: Workspace, daemon_factory: Factory
     assert extracted == {"good"}
     refused = [e for e in daemon.api("GET", "/api/audit").json()["entries"] if e["event"] == "refused"]
     assert {e["plugin"] for e in refused} >= {"ghost", "unsigned", "unlisted", "tampered"}
+
+
+def test_trust_list_changes_take_effect_at_the_next_load(ws: Workspace, daemon_factory: Factory) -> None:
+    ws.auto_load = False
+    bundle = ws.add(echo("good"))
+    daemon = daemon_factory(ws)
+
+    def cycle() -> httpx.Response:
+        reply = daemon.load("good")
+        if reply.status_code == 200:
+            assert daemon.api("POST", "/api/plugins/unload", {"plugin_name": "good"}).status_code == 200
+        return reply
+
+    assert cycle().status_code == 200
+    # Once the list is a few seconds old the daemon keeps what it read (an unchanged file is not
+    # read again); the loads below must still see each change of it.
+    while time.time() < ws.trust_list.stat().st_ctime + 2.5:
+        time.sleep(0.1)
+    assert cycle().status_code == 200
+    old = ws.trust_list.with_name("old.list")
+    old.write_bytes(ws.trust_list.read_bytes())
+    os.utime(old, ns=(ws.trust_list.stat().st_atime_ns, ws.trust_list.stat().st_mtime_ns))
+
+    remove_trusted_plugin(ws.trust_list, ws.trust_key, "good")
+    reply = cycle()
+    assert reply.status_code == 403 and "good 1.0.0 is signed" in reply.json()["message"], reply.text
+
+    # The old list copied back over it with its times (`cp -p`): a rollback, refused.
+    ws.trust_list.write_bytes(old.read_bytes())
+    os.utime(ws.trust_list, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns))
+    reply = cycle()
+    assert reply.status_code == 403 and "older than generation" in reply.json()["message"], reply.text
+
+    ws.trust_list.unlink()
+    init_trust_list(ws.trust_list, ws.trust_key, generation=100)
+    ws.sign_and_trust(bundle, sign=False)
+    assert cycle().status_code == 200
 
 
 def test_sigterm_fires_on_shutdown_stops_children_exits_0(ws: Workspace, daemon_factory: Factory) -> None:
