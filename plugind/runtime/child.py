@@ -416,6 +416,34 @@ _REHEARSAL = (
     "def _echo(data, ctx):\n"
     "    return data\n"
 )
+_REHEARSAL_MODULE = "_rehearsal_plugin"  # plugind/runtime/_rehearsal_plugin.py, _REHEARSAL's twin
+
+
+def _rehearse_import() -> Plugin:
+    # The import a start makes (load_plugin: a directory first on sys.path, a new FileFinder, the
+    # spec, the module run), of this package's own rehearsal module, and the compile of its source
+    # (an installed package may have its bytecode cached; a plugin's tree never does). Then
+    # forgotten: off sys.path and out of sys.modules, so no plugin can import it by that name.
+    here = os.path.dirname(__file__)
+    bytecode = sys.dont_write_bytecode
+    try:
+        plugin = load_plugin(here, f"{_REHEARSAL_MODULE}:plugin")
+        spec = importlib.machinery.FileFinder(
+            here, (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
+        ).find_spec(_REHEARSAL_MODULE)
+        if spec is not None and spec.origin is not None and spec.loader is not None:
+            loader: Any = spec.loader
+            loader.source_to_code(loader.get_data(spec.origin), spec.origin)
+        return plugin
+    except (InitializationError, OSError):  # its file is not visible here (a sandbox's root)
+        namespace: dict[str, Any] = {"__name__": "plugind_rehearsal"}
+        exec(compile(_REHEARSAL, "<rehearsal>", "exec"), namespace)  # noqa: S102 - our own source
+        return namespace["plugin"]
+    finally:
+        sys.dont_write_bytecode = bytecode
+        sys.modules.pop(_REHEARSAL_MODULE, None)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(here)
 
 
 REHEARSAL_TIMEOUT_S = 2.0
@@ -436,18 +464,7 @@ def rehearse() -> None:
     for end in (ours, theirs):  # a bound: however it goes wrong, a rehearsal never holds a spare
         end.settimeout(REHEARSAL_TIMEOUT_S)
     try:
-        # The import machinery as load_plugin drives it: a finder for a directory, a spec, the
-        # source read and compiled (this package's own small __init__, not run).
-        finder = importlib.machinery.FileFinder(
-            os.path.dirname(__file__),
-            (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES))
-        spec = finder.find_spec("__init__")
-        if spec is not None and spec.origin is not None and spec.loader is not None:
-            loader: Any = spec.loader
-            loader.source_to_code(loader.get_data(spec.origin), spec.origin)
-        namespace: dict[str, Any] = {"__name__": "plugind_rehearsal"}
-        exec(compile(_REHEARSAL, "<rehearsal>", "exec"), namespace)  # noqa: S102 - our own source
-        plugin = namespace["plugin"]
+        plugin = _rehearse_import()
         rt = Runtime(ours, "rehearsal")
         rt.plugin = plugin
         forward = _ForwardLogs(rt)

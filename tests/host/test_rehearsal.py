@@ -57,3 +57,35 @@ def test_a_rehearsal_never_raises_even_without_sockets(monkeypatch) -> None:  # 
 
     monkeypatch.setattr(child.socket, "socketpair", refuse)
     child.rehearse()  # best effort: nothing to warm, nothing raised
+
+
+def test_the_rehearsal_imports_a_real_plugin_module_the_way_a_start_does() -> None:
+    # rehearse() imports plugind/runtime/_rehearsal_plugin.py with load_plugin, as a start imports a
+    # plugin's entrypoint (falling back to compiling its twin source only where the file cannot be
+    # seen): the module must be such a plugin, and must not stay importable afterwards.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            here = os.path.dirname(child.__file__)
+            loaded = child.load_plugin(here, f"{child._REHEARSAL_MODULE}:plugin")
+            origin = sys.modules[child._REHEARSAL_MODULE].__file__
+            del sys.modules[child._REHEARSAL_MODULE]
+            sys.path.remove(here)
+            plugin = child._rehearse_import()
+            try:
+                __import__(child._REHEARSAL_MODULE)
+                importable = True
+            except ImportError:
+                importable = False
+            os.write(w, json.dumps([loaded.priorities, origin, plugin.priorities, importable]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    loaded, origin, rehearsed, importable = json.loads(data)
+    assert loaded == rehearsed == {"rehearsal": 0}
+    assert origin == os.path.join(os.path.dirname(child.__file__), "_rehearsal_plugin.py")
+    assert importable is False
