@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 import signal
 import socket
 import time
@@ -192,7 +193,9 @@ class Supervisor:
         on_event: EventCallback | None = None,
     ) -> None:
         self.name = name
-        self.tree = str(Path(tree).resolve())  # the fork-server runs in /
+        # Absolute (the fork-server runs in /); a sandbox plan resolves it (build_plan), and no
+        # check depends on this string, so no realpath (an lstat per component) here.
+        self.tree = os.path.abspath(tree)
         self.manifest = manifest
         self.settings = settings
         self.launcher = launcher
@@ -347,15 +350,14 @@ class Supervisor:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.perf_counter()
         try:
-            await loop.create_unix_connection(lambda: _Connection(self, inc, self.max_frame), sock=ours)
             request = SpawnRequest(self.name, self.tree, str(self.manifest.entrypoint),
                                    str(getattr(self.manifest, "version", "") or ""), self.max_frame, plan)
+            # The request is sent before this task first yields: the child starts before anything
+            # else waiting on the loop (the state-file write a load begins next to it) runs. What
+            # the child writes meanwhile waits in the socket until the connection below reads it.
             spawned = await self.launcher.spawn(request, theirs)
         except BaseException:
-            if inc.transport is not None:
-                inc.transport.abort()
-            else:
-                ours.close()
+            ours.close()
             raise
         finally:
             theirs.close()
@@ -363,6 +365,16 @@ class Supervisor:
         inc.exited = self.launcher.wait_exit(spawned.pid)
         self._inc = inc
         self.pid = spawned.pid
+        try:
+            await loop.create_unix_connection(lambda: _Connection(self, inc, self.max_frame), sock=ours)
+        except BaseException:
+            if inc.transport is not None:
+                inc.transport.abort()
+            else:
+                ours.close()
+            await asyncio.shield(self._kill(inc, signal.SIGKILL))
+            await asyncio.shield(inc.exited)
+            raise
         self.isolation = spawned.steps
         self.cgroup = cgroup_for(self.plan) if self.plan is not None else None
         watcher = asyncio.create_task(self._watch(inc), name=f"watch-{self.name}-{spawned.pid}")
