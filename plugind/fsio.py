@@ -1,4 +1,5 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename (or link), fsync the directory."""
+"""Atomic file writes (temp file in the same directory, fsync, rename or link, fsync the directory),
+and the stat identity that tells whether a file read before may have changed since."""
 
 from __future__ import annotations
 
@@ -8,6 +9,35 @@ import tempfile
 from pathlib import Path
 
 TEMP_PREFIX = ".plugind-tmp-"
+
+# A file whose status changed less than this long before it was read may change again without any
+# stat field moving (two writes within one tick of the kernel's coarse clock, as git's "racily
+# clean" index entries): what was read from it is not reused (`settled`).
+SETTLE_S = 2.0
+
+FileIdentity = tuple[int, int, int, int, int, int, int]
+
+
+def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
+    """(device, inode, size, mtime_ns, ctime_ns, mode, owner) of `path` (symlinks followed), or None
+    when it cannot be stat'ed. Any write, rename, `touch`, `cp -p`, chmod or chown changes the
+    ctime, which no user can set: an unchanged identity means an unchanged file, unless it changed
+    within one clock tick of the last change (see `settled`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+
+
+def settled(identity: FileIdentity | None, read_at_ns: int, settle_s: float | None = None) -> bool:
+    """True when the file of `identity` had last changed at least SETTLE_S (or `settle_s`) before
+    `read_at_ns` (time.time_ns() taken before it was read): what was read may be reused while its
+    identity stays the same. A change stamped in the future (a clock set back) is never settled."""
+    if identity is None:
+        return False
+    margin = int((SETTLE_S if settle_s is None else settle_s) * 1e9)
+    return max(identity[3], identity[4]) <= read_at_ns - margin
 
 
 def fsync_dir(directory: Path) -> None:

@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import logging
 import stat
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from plugind import fsio
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import BundleError, LoadError
-from plugind.fsio import atomic_write
+from plugind.fsio import FileIdentity, atomic_write, file_identity
 from plugind.trust import PluginSecurity, TrustLevel, VerifiedBundle
 from plugind.trust.bundle import BundleLimits, extract_bundle, remove_tree
+from plugind.trust.signature import signature_path
 from plugind.trust.tree import TreeRecord, tree_mismatch
 
 log = logging.getLogger("plugind.host.loader")
 
 DIGEST_PREFIX = 16
+# Verdicts `PluginLoader.verify` keeps: bundles up to this size (their bytes are kept with them), at
+# most this many (the oldest go first).
+VERIFIED_MAX_BYTES = 1024 * 1024
+VERIFIED_MAX_ENTRIES = 4096
 _MARKER_SUFFIX = ".digest"
 
 
@@ -58,6 +66,10 @@ class PluginLoader:
         self._limits = BundleLimits.from_settings(settings)
         # resolved tree path -> (bundle digest, per-file record), for trees this loader extracted.
         self._records: dict[str, tuple[str, TreeRecord]] = {}
+        # bundle path -> (security, identities of the bundle and its .sig, verdict): see `verify`.
+        self._verified: dict[str, tuple[PluginSecurity, tuple[FileIdentity | None, FileIdentity | None],
+                                        VerifiedBundle]] = {}
+        self._verified_lock = threading.Lock()
         self._warned_dir = False
 
     def admits(self, level: TrustLevel | str) -> bool:
@@ -69,9 +81,39 @@ class PluginLoader:
         if self._refresh is not None:
             self._security = self._refresh()
 
-    def verify(self, path: Path) -> VerifiedBundle:
-        """Read and verify `path` once. Raises SignatureInvalid, BundleError, SecurityError."""
-        return self._security.verify_bundle(path)
+    def verify(self, path: Path, *, fresh: bool = False) -> VerifiedBundle:
+        """Read and verify `path` once. Raises SignatureInvalid, BundleError, SecurityError.
+
+        The verdict on a bundle is kept (with its bytes, up to VERIFIED_MAX_BYTES) and given again
+        while the bundle file and its `.sig` keep their stat identity (`fsio.file_identity`: inode,
+        size, mode, owner, mtime and ctime, which any write, rename or `touch` changes) and the
+        security they were verified under is the same object (`SecuritySource` builds a new one
+        whenever the trust list, the key or the settings change). Only a verification of files that
+        did not change while they were read, and had not changed for `fsio.SETTLE_S` before, is
+        kept. `fresh` verifies again whatever is kept (a restart's re-verification does).
+        """
+        security = self._security
+        key = str(path)
+        if not fresh:
+            kept = self._verified.get(key)
+            if kept is not None and kept[0] is security and kept[1] == _identities(path):
+                return kept[2]
+        before = _identities(path)
+        started = time.time_ns()
+        vb = security.verify_bundle(path)
+        if (
+            len(vb.data) <= VERIFIED_MAX_BYTES
+            and _identities(path) == before
+            and all(fsio.settled(identity, started) for identity in before)
+        ):
+            with self._verified_lock:
+                self._verified.pop(key, None)
+                if len(self._verified) >= VERIFIED_MAX_ENTRIES:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[key] = (security, before, vb)
+        else:
+            self._verified.pop(key, None)
+        return vb
 
     def load(self, path: Path, *, expected_name: str | None = None) -> LoadedBundle:
         """Verify, check the policy and extract `path`. Blocking: run it in a thread.
@@ -176,7 +218,7 @@ class PluginLoader:
             if vb.path is None:
                 raise LoadError(f"cannot re-verify {vb.name}: no bundle file", plugin=vb.name)
             try:
-                fresh = self.verify(vb.path)
+                fresh = self.verify(vb.path, fresh=True)
             except OSError as exc:
                 raise LoadError(
                     f"cannot re-verify {vb.name} before restarting it: {vb.path}: {exc.strerror or exc}",
@@ -219,6 +261,10 @@ class PluginLoader:
         self._records.pop(str(tree.resolve()), None)  # re-extracted and re-recorded if used again
         tree.with_name(tree.name + _MARKER_SUFFIX).unlink(missing_ok=True)
         remove_tree(tree)
+
+
+def _identities(path: Path) -> tuple[FileIdentity | None, FileIdentity | None]:
+    return file_identity(path), file_identity(signature_path(path))
 
 
 def _safe_component(value: str) -> bool:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plugind import fsio
 from plugind.errors import BundleError, InvalidKey, SignatureInvalid, UntrustedPlugin
+from plugind.fsio import FileIdentity, file_identity
 from plugind.trust.bundle import BundleContents, BundleLimits, inspect_bundle
 from plugind.trust.digest import bundle_digest, read_bundle_file, signed_message
 from plugind.trust.freshness import TrustListGuard
@@ -319,20 +321,6 @@ class PluginSecurity:
         return None
 
 
-# A trust list whose status changed less than this long before it was read is read again at the
-# next refresh, whatever its stat says: a second write within the same coarse clock tick can leave
-# the size, times and inode as they were (as git treats "racily clean" index entries).
-SETTLE_S = 2.0
-
-
-def _identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
-
-
 class SecuritySource:
     """`PluginSecurity.from_environment(settings, guard=guard)` for every load and scan, built again
     only when something it was built from may have changed.
@@ -342,7 +330,7 @@ class SecuritySource:
     mtime and ctime (any write, rename, `cp -p` or `touch` changes the ctime, which no user can
     set), the same $PLUGIN_TRUST_KEY and the same security settings, and until the list's
     `valid_until` passes (then it is read again, and refused as expired). It is kept only when the
-    file did not change while it was read and its last change was at least SETTLE_S before: a list
+    file did not change while it was read and its last change was at least fsio.SETTLE_S before: a list
     changed twice within one clock tick is read again at every refresh until it has settled.
     Anything else reads the list again, exactly as `from_environment` does, raising as it does.
     Thread-safe.
@@ -353,7 +341,7 @@ class SecuritySource:
         self.guard = guard
         self._lock = threading.Lock()
         # (inputs, trust-list identity, security) of the last build that may be reused, or None.
-        self._kept: tuple[tuple[object, ...], tuple[int, ...] | None, PluginSecurity] | None = None
+        self._kept: tuple[tuple[object, ...], FileIdentity | None, PluginSecurity] | None = None
         self.reads = 0  # how many times the trust list was read and checked (tests, diagnostics)
 
     def _inputs(self, key: str | None, path: str) -> tuple[object, ...]:
@@ -373,19 +361,18 @@ class SecuritySource:
                 if key is None:  # no list read: the settings alone
                     return security
                 expires = security.trust_valid_until
-                if (expires is None or time.time() < expires) and _identity(path) == kept[1]:
+                if (expires is None or time.time() < expires) and file_identity(path) == kept[1]:
                     return security
             self._kept = None
-            before = _identity(path) if key is not None else None
+            before = file_identity(path) if key is not None else None
             started = time.time_ns()
             if key is not None:
                 self.reads += 1
             security = PluginSecurity.from_settings(self.settings, key, trust_list_path=path,
                                                     guard=self.guard)
             if key is not None:
-                after = _identity(path)
-                settled = after is not None and max(after[3], after[4]) <= started - int(SETTLE_S * 1e9)
-                if after != before or not settled:
+                after = file_identity(path)
+                if after != before or not fsio.settled(after, started):
                     return security
             self._kept = (inputs, before, security)
             return security

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from integration.kit import Workspace, plugin_source
 
+from plugind import fsio
 from plugind.errors import BundleError, LoadError, SignatureInvalid, TrustListError, UntrustedPlugin
 from plugind.host.loader import DIGEST_PREFIX, PluginLoader
-from plugind.trust import PluginSecurity, remove_trusted_plugin
+from plugind.trust import PluginSecurity, PrivateKey, remove_trusted_plugin, signature_path, signed_message
+from plugind.trust.freshness import TrustListGuard
+from plugind.trust.security import SecuritySource
+from plugind.trust.trustlist import TRUST_KEY_ENV
 
 
 @pytest.fixture
@@ -202,3 +207,95 @@ def test_tighter_bundle_limits_refuse_a_bundle_inspected_under_looser_ones(ws: W
     tight = PluginLoader(settings, PluginSecurity.from_settings(settings, ws.trust_key_hex))
     with pytest.raises(BundleError, match="over the limit of 1"):
         tight.verify(bundle)  # the inspection itself, before any extraction
+
+
+def _next_tick(path: Path) -> None:
+    # A write in the same coarse clock tick as the last change may keep its ctime: wait one out (a
+    # wait for the clock, not a timing assertion).
+    changed = os.stat(path).st_ctime_ns
+    while time.time_ns() < changed + 20_000_000:
+        time.sleep(0.005)
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    # Same inode, and the old atime and mtime put back: only the ctime (and the bytes) differ.
+    before = os.stat(path)
+    _next_tick(path)
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _source_loader(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> PluginLoader:
+    # As the daemon builds it: one SecuritySource, whose PluginSecurity stays the same object
+    # while the trust list, the key and the settings do.
+    monkeypatch.setenv(TRUST_KEY_ENV, ws.trust_key_hex)
+    settings = ws.settings()
+    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    return PluginLoader(settings, source(), refresh=source)
+
+
+def test_a_verdict_is_kept_only_for_a_bundle_that_has_settled(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.5)
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = _source_loader(ws, monkeypatch)
+    _wait_until_older(ws.trust_list, 0.6)  # the trust list has settled: one security throughout
+    _rewrite_in_place(bundle, bundle.read_bytes())  # the bundle has not
+    loader.refresh_trust()
+    security = loader._security
+    first = loader.load(bundle, expected_name="echo").bundle
+    assert loader.load(bundle, expected_name="echo").bundle is not first  # changed moments ago
+    _wait_until_older(bundle, 0.6)
+    kept = loader.load(bundle, expected_name="echo").bundle
+    assert loader.load(bundle, expected_name="echo").bundle is kept
+    assert loader.verify(bundle) is kept
+    assert loader.verify(bundle, fresh=True) is not kept  # a restart's re-verification
+    assert loader._security is security
+
+
+def _wait_until_older(path: Path, seconds: float) -> None:
+    # Waiting for the clock (not a timing assertion): until `path` last changed `seconds` ago.
+    changed = max(os.stat(path).st_ctime_ns, os.stat(signature_path(path)).st_ctime_ns
+                  if signature_path(path).exists() else 0)
+    while time.time_ns() < changed + int(seconds * 1e9):
+        time.sleep(0.02)
+
+
+def test_any_change_after_a_kept_verdict_is_verified_again(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = _source_loader(ws, monkeypatch)
+    kept = loader.load(bundle, expected_name="echo").bundle
+    assert loader.load(bundle, expected_name="echo").bundle is kept
+    good = bundle.read_bytes()
+
+    # Tampered in place: same inode, size and mtime as the verified file.
+    data = bytearray(good)
+    data[40] ^= 0xFF
+    _rewrite_in_place(bundle, bytes(data))
+    with pytest.raises(SignatureInvalid):
+        loader.load(bundle, expected_name="echo")
+    _rewrite_in_place(bundle, good)
+    again = loader.load(bundle, expected_name="echo").bundle
+    assert again is not kept and again.digest == kept.digest
+
+    # Its signature replaced by another key's, in place and of the same length.
+    sig = signature_path(bundle)
+    other = PrivateKey.generate().sign(signed_message(kept.digest)).hex + "\n"
+    good_sig = sig.read_bytes()
+    assert len(other) == len(good_sig)
+    _rewrite_in_place(sig, other.encode())
+    with pytest.raises(SignatureInvalid):
+        loader.load(bundle, expected_name="echo")
+    _rewrite_in_place(sig, good_sig)
+    assert loader.load(bundle, expected_name="echo").bundle.digest == kept.digest
+
+    # Its trust entry removed: the trust list changed, so the same bytes are judged again.
+    remove_trusted_plugin(ws.trust_list, ws.trust_key, "echo", "1.0.0")
+    with pytest.raises(UntrustedPlugin, match=re.escape("echo 1.0.0 is signed")):
+        loader.load(bundle, expected_name="echo")

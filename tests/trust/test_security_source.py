@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from plugind import fsio
 from plugind.config import Settings
 from plugind.errors import TrustListError
 from plugind.trust import TrustedPluginEntry, add_trusted_plugin, init_trust_list, remove_trusted_plugin
-from plugind.trust import security as security_module
 from plugind.trust.freshness import TrustListGuard
 from plugind.trust.security import SecuritySource
 from plugind.trust.trustlist import TRUST_KEY_ENV
@@ -52,7 +52,7 @@ def setup(tmp_path: Path, trust_key: bytes, monkeypatch: pytest.MonkeyPatch) -> 
 def settled(monkeypatch: pytest.MonkeyPatch) -> None:
     # A list counts as settled as soon as it was read after its last change (the default waits two
     # seconds, which the first test below checks).
-    monkeypatch.setattr(security_module, "SETTLE_S", 0.0)
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)
 
 
 def test_a_list_changed_moments_ago_is_read_at_every_refresh(setup: tuple[Settings, Path]) -> None:
