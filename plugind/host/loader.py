@@ -32,9 +32,10 @@ log = logging.getLogger("plugind.host.loader")
 
 DIGEST_PREFIX = 16
 # Verdicts `PluginLoader.verify` keeps: bundles up to this size (their bytes are kept with them), at
-# most this many (the oldest go first).
+# most this many and this many bytes in all (the oldest go first).
 VERIFIED_MAX_BYTES = 1024 * 1024
 VERIFIED_MAX_ENTRIES = 4096
+VERIFIED_MAX_TOTAL = 64 * 1024 * 1024
 _MARKER_SUFFIX = ".digest"
 
 
@@ -70,6 +71,7 @@ class PluginLoader:
         self._verified: dict[str, tuple[PluginSecurity, tuple[FileIdentity | None, FileIdentity | None],
                                         VerifiedBundle]] = {}
         self._verified_lock = threading.Lock()
+        self._verified_bytes = 0  # the bundle bytes kept with them
         self._warned_dir = False
 
     def admits(self, level: TrustLevel | str) -> bool:
@@ -107,13 +109,22 @@ class PluginLoader:
             and all(fsio.settled(identity, started) for identity in before)
         ):
             with self._verified_lock:
-                self._verified.pop(key, None)
-                if len(self._verified) >= VERIFIED_MAX_ENTRIES:
-                    self._verified.pop(next(iter(self._verified)))
+                self._forget_verdict(key)
+                while self._verified and (len(self._verified) >= VERIFIED_MAX_ENTRIES or
+                                          self._verified_bytes + len(vb.data) > VERIFIED_MAX_TOTAL):
+                    self._forget_verdict(next(iter(self._verified)))  # the oldest
                 self._verified[key] = (security, before, vb)
+                self._verified_bytes += len(vb.data)
         else:
-            self._verified.pop(key, None)
+            with self._verified_lock:
+                self._forget_verdict(key)
         return vb
+
+    def _forget_verdict(self, key: str) -> None:
+        # Under _verified_lock.
+        kept = self._verified.pop(key, None)
+        if kept is not None:
+            self._verified_bytes -= len(kept[2].data)
 
     def load(self, path: Path, *, expected_name: str | None = None) -> LoadedBundle:
         """Verify, check the policy and extract `path`. Blocking: run it in a thread.

@@ -13,6 +13,7 @@ from integration.kit import Workspace, plugin_source
 
 from plugind import fsio
 from plugind.errors import BundleError, LoadError, SignatureInvalid, TrustListError, UntrustedPlugin
+from plugind.host import loader as loader_module
 from plugind.host.loader import DIGEST_PREFIX, PluginLoader
 from plugind.trust import PluginSecurity, PrivateKey, remove_trusted_plugin, signature_path, signed_message
 from plugind.trust.freshness import TrustListGuard
@@ -299,3 +300,17 @@ def test_any_change_after_a_kept_verdict_is_verified_again(
     remove_trusted_plugin(ws.trust_list, ws.trust_key, "echo", "1.0.0")
     with pytest.raises(UntrustedPlugin, match=re.escape("echo 1.0.0 is signed")):
         loader.load(bundle, expected_name="echo")
+
+
+def test_kept_verdicts_are_bounded_in_bytes(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)
+    a = ws.add(plugin_source("aaa", {"h": (0, "return data")}))
+    b = ws.add(plugin_source("bbb", {"h": (0, "return data")}))
+    loader = _source_loader(ws, monkeypatch)
+    kept_a = loader.verify(a)
+    assert loader.verify(a) is kept_a
+    monkeypatch.setattr(loader_module, "VERIFIED_MAX_TOTAL", len(kept_a.data) + 10)
+    kept_b = loader.verify(b)
+    assert loader.verify(b) is kept_b
+    assert loader.verify(a) is not kept_a  # the oldest went to make room
+    assert loader._verified_bytes == len(loader.verify(a).data)
