@@ -65,8 +65,9 @@ class PluginLoader:
         self._refresh = refresh
         self.extract_dir = Path(settings.plugins.extract_dir)
         self._limits = BundleLimits.from_settings(settings)
-        # resolved tree path -> (bundle digest, per-file record), for trees this loader extracted.
-        self._records: dict[str, tuple[str, TreeRecord]] = {}
+        # resolved tree path -> (bundle digest, per-file record, stat identities of the files found
+        # to match: tree_mismatch's `checked`), for trees this loader extracted.
+        self._records: dict[str, tuple[str, TreeRecord, dict[str, FileIdentity]]] = {}
         # bundle path -> (security, identities of the bundle and its .sig, verdict): see `verify`.
         self._verified: dict[str, tuple[PluginSecurity, tuple[FileIdentity | None, FileIdentity | None],
                                         VerifiedBundle]] = {}
@@ -175,7 +176,7 @@ class PluginLoader:
         known = self._records.get(str(tree.resolve()))
         if known is None or known[0] != digest:
             return "not extracted by this plugind from this bundle"
-        return tree_mismatch(tree, known[1])
+        return tree_mismatch(tree, known[1], known[2])
 
     def _extract(self, vb: VerifiedBundle, tree: Path) -> None:
         marker = tree.with_name(tree.name + _MARKER_SUFFIX)
@@ -197,7 +198,7 @@ class PluginLoader:
                 plugin=vb.name,
                 reason="extract_failed",
             ) from exc
-        self._records[str(tree.resolve())] = (vb.digest, record)
+        self._records[str(tree.resolve())] = (vb.digest, record, {})
 
     def _check_extract_dir(self) -> None:
         # Said once: trees are checked before every start, but a directory others can write lets

@@ -10,15 +10,30 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
+
+from plugind.fsio import FileIdentity, settled
 
 TreeRecord = dict[str, tuple[str, int]]  # relative path -> (sha256 hex, mode)
 _CHUNK = 1 << 20
 
 
-def tree_mismatch(tree: str | os.PathLike[str], record: TreeRecord) -> str | None:
+def tree_mismatch(
+    tree: str | os.PathLike[str], record: TreeRecord, checked: dict[str, FileIdentity] | None = None
+) -> str | None:
     """None when `tree` holds exactly the files of `record` (same bytes, same modes, no more, no
-    links or special files), else a short reason naming the first difference."""
+    links or special files), else a short reason naming the first difference.
+
+    `checked`, when given, is the caller's memory of files found to match before, by their stat
+    identity (`fsio.file_identity`'s fields, from lstat): a file whose identity is unchanged (same
+    inode, size, mode, owner, mtime and ctime: any write, rename, chmod or `touch` changes the
+    ctime) is not read again. A file read and found to match is added when it had settled
+    (`fsio.settled`) before this check began; one that differs is dropped. Every directory is
+    listed and every entry's type and mode checked at every call, so no file is added or swapped
+    unseen.
+    """
+    started = time.time_ns()
     root = Path(tree)
     try:
         st = os.lstat(root)
@@ -51,9 +66,17 @@ def tree_mismatch(tree: str | os.PathLike[str], record: TreeRecord) -> str | Non
                 return f"{rel}: file not in the verified bundle"
             if stat.S_IMODE(est.st_mode) != expected[1]:
                 return f"{rel}: mode changed"
-            if _sha256(entry.path) != expected[0]:
-                return f"{rel}: contents differ from the verified bundle"
             seen.add(rel)
+            identity = (est.st_dev, est.st_ino, est.st_size, est.st_mtime_ns, est.st_ctime_ns,
+                        est.st_mode, est.st_uid)
+            if checked is not None and checked.get(rel) == identity:
+                continue
+            if _sha256(entry.path) != expected[0]:
+                if checked is not None:
+                    checked.pop(rel, None)
+                return f"{rel}: contents differ from the verified bundle"
+            if checked is not None and settled(identity, started):
+                checked[rel] = identity
     missing = sorted(set(record) - seen)
     if missing:
         return f"{missing[0]}: missing"

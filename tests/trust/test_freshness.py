@@ -117,3 +117,51 @@ def test_tree_mismatch_names_the_difference(tmp_path: Path) -> None:
     assert tree_mismatch(tree, record) == "pkg/a.py: not a regular file (link or special file)"
     (tree / "pkg" / "a.py").unlink()
     assert tree_mismatch(tree, record) == "pkg/a.py: missing"
+
+
+def test_tree_mismatch_reads_again_only_what_may_have_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from plugind import fsio
+    from plugind.trust import tree as tree_module
+
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)
+    read: list[str] = []
+    real = tree_module._sha256
+
+    def counted(path: str) -> str | None:
+        read.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(tree_module, "_sha256", counted)
+    tree = tmp_path / "t"
+    tree.mkdir()
+    files = {"a.py": b"x = 1\n", "b.py": b"y = 1\n"}
+    for name, body in files.items():
+        (tree / name).write_bytes(body)
+        os.chmod(tree / name, 0o444)
+    record = {n: (hashlib.sha256(b).hexdigest(), 0o444) for n, b in files.items()}
+    checked: dict[str, fsio.FileIdentity] = {}
+    assert tree_mismatch(tree, record, checked) is None
+    assert sorted(read) == ["a.py", "b.py"] and set(checked) == {"a.py", "b.py"}
+    read.clear()
+    assert tree_mismatch(tree, record, checked) is None
+    assert read == []  # nothing changed: nothing read
+    # Rewritten in place with the same size, and its old mtime put back: read, and refused.
+    before = os.stat(tree / "a.py")
+    while time.time_ns() < before.st_ctime_ns + 20_000_000:  # past the coarse clock's tick
+        time.sleep(0.005)
+    os.chmod(tree / "a.py", 0o644)
+    (tree / "a.py").write_bytes(b"x = 2\n")
+    os.chmod(tree / "a.py", 0o444)
+    os.utime(tree / "a.py", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert tree_mismatch(tree, record, checked) == "a.py: contents differ from the verified bundle"
+    assert "a.py" not in checked
+    # A file planted beside unchanged ones is still seen (every directory is listed every time).
+    os.chmod(tree / "a.py", 0o644)
+    (tree / "a.py").write_bytes(b"x = 1\n")
+    os.chmod(tree / "a.py", 0o444)
+    (tree / "c.py").write_bytes(b"evil\n")
+    assert tree_mismatch(tree, record, checked) == "c.py: file not in the verified bundle"
