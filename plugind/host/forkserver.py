@@ -9,20 +9,25 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
 
     daemon -> server  {"op": "spawn", "id", "name", "tree", "entrypoint", "version", "max_frame",
                        "plan": SandboxPlan.to_wire() | None}   + the child's socket end (SCM_RIGHTS)
+                      {"op": "adopt", "pid"}                   the daemon handed the spare a request
                       {"op": "kill", "pid", "signal"}          only pids it forked and has not reaped
     server -> daemon  {"op": "ready", "pid", "sandbox": bool}
                       {"op": "spawned", "id", "pid", "steps"} | {"op": "spawn_failed", "id", "error"}
                       {"op": "exited", "pid", "code", "signal", "oom_killed"}
-                      {"op": "spare", "pid"}                   the child forked ahead (below)
+                      {"op": "spare", "pid"}  + its socket     the child forked ahead (below)
                       {"op": "warning", "message"}             something it could not do (the daemon
                                                                logs it, in its format, redacted)
 
 After an unsandboxed spawn, once it has been idle for SPARE_IDLE_S, it forks a spare child ahead of
-the next one: set up like any child
-(fds shed, PDEATHSIG, own session) and waiting on a private socket for its request and plugin
-socket. The next unsandboxed spawn hands both to it instead of forking, so the fork and the
-child's start-up are off that load's path. A spare is never signalled through `kill` (it is not a
-plugin until it has its request) and dies with the fork-server.
+the next one: set up like any child (fds shed, PDEATHSIG, own session) and waiting on a private
+socket for its request and plugin socket. That socket goes to the daemon with the announcement and
+the fork-server keeps no end of it: the daemon's next unsandboxed spawn sends the request and the
+plugin's socket to the spare itself (no round trip through the fork-server on the load's path) and
+then says {"op": "adopt", "pid"}, from which on the spare is a child like any other (signalled,
+reaped and reported). A spare that exits is reported as `exited` whether or not it was adopted yet
+(the daemon may have handed it a request that the adopt message has not caught up with). A spare is
+never signalled through `kill` before it is adopted, and dies with the fork-server; with the daemon
+gone its socket closes and it exits. Unsandboxed spawn requests that reach the fork-server fork.
 
 After a sandboxed spawn, once idle for CSPARE_IDLE_S, it forks a pre-contained spare (see
 plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
@@ -121,7 +126,7 @@ class ForkServer:
         self.contain = contain
         self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.spare: tuple[int, socket.socket] | None = None  # (pid, our end of its socket)
+        self.spare: int | None = None  # the pid of the spare whose socket the daemon holds
         self.want_spare = False
         # The pre-contained spare for sandboxed spawns (contain.ContainedSpare), prepared like the
         # last sandboxed plan that allows one (`proto`) once we are idle.
@@ -151,9 +156,6 @@ class ForkServer:
                 os.close(fd)
         with contextlib.suppress(OSError):  # spawn_contained already closed every fd but the child's
             self.ctl.close()
-        if self.spare is not None:  # a spare's socket is for the spare alone
-            with contextlib.suppress(OSError):
-                self.spare[1].close()
         if self.cspare is not None:
             with contextlib.suppress(OSError):
                 self.cspare.chan.close()
@@ -181,8 +183,12 @@ class ForkServer:
             ours.close()
             self._spare_main(theirs, comm)
         theirs.close()
-        self.spare = (pid, ours)
-        self.send({"op": "spare", "pid": pid})
+        self.spare = pid
+        try:
+            socket.send_fds(self.ctl, [msgpack.packb({"op": "spare", "pid": pid}, use_bin_type=True)],
+                            [ours.fileno()])
+        finally:
+            ours.close()  # the daemon's now: the spare gets its request from the daemon alone
 
     def _spare_main(self, chan: socket.socket, comm: bytes) -> NoReturn:
         # In the spare: the set-up of any unsandboxed child, then wait for the request.
@@ -237,21 +243,6 @@ class ForkServer:
             self.contain.discard_spare(spare)  # type: ignore[union-attr]
             return None
 
-    def _use_spare(self, req: dict[str, Any], sock_fd: int) -> int | None:
-        # Hand `req` and the plugin's socket to the spare; its pid, or None when there is no spare
-        # or it died (the caller forks then).
-        spare, self.spare = self.spare, None
-        if spare is None:
-            return None
-        pid, chan = spare
-        try:
-            socket.send_fds(chan, [msgpack.packb(req, use_bin_type=True)], [sock_fd])
-        except OSError:
-            return None  # it died; reap() collects it
-        finally:
-            chan.close()
-        return pid
-
     def spawn(self, req: dict[str, Any], sock_fd: int) -> None:
         """Fork one plugin child; answer with its pid and isolation steps."""
         name = str(req.get("name"))
@@ -280,13 +271,9 @@ class ForkServer:
                 if self.cspare is None and self.contain.spare_capable(plan):
                     self.proto, self.want_cspare = plan, True  # prepared like this one once idle
             else:
-                spared = self._use_spare(req, sock_fd)
-                if spared is not None:
-                    pid = spared
-                else:
-                    pid = os.fork()
-                    if pid == 0:
-                        run()
+                pid = os.fork()
+                if pid == 0:
+                    run()
                 steps = {}
                 if plan_wire is not None:
                     steps["sandbox"] = "degraded: plugind.sandbox.contain is not available"
@@ -305,6 +292,16 @@ class ForkServer:
         if plan_wire is None or self.contain is None:
             self.want_spare = True  # forked once we have been idle for SPARE_IDLE_S (serve)
 
+    def adopt(self, pid: int) -> None:
+        """The daemon handed the spare `pid` a request: a plugin child from now on. A spare reaped
+        before this arrived was reported then (`reap`), and a pid that is not the spare is ignored
+        (it could be another process's by now)."""
+        if pid != self.spare:
+            return
+        self.spare = None
+        self.children[pid] = None
+        self.want_spare = True  # another, once idle
+
     def kill(self, pid: int, sig: int) -> None:
         """Signal a child we forked and have not reaped (so the pid cannot have been recycled)."""
         if pid in self.children:
@@ -320,10 +317,10 @@ class ForkServer:
                 return
             if pid == 0:
                 return
-            if self.spare is not None and pid == self.spare[0]:
-                self.spare[1].close()
+            if pid == self.spare:  # exited before its adoption (it may have had its request)
                 self.spare = None
-                continue
+                self.children[pid] = None  # reported below, as a child
+                self.want_spare = True
             if self.cspare is not None and pid == self.cspare.pid:  # died unused: the next spawn forks
                 spare, self.cspare = self.cspare, None
                 with contextlib.suppress(OSError):  # what it said, if it failed its preparation
@@ -355,9 +352,7 @@ class ForkServer:
             spare, self.cspare = self.cspare, None
             self.contain.discard_spare(spare)  # type: ignore[union-attr]
         if self.spare is not None:
-            pid, chan = self.spare
-            self.spare = None
-            chan.close()
+            pid, self.spare = self.spare, None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
@@ -390,6 +385,8 @@ class ForkServer:
             os.close(fd)
         if op == "kill" and isinstance(req, dict):
             self.kill(int(req["pid"]), int(req.get("signal") or signal.SIGKILL))
+        elif op == "adopt" and isinstance(req, dict):
+            self.adopt(int(req["pid"]))
 
     def serve(self) -> None:
         """Loop until the daemon closes the control socket."""

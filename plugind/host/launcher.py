@@ -100,6 +100,7 @@ class Launcher:
         self.server_pid: int | None = None
         self.sandbox_available = False
         self.spare_pid: int | None = None  # the fork-server's spare child (forkserver.py), if any
+        self._spare_chan: socket.socket | None = None  # the spare's socket: its request goes there
         self.sandboxed_spare_pid: int | None = None  # its pre-contained spare (sandbox/contain.py)
         self._ctl: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,27 +158,45 @@ class Launcher:
         assert self._ctl is not None
         while True:
             try:
-                data = self._ctl.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(self._ctl, 65536, 1)
             except BlockingIOError:
                 return
             except OSError as exc:
                 self._server_gone(f"control socket error: {exc}")
                 return
             if not data:
+                for fd in fds:
+                    os.close(fd)
                 self._server_gone("the fork-server exited")
                 return
             try:
                 msg = msgpack.unpackb(data, raw=False)
+                if fds and msg.get("op") == "spare" and not msg.get("sandboxed"):
+                    self._new_spare(int(msg["pid"]), fds.pop())
                 self._dispatch(msg)
             except Exception as exc:  # a bug in the fork-server must not take the daemon down
                 log.error("bad message from the fork-server: %s", exc)
+            finally:
+                for fd in fds:  # one no message of ours carries
+                    os.close(fd)
+
+    def _new_spare(self, pid: int, fd: int) -> None:
+        self._drop_spare()
+        chan = socket.socket(fileno=fd)
+        chan.setblocking(False)
+        self._spare_chan = chan
+        self.spare_pid = pid
+
+    def _drop_spare(self) -> None:
+        chan, self._spare_chan = self._spare_chan, None
+        self.spare_pid = None
+        if chan is not None:
+            chan.close()  # an unused spare reads the end of its socket and exits
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "spawned":
             pid = int(msg["pid"])
-            if pid == self.spare_pid:
-                self.spare_pid = None
             if pid == self.sandboxed_spare_pid:
                 self.sandboxed_spare_pid = None
             assert self._loop is not None
@@ -197,6 +216,10 @@ class Launcher:
             status = ExitStatus(int(msg["pid"]), msg.get("code"), msg.get("signal"),
                                 bool(msg.get("oom_killed")))
             exit_fut = self._state.exits.get(status.pid)
+            if status.pid == self.spare_pid:  # died unused: the next spawn goes to the fork-server
+                self._drop_spare()
+                if exit_fut is None:
+                    return
             if exit_fut is None:
                 assert self._loop is not None
                 exit_fut = self._state.exits[status.pid] = self._loop.create_future()
@@ -204,8 +227,8 @@ class Launcher:
                 exit_fut.set_result(status)
         elif op == "spare" and msg.get("sandboxed"):
             self.sandboxed_spare_pid = int(msg["pid"])
-        elif op == "spare":
-            self.spare_pid = int(msg["pid"])
+        elif op == "spare" and self.spare_pid != int(msg["pid"]):
+            log.warning("fork-server announced spare %s without its socket; not used", msg["pid"])
         elif op == "ready" and self._ready is not None and not self._ready.done():
             self._ready.set_result(msg)
         elif op == "warning":
@@ -217,6 +240,7 @@ class Launcher:
         self._dead = why
         if self._loop is not None and self._ctl is not None:
             self._loop.remove_reader(self._ctl.fileno())
+        self._drop_spare()  # it died with the fork-server
         if self.proc is not None and self.proc.poll() is None:
             log.error("fork-server lost: %s", why)
         err = LoadError(f"fork-server unavailable: {why}", reason="launcher")
@@ -263,17 +287,40 @@ class Launcher:
         assert self._loop is not None or not self.alive
         self._next_id += 1
         req_id = self._next_id
-        fut: asyncio.Future[Spawned] = asyncio.get_running_loop().create_future()
-        self._state.spawns[req_id] = fut
         msg = {"op": "spawn", "id": req_id, "name": request.name, "tree": request.tree,
                "entrypoint": request.entrypoint, "version": request.version,
                "max_frame": request.max_frame, "plan": request.plan}
+        if request.plan is None and self._spare_chan is not None and self.alive:
+            spawned = await self._hand_to_spare(msg, child_sock)
+            if spawned is not None:
+                return spawned
+        fut: asyncio.Future[Spawned] = asyncio.get_running_loop().create_future()
+        self._state.spawns[req_id] = fut
         try:
             await self._send(msg, [child_sock.fileno()])
         except BaseException:
             self._state.spawns.pop(req_id, None)
             raise
         return await fut
+
+    async def _hand_to_spare(self, msg: dict[str, Any], child_sock: socket.socket) -> Spawned | None:
+        # The spare forked ahead gets the request and the plugin's socket from us directly, then the
+        # fork-server hears that it is a plugin now (`adopt`; it forks another spare once idle).
+        # None when the spare is gone (its exit is reported): the fork-server forks instead.
+        pid, chan = self.spare_pid, self._spare_chan
+        assert pid is not None and chan is not None and self._loop is not None
+        self._spare_chan, self.spare_pid = None, None
+        try:
+            socket.send_fds(chan, [msgpack.packb(msg, use_bin_type=True)], [child_sock.fileno()])
+        except OSError:  # it exited (EPIPE, ECONNRESET) or cannot take it (EAGAIN): fork instead
+            return None
+        finally:
+            chan.close()
+        self._state.exits.setdefault(pid, self._loop.create_future())
+        # Sent before anything else can be (this coroutine does not yield on the way unless the
+        # control socket is full), so no kill for this pid overtakes it.
+        await self._send({"op": "adopt", "pid": pid})
+        return Spawned(pid, {})
 
     def wait_exit(self, pid: int) -> asyncio.Future[ExitStatus]:
         """A future resolved with the exit status of child `pid` (already resolved if it has exited).
@@ -298,6 +345,7 @@ class Launcher:
 
     async def close(self) -> None:
         """Stop the fork-server; it kills and reaps every child it still has."""
+        self._drop_spare()
         if self._ctl is not None:
             if self._loop is not None and self._dead is None:
                 self._loop.remove_reader(self._ctl.fileno())

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -265,6 +266,68 @@ def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: 
         _gone, alive = psutil.wait_procs(
             [psutil.Process(p) for p in (first, spare) if psutil.pid_exists(p)], timeout=20)
         assert alive == []
+
+    asyncio.run(main())
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_the_daemon_hands_the_spare_its_request_itself_and_forks_when_it_died(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+
+    async def wait_for_spare(launcher: Launcher, but: set[int]) -> int:
+        deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
+        while launcher.spare_pid in (None, *but) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert launcher.spare_pid is not None and launcher.spare_pid not in but
+        return launcher.spare_pid
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        server = launcher.server_pid
+        assert server is not None
+        chans = []
+        try:
+            first, chan = await spawn(launcher, tree)
+            chans.append(chan)
+            spare = await wait_for_spare(launcher, {first})
+            # The fork-server stopped: a spawn the spare serves does not go through it.
+            os.kill(server, signal.SIGSTOP)
+            try:
+                second, chan = await asyncio.wait_for(spawn(launcher, tree), 20)
+                chans.append(chan)
+                assert second == spare
+                assert await call(chan, "env", None) == await call(chans[0], "env", None)
+            finally:
+                os.kill(server, signal.SIGCONT)
+            # Adopted by the fork-server meanwhile: signalled through it, its exit reported.
+            await launcher.kill(second, signal.SIGKILL)
+            assert (await asyncio.wait_for(launcher.wait_exit(second), 20)).signal == signal.SIGKILL
+
+            # A spare that died before the daemon heard of it: the spawn falls back to a fork.
+            spare = await wait_for_spare(launcher, {first, second})
+            os.kill(spare, signal.SIGKILL)
+            for _ in range(2000):  # a blocking wait: the event loop must not hear of its exit yet
+                if _state(spare) in ("Z", "gone"):
+                    break
+                time.sleep(0.005)
+            assert launcher.spare_pid == spare
+            third, chan = await spawn(launcher, tree)
+            chans.append(chan)
+            assert third not in (first, second, spare)
+            assert await call(chan, "env", None) == await call(chans[0], "env", None)
+        finally:
+            for chan in chans:
+                chan.sock.close()
+            await launcher.close()
+        assert not psutil.pid_exists(server)
 
     asyncio.run(main())
 
