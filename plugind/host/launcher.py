@@ -182,6 +182,7 @@ class Launcher:
 
     def _new_spare(self, pid: int, fd: int) -> None:
         self._drop_spare()
+        os.set_inheritable(fd, False)  # received by recvmsg: not close-on-exec by itself
         chan = socket.socket(fileno=fd)
         chan.setblocking(False)
         self._spare_chan = chan
