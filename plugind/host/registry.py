@@ -506,6 +506,8 @@ class PluginRegistry:
             loaded = LoadedPlugin(name, str(vb.version), vb.digest, level, bundle.tree, sup)
             self._loaded[name] = loaded
             self.hooks.register(name, dict(sup.hooks), sup)
+            # Its hook series made while the audit entry below is written, not at its first call.
+            asyncio.get_running_loop().call_soon(self._bind_series, loaded)
             self._failed.pop(name, None)
             if explicit and self._wanted is not None and name not in self._wanted:
                 self._wanted.append(name)
@@ -523,6 +525,12 @@ class PluginRegistry:
             audits.append(asyncio.ensure_future(entry))
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
+
+    def _bind_series(self, loaded: LoadedPlugin) -> None:
+        # Only while it is still the loaded instance: series made for a plugin unloaded meanwhile
+        # would outlive its unload (metrics.forget_plugin has run).
+        if self._loaded.get(loaded.name) is loaded:
+            metrics.bind_hooks(loaded.name, loaded.supervisor.hooks)
 
     def _pinned_bundle(self, name: str, version: str) -> Path:
         # The version an upgrade chose, by its file name in the plugin directory (never a path

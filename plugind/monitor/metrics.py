@@ -266,6 +266,14 @@ def _bind(hook: str, plugin: str) -> _HookSeries:
     return series
 
 
+def bind_hooks(plugin: str, hooks: Iterable[str]) -> None:
+    """Make the series of `plugin`'s `hooks` now (a load does, while its audit entry is written),
+    so that its first call only adds to them: they appear with zero counts until then."""
+    for hook in hooks:
+        if (hook, plugin) not in _bound:
+            _bind(hook, plugin)
+
+
 def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
     """Count one hook call and record its latency. Unknown outcomes count as `error`."""
     series = _bound.get((hook, plugin)) or _bind(hook, plugin)

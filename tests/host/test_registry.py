@@ -648,3 +648,34 @@ def test_the_plugins_by_state_gauge_is_exact_at_every_scrape(ws: Workspace) -> N
 
     run(ws, scenario)
     assert metrics._state_source == []  # a stopped registry counts no more
+
+
+def _hook_series(plugin: str) -> dict[str, float]:
+    from plugind.monitor import metrics
+
+    out = {}
+    for family in metrics.REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "plugind_hook_duration_seconds_count" and sample.labels.get("plugin") == plugin:
+                out[sample.labels["hook"]] = sample.value
+    return out
+
+
+def test_a_loaded_plugins_hook_series_exist_before_its_first_call(ws: Workspace) -> None:
+    # Made while the load's audit entry is written, so the first call only adds to them; never for
+    # a plugin unloaded before that ran.
+    ws.auto_load = False
+    ws.add(echo("prebound"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        loaded = await reg.load_plugin("prebound")
+        assert _hook_series("prebound") == {"on_request": 0.0}
+        await reg.hooks.execute("on_request", {"n": 1})
+        assert _hook_series("prebound") == {"on_request": 1.0}
+        await reg.unload_plugin("prebound")
+        assert _hook_series("prebound") == {}
+        reg._bind_series(loaded)  # late, after the unload: nothing made
+        assert _hook_series("prebound") == {}
+
+    run(ws, scenario)
