@@ -221,6 +221,23 @@ class ForkServer:
                 set_comm(comm)
         self.cspare = spare
         self.send({"op": "spare", "pid": spare.pid, "sandboxed": True})
+        self._rehearse_spawn(spare)
+
+    def _rehearse_spawn(self, spare: Any) -> None:
+        # Our pages are copy-on-write too once the spare is forked: run, on throwaway values, the
+        # Python of the next sandboxed spawn (its request decoded, its plan rebuilt and checked, the
+        # spare's fit, its payload packed), so that we copy them now, while idle, and not on that
+        # load's path. Changes nothing; never raises (a rehearsal that fails only warms less).
+        from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
+
+        with contextlib.suppress(Exception):
+            proto = self.proto
+            req = {"op": "spawn", "id": 0, "name": proto.name, "tree": proto.tree, "entrypoint": "",
+                   "version": "", "max_frame": 0, "plan": proto.to_wire()}
+            req = msgpack.unpackb(msgpack.packb(req, use_bin_type=True), raw=False)
+            plan = SandboxPlan.from_wire(req["plan"])
+            self.contain.spare_fits(spare, plan)  # type: ignore[union-attr]
+            msgpack.packb(req, use_bin_type=True)
 
     def _use_contained_spare(self, plan: Any, req: dict[str, Any], sock_fd: int) -> Any:
         # The spare's Spawned for `plan`, or None (no spare, it does not fit, or the hand-off failed:

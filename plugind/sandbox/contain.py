@@ -427,7 +427,9 @@ def _plugin_steps(
 # the fork-server may give it its priority back, `_may_renice`) every
 # step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
 # network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
-# its environment scrubbed, a session of its own and (cgroup v1) a group of its own that it makes
+# its environment scrubbed, a session of its own, what of the capability step needs no capability
+# (`caps.prepare_drop`: ambient and inheritable sets cleared, the bounding set cut to the caps the
+# prototype allows, securebits locked) and (cgroup v1) a group of its own that it makes
 # under plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
 # fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
 # rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
@@ -465,14 +467,28 @@ def spare_capable(plan: SandboxPlan) -> bool:
 
 def spare_fits(spare: ContainedSpare, plan: SandboxPlan) -> bool:
     """Whether `plan` asks for exactly what `spare` prepared (else the spawn forks anew): the same
-    namespaces, network mode, seccomp mode, cgroup backend and parent, and a root that differs from
-    the one it built ahead only by the plugin's tree."""
+    namespaces, network mode, seccomp mode, cgroup backend and parent, no capability the
+    prototype's plan did not allow, and a root that differs from the one it built ahead only by
+    the plugin's tree."""
     proto = spare.proto
+    if not _caps_within(plan.allowed_caps, proto.allowed_caps):
+        return False  # its bounding set holds only the prototype's (caps.prepare_drop)
     if not (spare_capable(plan) and plan.namespaces == proto.namespaces
             and plan.network_mode == proto.network_mode and plan.mode == proto.mode
             and plan.cgroup_backend == proto.cgroup_backend and plan.cgroup_parent == proto.cgroup_parent):
         return False
     return "mount" not in plan.namespaces or _root_of(plan) == spare.root
+
+
+def _caps_within(names: tuple[str, ...], within: tuple[str, ...]) -> bool:
+    # Whether every capability `names` allows is among those `within` allows (False for a name that
+    # is not a capability: the fresh fork then reports it).
+    if names == within:
+        return True
+    try:
+        return set(caps.cap_numbers(names)) <= set(caps.cap_numbers(within))
+    except SandboxError:
+        return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -659,12 +675,17 @@ def _spare_child(
             mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree)
         _scrub_environment()
         os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
+        try:  # what of the capability step it needs no capability for; done again, in full, at hand-off
+            caps.prepare_drop(caps.cap_numbers(proto.allowed_caps))
+        except OSError as exc:
+            raise _StepFailed("capabilities", str(exc)) from exc
         chan.send(json.dumps({"steps": steps}).encode())
     except BaseException as exc:
         with contextlib.suppress(OSError):
             chan.send(json.dumps({"error": {"step": getattr(exc, "step", "spawn"),
                                             "detail": f"{type(exc).__name__}: {exc}"}}).encode())
         os._exit(_CHILD_FAILED)
+    _rehearse_hand_off(proto)
     if warm is not None:
         warm()
     try:
@@ -703,6 +724,27 @@ def _spare_child(
         os._exit(_CHILD_FAILED)
     plan, sock_fd = hand_off
     _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, _filters_for(plan)), [sock_fd])
+
+
+def _rehearse_hand_off(proto: SandboxPlan) -> None:
+    # In the spare, once it has reported ready: run, on throwaway values, the Python its hand-off
+    # runs (the request decoded, the plan rebuilt and checked, the steps reported, the seccomp
+    # programs' buffers), so that the fork-server's pages these touch are copied now, while it
+    # waits, and not on the load's path (each copy-on-write fault costs microseconds). Changes no
+    # kernel state and nothing the hand-off reads; never raises (a rehearsal that fails warms less).
+    with contextlib.suppress(Exception):
+        import msgpack
+
+        wire = msgpack.packb({"op": "spawn", "plan": proto.to_wire()}, use_bin_type=True)
+        plan = SandboxPlan.from_wire(msgpack.unpackb(wire, raw=False)["plan"])
+        steps: dict[str, str] = {"rehearsal": OFF}
+        step = _stepper(plan, steps)
+        step("rehearsal", lambda: spare_capable(plan) and plan.namespaces == proto.namespaces)
+        caps.cap_numbers(plan.allowed_caps)
+        rlimits.limits_for(plan)
+        json.dumps({"steps": steps}).encode()
+        seccomp.sock_fprogs(_filters_for(plan))
+        ChildHooks(plan, _filters_for(plan))
 
 
 @dataclass

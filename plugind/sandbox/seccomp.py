@@ -556,10 +556,17 @@ def load(programs: list[bytes]) -> None:
 
     Raises KernelCallError naming the refused call.
     """
+    for _buf, fprog in sock_fprogs(programs):
+        _libc.prctl_ptr(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+def sock_fprogs(programs: list[bytes]) -> list[tuple[ctypes.Array[ctypes.c_char], _SockFprog]]:
+    """The struct sock_fprog of each program, with the buffer it points into (keep both alive)."""
+    out = []
     for prog in programs:
         buf = ctypes.create_string_buffer(prog, len(prog))
-        fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-        _libc.prctl_ptr(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+        out.append((buf, _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))))
+    return out
 
 
 __all__ = [
@@ -573,6 +580,7 @@ __all__ = [
     "compile_bpf",
     "guard_rules",
     "load",
+    "sock_fprogs",
     "socket_families",
     "strict_rules",
 ]

@@ -305,3 +305,46 @@ def test_a_plan_the_spare_does_not_fit_forks_anew_and_leaves_the_spare(tmp_path:
                 p.chan.sock.close()
 
     asyncio.run(main())
+
+
+CAP_NET_BIND_SERVICE = 10
+CAP_CHOWN = 0
+
+
+def cap_set(pid: int, key: str) -> int:
+    """A capability set of process `pid` (CapBnd, CapEff, ...) as a bit mask, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(HOST.backend is None, reason="no cgroup controllers on this host")
+def test_a_spare_serves_only_plans_within_the_capabilities_it_was_prepared_for(
+    tmp_path: Path, parent: str
+) -> None:
+    # A spare cuts its bounding set to its prototype's allowed caps while it waits: a plan that
+    # allows another cap must fork anew (and get it); a plan that allows fewer is served, with
+    # exactly its own caps in every set.
+    wide = plan_for(tmp_path, parent, "wide", allowed_caps=["net_bind_service", "chown"])
+    wider = plan_for(tmp_path, parent, "wider", allowed_caps=["net_bind_service", "chown", "kill"])
+    narrow = plan_for(tmp_path, parent, "narrow", allowed_caps=["net_bind_service"])
+
+    async def main() -> None:
+        async with running() as launcher:
+            first = await spawn(launcher, wide)
+            spare = await next_spare(launcher, {first.pid})
+            odd = await spawn(launcher, wider)
+            assert odd.pid != spare  # not within the spare's: forked anew
+            assert cap_set(odd.pid, "CapBnd") == cap_set(odd.pid, "CapEff") == (
+                1 << CAP_NET_BIND_SERVICE | 1 << CAP_CHOWN | 1 << 5)  # CAP_KILL
+            served = await spawn(launcher, narrow)
+            assert served.pid == spare  # still unused after the plan it did not fit
+            for key in ("CapBnd", "CapEff", "CapPrm"):
+                assert cap_set(served.pid, key) == 1 << CAP_NET_BIND_SERVICE, key
+            assert cap_set(served.pid, "CapInh") == cap_set(served.pid, "CapAmb") == 0
+            assert isolation(served)["steps"]["capabilities"] == "active"
+            for p in (first, odd, served):
+                p.chan.sock.close()
+
+    asyncio.run(main())
