@@ -239,6 +239,16 @@ class ForkServer:
             self.contain.spare_fits(spare, plan)  # type: ignore[union-attr]
             msgpack.packb(req, use_bin_type=True)
 
+    def take_spare_report(self, spare: Any) -> None:
+        """Read the pre-contained spare's report of its preparation; if it failed (or died before
+        reporting), say so and discard it (the next sandboxed spawn forks anew)."""
+        try:
+            self.contain.take_report(spare)  # type: ignore[union-attr]
+        except Exception as exc:
+            self.cspare = None
+            self.warn(f"sandboxed spare failed: {exc}")
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
+
     def _use_contained_spare(self, plan: Any, req: dict[str, Any], sock_fd: int) -> Any:
         # The spare's Spawned for `plan`, or None (no spare, it does not fit, or the hand-off failed:
         # the spare is discarded and the caller forks anew, which reports any real error).
@@ -417,8 +427,12 @@ class ForkServer:
             idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
             if self.want_cspare and self.cspare is None:
                 idle = CSPARE_IDLE_S
+            waiting = [self.ctl.fileno(), self.wake_r]
+            preparing = self.cspare if self.cspare is not None and not self.cspare.ready else None
+            if preparing is not None:  # its report, read as soon as it comes rather than at hand-off
+                waiting.append(preparing.chan.fileno())
             try:
-                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
+                readable, _, _ = select.select(waiting, [], [], idle)
             except InterruptedError:
                 continue
             if not readable:
@@ -440,6 +454,8 @@ class ForkServer:
                     while os.read(self.wake_r, 512):
                         pass
                 self.reap()
+            if preparing is not None and preparing is self.cspare and preparing.chan.fileno() in readable:
+                self.take_spare_report(preparing)
             if self.ctl.fileno() in readable:
                 data, fds, _flags, _addr = socket.recv_fds(self.ctl, MAX_PACKET, 4)
                 if not data:

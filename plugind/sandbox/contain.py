@@ -589,6 +589,16 @@ def _spare_report(plan: SandboxPlan, chan: socket.socket) -> dict[str, Any]:
     return msg
 
 
+def take_report(spare: ContainedSpare) -> None:
+    """Read `spare`'s report of its prepared steps (blocking up to SPARE_REPORT_TIMEOUT_S; the
+    fork-server calls this as soon as the report is there, while idle, else `use_spare` does) and,
+    on cgroup v1, find the group it made. Raises SandboxError if its preparation failed."""
+    spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
+    spare.ready = True
+    if spare.backend == "v1":
+        spare.group = _spare_group(spare)
+
+
 def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd: int) -> Spawned:
     """Hand `plan`'s spawn (`payload` and the plugin's socket) to `spare`; return once every step
     but seccomp is done. Raises ValueError if `plan` does not fit, SandboxError or OSError if the
@@ -597,13 +607,10 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
         raise ValueError("the spare does not fit this plan")
     if spare.reniced:
         os.setpriority(os.PRIO_PROCESS, spare.pid, spare.nice)  # a plugin's priority; and it may finish
-    if not spare.ready:  # its own preparation (normally long done)
-        spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
-        spare.ready = True
-    if spare.backend == "v1":  # it made and entered its group itself
-        spare.group = _spare_group(spare)
-        if spare.group is None:
-            raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
+    if not spare.ready:  # its own preparation (normally long done, and its report read: take_report)
+        take_report(spare)
+    if spare.backend == "v1" and spare.group is None:  # it made and entered its group itself
+        raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
     steps = dict(spare.steps)
     if spare.backend is not None:
         existing = cgroups.open_group(spare.backend, plan.cgroup_parent, plan.group)
@@ -908,5 +915,6 @@ __all__ = [
     "spare_capable",
     "spare_fits",
     "spawn_contained",
+    "take_report",
     "use_spare",
 ]
