@@ -429,7 +429,8 @@ def _plugin_steps(
 # network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
 # its environment scrubbed, a session of its own, what of the capability step needs no capability
 # (`caps.prepare_drop`: ambient and inheritable sets cleared, the bounding set cut to the caps the
-# prototype allows, securebits locked) and (cgroup v1) a group of its own that it makes
+# prototype allows, securebits locked), no_new_privs and the seccomp guard filter
+# (SPARE_FILTERS_AHEAD), and (cgroup v1) a group of its own that it makes
 # under plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
 # fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
 # rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
@@ -438,6 +439,10 @@ def _plugin_steps(
 # loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
 # anew.
 
+# The spare loads this many of seccomp.build's filters while it waits: the guard (default allow; it
+# kills kexec, module and reboot calls and refuses TIOCSTI/TIOCLINUX, none of which a hand-off
+# makes). The stack ends as a fresh child's: guard, then the allowlist, loaded last at hand-off.
+SPARE_FILTERS_AHEAD = 1
 SPARE_GROUP_PREFIX = ".spare-"  # a plugin's group never starts with '.' (config.PLUGIN_NAME_RE)
 _SPARE_PACKET = 256 * 1024
 SPARE_REPORT_TIMEOUT_S = 10.0  # a spare that does not report by then is discarded (a bound, not a pace)
@@ -686,6 +691,11 @@ def _spare_child(
             caps.prepare_drop(caps.cap_numbers(proto.allowed_caps))
         except OSError as exc:
             raise _StepFailed("capabilities", str(exc)) from exc
+        try:  # the guard filter, first of the stack as ever: it refuses nothing the hand-off does
+            caps.no_new_privs()
+            seccomp.load(_filters_for(proto)[:SPARE_FILTERS_AHEAD])
+        except OSError as exc:
+            raise _StepFailed("seccomp", str(exc)) from exc
         chan.send(json.dumps({"steps": steps}).encode())
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -730,7 +740,10 @@ def _spare_child(
         _send_error(chan.fileno(), "spawn", f"{type(exc).__name__}: {exc}")
         os._exit(_CHILD_FAILED)
     plan, sock_fd = hand_off
-    _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, _filters_for(plan)), [sock_fd])
+    # The guard is loaded already (the same program: spare_fits asks for the prototype's network
+    # mode, the filters' only input); the allowlist is loaded last, by the runtime, as in a fresh child.
+    rest = _filters_for(plan)[SPARE_FILTERS_AHEAD:]
+    _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, rest), [sock_fd])
 
 
 def _rehearse_hand_off(proto: SandboxPlan) -> None:
@@ -750,8 +763,8 @@ def _rehearse_hand_off(proto: SandboxPlan) -> None:
         caps.cap_numbers(plan.allowed_caps)
         rlimits.limits_for(plan)
         json.dumps({"steps": steps}).encode()
-        seccomp.sock_fprogs(_filters_for(plan))
-        ChildHooks(plan, _filters_for(plan))
+        seccomp.sock_fprogs(_filters_for(plan)[SPARE_FILTERS_AHEAD:])
+        ChildHooks(plan, _filters_for(plan)[SPARE_FILTERS_AHEAD:])
 
 
 @dataclass

@@ -39,7 +39,8 @@ def whoami(data, ctx):
     return {"pid": os.getpid(), "cwd": os.getcwd()}
 '''
 NAMESPACES = ("pid", "net", "ipc", "uts", "mnt")
-STATUS_KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "NSpid")
+STATUS_KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters",
+               "NSpid")
 LIMITS = ("Max open files", "Max file size", "Max core file size", "Max processes")
 
 
@@ -148,7 +149,7 @@ def isolation(p: Plugin) -> dict[str, Any]:
     wanted = ("memory", "pids", "cpu") if HOST.backend == "v1" else ("",)
     return {
         # NSpid: the host's pid, then the pid inside its own namespace (compared: the latter).
-        "status": {k: status[k].strip().split()[-1] for k in STATUS_KEYS},
+        "status": {k: status[k].strip().split()[-1] for k in STATUS_KEYS if k in status},
         "mounts": sorted(mounts),
         "root": sorted(os.listdir(f"/proc/{pid}/root")),
         "hostname": norm(hostname),
@@ -182,6 +183,15 @@ def test_a_plugin_served_by_a_spare_is_isolated_exactly_as_one_forked_anew(
             fresh = await spawn(launcher, fresh_plan)  # no spare yet: forked anew
             spare = await next_spare(launcher, {fresh.pid})
             assert Path(f"/proc/{spare}/comm").read_text().strip() == "plugind-spare"
+            # While it waits it holds the guard filter only (the allowlist comes last, at hand-off).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30  # it prepares itself at nice 19
+            while "Seccomp:\t2" not in Path(f"/proc/{spare}/status").read_text() and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            waiting = Path(f"/proc/{spare}/status").read_text()
+            assert "Seccomp:\t2" in waiting and "NoNewPrivs:\t1" in waiting
+            if "Seccomp_filters:" in waiting:
+                assert "Seccomp_filters:\t1" in waiting
             served = await spawn(launcher, spare_plan)
             assert served.pid == spare  # the spare it prepared served this plugin
             a, b = isolation(fresh), isolation(served)
