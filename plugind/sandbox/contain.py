@@ -435,7 +435,9 @@ def _plugin_steps(
 # fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
 # rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
 # the spare does the plugin's own steps (`_plugin_steps`: the tree's mount and the root made
-# read-only, hostname, fds, rlimits, no_new_privs, capabilities) and runs the plugin, which
+# read-only, hostname, fds, rlimits, no_new_privs, capabilities) while the fork-server does the
+# cgroup, reports them, waits for the fork-server's go (sent once the cgroup and its limits are in
+# place) and runs the plugin, which
 # loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
 # anew.
 
@@ -443,6 +445,7 @@ def _plugin_steps(
 # kills kexec, module and reboot calls and refuses TIOCSTI/TIOCLINUX, none of which a hand-off
 # makes). The stack ends as a fresh child's: guard, then the allowlist, loaded last at hand-off.
 SPARE_FILTERS_AHEAD = 1
+_GO = b"go"  # use_spare -> spare, once the plugin's cgroup is in place: it may run the plugin
 SPARE_GROUP_PREFIX = ".spare-"  # a plugin's group never starts with '.' (config.PLUGIN_NAME_RE)
 _SPARE_PACKET = 256 * 1024
 SPARE_REPORT_TIMEOUT_S = 10.0  # a spare that does not report by then is discarded (a bound, not a pace)
@@ -617,6 +620,15 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
     if spare.backend == "v1" and spare.group is None:  # it made and entered its group itself
         raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
     steps = dict(spare.steps)
+    tree_fd = mounts.open_tree_ro(plan.tree) if "mount" in plan.namespaces else None
+    try:
+        socket.send_fds(spare.chan, [payload], [sock_fd] if tree_fd is None else [sock_fd, tree_fd])
+    finally:
+        if tree_fd is not None:
+            os.close(tree_fd)
+    # The spare does the plugin's steps meanwhile, reports, and waits for our go (_GO) before it
+    # runs anything of the plugin's: the go comes only once its cgroup and limits are in place (if
+    # they fail, we raise, the caller kills it, and it never had a go).
     if spare.backend is not None:
         existing = cgroups.open_group(spare.backend, plan.cgroup_parent, plan.group)
         if existing is not None:
@@ -629,12 +641,8 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
             spare.group.attach(spare.pid)
         gaps = spare.group.gaps
         steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
-    tree_fd = mounts.open_tree_ro(plan.tree) if "mount" in plan.namespaces else None
-    try:
-        socket.send_fds(spare.chan, [payload], [sock_fd] if tree_fd is None else [sock_fd, tree_fd])
-    finally:
-        if tree_fd is not None:
-            os.close(tree_fd)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it failed: its report says why
+        spare.chan.send(_GO)
     report = _spare_report(plan, spare.chan)
     steps.update(report["steps"])
     steps["seccomp"] = ACTIVE
@@ -731,7 +739,6 @@ def _spare_child(
 
         _plugin_steps(plan, steps, step, [sock_fd, chan.fileno()], finish_root, fresh=False)
         chan.send(json.dumps({"steps": steps}).encode())
-        chan.close()
         hand_off += [plan, sock_fd]
     except _StepFailed as exc:
         _send_error(chan.fileno(), exc.step, exc.detail)
@@ -740,6 +747,13 @@ def _spare_child(
         _send_error(chan.fileno(), "spawn", f"{type(exc).__name__}: {exc}")
         os._exit(_CHILD_FAILED)
     plan, sock_fd = hand_off
+    try:  # nothing of the plugin's runs before the fork-server's go: its cgroup is in place then
+        go = chan.recv(len(_GO) + 1)
+        chan.close()
+    except BaseException:
+        os._exit(_CHILD_FAILED)
+    if go != _GO:  # the fork-server gave up on us (or died): never run unconfined
+        os._exit(_CHILD_FAILED)
     # The guard is loaded already (the same program: spare_fits asks for the prototype's network
     # mode, the filters' only input); the allowlist is loaded last, by the runtime, as in a fresh child.
     rest = _filters_for(plan)[SPARE_FILTERS_AHEAD:]

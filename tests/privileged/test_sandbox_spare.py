@@ -9,11 +9,13 @@ read from the host side, in /proc/PID and the cgroup files, never from the code 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -358,3 +360,46 @@ def test_a_spare_serves_only_plans_within_the_capabilities_it_was_prepared_for(
                 p.chan.sock.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(HOST.backend is None, reason="no cgroup controllers on this host")
+def test_a_spare_runs_nothing_of_the_plugin_until_its_cgroup_is_in_place(
+    tmp_path: Path, parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spare does the plugin's steps while the fork-server makes its cgroup, then waits for the
+    # fork-server's go. Here the cgroup step fails (injected, after a pause long enough for the spare
+    # to finish its own steps): the spare must never have run the plugin (which would say "ran").
+    import msgpack
+
+    from plugind.errors import SandboxError
+    from plugind.sandbox import cgroups, contain
+
+    plan = plan_for(tmp_path, parent, "gated")
+
+    def run(payload: bytes, sock_fd: int, hooks: Any) -> Any:
+        os.write(sock_fd, b"ran")
+        os._exit(0)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # a pause, not a measurement: the spare is done with its steps by then
+        raise SandboxError("injected cgroup failure", step="cgroup", detail="injected")
+
+    spare = contain.prepare_spare(plan, lambda: None, run)
+    ours, theirs = socket.socketpair()
+    try:
+        contain.take_report(spare)
+        monkeypatch.setattr(cgroups, "apply_limits", failing)
+        monkeypatch.setattr(cgroups, "create_group", failing)
+        payload = msgpack.packb({"op": "spawn", "name": plan.name, "plan": plan.to_wire()}, use_bin_type=True)
+        with pytest.raises(SandboxError, match="injected"):
+            contain.use_spare(spare, plan, payload, theirs.fileno())
+        contain.discard_spare(spare)
+        theirs.close()
+        ours.settimeout(10)  # a bound against a hang
+        assert ours.recv(16) == b""  # end of stream: it died without a word
+        assert not Path(f"/proc/{spare.pid}").exists()
+    finally:
+        contain.discard_spare(spare)
+        ours.close()
+        with contextlib.suppress(OSError):
+            theirs.close()
