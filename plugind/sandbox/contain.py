@@ -695,10 +695,11 @@ def _spare_child(
             mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree)
         _scrub_environment()
         os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
-        try:  # what of the capability step it needs no capability for; done again, in full, at hand-off
+        # What of the capability step it needs no capability for. caps.drop does it all again at
+        # hand-off, where the plan says whether a failure fails or degrades the step (a host that
+        # refuses it, e.g. without CAP_SETPCAP, is told then, as for a fresh child): here, no error.
+        with contextlib.suppress(OSError, SandboxError):
             caps.prepare_drop(caps.cap_numbers(proto.allowed_caps))
-        except OSError as exc:
-            raise _StepFailed("capabilities", str(exc)) from exc
         try:  # the guard filter, first of the stack as ever: it refuses nothing the hand-off does
             caps.no_new_privs()
             seccomp.load(_filters_for(proto)[:SPARE_FILTERS_AHEAD])
