@@ -227,6 +227,33 @@ class ForkServer:
                 set_comm(comm)
         self.cspare = spare
         self.send({"op": "spare", "pid": spare.pid, "sandboxed": True})
+        self._rehearse_spawn(spare)
+
+    def _rehearse_spawn(self, spare: Any) -> None:
+        # Our pages are copy-on-write too once the spare is forked: run, on throwaway values, the
+        # Python of the next sandboxed spawn (its request decoded, its plan rebuilt and checked, the
+        # spare's fit, its payload packed), so that we copy them now, while idle, and not on that
+        # load's path. Changes nothing; never raises (a rehearsal that fails only warms less).
+        from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
+
+        with contextlib.suppress(Exception):
+            proto = self.proto
+            req = {"op": "spawn", "id": 0, "name": proto.name, "tree": proto.tree, "entrypoint": "",
+                   "version": "", "max_frame": 0, "plan": proto.to_wire()}
+            req = msgpack.unpackb(msgpack.packb(req, use_bin_type=True), raw=False)
+            plan = SandboxPlan.from_wire(req["plan"])
+            self.contain.spare_fits(spare, plan)  # type: ignore[union-attr]
+            msgpack.packb(req, use_bin_type=True)
+
+    def take_spare_report(self, spare: Any) -> None:
+        """Read the pre-contained spare's report of its preparation; if it failed (or died before
+        reporting), say so and discard it (the next sandboxed spawn forks anew)."""
+        try:
+            self.contain.take_report(spare)  # type: ignore[union-attr]
+        except Exception as exc:
+            self.cspare = None
+            self.warn(f"sandboxed spare failed: {exc}")
+            self.contain.discard_spare(spare)  # type: ignore[union-attr]
 
     def _use_contained_spare(self, plan: Any, req: dict[str, Any], sock_fd: int) -> Any:
         # The spare's Spawned for `plan`, or None (no spare, it does not fit, or the hand-off failed:
@@ -397,8 +424,12 @@ class ForkServer:
             idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
             if self.want_cspare and self.cspare is None:
                 idle = CSPARE_IDLE_S
+            waiting = [self.ctl.fileno(), self.wake_r]
+            preparing = self.cspare if self.cspare is not None and not self.cspare.ready else None
+            if preparing is not None:  # its report, read as soon as it comes rather than at hand-off
+                waiting.append(preparing.chan.fileno())
             try:
-                readable, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [], idle)
+                readable, _, _ = select.select(waiting, [], [], idle)
             except InterruptedError:
                 continue
             if not readable:
@@ -420,6 +451,8 @@ class ForkServer:
                     while os.read(self.wake_r, 512):
                         pass
                 self.reap()
+            if preparing is not None and preparing is self.cspare and preparing.chan.fileno() in readable:
+                self.take_spare_report(preparing)
             if self.ctl.fileno() in readable:
                 data, fds, _flags, _addr = socket.recv_fds(self.ctl, MAX_PACKET, 4)
                 if not data:

@@ -23,6 +23,34 @@ def cap_numbers(names: tuple[str, ...] | list[str]) -> list[int]:
     return out
 
 
+def prepare_drop(allowed: list[int]) -> None:
+    """In a pre-contained spare, ahead of a hand-off whose `drop(plugin_allowed)` has
+    `plugin_allowed` within `allowed`: the part of `drop` that takes from it no capability it still
+    uses for the hand-off (mounts, hostname, rlimits), done while it waits: ambient and inheritable
+    cleared, the bounding set reduced to `allowed` (it bounds what an execve may gain, not what this
+    process holds), the securebits set and locked. The effective and permitted sets stay whole
+    until `drop`, which does all of this again at hand-off (each of it idempotent, and a bounding
+    set can only shrink) and then limits them. Raises OSError from the kernel."""
+    _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    prctl.cap_inheritable.limit()
+    _drop_bounding(allowed)
+    _lock_securebits()
+
+
+def _drop_bounding(allowed: list[int]) -> None:
+    for cap in range(prctl.CAP_LAST_CAP + 1):
+        if cap not in allowed and prctl.capbset_read(cap):
+            prctl.capbset_drop(cap)
+
+
+def _lock_securebits() -> None:
+    prctl.securebits.noroot = True
+    prctl.securebits.noroot_locked = True
+    prctl.securebits.no_setuid_fixup = True
+    prctl.securebits.no_setuid_fixup_locked = True
+    prctl.securebits.keep_caps_locked = True
+
+
 def drop(allowed: list[int]) -> None:
     """Drop every capability not in `allowed` from all five sets. Raises OSError from the kernel.
 
@@ -31,14 +59,8 @@ def drop(allowed: list[int]) -> None:
     """
     _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
     prctl.cap_inheritable.limit()
-    for cap in range(prctl.CAP_LAST_CAP + 1):
-        if cap not in allowed and prctl.capbset_read(cap):
-            prctl.capbset_drop(cap)
-    prctl.securebits.noroot = True
-    prctl.securebits.noroot_locked = True
-    prctl.securebits.no_setuid_fixup = True
-    prctl.securebits.no_setuid_fixup_locked = True
-    prctl.securebits.keep_caps_locked = True
+    _drop_bounding(allowed)
+    _lock_securebits()
     prctl.cap_effective.limit(*allowed)
     prctl.cap_permitted.limit(*allowed)
 
@@ -48,4 +70,4 @@ def no_new_privs() -> None:
     prctl.set_no_new_privs(1)
 
 
-__all__ = ["cap_numbers", "drop", "no_new_privs"]
+__all__ = ["cap_numbers", "drop", "no_new_privs", "prepare_drop"]

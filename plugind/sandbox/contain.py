@@ -427,15 +427,25 @@ def _plugin_steps(
 # the fork-server may give it its priority back, `_may_renice`) every
 # step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
 # network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
-# its environment scrubbed, a session of its own and (cgroup v1) a group of its own that it makes
+# its environment scrubbed, a session of its own, what of the capability step needs no capability
+# (`caps.prepare_drop`: ambient and inheritable sets cleared, the bounding set cut to the caps the
+# prototype allows, securebits locked), no_new_privs and the seccomp guard filter
+# (SPARE_FILTERS_AHEAD), and (cgroup v1) a group of its own that it makes
 # under plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
 # fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
 # rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
 # the spare does the plugin's own steps (`_plugin_steps`: the tree's mount and the root made
-# read-only, hostname, fds, rlimits, no_new_privs, capabilities) and runs the plugin, which
+# read-only, hostname, fds, rlimits, no_new_privs, capabilities) while the fork-server does the
+# cgroup, reports them, waits for the fork-server's go (sent once the cgroup and its limits are in
+# place) and runs the plugin, which
 # loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
 # anew.
 
+# The spare loads this many of seccomp.build's filters while it waits: the guard (default allow; it
+# kills kexec, module and reboot calls and refuses TIOCSTI/TIOCLINUX, none of which a hand-off
+# makes). The stack ends as a fresh child's: guard, then the allowlist, loaded last at hand-off.
+SPARE_FILTERS_AHEAD = 1
+_GO = b"go"  # use_spare -> spare, once the plugin's cgroup is in place: it may run the plugin
 SPARE_GROUP_PREFIX = ".spare-"  # a plugin's group never starts with '.' (config.PLUGIN_NAME_RE)
 _SPARE_PACKET = 256 * 1024
 SPARE_REPORT_TIMEOUT_S = 10.0  # a spare that does not report by then is discarded (a bound, not a pace)
@@ -465,14 +475,28 @@ def spare_capable(plan: SandboxPlan) -> bool:
 
 def spare_fits(spare: ContainedSpare, plan: SandboxPlan) -> bool:
     """Whether `plan` asks for exactly what `spare` prepared (else the spawn forks anew): the same
-    namespaces, network mode, seccomp mode, cgroup backend and parent, and a root that differs from
-    the one it built ahead only by the plugin's tree."""
+    namespaces, network mode, seccomp mode, cgroup backend and parent, no capability the
+    prototype's plan did not allow, and a root that differs from the one it built ahead only by
+    the plugin's tree."""
     proto = spare.proto
+    if not _caps_within(plan.allowed_caps, proto.allowed_caps):
+        return False  # its bounding set holds only the prototype's (caps.prepare_drop)
     if not (spare_capable(plan) and plan.namespaces == proto.namespaces
             and plan.network_mode == proto.network_mode and plan.mode == proto.mode
             and plan.cgroup_backend == proto.cgroup_backend and plan.cgroup_parent == proto.cgroup_parent):
         return False
     return "mount" not in plan.namespaces or _root_of(plan) == spare.root
+
+
+def _caps_within(names: tuple[str, ...], within: tuple[str, ...]) -> bool:
+    # Whether every capability `names` allows is among those `within` allows (False for a name that
+    # is not a capability: the fresh fork then reports it).
+    if names == within:
+        return True
+    try:
+        return set(caps.cap_numbers(names)) <= set(caps.cap_numbers(within))
+    except SandboxError:
+        return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -573,6 +597,16 @@ def _spare_report(plan: SandboxPlan, chan: socket.socket) -> dict[str, Any]:
     return msg
 
 
+def take_report(spare: ContainedSpare) -> None:
+    """Read `spare`'s report of its prepared steps (blocking up to SPARE_REPORT_TIMEOUT_S; the
+    fork-server calls this as soon as the report is there, while idle, else `use_spare` does) and,
+    on cgroup v1, find the group it made. Raises SandboxError if its preparation failed."""
+    spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
+    spare.ready = True
+    if spare.backend == "v1":
+        spare.group = _spare_group(spare)
+
+
 def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd: int) -> Spawned:
     """Hand `plan`'s spawn (`payload` and the plugin's socket) to `spare`; return once every step
     but seccomp is done. Raises ValueError if `plan` does not fit, SandboxError or OSError if the
@@ -581,14 +615,20 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
         raise ValueError("the spare does not fit this plan")
     if spare.reniced:
         os.setpriority(os.PRIO_PROCESS, spare.pid, spare.nice)  # a plugin's priority; and it may finish
-    if not spare.ready:  # its own preparation (normally long done)
-        spare.steps.update(_spare_report(spare.proto, spare.chan)["steps"])
-        spare.ready = True
-    if spare.backend == "v1":  # it made and entered its group itself
-        spare.group = _spare_group(spare)
-        if spare.group is None:
-            raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
+    if not spare.ready:  # its own preparation (normally long done, and its report read: take_report)
+        take_report(spare)
+    if spare.backend == "v1" and spare.group is None:  # it made and entered its group itself
+        raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
     steps = dict(spare.steps)
+    tree_fd = mounts.open_tree_ro(plan.tree) if "mount" in plan.namespaces else None
+    try:
+        socket.send_fds(spare.chan, [payload], [sock_fd] if tree_fd is None else [sock_fd, tree_fd])
+    finally:
+        if tree_fd is not None:
+            os.close(tree_fd)
+    # The spare does the plugin's steps meanwhile, reports, and waits for our go (_GO) before it
+    # runs anything of the plugin's: the go comes only once its cgroup and limits are in place (if
+    # they fail, we raise, the caller kills it, and it never had a go).
     if spare.backend is not None:
         existing = cgroups.open_group(spare.backend, plan.cgroup_parent, plan.group)
         if existing is not None:
@@ -601,12 +641,8 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
             spare.group.attach(spare.pid)
         gaps = spare.group.gaps
         steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
-    tree_fd = mounts.open_tree_ro(plan.tree) if "mount" in plan.namespaces else None
-    try:
-        socket.send_fds(spare.chan, [payload], [sock_fd] if tree_fd is None else [sock_fd, tree_fd])
-    finally:
-        if tree_fd is not None:
-            os.close(tree_fd)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it failed: its report says why
+        spare.chan.send(_GO)
     report = _spare_report(plan, spare.chan)
     steps.update(report["steps"])
     steps["seccomp"] = ACTIVE
@@ -659,12 +695,23 @@ def _spare_child(
             mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree)
         _scrub_environment()
         os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
+        # What of the capability step it needs no capability for. caps.drop does it all again at
+        # hand-off, where the plan says whether a failure fails or degrades the step (a host that
+        # refuses it, e.g. without CAP_SETPCAP, is told then, as for a fresh child): here, no error.
+        with contextlib.suppress(OSError, SandboxError):
+            caps.prepare_drop(caps.cap_numbers(proto.allowed_caps))
+        try:  # the guard filter, first of the stack as ever: it refuses nothing the hand-off does
+            caps.no_new_privs()
+            seccomp.load(_filters_for(proto)[:SPARE_FILTERS_AHEAD])
+        except OSError as exc:
+            raise _StepFailed("seccomp", str(exc)) from exc
         chan.send(json.dumps({"steps": steps}).encode())
     except BaseException as exc:
         with contextlib.suppress(OSError):
             chan.send(json.dumps({"error": {"step": getattr(exc, "step", "spawn"),
                                             "detail": f"{type(exc).__name__}: {exc}"}}).encode())
         os._exit(_CHILD_FAILED)
+    _rehearse_hand_off(proto)
     if warm is not None:
         warm()
     try:
@@ -693,7 +740,6 @@ def _spare_child(
 
         _plugin_steps(plan, steps, step, [sock_fd, chan.fileno()], finish_root, fresh=False)
         chan.send(json.dumps({"steps": steps}).encode())
-        chan.close()
         hand_off += [plan, sock_fd]
     except _StepFailed as exc:
         _send_error(chan.fileno(), exc.step, exc.detail)
@@ -702,7 +748,38 @@ def _spare_child(
         _send_error(chan.fileno(), "spawn", f"{type(exc).__name__}: {exc}")
         os._exit(_CHILD_FAILED)
     plan, sock_fd = hand_off
-    _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, _filters_for(plan)), [sock_fd])
+    try:  # nothing of the plugin's runs before the fork-server's go: its cgroup is in place then
+        go = chan.recv(len(_GO) + 1)
+        chan.close()
+    except BaseException:
+        os._exit(_CHILD_FAILED)
+    if go != _GO:  # the fork-server gave up on us (or died): never run unconfined
+        os._exit(_CHILD_FAILED)
+    # The guard is loaded already (the same program: spare_fits asks for the prototype's network
+    # mode, the filters' only input); the allowlist is loaded last, by the runtime, as in a fresh child.
+    rest = _filters_for(plan)[SPARE_FILTERS_AHEAD:]
+    _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, rest), [sock_fd])
+
+
+def _rehearse_hand_off(proto: SandboxPlan) -> None:
+    # In the spare, once it has reported ready: run, on throwaway values, the Python its hand-off
+    # runs (the request decoded, the plan rebuilt and checked, the steps reported, the seccomp
+    # programs' buffers), so that the fork-server's pages these touch are copied now, while it
+    # waits, and not on the load's path (each copy-on-write fault costs microseconds). Changes no
+    # kernel state and nothing the hand-off reads; never raises (a rehearsal that fails warms less).
+    with contextlib.suppress(Exception):
+        import msgpack
+
+        wire = msgpack.packb({"op": "spawn", "plan": proto.to_wire()}, use_bin_type=True)
+        plan = SandboxPlan.from_wire(msgpack.unpackb(wire, raw=False)["plan"])
+        steps: dict[str, str] = {"rehearsal": OFF}
+        step = _stepper(plan, steps)
+        step("rehearsal", lambda: spare_capable(plan) and plan.namespaces == proto.namespaces)
+        caps.cap_numbers(plan.allowed_caps)
+        rlimits.limits_for(plan)
+        json.dumps({"steps": steps}).encode()
+        seccomp.sock_fprogs(_filters_for(plan)[SPARE_FILTERS_AHEAD:])
+        ChildHooks(plan, _filters_for(plan)[SPARE_FILTERS_AHEAD:])
 
 
 @dataclass
@@ -866,5 +943,6 @@ __all__ = [
     "spare_capable",
     "spare_fits",
     "spawn_contained",
+    "take_report",
     "use_spare",
 ]

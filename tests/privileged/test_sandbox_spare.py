@@ -9,11 +9,13 @@ read from the host side, in /proc/PID and the cgroup files, never from the code 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +41,8 @@ def whoami(data, ctx):
     return {"pid": os.getpid(), "cwd": os.getcwd()}
 '''
 NAMESPACES = ("pid", "net", "ipc", "uts", "mnt")
-STATUS_KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "NSpid")
+STATUS_KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters",
+               "NSpid")
 LIMITS = ("Max open files", "Max file size", "Max core file size", "Max processes")
 
 
@@ -148,7 +151,7 @@ def isolation(p: Plugin) -> dict[str, Any]:
     wanted = ("memory", "pids", "cpu") if HOST.backend == "v1" else ("",)
     return {
         # NSpid: the host's pid, then the pid inside its own namespace (compared: the latter).
-        "status": {k: status[k].strip().split()[-1] for k in STATUS_KEYS},
+        "status": {k: status[k].strip().split()[-1] for k in STATUS_KEYS if k in status},
         "mounts": sorted(mounts),
         "root": sorted(os.listdir(f"/proc/{pid}/root")),
         "hostname": norm(hostname),
@@ -182,6 +185,15 @@ def test_a_plugin_served_by_a_spare_is_isolated_exactly_as_one_forked_anew(
             fresh = await spawn(launcher, fresh_plan)  # no spare yet: forked anew
             spare = await next_spare(launcher, {fresh.pid})
             assert Path(f"/proc/{spare}/comm").read_text().strip() == "plugind-spare"
+            # While it waits it holds the guard filter only (the allowlist comes last, at hand-off).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30  # it prepares itself at nice 19
+            while "Seccomp:\t2" not in Path(f"/proc/{spare}/status").read_text() and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            waiting = Path(f"/proc/{spare}/status").read_text()
+            assert "Seccomp:\t2" in waiting and "NoNewPrivs:\t1" in waiting
+            if "Seccomp_filters:" in waiting:
+                assert "Seccomp_filters:\t1" in waiting
             served = await spawn(launcher, spare_plan)
             assert served.pid == spare  # the spare it prepared served this plugin
             a, b = isolation(fresh), isolation(served)
@@ -305,3 +317,89 @@ def test_a_plan_the_spare_does_not_fit_forks_anew_and_leaves_the_spare(tmp_path:
                 p.chan.sock.close()
 
     asyncio.run(main())
+
+
+CAP_NET_BIND_SERVICE = 10
+CAP_CHOWN = 0
+
+
+def cap_set(pid: int, key: str) -> int:
+    """A capability set of process `pid` (CapBnd, CapEff, ...) as a bit mask, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(HOST.backend is None, reason="no cgroup controllers on this host")
+def test_a_spare_serves_only_plans_within_the_capabilities_it_was_prepared_for(
+    tmp_path: Path, parent: str
+) -> None:
+    # A spare cuts its bounding set to its prototype's allowed caps while it waits: a plan that
+    # allows another cap must fork anew (and get it); a plan that allows fewer is served, with
+    # exactly its own caps in every set.
+    wide = plan_for(tmp_path, parent, "wide", allowed_caps=["net_bind_service", "chown"])
+    wider = plan_for(tmp_path, parent, "wider", allowed_caps=["net_bind_service", "chown", "kill"])
+    narrow = plan_for(tmp_path, parent, "narrow", allowed_caps=["net_bind_service"])
+
+    async def main() -> None:
+        async with running() as launcher:
+            first = await spawn(launcher, wide)
+            spare = await next_spare(launcher, {first.pid})
+            odd = await spawn(launcher, wider)
+            assert odd.pid != spare  # not within the spare's: forked anew
+            assert cap_set(odd.pid, "CapBnd") == cap_set(odd.pid, "CapEff") == (
+                1 << CAP_NET_BIND_SERVICE | 1 << CAP_CHOWN | 1 << 5)  # CAP_KILL
+            served = await spawn(launcher, narrow)
+            assert served.pid == spare  # still unused after the plan it did not fit
+            for key in ("CapBnd", "CapEff", "CapPrm"):
+                assert cap_set(served.pid, key) == 1 << CAP_NET_BIND_SERVICE, key
+            assert cap_set(served.pid, "CapInh") == cap_set(served.pid, "CapAmb") == 0
+            assert isolation(served)["steps"]["capabilities"] == "active"
+            for p in (first, odd, served):
+                p.chan.sock.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(HOST.backend is None, reason="no cgroup controllers on this host")
+def test_a_spare_runs_nothing_of_the_plugin_until_its_cgroup_is_in_place(
+    tmp_path: Path, parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spare does the plugin's steps while the fork-server makes its cgroup, then waits for the
+    # fork-server's go. Here the cgroup step fails (injected, after a pause long enough for the spare
+    # to finish its own steps): the spare must never have run the plugin (which would say "ran").
+    import msgpack
+
+    from plugind.errors import SandboxError
+    from plugind.sandbox import cgroups, contain
+
+    plan = plan_for(tmp_path, parent, "gated")
+
+    def run(payload: bytes, sock_fd: int, hooks: Any) -> Any:
+        os.write(sock_fd, b"ran")
+        os._exit(0)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # a pause, not a measurement: the spare is done with its steps by then
+        raise SandboxError("injected cgroup failure", step="cgroup", detail="injected")
+
+    spare = contain.prepare_spare(plan, lambda: None, run)
+    ours, theirs = socket.socketpair()
+    try:
+        contain.take_report(spare)
+        monkeypatch.setattr(cgroups, "apply_limits", failing)
+        monkeypatch.setattr(cgroups, "create_group", failing)
+        payload = msgpack.packb({"op": "spawn", "name": plan.name, "plan": plan.to_wire()}, use_bin_type=True)
+        with pytest.raises(SandboxError, match="injected"):
+            contain.use_spare(spare, plan, payload, theirs.fileno())
+        contain.discard_spare(spare)
+        theirs.close()
+        ours.settimeout(10)  # a bound against a hang
+        assert ours.recv(16) == b""  # end of stream: it died without a word
+        assert not Path(f"/proc/{spare.pid}").exists()
+    finally:
+        contain.discard_spare(spare)
+        ours.close()
+        with contextlib.suppress(OSError):
+            theirs.close()
