@@ -415,6 +415,9 @@ class PluginRegistry:
                 plugin=name,
                 reason="state_not_saved",
             )
+        # Its hook series are made right after this returns (the reply is on its way, and the
+        # loop idle until the caller's first call comes), not at that first call.
+        asyncio.get_running_loop().call_soon(self._bind_series, loaded)
         return loaded
 
     async def _withdraw(self, written: asyncio.Future[str | None]) -> None:
@@ -506,8 +509,6 @@ class PluginRegistry:
             loaded = LoadedPlugin(name, str(vb.version), vb.digest, level, bundle.tree, sup)
             self._loaded[name] = loaded
             self.hooks.register(name, dict(sup.hooks), sup)
-            # Its hook series made while the audit entry below is written, not at its first call.
-            asyncio.get_running_loop().call_soon(self._bind_series, loaded)
             self._failed.pop(name, None)
             if explicit and self._wanted is not None and name not in self._wanted:
                 self._wanted.append(name)

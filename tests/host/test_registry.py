@@ -662,14 +662,15 @@ def _hook_series(plugin: str) -> dict[str, float]:
 
 
 def test_a_loaded_plugins_hook_series_exist_before_its_first_call(ws: Workspace) -> None:
-    # Made while the load's audit entry is written, so the first call only adds to them; never for
-    # a plugin unloaded before that ran.
+    # Made right after the load returns (the loop's next turn), so the first call only adds to
+    # them; never for a plugin unloaded before that ran.
     ws.auto_load = False
     ws.add(echo("prebound"))
 
     async def scenario(reg: PluginRegistry) -> None:
         await reg.start()
         loaded = await reg.load_plugin("prebound")
+        await asyncio.sleep(0)
         assert _hook_series("prebound") == {"on_request": 0.0}
         await reg.hooks.execute("on_request", {"n": 1})
         assert _hook_series("prebound") == {"on_request": 1.0}
