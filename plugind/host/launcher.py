@@ -29,6 +29,7 @@ import msgpack
 import plugind
 from plugind.errors import LoadError, PluginError, from_wire
 from plugind.wire.frames import DEFAULT_MAX_FRAME
+from plugind.wire.messages import SPARE_READY
 
 log = logging.getLogger("plugind.launcher")
 
@@ -101,6 +102,7 @@ class Launcher:
         self.sandbox_available = False
         self.spare_pid: int | None = None  # the fork-server's spare child (forkserver.py), if any
         self._spare_chan: socket.socket | None = None  # the spare's socket: its request goes there
+        self._spare_ready = False  # it said SPARE_READY on it
         self.sandboxed_spare_pid: int | None = None  # its pre-contained spare (sandbox/contain.py)
         self._ctl: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,13 +188,33 @@ class Launcher:
         chan = socket.socket(fileno=fd)
         chan.setblocking(False)
         self._spare_chan = chan
+        self._spare_ready = False
         self.spare_pid = pid
 
     def _drop_spare(self) -> None:
         chan, self._spare_chan = self._spare_chan, None
         self.spare_pid = None
+        self._spare_ready = False
         if chan is not None:
             chan.close()  # an unused spare reads the end of its socket and exits
+
+    def spare_ready(self) -> bool:
+        """Whether there is a spare that has said it is ready (rehearsed) and has not been used: the
+        next unsandboxed spawn goes to it. Never blocks."""
+        chan = self._spare_chan
+        if chan is None or self._spare_ready:
+            return chan is not None
+        try:
+            said = chan.recv(16)
+        except BlockingIOError:
+            return False  # still rehearsing
+        except OSError:
+            said = b""
+        if said != SPARE_READY:  # gone (end of its socket), or not what a spare says
+            self._drop_spare()
+            return False
+        self._spare_ready = True
+        return True
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -291,7 +313,7 @@ class Launcher:
         msg = {"op": "spawn", "id": req_id, "name": request.name, "tree": request.tree,
                "entrypoint": request.entrypoint, "version": request.version,
                "max_frame": request.max_frame, "plan": request.plan}
-        if request.plan is None and self._spare_chan is not None and self.alive:
+        if request.plan is None and self.alive and self.spare_ready():
             spawned = await self._hand_to_spare(msg, child_sock)
             if spawned is not None:
                 return spawned

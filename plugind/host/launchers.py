@@ -93,8 +93,8 @@ class LauncherPool:
         # then a hand-off, not a fork (round robin alone sent a second load to a fork-server that
         # had never spawned, and so had no spare, while another's waited).
         sandboxed = request.plan is not None
-        ready = [i for i in idle if (self.members[i].sandboxed_spare_pid if sandboxed
-                                     else self.members[i].spare_pid) is not None]
+        ready = [i for i in idle if (self.members[i].sandboxed_spare_pid is not None if sandboxed
+                                     else self.members[i].spare_ready())]
         i = (ready or idle)[0]
         self._next = (i + 1) % n
         return i

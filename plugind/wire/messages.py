@@ -29,6 +29,10 @@ PING = "ping"
 SHUTDOWN = "shutdown"
 CTX_REPLY = "ctx.reply"
 
+# spare -> daemon, on the unsandboxed spare's own socket (not a frame): it has rehearsed and takes a
+# request at once (plugind/host/forkserver.py)
+SPARE_READY = b"ready"
+
 CTX_TYPES = frozenset({CTX_GET, CTX_SET, CTX_DELETE, CTX_KEYS})
 FROM_PLUGIN = frozenset({HELLO, FATAL, RESULT, PONG, LOG}) | CTX_TYPES
 FROM_HOST = frozenset({WELCOME, INVOKE, PING, SHUTDOWN, CTX_REPLY})

@@ -251,9 +251,13 @@ def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: 
             assert [f for f, target in fds.items() if int(f) > 2] == [
                 f for f, target in fds.items() if target.startswith("socket:") and int(f) > 2]
             assert len([f for f in fds if int(f) > 2]) == 1
+            while not launcher.spare_ready() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)  # it has rehearsed (else the spawn forks: see below)
             second, chan2 = await spawn(launcher, tree)
             assert second == spare
             assert await call(chan2, "env", None) == await call(chan1, "env", None)
+            # It rehearsed at nice 19 where it could come back, and serves at the priority of any plugin.
+            assert proc.nice() == psutil.Process(first).nice() == psutil.Process(launcher.server_pid).nice()
             assert proc.name() == psutil.Process(first).name() == psutil.Process(launcher.server_pid).name()
             await launcher.kill(second, signal.SIGKILL)
             status = await asyncio.wait_for(launcher.wait_exit(second), 20)
@@ -283,7 +287,8 @@ def test_the_daemon_hands_the_spare_its_request_itself_and_forks_when_it_died(tm
 
     async def wait_for_spare(launcher: Launcher, but: set[int]) -> int:
         deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
-        while launcher.spare_pid in (None, *but) and asyncio.get_running_loop().time() < deadline:
+        while (launcher.spare_pid in (None, *but) or not launcher.spare_ready()) and (
+                asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.01)
         assert launcher.spare_pid is not None and launcher.spare_pid not in but
         return launcher.spare_pid

@@ -131,7 +131,7 @@ def test_a_spawn_goes_to_a_fork_server_whose_spare_is_ready(tmp_path: Path) -> N
             server = next(m for m in pool.members if m.server_pid == psutil.Process(first).ppid())
             other = next(m for m in pool.members if m is not server)
             deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
-            while server.spare_pid is None and asyncio.get_running_loop().time() < deadline:
+            while not server.spare_ready() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
             spare = server.spare_pid
             assert spare is not None and other.spare_pid is None
