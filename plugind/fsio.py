@@ -24,20 +24,23 @@ def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
     ctime, which no user can set: an unchanged identity means an unchanged file, unless it changed
     within one clock tick of the last change (see `settled`)."""
     try:
-        st = os.stat(path)
+        return identity_of(os.stat(path))
     except OSError:
         return None
+
+
+def identity_of(st: os.stat_result) -> FileIdentity:
+    """The `file_identity` fields of a stat (or lstat) result."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
 
 
-def settled(identity: FileIdentity | None, read_at_ns: int, settle_s: float | None = None) -> bool:
-    """True when the file of `identity` had last changed at least SETTLE_S (or `settle_s`) before
-    `read_at_ns` (time.time_ns() taken before it was read): what was read may be reused while its
-    identity stays the same. A change stamped in the future (a clock set back) is never settled."""
+def settled(identity: FileIdentity | None, read_at_ns: int) -> bool:
+    """True when the file of `identity` had last changed at least SETTLE_S before `read_at_ns`
+    (time.time_ns() taken before it was read): what was read may be reused while its identity stays
+    the same. A change stamped in the future (a clock set back) is never settled."""
     if identity is None:
         return False
-    margin = int((SETTLE_S if settle_s is None else settle_s) * 1e9)
-    return max(identity[3], identity[4]) <= read_at_ns - margin
+    return max(identity[3], identity[4]) <= read_at_ns - int(SETTLE_S * 1e9)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -43,7 +43,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import resource
 import select
 import signal
 import socket
@@ -59,10 +58,10 @@ import plugind.runtime.child as runtime
 import plugind.sdk
 import plugind.sdk.testing  # noqa: F401
 from plugind.errors import LoadError, PluginError
+from plugind.priority import SPARE_NICE, may_raise_priority
 from plugind.wire.messages import SPARE_READY
 
 PR_SET_PDEATHSIG = 1
-CAP_SYS_NICE = 23
 PR_SET_NAME = 15
 # The spare is forked once the fork-server has had nothing to do for this long after an unsandboxed
 # spawn (forked at once, it competed for the CPU with the child just handed over: its import, hello
@@ -72,11 +71,9 @@ PR_SET_NAME = 15
 # fork-server, which forks. Against 50 ms and no nice: back-to-back loads 0.46x the load-to-first-
 # answer (0.54x on one CPU), loads 150 ms apart the same (bench/cold.py --gap 0 / 0.15).
 SPARE_IDLE_S = 0.005
-SPARE_NICE = 19  # the spare's priority while it rehearses (may_raise_priority)
 # The pre-contained spare costs the fork-server only its fork (it prepares itself, at nice 19): it is
 # forked once nothing has come for this long after a sandboxed spawn (the daemon's next steps first).
 CSPARE_IDLE_S = 0.005
-SPARE_NICE = 19  # the spare's priority while it rehearses (may_raise_priority)
 MAX_WARNING = 2000  # characters of one {"op": "warning"} message
 SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
 MAX_PACKET = 256 * 1024
@@ -88,23 +85,6 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def may_raise_priority(nice: int) -> bool:
-    """Whether this process, once at SPARE_NICE, may set its priority back to `nice`: that needs
-    CAP_SYS_NICE, or an RLIMIT_NICE that allows it (setpriority(2): EACCES otherwise), and a unit
-    may grant neither (systemd's CapabilityBoundingSet=, docker's --cap-drop)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    if int(line.split()[1], 16) & (1 << CAP_SYS_NICE):
-                        return True
-                    break
-    except (OSError, ValueError):
-        pass
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)
-    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
 
 
 def set_comm(name: bytes) -> None:

@@ -332,13 +332,12 @@ class Launcher:
         # None when the spare is gone (its exit is reported): the fork-server forks instead.
         pid, chan = self.spare_pid, self._spare_chan
         assert pid is not None and chan is not None and self._loop is not None
-        self._spare_chan, self.spare_pid = None, None
         try:
             socket.send_fds(chan, [msgpack.packb(msg, use_bin_type=True)], [child_sock.fileno()])
         except OSError:  # it exited (EPIPE, ECONNRESET) or cannot take it (EAGAIN): fork instead
             return None
         finally:
-            chan.close()
+            self._drop_spare()  # used once, whatever happened
         self._state.exits.setdefault(pid, self._loop.create_future())
         # Sent before anything else can be (this coroutine does not yield on the way unless the
         # control socket is full), so no kill for this pid overtakes it.

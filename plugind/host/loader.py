@@ -97,11 +97,11 @@ class PluginLoader:
         """
         security = self._security
         key = str(path)
+        before = _identities(path)
         if not fresh:
             kept = self._verified.get(key)
-            if kept is not None and kept[0] is security and kept[1] == _identities(path):
+            if kept is not None and kept[0] is security and kept[1] == before:
                 return kept[2]
-        before = _identities(path)
         started = time.time_ns()
         vb = security.verify_bundle(path)
         if (

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import gc
 import importlib
-import importlib.machinery
 import logging
 import os
 import re
@@ -428,9 +427,7 @@ def _rehearse_import() -> Plugin:
     bytecode = sys.dont_write_bytecode
     try:
         plugin = load_plugin(here, f"{_REHEARSAL_MODULE}:plugin")
-        spec = importlib.machinery.FileFinder(
-            here, (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
-        ).find_spec(_REHEARSAL_MODULE)
+        spec = sys.modules[_REHEARSAL_MODULE].__spec__
         if spec is not None and spec.origin is not None and spec.loader is not None:
             loader: Any = spec.loader
             loader.source_to_code(loader.get_data(spec.origin), spec.origin)

@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import sys
@@ -28,6 +27,7 @@ from typing import Any, NoReturn
 import prctl
 
 from plugind.errors import SandboxError
+from plugind.priority import SPARE_NICE, may_raise_priority
 from plugind.sandbox import _libc, caps, cgroups, mounts, namespaces, network, rlimits, seccomp, steps
 from plugind.sandbox.cgroups import cgroup_for
 from plugind.sandbox.plan import SandboxPlan
@@ -424,7 +424,7 @@ def _plugin_steps(
 # --- the pre-contained spare ----------------------------------------------------------------------
 #
 # An idle fork-server forks, ahead of the next sandboxed spawn, a child that does (at nice 19 where
-# the fork-server may give it its priority back, `_may_renice`) every
+# the fork-server may give it its priority back, `may_raise_priority`) every
 # step that does not depend on the plugin: PID 1 of its own pid namespace, in its own ipc, uts and
 # network namespaces with loopback up, its root prebuilt from the mount template and pivoted into,
 # its environment scrubbed, a session of its own, what of the capability step needs no capability
@@ -507,21 +507,6 @@ def _root_of(plan: SandboxPlan) -> Any:
     return None if split is None else mounts.plugin_independent(split, plan.tree)
 
 
-SPARE_NICE = 19
-
-
-def _may_renice(nice: int) -> bool:
-    """Whether a child of this process, once at SPARE_NICE, may be given the priority `nice` back:
-    raising a priority needs CAP_SYS_NICE or an RLIMIT_NICE that allows it (setpriority(2), EACCES
-    otherwise), and a unit may grant neither (systemd's CapabilityBoundingSet=, docker's
-    --cap-drop). Without it a spare prepares at the fork-server's own priority: a spare stuck at nice
-    19 would make its plugin the slowest process on the host."""
-    if prctl.cap_effective.sys_nice:
-        return True
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)  # the child inherits it; 20 - nice, the floor
-    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
-
-
 def prepare_spare(
     proto: SandboxPlan,
     child_setup: Callable[[], None],
@@ -530,7 +515,7 @@ def prepare_spare(
 ) -> ContainedSpare:
     """Fork a spare for plans like `proto` (see above) and return at once: it prepares itself, at
     the lowest CPU priority (nice 19, so that it never competes with a plugin starting up; only
-    where its priority can be given back, `_may_renice`), and waits for `use_spare`, which restores
+    where its priority can be given back, `may_raise_priority`), and waits for `use_spare`, which restores
     its priority first.
 
     In the spare, `child_setup()` runs first (the fork-server sheds its fds and signal plumbing);
@@ -566,7 +551,7 @@ def prepare_spare(
     ours.settimeout(SPARE_REPORT_TIMEOUT_S)
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto), nice=nice)
-    if nice < SPARE_NICE and _may_renice(nice):
+    if nice < SPARE_NICE and may_raise_priority(nice):
         try:
             os.setpriority(os.PRIO_PROCESS, pid, SPARE_NICE)  # by us, not by it: use_spare cannot race it
         except BaseException:

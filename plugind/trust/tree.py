@@ -13,7 +13,7 @@ import stat
 import time
 from pathlib import Path
 
-from plugind.fsio import FileIdentity, settled
+from plugind.fsio import FileIdentity, identity_of, settled
 
 TreeRecord = dict[str, tuple[str, int]]  # relative path -> (sha256 hex, mode)
 _CHUNK = 1 << 20
@@ -67,8 +67,7 @@ def tree_mismatch(
             if stat.S_IMODE(est.st_mode) != expected[1]:
                 return f"{rel}: mode changed"
             seen.add(rel)
-            identity = (est.st_dev, est.st_ino, est.st_size, est.st_mtime_ns, est.st_ctime_ns,
-                        est.st_mode, est.st_uid)
+            identity = identity_of(est)
             if checked is not None and checked.get(rel) == identity:
                 continue
             if _sha256(entry.path) != expected[0]:

@@ -27,6 +27,11 @@ def names(source: SecuritySource) -> list[str]:
     return sorted(e.name for e in source().trust_entries or ())
 
 
+def source_for(settings: Settings) -> SecuritySource:
+    # As the daemon builds it: one guard (the highest generation seen), one source.
+    return SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+
+
 def next_tick(path: Path) -> None:
     # Writes in the same coarse clock tick as the last change may keep its ctime: wait one out (a
     # wait for the clock, not a timing assertion).
@@ -57,7 +62,7 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_list_changed_moments_ago_is_read_at_every_refresh(setup: tuple[Settings, Path]) -> None:
     settings, _path = setup
-    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    source = source_for(settings)
     for _ in range(3):
         assert names(source) == ["p0", "p1", "p2"]
     assert source.reads == 3
@@ -66,7 +71,7 @@ def test_a_list_changed_moments_ago_is_read_at_every_refresh(setup: tuple[Settin
 @pytest.mark.usefixtures("settled")
 def test_an_unchanged_settled_list_is_read_once(setup: tuple[Settings, Path]) -> None:
     settings, _path = setup
-    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    source = source_for(settings)
     first = source()
     for _ in range(5):
         assert source() is first
@@ -78,7 +83,7 @@ def test_every_change_of_the_list_is_seen_at_the_next_refresh(
     setup: tuple[Settings, Path], trust_key: bytes
 ) -> None:
     settings, path = setup
-    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    source = source_for(settings)
     assert names(source) == ["p0", "p1", "p2"]
     old = path.with_name("old.list")
     shutil.copy2(path, old)  # contents and times, for the rollback below
@@ -119,7 +124,7 @@ def test_another_key_or_other_settings_read_the_list_again(
     setup: tuple[Settings, Path], trust_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings, _path = setup
-    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    source = source_for(settings)
     assert names(source) == ["p0", "p1", "p2"]
     monkeypatch.setenv(TRUST_KEY_ENV, os.urandom(32).hex())
     with pytest.raises(TrustListError, match="wrong PLUGIN_TRUST_KEY"):
@@ -146,7 +151,7 @@ def test_a_kept_list_is_refused_once_it_expires(tmp_path: Path, trust_key: bytes
     settings.security.trust_list_path = path
     settings.security.trust_state_file = tmp_path / "trust.state"
     monkeypatch.setenv(TRUST_KEY_ENV, trust_key.hex())
-    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    source = source_for(settings)
     first = source()
     assert source() is first and source.reads == 1
     while time.time() < expires:  # waiting for the clock to pass valid_until
@@ -160,7 +165,7 @@ def test_a_change_in_place_of_the_same_size_and_mtime_is_seen(
     setup: tuple[Settings, Path], trust_key: bytes
 ) -> None:
     settings, path = setup
-    source = SecuritySource(settings, guard=TrustListGuard(settings.security.trust_state_file))
+    source = source_for(settings)
     assert names(source) == ["p0", "p1", "p2"]
     before = os.stat(path)
     other = path.with_name("other.list")
