@@ -256,6 +256,18 @@ def _read_file(path: str) -> str:
     return b"".join(chunks).decode()
 
 
+def _thread_count() -> int:
+    # The calling process's threads (threads started by C code included, which `threading` does not see).
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot count this process's threads: {exc.strerror}",
+            step="cgroup",
+            detail=f"listdir(/proc/self/task): {errno.errorcode.get(exc.errno or 0, '?')}",
+        ) from exc
+
+
 class CgroupHandle:
     """A plugin's group: one directory (v2) or one per controller (v1)."""
 
@@ -278,6 +290,27 @@ class CgroupHandle:
         """Move `pid` into the group (every controller). Raises SandboxError."""
         for d in dict.fromkeys(self.dirs.values()):
             _write(f"{d}/cgroup.procs", str(pid))
+
+    def enter(self) -> None:
+        """Move the calling process, which must have a single thread, into the group (every
+        controller). Raises SandboxError, having moved nothing, if it has more than one.
+
+        On v1 the move is a move of the calling thread (`tasks`, "0"): the kernel makes that one
+        without taking the global thread-group lock that a `cgroup.procs` write takes, whose first
+        taker after a quiet spell waits out an RCU grace period (measured on a v1 host: 12.9 ms p50
+        per move through `cgroup.procs`, 0.5 ms through `tasks`), and so holds up every cgroup change
+        of the host meanwhile. A single-threaded process moved by its thread is moved whole. On v2
+        a thread cannot leave its domain that way: the move goes through `cgroup.procs`."""
+        threads = _thread_count()
+        if threads != 1:
+            raise SandboxError(
+                f"cannot enter cgroup {self.path} by one thread: the process has {threads} threads",
+                step="cgroup",
+                detail=f"enter: {threads} threads",
+            )
+        name = "tasks" if self.backend == "v1" else "cgroup.procs"
+        for d in dict.fromkeys(self.dirs.values()):
+            _write(f"{d}/{name}", "0")
 
     def pids(self) -> list[int]:
         """Processes in the group now."""

@@ -670,8 +670,8 @@ def _spare_child(
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
         child_setup()
-        if backend == "v1":  # a group of its own (no limits until hand-off), entered: "0" is oneself
-            cgroups.make_group(backend, proto.cgroup_parent, _spare_group_name()).attach(0)
+        if backend == "v1":  # a group of its own (no limits until hand-off), entered by its one thread
+            cgroups.make_group(backend, proto.cgroup_parent, _spare_group_name()).enter()
         _enter_namespaces(proto, steps, step, with_mount=False)  # mount: from the template, later
         if "net" in proto.namespaces:
             step("network", network.loopback_up)

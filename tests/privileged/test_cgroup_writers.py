@@ -110,6 +110,74 @@ def test_group_gets_the_limits_and_counts_usage(parent: str) -> None:
     assert cgroups.open_group(backend, parent, "writer") is None
 
 
+def _enterer(group: cgroups.CgroupHandle, threads: int) -> tuple[int, str]:
+    """A child with `threads` threads in all that calls `group.enter()`, then says what came of it
+    and waits to be killed: (its pid, what it said)."""
+    said_r, said_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import threading
+
+            stop = threading.Event()
+            for _ in range(threads - 1):
+                threading.Thread(target=stop.wait, daemon=True).start()
+            try:
+                group.enter()
+                said = "entered"
+            except SandboxError as exc:
+                said = f"refused: {exc}"
+            os.write(said_w, said.encode())
+            signal.pause()
+        finally:
+            os._exit(0)
+    os.close(said_w)
+    try:
+        return pid, os.read(said_r, 4096).decode()
+    finally:
+        os.close(said_r)
+
+
+def _members(group: cgroups.CgroupHandle) -> dict[str, list[int]]:
+    # Each controller's directory -> the processes in it, read by the test from the kernel's files.
+    return {c: sorted(int(x) for x in (d / "cgroup.procs").read_text().split())
+            for c, d in group.dirs.items()}
+
+
+@pytest.mark.skipif(HOST.backend is None, reason=f"no cgroup controllers to limit with: {HOST.describe()}")
+def test_enter_moves_a_single_threaded_caller_into_every_controller(parent: str) -> None:
+    backend = HOST.backend
+    assert backend is not None
+    group = cgroups.make_group(backend, parent, "enterer")
+    pid, said = _enterer(group, threads=1)
+    try:
+        assert said == "entered"
+        assert _members(group) == {c: [pid] for c in group.dirs}
+    finally:
+        group.remove()
+    _, status = os.waitpid(pid, 0)
+    assert os.WTERMSIG(status) == signal.SIGKILL  # remove() found it in the group
+
+
+@pytest.mark.skipif(HOST.backend is None, reason=f"no cgroup controllers to limit with: {HOST.describe()}")
+def test_enter_refuses_a_caller_with_threads_and_moves_none_of_them(parent: str) -> None:
+    # On v1 a move by one thread would leave the others outside the group's limits: refused whole.
+    backend = HOST.backend
+    assert backend is not None
+    group = cgroups.make_group(backend, parent, "threaded")
+    pid, said = _enterer(group, threads=3)
+    try:
+        assert said.startswith("refused: cannot enter cgroup ")
+        assert said.endswith(": the process has 3 threads")
+        assert _members(group) == {c: [] for c in group.dirs}
+        tasks = [d / "tasks" for d in group.dirs.values() if (d / "tasks").exists()]
+        assert all(t.read_text() == "" for t in tasks)  # (v1) not one of its threads either
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        group.remove()
+
+
 @pytest.fixture
 def bare_view() -> Iterator[Path]:
     """A group of ours whose parent hands it no controller: the cgroup2 root a container sees when
