@@ -141,24 +141,29 @@ def spawn_contained(
     if plan.mode == "strict":
         _strict_filter()  # compiled here, before the fork, like the others
     fs = _filesystem_plan(plan)
+    groups: list[cgroups.CgroupHandle] = []
+    backend = _group_ahead(plan, groups, degrade)
     go_r, go_w = os.pipe()
     rep_r, rep_w = os.pipe()
+    enter = groups[0] if groups else None
     try:
-        pid = _fork(plan, steps, degrade)
+        pid = _fork(plan, steps, degrade, enter)
     except BaseException:
         for fd in (go_r, go_w, rep_r, rep_w):
             os.close(fd)
+        for group in groups:
+            group.remove()
         raise
     if pid == 0:
         os.close(go_w)
         os.close(rep_r)
-        _child(plan, run_child, keep_fds, go_r, rep_w, fs, ChildHooks(plan, filters))
+        _child(plan, run_child, keep_fds, go_r, rep_w, fs, ChildHooks(plan, filters),
+               None if plan.user_namespace else enter)
     os.close(go_r)
     os.close(rep_w)
-    groups: list[cgroups.CgroupHandle] = []
     with os.fdopen(rep_r, "rb") as reports:
         try:
-            _parent(plan, pid, groups, go_w, reports, steps, degrade)
+            _parent(plan, pid, backend, groups, go_w, reports, steps, degrade)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -174,10 +179,41 @@ def spawn_contained(
     return Spawned(pid, steps)
 
 
-def _fork(plan: SandboxPlan, steps: dict[str, str], degrade: Callable[[str, BaseException], None]) -> int:
+def _group_ahead(
+    plan: SandboxPlan, groups: list[cgroups.CgroupHandle], degrade: Callable[[str, BaseException], None]
+) -> str | None:
+    # The cgroup backend (None: no cgroup step). On v1 the plugin's group is made here, before the
+    # fork, and the child enters it itself by its one thread (CgroupHandle.enter), as the first thing
+    # it does: a move by the parent (cgroup.procs) waits out an RCU grace period when no group move
+    # happened for a while (10-20 ms). On v2 (no such move) `_parent` makes it during the child's steps.
+    try:
+        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
+        if backend == "v1":
+            groups.append(_plugin_group(plan, backend))
+    except SandboxError as exc:
+        degrade("cgroup", exc)
+        return None
+    return backend
+
+
+def _plugin_group(plan: SandboxPlan, backend: str) -> cgroups.CgroupHandle:
+    existing = cgroups.open_group(backend, plan.cgroup_parent, plan.group)
+    if existing is not None:
+        existing.remove()  # a previous run of this plugin that nobody cleaned up
+    return cgroups.create_group(backend, plan.cgroup_parent, plan.group, plan.limits)
+
+
+def _fork(
+    plan: SandboxPlan,
+    steps: dict[str, str],
+    degrade: Callable[[str, BaseException], None],
+    enter: cgroups.CgroupHandle | None = None,
+) -> int:
+    # `enter`: on the user-namespace path, the group the intermediate enters before it leaves the
+    # host's user namespace (the plugin is born in it); elsewhere the child enters it (`_child`).
     if plan.user_namespace:
         try:
-            return _fork_in_user_namespace(plan, steps)
+            return _fork_in_user_namespace(plan, steps, enter)
         except OSError as exc:
             raise _fail(plan, "user_ns", exc) from exc  # never degraded: it changes who the plugin is
     if "pid" not in plan.namespaces:
@@ -204,7 +240,8 @@ NOBODY = 65534
 _SUBREAPER: list[bool] = []
 
 
-def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str]) -> int:
+def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str],
+                            enter: cgroups.CgroupHandle | None = None) -> int:
     """The user-namespace path: an intermediate process enters the user namespace (we write its
     id maps), then forks the plugin as PID 1 of a pid namespace owned by that user namespace (so the
     plugin may mount /proc) and exits; being a child subreaper, we inherit the plugin.
@@ -223,6 +260,8 @@ def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str]) -> int:
         os.close(maps_w)
         try:
             prctl.set_pdeathsig(signal.SIGKILL)
+            if enter is not None:  # while it is still host root: the plugin it forks is born there
+                enter.enter()
             if os.geteuid() == 0:
                 os.setgroups([])  # setgroups is denied inside: drop host root's groups now
             _libc.unshare(_libc.CLONE_NEWUSER)
@@ -273,25 +312,23 @@ def _drain(fd: int) -> bytes:
 def _parent(
     plan: SandboxPlan,
     pid: int,
+    backend: str | None,
     groups: list[cgroups.CgroupHandle],
     go_w: int,
     reports: Any,
     steps: dict[str, str],
     degrade: Callable[[str, BaseException], None],
 ) -> None:
-    # While the child sets itself up, we make its cgroup and put it there; it runs no code of its
-    # own before our "go", which comes only after the cgroup (and the restricted network) is done.
+    # While the child sets itself up, we make its cgroup and put it there (v2; on v1 it was made
+    # before the fork and the child entered it: `_group_ahead`); it runs no code of its own before
+    # our "go", which comes only after the cgroup (and the restricted network) is done.
     try:
-        backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
-        if backend is not None:
-            existing = cgroups.open_group(backend, plan.cgroup_parent, plan.group)
-            if existing is not None:
-                existing.remove()  # a previous run of this plugin that nobody cleaned up
-            groups.append(cgroups.create_group(backend, plan.cgroup_parent, plan.group, plan.limits))
+        if backend is not None and not groups:
+            groups.append(_plugin_group(plan, backend))
             groups[0].attach(pid)
+        if groups:
             # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
             gaps = groups[0].gaps
-            # A limit the host lacks: the group holds, but the report says what it does not do.
             steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
     except SandboxError as exc:
         degrade("cgroup", exc)
@@ -357,6 +394,7 @@ def _child(
     rep_w: int,
     fs: _Filesystem,
     hooks: ChildHooks,
+    enter: cgroups.CgroupHandle | None = None,
 ) -> NoReturn:
     steps: dict[str, str] = {}
     step = _stepper(plan, steps)
@@ -365,6 +403,11 @@ def _child(
         os.write(rep_w, json.dumps({"steps": steps}).encode() + b"\n")
 
     try:
+        if enter is not None:  # first: all it does from here on is counted and limited there
+            try:
+                enter.enter()
+            except SandboxError as exc:  # never degraded: the parent reports the group as in place
+                raise _StepFailed("cgroup", exc.detail or str(exc)) from exc
         if not plan.user_namespace:  # else our parent is the exiting intermediate: set it after "go"
             prctl.set_pdeathsig(signal.SIGKILL)
         _enter_namespaces(plan, steps, step, with_mount=fs.template_fd is None)

@@ -344,9 +344,15 @@ def test_user_namespace_maps_plugin_root_to_host_nobody(tmp_path: Path, parent: 
 
     with started(plan, probe) as box:
         host_uid = Path(f"/proc/{box.pid}/status").read_text().split("Uid:")[1].split()[0]
+        cgroup_lines = Path(f"/proc/{box.pid}/cgroup").read_text().splitlines()
         out = box.wait(30)
     assert out.spawned.steps["user_ns"] == "active"
     assert host_uid == "65534"  # root inside, nobody outside
+    if HOST.backend is not None:  # born in its group (v1: the intermediate entered it first)
+        wanted = {"memory", "pids", "cpu"} if HOST.backend == "v1" else {""}
+        placed = {c: path for line in cgroup_lines for _, names, path in [line.split(":", 2)]
+                  for c in names.split(",") if c in wanted}
+        assert set(placed) == wanted and all(p.endswith(f"{parent}/userns") for p in placed.values()), placed
     assert out.result == {
         "uid": ["0", "0", "0", "0"],
         "caps": ["0000000000000000", "0000000000000000"],
