@@ -4,6 +4,12 @@
 
 "Ready" is the moment the child writes a byte after its last step (seccomp loaded), as the runtime
 would before importing the plugin. Ratios are against the unsandboxed fork measured in this run.
+
+It also times moving a process into a fresh group of the backend in use, `--move-gap` seconds
+apart: by its parent (a `cgroup.procs` write, as the fork-server moves a child on cgroup v2) and
+by the process's own single thread (`CgroupHandle.enter`, as a plugin enters its group on v1). The
+first takes a kernel-wide lock whose first taker after a quiet spell waits out an RCU grace period,
+unless cgroup2 is mounted with `favordynmods` (the mount's options are printed beside it).
 """
 
 from __future__ import annotations
@@ -84,6 +90,50 @@ def sandboxed(plan: SandboxPlan, rounds: int) -> list[float]:
     return out
 
 
+def group_moves(backend: str, parent: str, rounds: int, gap: float) -> tuple[list[float], list[float]]:
+    """Seconds per move into a fresh group: (by the parent through cgroup.procs, by the process's
+    own thread through CgroupHandle.enter), the two kinds in turns."""
+    by_parent: list[float] = []
+    by_itself: list[float] = []
+    for i in range(rounds):
+        for own in (False, True):
+            group = cgroups.make_group(backend, parent, f"move-{i}-{int(own)}")
+            r, w = os.pipe()
+            go_r, go_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                if own:
+                    t = time.perf_counter()
+                    group.enter()
+                    os.write(w, repr(time.perf_counter() - t).encode())
+                else:
+                    os.write(w, b"0")
+                os.read(go_r, 1)
+                os._exit(0)
+            said = os.read(r, 64)
+            if own:
+                by_itself.append(float(said))
+            else:
+                t = time.perf_counter()
+                group.attach(pid)
+                by_parent.append(time.perf_counter() - t)
+            os.write(go_w, b"g")
+            os.waitpid(pid, 0)
+            for fd in (r, w, go_r, go_w):
+                os.close(fd)
+            group.remove()
+            time.sleep(gap)
+    return by_parent, by_itself
+
+
+def _cgroup2_options() -> str:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] == "cgroup2":
+            return f"cgroup2 at {fields[1]}: {fields[3]}"
+    return "no cgroup2 mount"
+
+
 def many(settings: Settings, tree: str, n: int) -> float:
     plans = [build_plan(settings, f"bench-{i}", tree) for i in range(n)]
     pids, pipes = [], []
@@ -111,6 +161,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--plugins", type=int, default=100)
+    ap.add_argument("--move-gap", type=float, default=0.03, help="seconds between two group moves")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/sandbox.py needs root (namespaces, cgroups)")
@@ -131,6 +182,8 @@ def main() -> None:
             sb = statistics.median(sandboxed(plan, args.rounds))
             c2 = cpu_seconds()
             total = many(settings, str(tree), args.plugins)
+            backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
+            moves = group_moves(backend, parent, args.rounds, args.move_gap) if backend else None
         finally:
             cgroups.remove_tree(parent)
     ms = 1000.0
@@ -143,6 +196,12 @@ def main() -> None:
           f"(+{(sb_cpu - fork_cpu) * ms:.2f} ms, incl. cgroup removal; load {os.getloadavg()[0]:.1f})")
     each = total / args.plugins * ms
     print(f"{args.plugins} sandboxed plugins {total:8.2f} s  ({each:.2f} ms each; target < 5 s)")
+    if moves is not None:
+        by_parent, by_itself = (statistics.median(m) for m in moves)
+        print(f"group move ({backend}), {args.move_gap * ms:.0f} ms apart: by the parent (cgroup.procs) "
+              f"{by_parent * ms:.2f} ms, by itself ({'tasks' if backend == 'v1' else 'cgroup.procs'}) "
+              f"{by_itself * ms:.2f} ms "
+              f"({by_parent / by_itself:.1f}x); {_cgroup2_options()}")
 
 
 if __name__ == "__main__":
