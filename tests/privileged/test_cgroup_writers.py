@@ -110,9 +110,11 @@ def test_group_gets_the_limits_and_counts_usage(parent: str) -> None:
     assert cgroups.open_group(backend, parent, "writer") is None
 
 
-def _enterer(group: cgroups.CgroupHandle, threads: int) -> tuple[int, str]:
-    """A child with `threads` threads in all that calls `group.enter()`, then says what came of it
-    and waits to be killed: (its pid, what it said)."""
+def _enterer(parent: str, name: str, threads: int) -> tuple[cgroups.CgroupHandle, int, str]:
+    """A new group `name`, and a child with `threads` threads in all that calls its `enter()`, then
+    says what came of it and waits to be killed: (the group, the child's pid, what it said)."""
+    assert HOST.backend is not None
+    group = cgroups.make_group(HOST.backend, parent, name)
     said_r, said_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -133,7 +135,7 @@ def _enterer(group: cgroups.CgroupHandle, threads: int) -> tuple[int, str]:
             os._exit(0)
     os.close(said_w)
     try:
-        return pid, os.read(said_r, 4096).decode()
+        return group, pid, os.read(said_r, 4096).decode()
     finally:
         os.close(said_r)
 
@@ -146,10 +148,7 @@ def _members(group: cgroups.CgroupHandle) -> dict[str, list[int]]:
 
 @pytest.mark.skipif(HOST.backend is None, reason=f"no cgroup controllers to limit with: {HOST.describe()}")
 def test_enter_moves_a_single_threaded_caller_into_every_controller(parent: str) -> None:
-    backend = HOST.backend
-    assert backend is not None
-    group = cgroups.make_group(backend, parent, "enterer")
-    pid, said = _enterer(group, threads=1)
+    group, pid, said = _enterer(parent, "enterer", threads=1)
     try:
         assert said == "entered"
         assert _members(group) == {c: [pid] for c in group.dirs}
@@ -162,10 +161,7 @@ def test_enter_moves_a_single_threaded_caller_into_every_controller(parent: str)
 @pytest.mark.skipif(HOST.backend is None, reason=f"no cgroup controllers to limit with: {HOST.describe()}")
 def test_enter_refuses_a_caller_with_threads_and_moves_none_of_them(parent: str) -> None:
     # On v1 a move by one thread would leave the others outside the group's limits: refused whole.
-    backend = HOST.backend
-    assert backend is not None
-    group = cgroups.make_group(backend, parent, "threaded")
-    pid, said = _enterer(group, threads=3)
+    group, pid, said = _enterer(parent, "threaded", threads=3)
     try:
         assert said.startswith("refused: cannot enter cgroup ")
         assert said.endswith(": the process has 3 threads")
