@@ -340,14 +340,16 @@ def test_user_namespace_maps_plugin_root_to_host_nobody(tmp_path: Path, parent: 
             "code": _errno_of(lambda: (Path(plan.tree) / "plugin.py").write_text("x")),
             "tmp": _errno_of(lambda: Path("/tmp/x").write_text("x")),
             "read_code": (Path(plan.tree) / "plugin.py").read_text(),
+            # Read by the plugin itself: the test cannot read it from outside before the probe exits.
+            "cgroup": Path("/proc/self/cgroup").read_text(),
         }
 
     with started(plan, probe) as box:
         host_uid = Path(f"/proc/{box.pid}/status").read_text().split("Uid:")[1].split()[0]
-        cgroup_lines = Path(f"/proc/{box.pid}/cgroup").read_text().splitlines()
         out = box.wait(30)
     assert out.spawned.steps["user_ns"] == "active"
     assert host_uid == "65534"  # root inside, nobody outside
+    cgroup_lines = out.result.pop("cgroup").splitlines()
     if HOST.backend is not None:  # born in its group (v1: the intermediate entered it first)
         wanted = {"memory", "pids", "cpu"} if HOST.backend == "v1" else {""}
         placed = {c: path for line in cgroup_lines for _, names, path in [line.split(":", 2)]
