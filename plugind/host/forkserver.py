@@ -18,8 +18,8 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
                       {"op": "warning", "message"}             something it could not do (the daemon
                                                                logs it, in its format, redacted)
 
-After an unsandboxed spawn, once it has been idle for SPARE_IDLE_S, it forks a spare child ahead of
-the next one: set up like any child (fds shed, PDEATHSIG, own session) and waiting on a private
+SPARE_IDLE_S after an unsandboxed spawn (later if another spawn comes meanwhile), it forks a spare
+child ahead of the next one: set up like any child (fds shed, PDEATHSIG, own session) and waiting on a private
 socket for its request and plugin socket. That socket goes to the daemon with the announcement and
 the fork-server keeps no end of it: the daemon's next unsandboxed spawn sends the request and the
 plugin's socket to the spare itself (no round trip through the fork-server on the load's path) and
@@ -29,7 +29,7 @@ reaped and reported). A spare that exits is reported as `exited` whether or not 
 never signalled through `kill` before it is adopted, and dies with the fork-server; with the daemon
 gone its socket closes and it exits. Unsandboxed spawn requests that reach the fork-server fork.
 
-After a sandboxed spawn, once idle for CSPARE_IDLE_S, it forks a pre-contained spare (see
+CSPARE_IDLE_S after a sandboxed spawn (as late), it forks a pre-contained spare (see
 plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
 next sandboxed spawn whose plan it fits; any other sandboxed spawn forks anew. It is announced as
 {"op": "spare", "pid", "sandboxed": true}.
@@ -47,6 +47,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NoReturn
@@ -63,16 +64,17 @@ from plugind.wire.messages import SPARE_READY
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
-# The spare is forked once the fork-server has had nothing to do for this long after an unsandboxed
-# spawn (forked at once, it competed for the CPU with the child just handed over: its import, hello
-# and first call), and rehearses at SPARE_NICE where its priority can be raised back after. It says
+# The spare is forked this long after an unsandboxed spawn, or after the start of whatever child came
+# later (forked at once, it competed for the CPU with the child just handed over: its import, hello
+# and first call); an exit, a kill or anything else but a start does not put it off. It rehearses
+# at SPARE_NICE where its priority can be raised back after. It says
 # SPARE_READY on its socket once it has rehearsed; the daemon hands a request only to a spare that
 # has (one still rehearsing would hold the load until it is done), and otherwise asks the
 # fork-server, which forks. Against 50 ms and no nice: back-to-back loads 0.46x the load-to-first-
 # answer (0.54x on one CPU), loads 150 ms apart the same (bench/cold.py --gap 0 / 0.15).
 SPARE_IDLE_S = 0.005
 # The pre-contained spare costs the fork-server only its fork (it prepares itself, at nice 19): it is
-# forked once nothing has come for this long after a sandboxed spawn (the daemon's next steps first).
+# forked this long after a sandboxed spawn (or a later start), as the unsandboxed one.
 CSPARE_IDLE_S = 0.005
 MAX_WARNING = 2000  # characters of one {"op": "warning"} message
 SPARE_NAME = b"plugind-spare"  # the spare's comm (ps, /proc/PID/comm) until it is handed a request
@@ -133,12 +135,14 @@ class ForkServer:
         self.children: dict[int, Any] = {}  # pid -> sandbox plan (or None)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spare: int | None = None  # the pid of the spare whose socket the daemon holds
-        self.want_spare = False
+        # When to fork the next spare (time.monotonic()), None: none wanted. A child's start puts a
+        # pending one off (`_started`); nothing else does.
+        self.spare_due: float | None = None
         # The pre-contained spare for sandboxed spawns (contain.ContainedSpare), prepared like the
         # last sandboxed plan that allows one (`proto`) once we are idle.
         self.cspare: Any = None
         self.proto: Any = None
-        self.want_cspare = False
+        self.cspare_due: float | None = None
         self.pid = os.getpid()
         self.comm = _comm()
 
@@ -317,7 +321,8 @@ class ForkServer:
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
                 if self.cspare is None and self.contain.spare_capable(plan):
-                    self.proto, self.want_cspare = plan, True  # prepared like this one once idle
+                    self.proto = plan  # prepared like this one, CSPARE_IDLE_S from now
+                    self.cspare_due = time.monotonic()
             else:
                 pid = os.fork()
                 if pid == 0:
@@ -338,7 +343,8 @@ class ForkServer:
             os.close(sock_fd)
         self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps})
         if plan_wire is None or self.contain is None:
-            self.want_spare = True  # forked once we have been idle for SPARE_IDLE_S (serve)
+            self.spare_due = time.monotonic()  # forked SPARE_IDLE_S from now (serve)
+        self._started()
 
     def adopt(self, pid: int) -> None:
         """The daemon handed the spare `pid` a request: a plugin child from now on. A spare reaped
@@ -348,7 +354,17 @@ class ForkServer:
             return
         self.spare = None
         self.children[pid] = None
-        self.want_spare = True  # another, once idle
+        self.spare_due = time.monotonic()  # another, SPARE_IDLE_S from now
+        self._started()
+
+    def _started(self) -> None:
+        # A child has just started (a spawn, or the spare handed a request): a spare wanted is forked
+        # only once it has had its idle time after this start.
+        now = time.monotonic()
+        if self.spare_due is not None:
+            self.spare_due = now + SPARE_IDLE_S
+        if self.cspare_due is not None:
+            self.cspare_due = now + CSPARE_IDLE_S
 
     def kill(self, pid: int, sig: int) -> None:
         """Signal a child we forked and have not reaped (so the pid cannot have been recycled)."""
@@ -368,7 +384,7 @@ class ForkServer:
             if pid == self.spare:  # exited before its adoption (it may have had its request)
                 self.spare = None
                 self.children[pid] = None  # reported below, as a child
-                self.want_spare = True
+                self.spare_due = time.monotonic() + SPARE_IDLE_S
             if self.cspare is not None and pid == self.cspare.pid:  # died unused: the next spawn forks
                 spare, self.cspare = self.cspare, None
                 with contextlib.suppress(OSError):  # what it said, if it failed its preparation
@@ -436,15 +452,36 @@ class ForkServer:
         elif op == "adopt" and isinstance(req, dict):
             self.adopt(int(req["pid"]))
 
+    def _make_due_spare(self) -> bool:
+        """Fork the spare (the pre-contained one first) whose time has come, if any; whether one was."""
+        now = time.monotonic()
+        if self.cspare_due is not None and self.cspare is None and now >= self.cspare_due:
+            self.cspare_due = None
+            try:
+                self.make_contained_spare()
+            except Exception as exc:  # no spare: the next sandboxed spawn forks anew
+                self.warn(f"no sandboxed spare: {exc!r}")
+            return True
+        if self.spare_due is not None and self.spare is None and now >= self.spare_due:
+            self.spare_due = None
+            try:
+                self.make_spare()
+            except OSError as exc:  # no spare: the next spawn forks, as it would anyway
+                self.warn(f"no spare child: {exc!r}")
+            return True
+        return False
+
     def serve(self) -> None:
         """Loop until the daemon closes the control socket."""
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.send({"op": "ready", "pid": os.getpid(), "sandbox": self.contain is not None})
         while True:
-            idle = SPARE_IDLE_S if self.want_spare and self.spare is None else None
-            if self.want_cspare and self.cspare is None:
-                idle = CSPARE_IDLE_S
+            if self._make_due_spare():
+                continue
+            dues = [due for due, free in ((self.spare_due, self.spare is None),
+                                          (self.cspare_due, self.cspare is None)) if due is not None and free]
+            idle = max(0.0, min(dues) - time.monotonic()) if dues else None
             waiting = [self.ctl.fileno(), self.wake_r]
             preparing = self.cspare if self.cspare is not None and not self.cspare.ready else None
             if preparing is not None:  # its report, read as soon as it comes rather than at hand-off
@@ -454,19 +491,7 @@ class ForkServer:
             except InterruptedError:
                 continue
             if not readable:
-                if self.want_cspare:
-                    self.want_cspare = False
-                    try:
-                        self.make_contained_spare()
-                    except Exception as exc:  # no spare: the next sandboxed spawn forks anew
-                        self.warn(f"no sandboxed spare: {exc!r}")
-                elif self.want_spare:
-                    self.want_spare = False
-                    try:
-                        self.make_spare()
-                    except OSError as exc:  # no spare: the next spawn forks, as it would anyway
-                        self.warn(f"no spare child: {exc!r}")
-                continue
+                continue  # a spare is due (at the top)
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wake_r, 512):

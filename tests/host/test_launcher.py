@@ -274,6 +274,33 @@ def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: 
     asyncio.run(main())
 
 
+def test_a_stream_of_other_messages_does_not_hold_the_spare_off(tmp_path: Path) -> None:
+    # The spare is forked a moment after the last start, whatever else the fork-server is sent
+    # meanwhile (exits, kills): a wait restarted by every message let a steady stream of them keep
+    # it from ever being forked.
+    tree = write_tree(tmp_path)
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            first, chan = await spawn(launcher, tree)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20  # a bound against a hang
+            sent = 0
+            while launcher.spare_pid is None and loop.time() < deadline:
+                await launcher.kill(os.getpid(), 0)  # not its child: ignored, but a message to read
+                sent += 1
+                await asyncio.sleep(0.001)
+            assert launcher.spare_pid is not None, f"no spare while {sent} messages came"
+            assert launcher.spare_pid != first
+            chan.sock.close()
+        finally:
+            await launcher.close()
+
+    asyncio.run(main())
+
+
 def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:
