@@ -139,7 +139,7 @@ class ForkServer:
         # pending one off (`_started`); nothing else does.
         self.spare_due: float | None = None
         # The pre-contained spare for sandboxed spawns (contain.ContainedSpare), prepared like the
-        # last sandboxed plan that allows one (`proto`) once we are idle.
+        # last sandboxed plan that allows one (`proto`), CSPARE_IDLE_S after the last start.
         self.cspare: Any = None
         self.proto: Any = None
         self.cspare_due: float | None = None
