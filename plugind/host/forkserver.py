@@ -19,15 +19,16 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
                                                                logs it, in its format, redacted)
 
 SPARE_IDLE_S after an unsandboxed spawn (later if another spawn comes meanwhile), it forks a spare
-child ahead of the next one: set up like any child (fds shed, PDEATHSIG, own session) and waiting on a private
-socket for its request and plugin socket. That socket goes to the daemon with the announcement and
-the fork-server keeps no end of it: the daemon's next unsandboxed spawn sends the request and the
-plugin's socket to the spare itself (no round trip through the fork-server on the load's path) and
-then says {"op": "adopt", "pid"}, from which on the spare is a child like any other (signalled,
-reaped and reported). A spare that exits is reported as `exited` whether or not it was adopted yet
-(the daemon may have handed it a request that the adopt message has not caught up with). A spare is
-never signalled through `kill` before it is adopted, and dies with the fork-server; with the daemon
-gone its socket closes and it exits. Unsandboxed spawn requests that reach the fork-server fork.
+child ahead of the next one: set up like any child (fds shed, PDEATHSIG, own session) and waiting on
+a private socket for its request and plugin socket. That socket goes to the daemon with the
+announcement and the fork-server keeps no end of it: the daemon's next unsandboxed spawn sends the
+request and the plugin's socket to the spare itself (no round trip through the fork-server on the
+load's path) and then says {"op": "adopt", "pid"}, from which on the spare is a child like any other
+(signalled, reaped and reported). A spare that exits is reported as `exited` whether or not it was
+adopted yet (the daemon may have handed it a request that the adopt message has not caught up with).
+A spare is never signalled through `kill` before it is adopted, and dies with the fork-server; with
+the daemon gone its socket closes and it exits. Unsandboxed spawn requests that reach the
+fork-server fork.
 
 CSPARE_IDLE_S after a sandboxed spawn (as late), it forks a pre-contained spare (see
 plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
@@ -67,9 +68,9 @@ PR_SET_NAME = 15
 # The spare is forked this long after an unsandboxed spawn, or after the start of whatever child came
 # later (forked at once, it competed for the CPU with the child just handed over: its import, hello
 # and first call); an exit, a kill or anything else but a start does not put it off. It rehearses
-# at SPARE_NICE where its priority can be raised back after. It says
-# SPARE_READY on its socket once it has rehearsed; the daemon hands a request only to a spare that
-# has (one still rehearsing would hold the load until it is done), and otherwise asks the
+# at SPARE_NICE where its priority can be raised back after, and says SPARE_READY on its socket once
+# it has; the daemon hands a request only to a spare that has (one still rehearsing would hold the
+# load until it is done), and otherwise asks the
 # fork-server, which forks. Against 50 ms and no nice: back-to-back loads 0.46x the load-to-first-
 # answer (0.54x on one CPU), loads 150 ms apart the same (bench/cold.py --gap 0 / 0.15).
 SPARE_IDLE_S = 0.005

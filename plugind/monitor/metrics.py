@@ -267,7 +267,7 @@ def _bind(hook: str, plugin: str) -> _HookSeries:
 
 
 def bind_hooks(plugin: str, hooks: Iterable[str]) -> None:
-    """Make the series of `plugin`'s `hooks` now (a load does, while its audit entry is written),
+    """Make the series of `plugin`'s `hooks` now (a load does, on the loop's turn after it returns),
     so that its first call only adds to them: they appear with zero counts until then."""
     for hook in hooks:
         if (hook, plugin) not in _bound:

@@ -57,10 +57,7 @@ def drop(allowed: list[int]) -> None:
     Order (nsjail): ambient and inheritable first, the bounding set while CAP_SETPCAP is still
     effective, then permitted/effective; SECBIT_NOROOT so exec as uid 0 grants nothing back.
     """
-    _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    prctl.cap_inheritable.limit()
-    _drop_bounding(allowed)
-    _lock_securebits()
+    prepare_drop(allowed)
     prctl.cap_effective.limit(*allowed)
     prctl.cap_permitted.limit(*allowed)
 

@@ -142,11 +142,11 @@ def spawn_contained(
         _strict_filter()  # compiled here, before the fork, like the others
     fs = _filesystem_plan(plan)
     groups: list[cgroups.CgroupHandle] = []
-    backend = _group_ahead(plan, groups, degrade)
     go_r, go_w = os.pipe()
     rep_r, rep_w = os.pipe()
-    enter = groups[0] if groups else None
     try:
+        backend = _group_ahead(plan, groups, degrade)
+        enter = groups[0] if groups else None
         pid = _fork(plan, steps, degrade, enter)
     except BaseException:
         for fd in (go_r, go_w, rep_r, rep_w):
@@ -197,10 +197,19 @@ def _group_ahead(
 
 
 def _plugin_group(plan: SandboxPlan, backend: str) -> cgroups.CgroupHandle:
+    _remove_stale_group(plan, backend)
+    return cgroups.create_group(backend, plan.cgroup_parent, plan.group, plan.limits)
+
+
+def _remove_stale_group(plan: SandboxPlan, backend: str) -> None:
     existing = cgroups.open_group(backend, plan.cgroup_parent, plan.group)
     if existing is not None:
         existing.remove()  # a previous run of this plugin that nobody cleaned up
-    return cgroups.create_group(backend, plan.cgroup_parent, plan.group, plan.limits)
+
+
+def _cgroup_step(group: cgroups.CgroupHandle) -> str:
+    # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
+    return f"degraded: without {'; '.join(group.gaps)}" if group.gaps else ACTIVE
 
 
 def _fork(
@@ -327,9 +336,7 @@ def _parent(
             groups.append(_plugin_group(plan, backend))
             groups[0].attach(pid)
         if groups:
-            # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
-            gaps = groups[0].gaps
-            steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
+            steps["cgroup"] = _cgroup_step(groups[0])
     except SandboxError as exc:
         degrade("cgroup", exc)
     first = _read_report(plan, reports)  # the child's namespaces exist now
@@ -658,17 +665,14 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
     # runs anything of the plugin's: the go comes only once its cgroup and limits are in place (if
     # they fail, we raise, the caller kills it, and it never had a go).
     if spare.backend is not None:
-        existing = cgroups.open_group(spare.backend, plan.cgroup_parent, plan.group)
-        if existing is not None:
-            existing.remove()  # a previous run of this plugin that nobody cleaned up
         if spare.group is not None:  # v1: the spare is in its group already
+            _remove_stale_group(plan, spare.backend)
             spare.group = cgroups.rename_group(spare.group, plan.group)
             cgroups.apply_limits(spare.group, plan.limits)
         else:  # v2: as for a fresh child
-            spare.group = cgroups.create_group(spare.backend, plan.cgroup_parent, plan.group, plan.limits)
+            spare.group = _plugin_group(plan, spare.backend)
             spare.group.attach(spare.pid)
-        gaps = spare.group.gaps
-        steps["cgroup"] = f"degraded: without {'; '.join(gaps)}" if gaps else ACTIVE
+        steps["cgroup"] = _cgroup_step(spare.group)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it failed: its report says why
         spare.chan.send(_GO)
     report = _spare_report(plan, spare.chan)

@@ -237,12 +237,19 @@ def _source_loader(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> PluginLoad
     return PluginLoader(settings, source(), refresh=source)
 
 
+def _echo_and_loader(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, settle_s: float
+) -> tuple[Path, PluginLoader]:
+    # An echo bundle and a loader as the daemon's, with `settle_s` as fsio.SETTLE_S.
+    monkeypatch.setattr(fsio, "SETTLE_S", settle_s)
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    return bundle, _source_loader(ws, monkeypatch)
+
+
 def test_a_verdict_is_kept_only_for_a_bundle_that_has_settled(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fsio, "SETTLE_S", 0.5)
-    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
-    loader = _source_loader(ws, monkeypatch)
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.5)
     _wait_until_older(ws.trust_list, 0.6)  # the trust list has settled: one security throughout
     _rewrite_in_place(bundle, bundle.read_bytes())  # the bundle has not
     loader.refresh_trust()
@@ -268,9 +275,7 @@ def _wait_until_older(path: Path, seconds: float) -> None:
 def test_any_change_after_a_kept_verdict_is_verified_again(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)
-    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
-    loader = _source_loader(ws, monkeypatch)
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
     kept = loader.load(bundle, expected_name="echo").bundle
     assert loader.load(bundle, expected_name="echo").bundle is kept
     good = bundle.read_bytes()
