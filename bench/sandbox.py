@@ -9,7 +9,10 @@ It also times moving a process into a fresh group of the backend in use, `--move
 apart: by its parent (a `cgroup.procs` write, as the fork-server moves a child on cgroup v2) and
 by the process's own single thread (`CgroupHandle.enter`, as a plugin enters its group on v1). The
 first takes a kernel-wide lock whose first taker after a quiet spell waits out an RCU grace period,
-unless cgroup2 is mounted with `favordynmods` (the mount's options are printed beside it).
+unless cgroup2 is mounted with `favordynmods` (the mount's options are printed beside it). Where
+cgroup2 is mounted, it also times a fork followed by the parent's move into a fresh cgroup2 group
+against a child born there (clone3 with CLONE_INTO_CGROUP, as the fork-server forks a plugin on v2),
+which takes only the read side of that lock.
 """
 
 from __future__ import annotations
@@ -126,6 +129,37 @@ def group_moves(backend: str, parent: str, rounds: int, gap: float) -> tuple[lis
     return by_parent, by_itself
 
 
+def v2_births(parent: str, rounds: int, gap: float) -> tuple[list[float], list[float]] | None:
+    """Seconds from the fork to the child in a fresh cgroup2 group: (fork, then the parent's move;
+    born there through clone3), the two kinds in turns; None without a cgroup2 mount."""
+    from plugind.sandbox import _libc
+
+    v2_path = cgroups.detect_cached().v2_path
+    if v2_path is None:
+        return None
+    base = Path(v2_path, parent.strip("/"), "births")
+    moved: list[float] = []
+    born: list[float] = []
+    for i in range(rounds):
+        for clone in (False, True):
+            group = base / f"g{i}-{int(clone)}"
+            group.mkdir(parents=True)
+            fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            t = time.perf_counter()
+            pid = _libc.fork_into_cgroup(fd) if clone else os.fork()
+            if pid == 0:
+                os._exit(0)
+            if not clone:
+                (group / "cgroup.procs").write_text(str(pid))
+            (born if clone else moved).append(time.perf_counter() - t)
+            os.waitpid(pid, 0)
+            os.close(fd)
+            group.rmdir()
+            time.sleep(gap)
+    base.rmdir()
+    return moved, born
+
+
 def _cgroup2_options() -> str:
     for line in Path("/proc/self/mounts").read_text().splitlines():
         fields = line.split()
@@ -184,6 +218,7 @@ def main() -> None:
             total = many(settings, str(tree), args.plugins)
             backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
             moves = group_moves(backend, parent, args.rounds, args.move_gap) if backend else None
+            births = v2_births(parent, args.rounds, args.move_gap)
         finally:
             cgroups.remove_tree(parent)
     ms = 1000.0
@@ -202,6 +237,10 @@ def main() -> None:
               f"{by_parent * ms:.2f} ms, by itself ({'tasks' if backend == 'v1' else 'cgroup.procs'}) "
               f"{by_itself * ms:.2f} ms "
               f"({by_parent / by_itself:.1f}x); {_cgroup2_options()}")
+    if births is not None:
+        moved, born = (statistics.median(b) for b in births)
+        print(f"cgroup2 child, {args.move_gap * ms:.0f} ms apart: fork then moved by the parent "
+              f"{moved * ms:.2f} ms, born in its group (clone3) {born * ms:.2f} ms ({born / moved:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ import ctypes
 import errno
 import os
 import platform
+import signal
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# The same library, called with the GIL held (clone3: the interpreter must not run between the
+# fork hooks and the call, exactly as os.fork does it).
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+_pylibc.syscall.restype = ctypes.c_long
 
 # x86_64 syscall numbers for calls glibc 2.36 has no wrapper for.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "open_tree": 428, "move_mount": 429},
-    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "open_tree": 428, "move_mount": 429},
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone3": 435},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone3": 435},
 }
 _NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
 
@@ -24,6 +29,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_THREAD = 0x00010000
+CLONE_INTO_CGROUP = 0x200000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -190,3 +196,52 @@ def sethostname(name: str) -> None:
     """sethostname(2). Raises KernelCallError."""
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("pidfd", ctypes.c_uint64),
+        ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64),
+        ("exit_signal", ctypes.c_uint64),
+        ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64),
+        ("tls", ctypes.c_uint64),
+        ("set_tid", ctypes.c_uint64),
+        ("set_tid_size", ctypes.c_uint64),
+        ("cgroup", ctypes.c_uint64),
+    ]
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), but the child is born in the cgroup2 group open at `cgroup_fd`
+    (clone3 with CLONE_INTO_CGROUP, Linux 5.7+). Returns 0 in the child, its pid in the parent.
+
+    The kernel then takes only the read side of the cgroup thread-group lock, where moving a
+    process after its birth (a `cgroup.procs` write) takes the write side, which waits out an RCU
+    grace period when no move happened for a while. Like os.fork, it runs the interpreter's fork
+    hooks (PyOS_BeforeFork, PyOS_AfterFork_*) with the GIL held; unlike it, not the C library's
+    pthread_atfork handlers, nor its per-thread bookkeeping of the child's thread id: call it only
+    from a single-threaded process (checked: /proc/self/task; RuntimeError otherwise, nothing
+    forked). Raises KernelCallError: ENOSYS where the kernel or a seccomp filter (container
+    runtimes' default profiles) refuses clone3, and whatever the kernel says of the group (EBUSY:
+    it hands controllers down; EBADF: not a cgroup2 group).
+    """
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        raise RuntimeError(f"clone3(CLONE_INTO_CGROUP) from a process of {threads} threads: refused, "
+                           "the C library's state of the child would be wrong")
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+    call = f"clone3(CLONE_INTO_CGROUP, cgroup fd {cgroup_fd})"
+    _pylibc.PyOS_BeforeFork()
+    size = ctypes.c_size_t(ctypes.sizeof(args))
+    pid = _pylibc.syscall(ctypes.c_long(_NR["clone3"]), ctypes.byref(args), size)
+    if pid == 0:
+        _pylibc.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _pylibc.PyOS_AfterFork_Parent()
+    if pid == -1:
+        raise KernelCallError(call, err)
+    return int(pid)

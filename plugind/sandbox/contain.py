@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -145,32 +146,34 @@ def spawn_contained(
     go_r, go_w = os.pipe()
     rep_r, rep_w = os.pipe()
     try:
-        backend = _group_ahead(plan, groups, degrade)
-        enter = groups[0] if groups else None
-        pid = _fork(plan, steps, degrade, enter)
+        _group_ahead(plan, groups, degrade)
+        group = groups[0] if groups else None
+        pid, placed = _fork(plan, steps, degrade, group)
     except BaseException:
         for fd in (go_r, go_w, rep_r, rep_w):
             os.close(fd)
-        for group in groups:
-            group.remove()
+        for made in groups:
+            made.remove()
         raise
     if pid == 0:
         os.close(go_w)
         os.close(rep_r)
-        _child(plan, run_child, keep_fds, go_r, rep_w, fs, ChildHooks(plan, filters),
-               None if plan.user_namespace else enter)
+        enter = group if group is not None and group.backend == "v1" and not plan.user_namespace else None
+        _child(plan, run_child, keep_fds, go_r, rep_w, fs, ChildHooks(plan, filters), enter)
     os.close(go_r)
     os.close(rep_w)
+    if group is not None:
+        steps["cgroup"] = _cgroup_step(group)
     with os.fdopen(rep_r, "rb") as reports:
         try:
-            _parent(plan, pid, backend, groups, go_w, reports, steps, degrade)
+            _parent(plan, pid, None if placed else group, go_w, reports, steps, degrade)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            for group in groups:
-                group.remove()
+            for made in groups:
+                made.remove()
             raise
         finally:
             with contextlib.suppress(OSError):
@@ -181,19 +184,18 @@ def spawn_contained(
 
 def _group_ahead(
     plan: SandboxPlan, groups: list[cgroups.CgroupHandle], degrade: Callable[[str, BaseException], None]
-) -> str | None:
-    # The cgroup backend (None: no cgroup step). On v1 the plugin's group is made here, before the
-    # fork, and the child enters it itself by its one thread (CgroupHandle.enter), as the first thing
-    # it does: a move by the parent (cgroup.procs) waits out an RCU grace period when no group move
-    # happened for a while (10-20 ms). On v2 (no such move) `_parent` makes it during the child's steps.
+) -> None:
+    # The plugin's group, with its limits, is made here,
+    # before the fork, so that the child is in it before it runs any code of its own, and without
+    # the move by the parent (a `cgroup.procs` write) that waits out an RCU grace period when no
+    # group move happened for a while (10-20 ms): on v1 the child enters it itself, by its one
+    # thread (CgroupHandle.enter); on v2 it is born in it (`_fork_child`).
     try:
         backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
-        if backend == "v1":
+        if backend is not None:
             groups.append(_plugin_group(plan, backend))
     except SandboxError as exc:
         degrade("cgroup", exc)
-        return None
-    return backend
 
 
 def _plugin_group(plan: SandboxPlan, backend: str) -> cgroups.CgroupHandle:
@@ -216,33 +218,61 @@ def _fork(
     plan: SandboxPlan,
     steps: dict[str, str],
     degrade: Callable[[str, BaseException], None],
-    enter: cgroups.CgroupHandle | None = None,
-) -> int:
-    # `enter`: on the user-namespace path, the group the intermediate enters before it leaves the
-    # host's user namespace (the plugin is born in it); elsewhere the child enters it (`_child`).
+    group: cgroups.CgroupHandle | None = None,
+) -> tuple[int, bool]:
+    # Fork the plugin; returns its pid (0 in it) and whether it is in `group` already: born there
+    # (v2, `_fork_child`) or entering it itself before anything else (v1: `_child`, or on the
+    # user-namespace path the intermediate, before it leaves the host's user namespace). If not
+    # (v2 where the kernel refuses clone3), `_parent` moves it.
     if plan.user_namespace:
         try:
-            return _fork_in_user_namespace(plan, steps, enter)
+            return _fork_in_user_namespace(plan, steps, group)
         except OSError as exc:
             raise _fail(plan, "user_ns", exc) from exc  # never degraded: it changes who the plugin is
     if "pid" not in plan.namespaces:
-        return os.fork()
+        return _fork_child(group)
     try:
         saved = namespaces.enter_pid_namespace_for_children()
     except OSError as exc:
         degrade("pid_ns", exc)
-        return os.fork()
+        return _fork_child(group)
     try:
-        pid = os.fork()
+        pid, placed = _fork_child(group)
     except BaseException:
         namespaces.restore_pid_namespace(saved)
         raise
     if pid == 0:
         os.close(saved)  # the child stays where it is: PID 1 of the new namespace
-        return 0
+        return 0, placed
     namespaces.restore_pid_namespace(saved)
     steps["pid_ns"] = ACTIVE
-    return pid
+    return pid, placed
+
+
+# Set once the kernel refused clone3 (older than 5.7, or a seccomp profile that answers ENOSYS, as
+# container runtimes' default profiles do): from then on v2 children are forked and moved.
+_NO_CLONE3: list[str] = []
+_CLONE3_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EPERM, errno.E2BIG, errno.EINVAL})
+
+
+def _fork_child(group: cgroups.CgroupHandle | None) -> tuple[int, bool]:
+    # os.fork(); with a v2 `group`, the child born in it (clone3 with CLONE_INTO_CGROUP) where the
+    # kernel allows it. Returns (pid, whether the child is in `group`, or enters it itself: v1).
+    if group is None or group.backend != "v2":
+        return os.fork(), group is not None
+    if _NO_CLONE3:
+        return os.fork(), False
+    fd = os.open(group.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _libc.fork_into_cgroup(fd), True
+    except _libc.KernelCallError as exc:
+        # Not fatal: the parent moves the child instead (and reports any fault of the group's).
+        if exc.errno in _CLONE3_UNSUPPORTED:
+            _NO_CLONE3.append(str(exc))
+            log.info("children are moved into their cgroup after the fork: %s", exc)
+        return os.fork(), False
+    finally:
+        os.close(fd)
 
 
 NOBODY = 65534
@@ -250,27 +280,30 @@ _SUBREAPER: list[bool] = []
 
 
 def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str],
-                            enter: cgroups.CgroupHandle | None = None) -> int:
+                            group: cgroups.CgroupHandle | None = None) -> tuple[int, bool]:
     """The user-namespace path: an intermediate process enters the user namespace (we write its
     id maps), then forks the plugin as PID 1 of a pid namespace owned by that user namespace (so the
     plugin may mount /proc) and exits; being a child subreaper, we inherit the plugin.
 
     Plugin root maps to host `nobody` when we are root, else to our own uid; the plugin switches
-    to it after its mounts. Raises OSError.
+    to it after its mounts. The intermediate is in `group` before it forks (born there on v2,
+    entering it on v1, while it is still host root: inside, the plugin is host nobody and could
+    not write the host's cgroup files), and so the plugin is born there. Returns the plugin's pid
+    and whether it is in `group`. Raises OSError.
     """
     if not _SUBREAPER:
         prctl.set_child_subreaper(1)
         _SUBREAPER.append(True)
     up_r, up_w = os.pipe()
     maps_r, maps_w = os.pipe()
-    mid = os.fork()
+    mid, placed = _fork_child(group)
     if mid == 0:
         os.close(up_r)
         os.close(maps_w)
         try:
             prctl.set_pdeathsig(signal.SIGKILL)
-            if enter is not None:  # while it is still host root: the plugin it forks is born there
-                enter.enter()
+            if group is not None and group.backend == "v1":
+                group.enter()
             if os.geteuid() == 0:
                 os.setgroups([])  # setgroups is denied inside: drop host root's groups now
             _libc.unshare(_libc.CLONE_NEWUSER)
@@ -283,7 +316,7 @@ def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str],
             if pid == 0:
                 os.close(up_w)
                 os.close(maps_r)
-                return 0  # the plugin: on to the child steps
+                return 0, placed  # the plugin: on to the child steps
             os.write(up_w, str(pid).encode())
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -308,7 +341,7 @@ def _fork_in_user_namespace(plan: SandboxPlan, steps: dict[str, str],
     steps["user_ns"] = ACTIVE
     if "pid" in plan.namespaces:
         steps["pid_ns"] = ACTIVE
-    return int(data)
+    return int(data), placed
 
 
 def _drain(fd: int) -> bytes:
@@ -321,24 +354,20 @@ def _drain(fd: int) -> bytes:
 def _parent(
     plan: SandboxPlan,
     pid: int,
-    backend: str | None,
-    groups: list[cgroups.CgroupHandle],
+    move_into: cgroups.CgroupHandle | None,
     go_w: int,
     reports: Any,
     steps: dict[str, str],
     degrade: Callable[[str, BaseException], None],
 ) -> None:
-    # While the child sets itself up, we make its cgroup and put it there (v2; on v1 it was made
-    # before the fork and the child entered it: `_group_ahead`); it runs no code of its own before
-    # our "go", which comes only after the cgroup (and the restricted network) is done.
-    try:
-        if backend is not None and not groups:
-            groups.append(_plugin_group(plan, backend))
-            groups[0].attach(pid)
-        if groups:
-            steps["cgroup"] = _cgroup_step(groups[0])
-    except SandboxError as exc:
-        degrade("cgroup", exc)
+    # While the child sets itself up, we move it into its cgroup where it was not born there (v2
+    # where the kernel refuses clone3: `_fork_child`), and wire its network; it runs no code of its
+    # own before our "go", which comes only after both are done.
+    if move_into is not None:
+        try:
+            move_into.attach(pid)
+        except SandboxError as exc:
+            degrade("cgroup", exc)
     first = _read_report(plan, reports)  # the child's namespaces exist now
     if plan.network_mode == "restricted":
         try:
@@ -589,7 +618,7 @@ def prepare_spare(
         raise _fail(proto, step, exc) from exc
 
     try:
-        pid = _fork(proto, steps, never_degraded)
+        pid, _ = _fork(proto, steps, never_degraded)
     except BaseException:
         ours.close()
         theirs.close()
