@@ -138,6 +138,7 @@ def v2_births(parent: str, rounds: int, gap: float) -> tuple[list[float], list[f
     if v2_path is None:
         return None
     base = Path(v2_path, parent.strip("/"), "births")
+    made = [d for d in (base, *base.parents) if not d.exists()]  # removed at the end, deepest first
     moved: list[float] = []
     born: list[float] = []
     for i in range(rounds):
@@ -156,7 +157,8 @@ def v2_births(parent: str, rounds: int, gap: float) -> tuple[list[float], list[f
             os.close(fd)
             group.rmdir()
             time.sleep(gap)
-    base.rmdir()
+    for d in made:
+        d.rmdir()
     return moved, born
 
 

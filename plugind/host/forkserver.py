@@ -12,7 +12,7 @@ Control protocol on the inherited SOCK_SEQPACKET socket, one msgpack map per pac
                       {"op": "adopt", "pid"}                   the daemon handed the spare a request
                       {"op": "kill", "pid", "signal"}          only pids it forked and has not reaped
     server -> daemon  {"op": "ready", "pid", "sandbox": bool}
-                      {"op": "spawned", "id", "pid", "steps"} | {"op": "spawn_failed", "id", "error"}
+                      {"op": "spawned", "id", "pid", "steps", "spare"} | {"op": "spawn_failed", "id", "error"}
                       {"op": "exited", "pid", "code", "signal", "oom_killed"}
                       {"op": "spare", "pid"}  + its socket     the child forked ahead (below)
                       {"op": "warning", "message"}             something it could not do (the daemon
@@ -316,8 +316,10 @@ class ForkServer:
                 from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
 
                 plan = SandboxPlan.from_wire(plan_wire)
+                spare_pid = None if self.cspare is None else self.cspare.pid
                 spawned = self._use_contained_spare(plan, req, sock_fd)
                 if spawned is None:
+                    spare_pid = None
                     spawned = self.contain.spawn_contained(plan, run, [sock_fd])
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
@@ -325,6 +327,7 @@ class ForkServer:
                     self.proto = plan  # prepared like this one, CSPARE_IDLE_S from now
                     self.cspare_due = time.monotonic()
             else:
+                spare_pid = None
                 pid = os.fork()
                 if pid == 0:
                     run()
@@ -342,7 +345,9 @@ class ForkServer:
             return
         finally:
             os.close(sock_fd)
-        self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps})
+        # "spare": the pre-contained spare that served it (on cgroup v2 the plugin is its child,
+        # born in its cgroup, and has a pid of its own: contain.use_spare).
+        self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps, "spare": spare_pid})
         if plan_wire is None or self.contain is None:
             self.spare_due = time.monotonic()  # forked SPARE_IDLE_S from now (serve)
         self._started()

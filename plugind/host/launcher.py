@@ -220,7 +220,7 @@ class Launcher:
         op = msg.get("op")
         if op == "spawned":
             pid = int(msg["pid"])
-            if pid == self.sandboxed_spare_pid:
+            if self.sandboxed_spare_pid in (pid, msg.get("spare")):  # used (see forkserver.spawn)
                 self.sandboxed_spare_pid = None
             assert self._loop is not None
             self._state.exits.setdefault(pid, self._loop.create_future())

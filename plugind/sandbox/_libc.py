@@ -7,6 +7,7 @@ import errno
 import os
 import platform
 import signal
+import threading
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # The same library, called with the GIL held (clone3: the interpreter must not run between the
@@ -29,6 +30,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_THREAD = 0x00010000
+CLONE_PARENT = 0x00008000
 CLONE_INTO_CGROUP = 0x200000000
 
 MS_RDONLY = 1
@@ -214,9 +216,10 @@ class _CloneArgs(ctypes.Structure):
     ]
 
 
-def fork_into_cgroup(cgroup_fd: int) -> int:
+def fork_into_cgroup(cgroup_fd: int, *, sibling: bool = False) -> int:
     """os.fork(), but the child is born in the cgroup2 group open at `cgroup_fd`
     (clone3 with CLONE_INTO_CGROUP, Linux 5.7+). Returns 0 in the child, its pid in the parent.
+    With `sibling`, the child is our parent's child, not ours (CLONE_PARENT: it reaps it).
 
     The kernel then takes only the read side of the cgroup thread-group lock, where moving a
     process after its birth (a `cgroup.procs` write) takes the write side, which waits out an RCU
@@ -228,12 +231,17 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     runtimes' default profiles) refuses clone3, and whatever the kernel says of the group (EBUSY:
     it hands controllers down; EBADF: not a cgroup2 group).
     """
-    threads = len(os.listdir("/proc/self/task"))
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except FileNotFoundError:  # in a root without /proc (a spare's, before its plugin mounts it)
+        threads = threading.active_count()
     if threads != 1:
         raise RuntimeError(f"clone3(CLONE_INTO_CGROUP) from a process of {threads} threads: refused, "
                            "the C library's state of the child would be wrong")
-    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
-    call = f"clone3(CLONE_INTO_CGROUP, cgroup fd {cgroup_fd})"
+    flags = CLONE_INTO_CGROUP | (CLONE_PARENT if sibling else 0)
+    # A sibling's exit signal is our own (the kernel requires 0 here): SIGCHLD to the parent.
+    args = _CloneArgs(flags=flags, exit_signal=0 if sibling else signal.SIGCHLD, cgroup=cgroup_fd)
+    call = f"clone3(CLONE_INTO_CGROUP{'|CLONE_PARENT' if sibling else ''}, cgroup fd {cgroup_fd})"
     _pylibc.PyOS_BeforeFork()
     size = ctypes.c_size_t(ctypes.sizeof(args))
     pid = _pylibc.syscall(ctypes.c_long(_NR["clone3"]), ctypes.byref(args), size)

@@ -479,6 +479,20 @@ def _plugin_steps(
     # later by the runtime. A pre-contained spare (`fresh=False`) brought its loopback up, scrubbed
     # its environment and left the daemon's session ahead, and `build_root` only finishes the root
     # it built ahead.
+    _root_steps(plan, steps, step, keep_fds, build_root, fresh=fresh)
+    _last_steps(plan, steps, step, fresh=fresh)
+
+
+def _root_steps(
+    plan: SandboxPlan,
+    steps: dict[str, str],
+    step: Callable[[str, Callable[[], object]], None],
+    keep_fds: list[int],
+    build_root: Callable[[], None],
+    *,
+    fresh: bool,
+) -> None:
+    # `_plugin_steps` up to the fds: filesystem, loopback, hostname, fds.
     if "mount" in plan.namespaces:
         step("filesystem", build_root)
     if fresh and plan.network_mode == "none" and "net" in plan.namespaces:
@@ -490,6 +504,13 @@ def _plugin_steps(
     # Every fd the plugin does not get closed before RLIMIT_NOFILE is lowered: a spawner with
     # more fds open than the plugin's limit would otherwise leave it unable to open any file.
     _close_fds(keep_fds)
+
+
+def _last_steps(
+    plan: SandboxPlan, steps: dict[str, str], step: Callable[[str, Callable[[], object]], None], *,
+    fresh: bool,
+) -> None:
+    # `_plugin_steps` from the rlimits on.
     step("rlimits", lambda: rlimits.apply(plan))
     if fresh:
         _scrub_environment()
@@ -511,14 +532,22 @@ def _plugin_steps(
 # prototype allows, securebits locked), no_new_privs and the seccomp guard filter
 # (SPARE_FILTERS_AHEAD), and (cgroup v1) a group of its own that it makes
 # under plugind's parent, `.spare-PID` (a name no plugin's group can have). At hand-off (`use_spare`) the
-# fork-server renames that group to the plugin's and writes the plan's limits (cgroup v2 refuses
-# rename(2): there the group is made and the spare moved into it then, as for a fresh child), and
-# the spare does the plugin's own steps (`_plugin_steps`: the tree's mount and the root made
-# read-only, hostname, fds, rlimits, no_new_privs, capabilities) while the fork-server does the
-# cgroup, reports them, waits for the fork-server's go (sent once the cgroup and its limits are in
-# place) and runs the plugin, which
-# loads seccomp last. It is used only for a plan it fits (`spare_fits`), once; anything else forks
-# anew.
+# fork-server renames that group to the plugin's and writes the plan's limits, and the spare does
+# the plugin's own steps (`_plugin_steps`: the tree's mount and the root made read-only, hostname,
+# fds, rlimits, no_new_privs, capabilities) while the fork-server does the cgroup, reports them,
+# waits for the fork-server's go (sent once the cgroup and its limits are in place) and runs the
+# plugin, which loads seccomp last. It is used only for a plan it fits (`spare_fits`), once;
+# anything else forks anew.
+#
+# cgroup v2 refuses rename(2), and moving the spare into the plugin's group would wait out an RCU
+# grace period on the load's path (see `_group_ahead`). So there the spare is `born`-style: it is
+# not PID 1 of a pid namespace but made one for its children, its root is prebuilt without /proc,
+# and it has no group of its own. At hand-off the fork-server makes the plugin's group and sends an
+# fd of it with the request; the spare mounts the tree, seals the root, sets the hostname and sheds
+# its fds, then forks the plugin into that group (clone3 with CLONE_INTO_CGROUP | CLONE_PARENT:
+# PID 1 of the new pid namespace, the fork-server's child, in its namespaces and root), says its
+# pid and exits. The plugin mounts /proc, does the rest of its steps, reports them and runs (its
+# cgroup was in place at its birth: no go to wait for).
 
 # The spare loads this many of seccomp.build's filters while it waits: the guard (default allow; it
 # kills kexec, module and reboot calls and refuses TIOCSTI/TIOCLINUX, none of which a hand-off
@@ -544,6 +573,8 @@ class ContainedSpare:
     nice: int = 0  # the fork-server's priority, which a plugin gets (the spare waits at nice 19)
     reniced: bool = False  # it waits at nice 19, and use_spare gives it `nice` back
     ready: bool = False  # its report of the prepared steps was read
+    born: bool = False  # (cgroup v2) it forks the plugin into its group at hand-off (see above)
+    plugin_pid: int | None = None  # that plugin, once the spare said its pid
 
 
 def spare_capable(plan: SandboxPlan) -> bool:
@@ -611,25 +642,29 @@ def prepare_spare(
     if "mount" in proto.namespaces and (fs.template_fd is None or fs.split is None):
         raise ValueError("no shared mount template: no spare")
     backend = cgroups.choose_backend(proto.cgroup_backend, cgroups.detect_cached())
+    born = backend == "v2" and not _NO_CLONE3
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     steps: dict[str, str] = dict.fromkeys(STEPS, OFF)
 
     def never_degraded(step: str, exc: BaseException) -> None:
         raise _fail(proto, step, exc) from exc
 
+    # A born-style spare stays in our pid namespace: it makes its plugin's itself (_spare_child).
+    forked = dataclasses.replace(proto, namespaces=tuple(n for n in proto.namespaces if n != "pid")) \
+        if born else proto
     try:
-        pid, _ = _fork(proto, steps, never_degraded)
+        pid, _ = _fork(forked, steps, never_degraded)
     except BaseException:
         ours.close()
         theirs.close()
         raise
     if pid == 0:
         ours.close()
-        _spare_child(proto, fs, backend, theirs, child_setup, run, warm)
+        _spare_child(proto, fs, backend, theirs, child_setup, run, warm, born=born)
     theirs.close()
     ours.settimeout(SPARE_REPORT_TIMEOUT_S)
     nice = os.getpriority(os.PRIO_PROCESS, 0)
-    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto), nice=nice)
+    spare = ContainedSpare(pid, ours, proto, backend, None, steps, _root_of(proto), nice=nice, born=born)
     if nice < SPARE_NICE and may_raise_priority(nice):
         try:
             os.setpriority(os.PRIO_PROCESS, pid, SPARE_NICE)  # by us, not by it: use_spare cannot race it
@@ -684,12 +719,25 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
     if spare.backend == "v1" and spare.group is None:  # it made and entered its group itself
         raise SandboxError("the spare's cgroup is missing", step="cgroup", detail="open_group: ENOENT")
     steps = dict(spare.steps)
-    tree_fd = mounts.open_tree_ro(plan.tree) if "mount" in plan.namespaces else None
+    fds = [sock_fd]
     try:
-        socket.send_fds(spare.chan, [payload], [sock_fd] if tree_fd is None else [sock_fd, tree_fd])
+        if "mount" in plan.namespaces:
+            fds.append(mounts.open_tree_ro(plan.tree))
+        if spare.born:  # the plugin's group, with its limits, for the spare to fork the plugin into
+            spare.group = _plugin_group(plan, "v2")
+            steps["cgroup"] = _cgroup_step(spare.group)
+            fds.append(os.open(spare.group.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        socket.send_fds(spare.chan, [payload], fds)
     finally:
-        if tree_fd is not None:
-            os.close(tree_fd)
+        for fd in fds[1:]:
+            os.close(fd)
+    if spare.born:
+        report = _born_report(spare, plan)
+        steps.update(report["steps"])
+        steps["seccomp"] = ACTIVE
+        spare.chan.close()
+        assert spare.plugin_pid is not None
+        return Spawned(spare.plugin_pid, steps)
     # The spare does the plugin's steps meanwhile, reports, and waits for our go (_GO) before it
     # runs anything of the plugin's: the go comes only once its cgroup and limits are in place (if
     # they fail, we raise, the caller kills it, and it never had a go).
@@ -698,7 +746,7 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
             _remove_stale_group(plan, spare.backend)
             spare.group = cgroups.rename_group(spare.group, plan.group)
             cgroups.apply_limits(spare.group, plan.limits)
-        else:  # v2: as for a fresh child
+        else:  # v2 where the kernel refuses clone3: made now, and the spare moved there
             spare.group = _plugin_group(plan, spare.backend)
             spare.group.attach(spare.pid)
         steps["cgroup"] = _cgroup_step(spare.group)
@@ -711,11 +759,30 @@ def use_spare(spare: ContainedSpare, plan: SandboxPlan, payload: bytes, sock_fd:
     return Spawned(spare.pid, steps)
 
 
+def _born_report(spare: ContainedSpare, plan: SandboxPlan) -> dict[str, Any]:
+    # A born-style hand-off: the spare says the pid of the plugin it forked, and the plugin its
+    # steps, two packets in either order (either may say it failed instead: raises).
+    report = None
+    while spare.plugin_pid is None or report is None:
+        msg = _spare_report(plan, spare.chan)
+        if "born" in msg:
+            spare.plugin_pid = int(msg["born"])
+        else:
+            report = msg
+    return report
+
+
 def discard_spare(spare: ContainedSpare, *, reaped: bool = False) -> None:
     """Kill and reap an unused (or failed) spare, unless the caller `reaped` it already (its pid may
-    be another process's now), and remove its cgroup. Best effort, never raises."""
+    be another process's now), and the plugin it forked if it did (born-style), and remove its
+    cgroup. Best effort, never raises."""
     with contextlib.suppress(OSError):
         spare.chan.close()
+    if spare.plugin_pid is not None:  # our child (CLONE_PARENT), not reaped: its pid is still its
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(spare.plugin_pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.plugin_pid, 0)
     if not reaped:
         with contextlib.suppress(ProcessLookupError):
             os.kill(spare.pid, signal.SIGKILL)
@@ -737,6 +804,8 @@ def _spare_child(
     child_setup: Callable[[], None],
     run: Callable[[bytes, int, ChildHooks], NoReturn],
     warm: Callable[[], None] | None = None,
+    *,
+    born: bool = False,
 ) -> NoReturn:
     # In the spare: the plugin-independent steps, a report, then wait for the hand-off.
     steps: dict[str, str] = {}
@@ -748,13 +817,15 @@ def _spare_child(
         child_setup()
         if backend == "v1":  # a group of its own (no limits until hand-off), entered by its one thread
             cgroups.make_group(backend, proto.cgroup_parent, _spare_group_name()).enter()
+        if born:  # the pid namespace its plugin is forked into, as PID 1
+            step("pid_ns", lambda: _libc.unshare(_libc.CLONE_NEWPID))
         _enter_namespaces(proto, steps, step, with_mount=False)  # mount: from the template, later
         if "net" in proto.namespaces:
             step("network", network.loopback_up)
+        _scrub_environment()  # (it reads /proc/self, which a born-style spare's new root lacks)
         if "mount" in proto.namespaces:
             assert fs.template_fd is not None and fs.split is not None
-            mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree)
-        _scrub_environment()
+            mounts.prebuild_from_template(fs.template_fd, fs.split, proto.tree, with_proc=not born)
         os.setsid()  # no controlling terminal: no TIOCSTI into the daemon's tty
         # What of the capability step it needs no capability for. caps.drop does it all again at
         # hand-off, where the plan says whether a failure fails or degrades the step (a host that
@@ -776,7 +847,7 @@ def _spare_child(
     if warm is not None:
         warm()
     try:
-        data, fds, _flags, _addr = socket.recv_fds(chan, _SPARE_PACKET, 2)
+        data, fds, _flags, _addr = socket.recv_fds(chan, _SPARE_PACKET, 3)
     except BaseException:
         os._exit(_CHILD_FAILED)
     if not data or not fds:  # the fork-server gave up on us
@@ -790,8 +861,8 @@ def _spare_child(
         if not spare_capable(plan) or plan.namespaces != proto.namespaces:
             raise _StepFailed("spawn", "the spare does not fit this plan")
         sock_fd = fds[0]
-        if ("mount" in plan.namespaces) != (len(fds) == 2):
-            raise _StepFailed("filesystem", "the spare was handed no tree to mount")
+        if len(fds) != 1 + ("mount" in plan.namespaces) + born:
+            raise _StepFailed("spawn", f"the spare was handed {len(fds)} fds")
         steps = {}
         step = _stepper(plan, steps)
 
@@ -799,8 +870,11 @@ def _spare_child(
             mounts.finish_with_tree(plan.tree, fds[1])
             steps["mount_ns"] = ACTIVE
 
-        _plugin_steps(plan, steps, step, [sock_fd, chan.fileno()], finish_root, fresh=False)
-        chan.send(json.dumps({"steps": steps}).encode())
+        if born:  # from here on in the plugin (the spare exited), its steps done and reported
+            _born_hand_off(plan, fs, chan, steps, step, sock_fd, fds[-1], finish_root)
+        else:
+            _plugin_steps(plan, steps, step, [sock_fd, chan.fileno()], finish_root, fresh=False)
+            chan.send(json.dumps({"steps": steps}).encode())
         hand_off += [plan, sock_fd]
     except _StepFailed as exc:
         _send_error(chan.fileno(), exc.step, exc.detail)
@@ -809,17 +883,50 @@ def _spare_child(
         _send_error(chan.fileno(), "spawn", f"{type(exc).__name__}: {exc}")
         os._exit(_CHILD_FAILED)
     plan, sock_fd = hand_off
-    try:  # nothing of the plugin's runs before the fork-server's go: its cgroup is in place then
-        go = chan.recv(len(_GO) + 1)
-        chan.close()
-    except BaseException:
-        os._exit(_CHILD_FAILED)
-    if go != _GO:  # the fork-server gave up on us (or died): never run unconfined
-        os._exit(_CHILD_FAILED)
+    if not born:
+        try:  # nothing of the plugin's runs before the fork-server's go: its cgroup is in place then
+            go = chan.recv(len(_GO) + 1)
+            chan.close()
+        except BaseException:
+            os._exit(_CHILD_FAILED)
+        if go != _GO:  # the fork-server gave up on us (or died): never run unconfined
+            os._exit(_CHILD_FAILED)
     # The guard is loaded already (the same program: spare_fits asks for the prototype's network
     # mode, the filters' only input); the allowlist is loaded last, by the runtime, as in a fresh child.
     rest = _filters_for(plan)[SPARE_FILTERS_AHEAD:]
     _run(lambda hooks: run(data, sock_fd, hooks), ChildHooks(plan, rest), [sock_fd])
+
+
+def _born_hand_off(
+    plan: SandboxPlan,
+    fs: _Filesystem,
+    chan: socket.socket,
+    steps: dict[str, str],
+    step: Callable[[str, Callable[[], object]], None],
+    sock_fd: int,
+    cgroup_fd: int,
+    finish_root: Callable[[], None],
+) -> None:
+    # In a born-style spare (see above): the steps that need no pid namespace of the plugin's,
+    # then the plugin forked into its cgroup as PID 1 of the pid namespace made ahead and as the
+    # fork-server's child; the spare says its pid and exits. Returns in the plugin, its steps
+    # reported: the caller runs it. Raises _StepFailed (in the spare or in the plugin).
+    _root_steps(plan, steps, step, [sock_fd, chan.fileno(), cgroup_fd], finish_root, fresh=False)
+    try:
+        pid = _libc.fork_into_cgroup(cgroup_fd, sibling=True)
+    except (OSError, RuntimeError) as exc:
+        raise _StepFailed("cgroup", str(exc)) from exc
+    if pid != 0:
+        chan.send(json.dumps({"born": pid}).encode())
+        os._exit(0)
+    os.close(cgroup_fd)
+    prctl.set_pdeathsig(signal.SIGKILL)  # of the fork-server, our parent now
+    if "mount" in plan.namespaces:
+        assert fs.split is not None
+        step("filesystem", lambda: mounts.mount_proc(fs.split))  # type: ignore[arg-type]
+    _last_steps(plan, steps, step, fresh=False)
+    chan.send(json.dumps({"steps": steps}).encode())
+    chan.close()
 
 
 def _rehearse_hand_off(proto: SandboxPlan) -> None:

@@ -355,15 +355,34 @@ def plugin_independent(split: Split, tree: str) -> tuple[tuple[MountOp, ...], tu
     return split.shared, tuple(op for op in split.per_child if not _is_tree_op(op, tree))
 
 
-def prebuild_from_template(template_fd: int, split: Split, tree: str) -> None:
+def _in_proc(op: MountOp) -> bool:
+    return op.target == "/proc" or _under(op.target, "/proc")
+
+
+def prebuild_from_template(template_fd: int, split: Split, tree: str, *, with_proc: bool = True) -> None:
     """In a pre-contained spare: `apply_from_template` without the plugin's tree, pivoted, the new
     root left writable; `finish_with_tree` adds the tree at hand-off and makes the root read-only.
+    Without `with_proc`, /proc is left an empty directory, for `mount_proc` (a spare that is not
+    in the pid namespace its plugin will be: a procfs shows the pid namespace of its mounter).
     Raises KernelCallError naming the failing call."""
     stage = _stage_from_template(template_fd, split)
     for op in split.per_child:
-        if not _is_tree_op(op, tree):
-            _apply_one(op, stage)
+        if _is_tree_op(op, tree):
+            continue
+        if not with_proc and _in_proc(op):
+            if op.kind == "proc":
+                _make_path(stage, op.target, directory=True)
+            continue
+        _apply_one(op, stage)
     _pivot(stage, seal=False)
+
+
+def mount_proc(split: Split) -> None:
+    """In a plugin whose root a spare prebuilt without /proc (`prebuild_from_template`), inside its
+    pid namespace: /proc, and the read-only and hidden parts of it. Raises KernelCallError."""
+    for op in split.per_child:
+        if _in_proc(op):
+            _apply_one(op, "/")
 
 
 def finish_with_tree(tree: str, tree_fd: int) -> None:
@@ -381,6 +400,7 @@ __all__ = [
     "apply_from_template",
     "finish_with_tree",
     "mount_ops",
+    "mount_proc",
     "newroot_dir",
     "open_tree_ro",
     "plugin_independent",

@@ -18,6 +18,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +76,35 @@ async def spawn(launcher: Launcher, plan: SandboxPlan) -> Plugin:
     return Plugin(spawned.pid, chan, plan, spawned.steps)
 
 
-async def next_spare(launcher: Launcher, not_: set[int], timeout: float = 30.0) -> int:
-    """The fork-server's next pre-contained spare (prepared once it is idle)."""
+SHARED = ("net", "ipc", "uts")  # the namespaces a spare makes and the plugin it serves runs in
+
+
+@dataclass(frozen=True)
+class Spare:
+    pid: int
+    ppid: int  # the fork-server
+    namespaces: dict[str, str]  # SHARED -> the namespace it made
+
+
+async def next_spare(launcher: Launcher, not_: set[int], timeout: float = 30.0) -> Spare:
+    """The fork-server's next pre-contained spare (prepared once it is idle), once its preparation
+    is done (the guard filter, its last step, loaded)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout  # a bound against a hang
+    deadline = loop.time() + timeout  # a bound against a hang (it prepares itself at nice 19)
     while loop.time() < deadline:
         pid = launcher.sandboxed_spare_pid
-        if pid is not None and pid not in not_:
-            return pid
+        if pid is not None and pid not in not_ and "Seccomp:\t2" in Path(f"/proc/{pid}/status").read_text():
+            return Spare(pid, _ppid(pid), {n: ns(pid)[n] for n in SHARED})
         await asyncio.sleep(0.01)
     raise AssertionError("no pre-contained spare was prepared")
+
+
+def served_by(spare: Spare, p: Plugin) -> bool:
+    """Whether `p` runs in what `spare` prepared: the spare itself (cgroup v1, where its group is
+    renamed to the plugin's), or the plugin it forked at hand-off into the plugin's group (cgroup
+    v2, where the kernel cannot rename a group; the spare then exits), a child of the fork-server
+    in the spare's namespaces either way. A plugin forked anew has namespaces of its own."""
+    return {n: ns(p.pid)[n] for n in SHARED} == spare.namespaces and _ppid(p.pid) == spare.ppid
 
 
 @asynccontextmanager
@@ -173,6 +193,10 @@ def ns(pid: int | str) -> dict[str, str]:
     return {n: os.readlink(f"/proc/{pid}/ns/{n}") for n in NAMESPACES}
 
 
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
 @pytest.mark.skipif(HOST.backend is None, reason="no cgroup controllers on this host")
 def test_a_plugin_served_by_a_spare_is_isolated_exactly_as_one_forked_anew(
     tmp_path: Path, parent: str
@@ -184,18 +208,14 @@ def test_a_plugin_served_by_a_spare_is_isolated_exactly_as_one_forked_anew(
         async with running() as launcher:
             fresh = await spawn(launcher, fresh_plan)  # no spare yet: forked anew
             spare = await next_spare(launcher, {fresh.pid})
-            assert Path(f"/proc/{spare}/comm").read_text().strip() == "plugind-spare"
+            assert Path(f"/proc/{spare.pid}/comm").read_text().strip() == "plugind-spare"
             # While it waits it holds the guard filter only (the allowlist comes last, at hand-off).
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30  # it prepares itself at nice 19
-            while "Seccomp:\t2" not in Path(f"/proc/{spare}/status").read_text() and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            waiting = Path(f"/proc/{spare}/status").read_text()
+            waiting = Path(f"/proc/{spare.pid}/status").read_text()
             assert "Seccomp:\t2" in waiting and "NoNewPrivs:\t1" in waiting
             if "Seccomp_filters:" in waiting:
                 assert "Seccomp_filters:\t1" in waiting
             served = await spawn(launcher, spare_plan)
-            assert served.pid == spare  # the spare it prepared served this plugin
+            assert served_by(spare, served)  # the spare it prepared served this plugin
             a, b = isolation(fresh), isolation(served)
             assert a == b  # the same confinement, step by step
             # ... and that confinement is real: its own namespaces, cgroup, limits, no privileges.
@@ -230,10 +250,10 @@ def test_two_plugins_never_get_the_same_spare(tmp_path: Path, parent: str) -> No
             first = await spawn(launcher, plans[0])
             s1 = await next_spare(launcher, {first.pid})
             second = await spawn(launcher, plans[1])
-            assert second.pid == s1
-            s2 = await next_spare(launcher, {first.pid, s1})
+            assert served_by(s1, second)
+            s2 = await next_spare(launcher, {first.pid, s1.pid, second.pid})
             third = await spawn(launcher, plans[2])
-            assert third.pid == s2 != s1
+            assert served_by(s2, third) and not served_by(s1, third)
             assert len({ns(p.pid)["pid"] for p in (first, second, third)}) == 3
             for p in (first, second, third):
                 assert group_of(p.pid)["pids" if HOST.backend == "v1" else ""].endswith("/" + p.plan.group)
@@ -249,14 +269,10 @@ def test_an_unused_spare_and_its_cgroup_are_removed_at_shutdown(tmp_path: Path, 
     async def main() -> None:
         async with running() as launcher:
             p = await spawn(launcher, plan)
-            spare = await next_spare(launcher, {p.pid})
-            if HOST.backend == "v1":  # cgroup2 refuses rename(2): a spare is put in a group at hand-off
+            spare = (await next_spare(launcher, {p.pid})).pid
+            if HOST.backend == "v1":  # cgroup2 refuses rename(2): no group until its plugin's
                 want = f"/{parent.strip('/')}/.spare-{spare}"
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 30  # it makes and enters its group itself, at nice 19
-                while group_of(spare)["pids"] != want and loop.time() < deadline:
-                    await asyncio.sleep(0.01)
-                assert group_of(spare)["pids"] == want
+                assert group_of(spare)["pids"] == want  # made and entered first thing, before its guard
                 assert all((d / f".spare-{spare}").is_dir() for d in group_dirs(parent))
             p.chan.sock.close()
         deadline = asyncio.get_running_loop().time() + 30
@@ -275,7 +291,8 @@ def test_a_killed_spare_means_the_next_spawn_forks_anew(tmp_path: Path, parent: 
     async def main() -> None:
         async with running() as launcher:
             first = await spawn(launcher, plans[0])
-            spare = await next_spare(launcher, {first.pid})
+            prepared = await next_spare(launcher, {first.pid})
+            spare = prepared.pid
             os.kill(spare, signal.SIGKILL)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30  # the fork-server reaps it and removes its group
@@ -288,7 +305,7 @@ def test_a_killed_spare_means_the_next_spawn_forks_anew(tmp_path: Path, parent: 
                 await asyncio.sleep(0.01)
             assert not left()
             after = await spawn(launcher, plans[1])
-            assert after.pid != spare
+            assert after.pid != spare and not served_by(prepared, after)
             assert isolation(after)["status"]["Seccomp"] == "2"
             assert limit_files(after.plan) == expected_limits(after.plan)
             assert isolation(after) | {"steps": None} == isolation(first) | {"steps": None}
@@ -308,10 +325,10 @@ def test_a_plan_the_spare_does_not_fit_forks_anew_and_leaves_the_spare(tmp_path:
             first = await spawn(launcher, plain[0])
             spare = await next_spare(launcher, {first.pid})
             odd = await spawn(launcher, other)
-            assert odd.pid != spare
+            assert not served_by(spare, odd)
             assert any(m[0] == "/tmp" and "size=32768k" in m[4] for m in isolation(odd)["mounts"])
             last = await spawn(launcher, plain[1])
-            assert last.pid == spare  # still there, and still unused: it serves the next plan it fits
+            assert served_by(spare, last)  # still there, and still unused: it serves the next plan it fits
             assert any(m[0] == "/tmp" and "size=16384k" in m[4] for m in isolation(last)["mounts"])
             for p in (first, odd, last):
                 p.chan.sock.close()
@@ -347,11 +364,11 @@ def test_a_spare_serves_only_plans_within_the_capabilities_it_was_prepared_for(
             first = await spawn(launcher, wide)
             spare = await next_spare(launcher, {first.pid})
             odd = await spawn(launcher, wider)
-            assert odd.pid != spare  # not within the spare's: forked anew
+            assert not served_by(spare, odd)  # not within the spare's: forked anew
             assert cap_set(odd.pid, "CapBnd") == cap_set(odd.pid, "CapEff") == (
                 1 << CAP_NET_BIND_SERVICE | 1 << CAP_CHOWN | 1 << 5)  # CAP_KILL
             served = await spawn(launcher, narrow)
-            assert served.pid == spare  # still unused after the plan it did not fit
+            assert served_by(spare, served)  # still unused after the plan it did not fit
             for key in ("CapBnd", "CapEff", "CapPrm"):
                 assert cap_set(served.pid, key) == 1 << CAP_NET_BIND_SERVICE, key
             assert cap_set(served.pid, "CapInh") == cap_set(served.pid, "CapAmb") == 0
@@ -367,8 +384,10 @@ def test_a_spare_runs_nothing_of_the_plugin_until_its_cgroup_is_in_place(
     tmp_path: Path, parent: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The spare does the plugin's steps while the fork-server makes its cgroup, then waits for the
-    # fork-server's go. Here the cgroup step fails (injected, after a pause long enough for the spare
-    # to finish its own steps): the spare must never have run the plugin (which would say "ran").
+    # fork-server's go (cgroup v1; on v2 the group is made before the spare gets the request, and
+    # the plugin is born in it). Here the cgroup step fails (injected, after a pause long enough for
+    # the spare to finish its own steps): the spare must never have run the plugin (which would say
+    # "ran").
     import msgpack
 
     from plugind.errors import SandboxError
