@@ -185,11 +185,11 @@ def spawn_contained(
 def _group_ahead(
     plan: SandboxPlan, groups: list[cgroups.CgroupHandle], degrade: Callable[[str, BaseException], None]
 ) -> None:
-    # The plugin's group, with its limits, is made here,
-    # before the fork, so that the child is in it before it runs any code of its own, and without
-    # the move by the parent (a `cgroup.procs` write) that waits out an RCU grace period when no
-    # group move happened for a while (10-20 ms): on v1 the child enters it itself, by its one
-    # thread (CgroupHandle.enter); on v2 it is born in it (`_fork_child`).
+    # The plugin's group, with its limits, is made here, before the fork, so that the child is in
+    # it before it runs any code of its own, and without the move by the parent (a `cgroup.procs`
+    # write) that waits out an RCU grace period when no group move happened for a while (10-20 ms):
+    # on v1 the child enters it itself, by its one thread (CgroupHandle.enter); on v2 it is born in
+    # it (`_fork_child`).
     try:
         backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
         if backend is not None:
@@ -265,6 +265,8 @@ def _fork_child(group: cgroups.CgroupHandle | None) -> tuple[int, bool]:
     fd = os.open(group.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         return _libc.fork_into_cgroup(fd), True
+    except RuntimeError:  # a caller with threads (not the fork-server): the C library's fork, moved
+        return os.fork(), False
     except _libc.KernelCallError as exc:
         # Not fatal: the parent moves the child instead (and reports any fault of the group's).
         if exc.errno in _CLONE3_UNSUPPORTED:

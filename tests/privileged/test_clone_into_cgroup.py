@@ -190,3 +190,25 @@ def test_a_v2_child_of_the_sandbox_fork_is_placed_at_birth(v2_group: Path) -> No
     assert report["forked"][1] is True
     assert report["alone_there"]
     assert report["killed"]
+
+
+def test_a_caller_with_threads_gets_the_c_librarys_fork_and_a_move(v2_group: Path) -> None:
+    # Only the fork-server is single-threaded by design; a spawner with threads (an embedding
+    # host, a test) still gets its child, through fork() and a move, and clone3 is not given up on.
+    def work() -> dict[str, Any]:
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait, daemon=True)
+        thread.start()
+        handle = cgroups.CgroupHandle("v2", {c: v2_group for c in ("memory", "cpu", "pids", "io")})
+        pid, placed = contain._fork_child(handle)
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        out = {"placed": placed, "group": _v2_line(pid), "refusals": list(contain._NO_CLONE3)}
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        stop.set()
+        return out
+
+    report = _in_worker(work)
+    assert report == {"placed": False, "group": _v2_line("self"), "refusals": []}
