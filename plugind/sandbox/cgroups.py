@@ -51,6 +51,7 @@ class Hierarchy:
     v2_path: str | None
     v2_controllers: frozenset[str]
     v1_paths: Mapping[str, str]
+    v2_options: frozenset[str] = frozenset()  # the cgroup2 mount's own options (favordynmods, ...)
 
     @property
     def kind(self) -> str:
@@ -65,6 +66,7 @@ class Hierarchy:
 def parse_mountinfo(text: str) -> Hierarchy:
     """Find cgroup mounts in /proc/self/mountinfo text."""
     v2_path: str | None = None
+    v2_options: frozenset[str] = frozenset()
     v1: dict[str, str] = {}
     for line in text.splitlines():
         pre, sep, post = line.partition(" - ")
@@ -75,7 +77,7 @@ def parse_mountinfo(text: str) -> Hierarchy:
             continue
         mountpoint, fstype, options = fields[4], after[0], after[2].split(",")
         if fstype == "cgroup2" and v2_path is None:
-            v2_path = mountpoint
+            v2_path, v2_options = mountpoint, frozenset(options)
         elif fstype == "cgroup":
             for opt in options:
                 if opt in V1_CONTROLLERS and opt not in v1:
@@ -86,7 +88,7 @@ def parse_mountinfo(text: str) -> Hierarchy:
             controllers = frozenset(Path(v2_path, "cgroup.controllers").read_text().split())
         except OSError:
             controllers = frozenset()
-    return Hierarchy(v2_path, controllers, v1)
+    return Hierarchy(v2_path, controllers, v1, v2_options)
 
 
 def detect() -> Hierarchy:

@@ -619,6 +619,15 @@ def _root_of(plan: SandboxPlan) -> Any:
     return None if split is None else mounts.plugin_independent(split, plan.tree)
 
 
+def born_style(backend: str | None, hier: cgroups.Hierarchy) -> bool:
+    """Whether a spare prepared now forks its plugin into the plugin's group at hand-off (see
+    above): on cgroup v2 where clone3 is allowed, unless cgroup2 is mounted with `favordynmods`.
+    With it, a move into a group is cheap (no grace period), and moving the spare (0.9 ms on the
+    test machine) costs less than the extra fork and the /proc mounts of a born-style hand-off
+    (about 4 ms more than a v1 hand-off there)."""
+    return backend == "v2" and not _NO_CLONE3 and "favordynmods" not in hier.v2_options
+
+
 def prepare_spare(
     proto: SandboxPlan,
     child_setup: Callable[[], None],
@@ -643,8 +652,9 @@ def prepare_spare(
     fs = _filesystem_plan(proto)
     if "mount" in proto.namespaces and (fs.template_fd is None or fs.split is None):
         raise ValueError("no shared mount template: no spare")
-    backend = cgroups.choose_backend(proto.cgroup_backend, cgroups.detect_cached())
-    born = backend == "v2" and not _NO_CLONE3
+    hier = cgroups.detect_cached()
+    backend = cgroups.choose_backend(proto.cgroup_backend, hier)
+    born = born_style(backend, hier)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     steps: dict[str, str] = dict.fromkeys(STEPS, OFF)
 
@@ -923,6 +933,7 @@ def _born_hand_off(
         os._exit(0)
     os.close(cgroup_fd)
     prctl.set_pdeathsig(signal.SIGKILL)  # of the fork-server, our parent now
+    os.setsid()  # a session of its own again (the spare's was its, and it is gone)
     if "mount" in plan.namespaces:
         assert fs.split is not None
         step("filesystem", lambda: mounts.mount_proc(fs.split))  # type: ignore[arg-type]

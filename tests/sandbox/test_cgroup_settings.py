@@ -58,7 +58,28 @@ def test_parse_mountinfo_combined_controllers_and_optional_fields() -> None:
 def test_parse_mountinfo_unified_only() -> None:
     h = parse_mountinfo(UNIFIED)
     assert (h.v2_path, dict(h.v1_paths), h.kind) == ("/sys/fs/cgroup", {}, "v2")
+    assert h.v2_options == {"rw", "nsdelegate"}  # the superblock's options, not the mount point's
     assert parse_mountinfo("").kind == "none"
+
+
+FAVORDYNMODS = UNIFIED.replace("rw,nsdelegate", "rw,nsdelegate,favordynmods,memory_recursiveprot")
+
+
+@pytest.mark.parametrize(
+    ("backend", "mountinfo", "born"),
+    [
+        ("v2", UNIFIED, True),  # a move would wait out a grace period: the plugin is born in its group
+        ("v2", FAVORDYNMODS, False),  # a move is cheap there: the spare is moved, no extra fork
+        ("v1", HYBRID, False),  # renamed
+        (None, UNIFIED, False),  # no cgroup step
+    ],
+)
+def test_which_spares_fork_their_plugin_into_its_group(
+    backend: str | None, mountinfo: str, born: bool
+) -> None:
+    from plugind.sandbox import contain
+
+    assert contain.born_style(backend, parse_mountinfo(mountinfo)) is born
 
 
 V2_FULL = Hierarchy("/sys/fs/cgroup", frozenset({"cpu", "memory", "pids", "io"}), {})
