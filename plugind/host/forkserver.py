@@ -33,7 +33,9 @@ fork-server fork.
 CSPARE_IDLE_S after a sandboxed spawn (as late), it forks a pre-contained spare (see
 plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
 next sandboxed spawn whose plan it fits; any other sandboxed spawn forks anew. It is announced as
-{"op": "spare", "pid", "sandboxed": true}.
+{"op": "spare", "pid", "sandboxed": true}. On cgroup v2 it forks the plugin into the plugin's group
+at hand-off and exits (contain.born_style): the plugin is our child with a pid of its own, and the
+spare is reaped unreported.
 
 End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
 """
