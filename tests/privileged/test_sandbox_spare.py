@@ -103,7 +103,8 @@ def served_by(spare: Spare, p: Plugin) -> bool:
     """Whether `p` runs in what `spare` prepared: the spare itself (cgroup v1, where its group is
     renamed to the plugin's), or the plugin it forked at hand-off into the plugin's group (cgroup
     v2, where the kernel cannot rename a group; the spare then exits), a child of the fork-server
-    in the spare's namespaces either way. A plugin forked anew has namespaces of its own."""
+    in the spare's namespaces either way. A plugin forked anew has namespaces of its own (compare
+    only while the spare, or a plugin it served, holds them: a freed namespace's number is reused)."""
     return {n: ns(p.pid)[n] for n in SHARED} == spare.namespaces and _ppid(p.pid) == spare.ppid
 
 
@@ -291,8 +292,7 @@ def test_a_killed_spare_means_the_next_spawn_forks_anew(tmp_path: Path, parent: 
     async def main() -> None:
         async with running() as launcher:
             first = await spawn(launcher, plans[0])
-            prepared = await next_spare(launcher, {first.pid})
-            spare = prepared.pid
+            spare = (await next_spare(launcher, {first.pid})).pid
             os.kill(spare, signal.SIGKILL)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30  # the fork-server reaps it and removes its group
@@ -305,7 +305,8 @@ def test_a_killed_spare_means_the_next_spawn_forks_anew(tmp_path: Path, parent: 
                 await asyncio.sleep(0.01)
             assert not left()
             after = await spawn(launcher, plans[1])
-            assert after.pid != spare and not served_by(prepared, after)
+            # (not `served_by`: the dead spare's namespaces are gone, and their numbers may be reused)
+            assert after.pid != spare
             assert isolation(after)["status"]["Seccomp"] == "2"
             assert limit_files(after.plan) == expected_limits(after.plan)
             assert isolation(after) | {"steps": None} == isolation(first) | {"steps": None}
