@@ -34,16 +34,19 @@ MIN_FRAME = 1
 RECV_CHUNK = 256 * 1024
 # RecvBuffer offers at least this much room per receive.
 MIN_FREE = 64 * 1024
-
-
-def _room(size: int) -> mmap.mmap:
-    """`size` bytes to receive into, zero but not touched: a private anonymous mapping, whose pages
-    the kernel provides as the receives reach them. A bytearray is zeroed at once, all of it: a
-    channel of small frames (which starts over at the buffer's head whenever it is drained) kept
-    256 KiB resident per plugin on both ends, and paid 64 page faults at its first receive."""
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
 # A frame up to this size is sent as one joined buffer, a bigger one as header and body apart.
 SMALL_FRAME = 16 * 1024
+
+
+def _lazy_room(size: int) -> mmap.mmap:
+    """`size` bytes to receive into, zero but not touched: a private anonymous mapping, whose pages
+    the kernel provides as the receives reach them. A bytearray is zeroed at once, all of it: as
+    a channel's first buffer (which a channel of small frames keeps for good, starting over at its
+    head whenever it is drained) it kept 256 KiB resident per plugin on both ends, and paid 64
+    page faults at the first receive. Only for that first buffer: a bigger one, made for a big
+    frame and dropped after it, is a bytearray, whose memory the allocator hands back warm the next
+    time (a fresh mapping per 1 MiB frame faulted all of it again: 8x the receive time there)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
 
 
 # Every msgpack byte that can open a container: fixmap, fixarray, array 16/32, map 16/32. A value
@@ -242,13 +245,15 @@ class RecvBuffer:
     against the maximum frame size first) and shrinks back once that frame is consumed.
     """
 
-    __slots__ = ("_buf", "_end", "_size", "_start", "_view", "max_frame", "unbounded", "watch_depth")
+    __slots__ = ("_buf", "_end", "_first", "_size", "_start", "_view", "max_frame", "unbounded",
+                 "watch_depth")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, size: int = RECV_CHUNK, *,
                  watch_depth: bool = False) -> None:
         self.max_frame = max_frame
         self._size = size
-        self._buf = _room(size)
+        self._first = _lazy_room(size)  # gone back to once a bigger buffer is drained
+        self._buf: bytearray | mmap.mmap = self._first
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet part of a decoded frame
         self._end = 0  # end of the bytes received
@@ -275,7 +280,7 @@ class RecvBuffer:
             (length,) = HEADER.unpack_from(self._buf, start)
             if length <= self.max_frame:  # else buffer_updated has refused it already
                 need = max(need, HEADER_SIZE + length)
-        new = _room(max(self._size, need))
+        new = bytearray(max(self._size, need))
         new[:pending] = self._view[start:end]
         self._buf, self._view = new, memoryview(new)
         self._start, self._end = 0, pending
@@ -314,7 +319,7 @@ class RecvBuffer:
         if pos == end:
             self._start = self._end = 0
             if len(buf) > self._size:  # a big frame is consumed: give its memory back
-                self._buf = _room(self._size)
+                self._buf = self._first
                 self._view = memoryview(self._buf)
         else:
             self._start = pos
@@ -326,7 +331,7 @@ class RecvBuffer:
         return self._end - self._start
 
 
-def _containers(buf: mmap.mmap, start: int, end: int) -> int:
+def _containers(buf: bytearray | mmap.mmap, start: int, end: int) -> int:
     """How many bytes of buf[start:end] could open a msgpack container (an upper bound of how
     many containers it holds, hence of how deep they nest)."""
     return len(buf[start:end].translate(None, _NOT_CONTAINER))
