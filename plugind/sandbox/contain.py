@@ -935,8 +935,9 @@ def _born_hand_off(
     prctl.set_pdeathsig(signal.SIGKILL)  # of the fork-server, our parent now
     os.setsid()  # a session of its own again (the spare's was its, and it is gone)
     if "mount" in plan.namespaces:
-        assert fs.split is not None
-        step("filesystem", lambda: mounts.mount_proc(fs.split))  # type: ignore[arg-type]
+        split = fs.split
+        assert split is not None
+        step("filesystem", lambda: mounts.mount_proc(split))
     _last_steps(plan, steps, step, fresh=False)
     chan.send(json.dumps({"steps": steps}).encode())
     chan.close()
