@@ -177,3 +177,12 @@ def test_parse_counters() -> None:
     assert parse_max("max\n") is None
     assert parse_max("9223372036854771712\n") is None  # v1 "unlimited"
     assert parse_max("1048576\n") == 1048576
+
+
+def test_a_spare_is_moved_once_clone3_was_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the kernel (or a seccomp profile) refused clone3 once, no spare counts on it.
+    from plugind.sandbox import contain
+
+    assert contain.born_style("v2", parse_mountinfo(UNIFIED)) is True
+    monkeypatch.setattr(contain, "_NO_CLONE3", ["clone3(CLONE_INTO_CGROUP, cgroup fd 9): ENOSYS"])
+    assert contain.born_style("v2", parse_mountinfo(UNIFIED)) is False
