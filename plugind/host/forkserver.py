@@ -33,9 +33,9 @@ fork-server fork.
 CSPARE_IDLE_S after a sandboxed spawn (as late), it forks a pre-contained spare (see
 plugind.sandbox.contain: namespaces, loopback, root, cgroup v1 group made ahead, at nice 19) for the
 next sandboxed spawn whose plan it fits; any other sandboxed spawn forks anew. It is announced as
-{"op": "spare", "pid", "sandboxed": true}. On cgroup v2 it forks the plugin into the plugin's group
-at hand-off and exits (contain.born_style): the plugin is our child with a pid of its own, and the
-spare is reaped unreported.
+{"op": "spare", "pid", "sandboxed": true}. On cgroup v2, where a move into a group would wait
+(contain.born_style), it forks the plugin into the plugin's group at hand-off and exits: the plugin
+is our child with a pid of its own, and the spare is reaped unreported.
 
 End of stream on the control socket means the daemon is gone: kill every child, reap, exit.
 """
@@ -347,8 +347,8 @@ class ForkServer:
             return
         finally:
             os.close(sock_fd)
-        # "spare": the pre-contained spare that served it (on cgroup v2 the plugin is its child,
-        # born in its cgroup, and has a pid of its own: contain.use_spare).
+        # "spare": the pre-contained spare that served it (a born-style spare's plugin, on cgroup
+        # v2, is a child it forked into the plugin's cgroup, with a pid of its own: use_spare).
         self.send({"op": "spawned", "id": req.get("id"), "pid": pid, "steps": steps, "spare": spare_pid})
         if plan_wire is None or self.contain is None:
             self.spare_due = time.monotonic()  # forked SPARE_IDLE_S from now (serve)

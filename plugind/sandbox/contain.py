@@ -542,7 +542,8 @@ def _last_steps(
 # anything else forks anew.
 #
 # cgroup v2 refuses rename(2), and moving the spare into the plugin's group would wait out an RCU
-# grace period on the load's path (see `_group_ahead`). So there the spare is `born`-style: it is
+# grace period on the load's path (see `_group_ahead`; not under `favordynmods`, where the spare
+# is moved: `born_style`). So there the spare is `born`-style: it is
 # not PID 1 of a pid namespace but made one for its children, its root is prebuilt without /proc,
 # and it has no group of its own. At hand-off the fork-server makes the plugin's group and sends an
 # fd of it with the request; the spare mounts the tree, seals the root, sets the hostname and sheds
