@@ -313,23 +313,24 @@ class ForkServer:
             finally:
                 os._exit(127)
 
+        spare_pid = None  # the pre-contained spare that served it, if one did
         try:
             if plan_wire is not None and self.contain is not None:
                 from plugind.sandbox.plan import SandboxPlan  # type: ignore[import-not-found,unused-ignore]
 
                 plan = SandboxPlan.from_wire(plan_wire)
-                spare_pid = None if self.cspare is None else self.cspare.pid
+                spare = self.cspare
                 spawned = self._use_contained_spare(plan, req, sock_fd)
                 if spawned is None:
-                    spare_pid = None
                     spawned = self.contain.spawn_contained(plan, run, [sock_fd])
+                else:
+                    spare_pid = spare.pid
                 pid, steps = int(spawned.pid), dict(spawned.steps)
                 self.children[pid] = plan
                 if self.cspare is None and self.contain.spare_capable(plan):
                     self.proto = plan  # prepared like this one, CSPARE_IDLE_S from now
                     self.cspare_due = time.monotonic()
             else:
-                spare_pid = None
                 pid = os.fork()
                 if pid == 0:
                     run()

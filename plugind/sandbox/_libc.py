@@ -200,6 +200,12 @@ def sethostname(name: str) -> None:
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")
 
 
+def thread_count() -> int:
+    """The calling process's threads, those C code started included (which `threading` does not
+    see), from /proc/self/task. Raises OSError."""
+    return len(os.listdir("/proc/self/task"))
+
+
 class _CloneArgs(ctypes.Structure):
     _fields_ = [
         ("flags", ctypes.c_uint64),
@@ -232,7 +238,7 @@ def fork_into_cgroup(cgroup_fd: int, *, sibling: bool = False) -> int:
     it hands controllers down; EBADF: not a cgroup2 group).
     """
     try:
-        threads = len(os.listdir("/proc/self/task"))
+        threads = thread_count()
     except FileNotFoundError:  # in a root without /proc (a spare's, before its plugin mounts it)
         threads = threading.active_count()
     if threads != 1:

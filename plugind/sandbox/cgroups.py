@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugind.errors import SandboxError
+from plugind.sandbox import _libc
 from plugind.sandbox.cgroup_layout import (
     Enable,
     Layout,
@@ -259,9 +260,8 @@ def _read_file(path: str) -> str:
 
 
 def _thread_count() -> int:
-    # The calling process's threads (threads started by C code included, which `threading` does not see).
     try:
-        return len(os.listdir("/proc/self/task"))
+        return _libc.thread_count()
     except OSError as exc:
         raise SandboxError(
             f"cannot count this process's threads: {exc.strerror}",

@@ -37,6 +37,7 @@ from plugind.sandbox.steps import STEPS
 log = logging.getLogger("plugind.sandbox.contain")
 
 ACTIVE, OFF = "active", "off"
+_Step = Callable[[str, Callable[[], object]], None]  # `_stepper`'s: step(name, fn)
 _CHILD_FAILED = 121  # exit status of a child that could not finish its steps
 
 
@@ -142,18 +143,17 @@ def spawn_contained(
     if plan.mode == "strict":
         _strict_filter()  # compiled here, before the fork, like the others
     fs = _filesystem_plan(plan)
-    groups: list[cgroups.CgroupHandle] = []
+    group: cgroups.CgroupHandle | None = None
     go_r, go_w = os.pipe()
     rep_r, rep_w = os.pipe()
     try:
-        _group_ahead(plan, groups, degrade)
-        group = groups[0] if groups else None
+        group = _group_ahead(plan, degrade)
         pid, placed = _fork(plan, steps, degrade, group)
     except BaseException:
         for fd in (go_r, go_w, rep_r, rep_w):
             os.close(fd)
-        for made in groups:
-            made.remove()
+        if group is not None:
+            group.remove()
         raise
     if pid == 0:
         os.close(go_w)
@@ -172,8 +172,8 @@ def spawn_contained(
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            for made in groups:
-                made.remove()
+            if group is not None:
+                group.remove()
             raise
         finally:
             with contextlib.suppress(OSError):
@@ -183,19 +183,19 @@ def spawn_contained(
 
 
 def _group_ahead(
-    plan: SandboxPlan, groups: list[cgroups.CgroupHandle], degrade: Callable[[str, BaseException], None]
-) -> None:
-    # The plugin's group, with its limits, is made here, before the fork, so that the child is in
-    # it before it runs any code of its own, and without the move by the parent (a `cgroup.procs`
-    # write) that waits out an RCU grace period when no group move happened for a while (10-20 ms):
-    # on v1 the child enters it itself, by its one thread (CgroupHandle.enter); on v2 it is born in
-    # it (`_fork_child`).
+    plan: SandboxPlan, degrade: Callable[[str, BaseException], None]
+) -> cgroups.CgroupHandle | None:
+    # The plugin's group with its limits (None: no cgroup step, or it degraded), made before the
+    # fork so that the child is in it before it runs any code of its own, and without the move by
+    # the parent (a `cgroup.procs` write) that waits out an RCU grace period when no group move
+    # happened for a while (10-20 ms): on v1 the child enters it itself, by its one thread
+    # (CgroupHandle.enter); on v2 it is born in it (`_fork_child`).
     try:
         backend = cgroups.choose_backend(plan.cgroup_backend, cgroups.detect_cached())
-        if backend is not None:
-            groups.append(_plugin_group(plan, backend))
+        return None if backend is None else _plugin_group(plan, backend)
     except SandboxError as exc:
         degrade("cgroup", exc)
+        return None
 
 
 def _plugin_group(plan: SandboxPlan, backend: str) -> cgroups.CgroupHandle:
@@ -411,7 +411,7 @@ class _StepFailed(Exception):
         self.detail = detail
 
 
-def _stepper(plan: SandboxPlan, steps: dict[str, str]) -> Callable[[str, Callable[[], object]], None]:
+def _stepper(plan: SandboxPlan, steps: dict[str, str]) -> _Step:
     def step(name: str, fn: Callable[[], object]) -> None:
         try:
             fn()
@@ -470,7 +470,7 @@ def _child(
 def _plugin_steps(
     plan: SandboxPlan,
     steps: dict[str, str],
-    step: Callable[[str, Callable[[], object]], None],
+    step: _Step,
     keep_fds: list[int],
     build_root: Callable[[], None],
     *,
@@ -488,7 +488,7 @@ def _plugin_steps(
 def _root_steps(
     plan: SandboxPlan,
     steps: dict[str, str],
-    step: Callable[[str, Callable[[], object]], None],
+    step: _Step,
     keep_fds: list[int],
     build_root: Callable[[], None],
     *,
@@ -508,10 +508,7 @@ def _root_steps(
     _close_fds(keep_fds)
 
 
-def _last_steps(
-    plan: SandboxPlan, steps: dict[str, str], step: Callable[[str, Callable[[], object]], None], *,
-    fresh: bool,
-) -> None:
+def _last_steps(plan: SandboxPlan, steps: dict[str, str], step: _Step, *, fresh: bool) -> None:
     # `_plugin_steps` from the rlimits on.
     step("rlimits", lambda: rlimits.apply(plan))
     if fresh:
@@ -662,11 +659,9 @@ def prepare_spare(
     def never_degraded(step: str, exc: BaseException) -> None:
         raise _fail(proto, step, exc) from exc
 
-    # A born-style spare stays in our pid namespace: it makes its plugin's itself (_spare_child).
-    forked = dataclasses.replace(proto, namespaces=tuple(n for n in proto.namespaces if n != "pid")) \
-        if born else proto
     try:
-        pid, _ = _fork(forked, steps, never_degraded)
+        # A born-style spare stays in our pid namespace: it makes its plugin's itself (_spare_child).
+        pid = os.fork() if born else _fork(proto, steps, never_degraded)[0]
     except BaseException:
         ours.close()
         theirs.close()
@@ -915,7 +910,7 @@ def _born_hand_off(
     fs: _Filesystem,
     chan: socket.socket,
     steps: dict[str, str],
-    step: Callable[[str, Callable[[], object]], None],
+    step: _Step,
     sock_fd: int,
     cgroup_fd: int,
     finish_root: Callable[[], None],
@@ -1008,7 +1003,7 @@ def _build_root(plan: SandboxPlan, fs: _Filesystem, steps: dict[str, str]) -> No
 def _enter_namespaces(
     plan: SandboxPlan,
     steps: dict[str, str],
-    step: Callable[[str, Callable[[], object]], None],
+    step: _Step,
     *,
     with_mount: bool,
 ) -> None:
