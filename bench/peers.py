@@ -24,9 +24,11 @@ the plugin end on the last:
   `host_spin_us = 0`, measured in the same rounds: an A/B of the REST row (with polling, and with
   polling off on both sides) whose blocks take turns within one run, so both see the same load.
 
-For each: p50 and p99 of sequential calls, calls/s with 1 and 8 in flight, CPU per call of the host
-and the plugin (every thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle
-(the price of its adaptive polling), and cold start (go-plugin: start to first answer; plugind: `POST
+For each: p50 and p99 of sequential calls (library rows and go-plugin from a pass in which the
+sides take turns of 100 calls after 10 untimed ones, so a ratio of p50s compares calls made
+milliseconds apart), calls/s with 1 and 8 in flight, CPU per call of the host and the plugin (every
+thread, from /proc/PID/task/*/schedstat), the CPU the plugin burns while idle (the price of its
+adaptive polling), and cold start (go-plugin: start to first answer; plugind: `POST
 /api/plugins/load` to the first hook answer, unsandboxed, and sandboxed as root, through http.client
 as the REST rows, and in turns through httpx for comparison). Then the issue's targets as ratios.
 The plugin's CPU for a REST call is compared with a library call that, like it, finds the plugin
@@ -72,6 +74,8 @@ SRC = REPO / "bench" / "peers"
 GOPATH_SYSTEM = "/usr/share/gocode"
 CPUS = sorted(os.sched_getaffinity(0))
 HOST_CPU, PLUGIN_CPU = CPUS[0], CPUS[-1]
+LAT_CHUNK = 100  # calls per turn of the interleaved latency pass
+LAT_WARM = 10  # calls before each turn, not timed
 SPACED_GAP_S = 1e-3  # REST calls on one keep-alive connection come about this far apart
 SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
 PLUGIN = """
@@ -206,14 +210,23 @@ def measure_sync(side: Side, call: Callable[[], object], n: int, pids: tuple[int
     side.cpu_calls += n
 
 
+async def timed_calls(lat: list[float], call: Callable[[], Awaitable[object]], n: int) -> None:
+    """`n` sequential calls, each one's latency appended to `lat`."""
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        await call()
+        lat.append(clock() - t0)
+
+
 async def measure_async(side: Side, call: Callable[[], Awaitable[object]], n: int,
                         pids: tuple[int, int]) -> None:
+    """Calls/s and CPU per call of `call`, in one block of `n` sequential calls and one of 8 in
+    flight (the latencies come from the interleaved pass, see run)."""
     c0 = (cpu_ns(pids[0]), cpu_ns(pids[1]))
     t_all = time.perf_counter()
     for _ in range(n):
-        t0 = time.perf_counter()
         await call()
-        side.lat.append(time.perf_counter() - t0)
     side.rate1.append(n / (time.perf_counter() - t_all))
     side.host_cpu += (cpu_ns(pids[0]) - c0[0]) / 1e9
     side.plugin_cpu += (cpu_ns(pids[1]) - c0[1]) / 1e9
@@ -433,11 +446,9 @@ async def run(args: argparse.Namespace) -> int:
                                  config="[supervisor]\nhost_spin_us = 0\n")
                 rest_ref0.load()
 
-        def go_seq(n: int) -> None:
+        def go_seq(n: int) -> list[float]:
             assert go is not None
-            samples = go.ask(f"seq {n}")
-            sides["go"].lat += [s / 1e9 for s in samples]
-            sides["go"].rate1.append(n / (sum(samples) / 1e9))
+            return [s_ / 1e9 for s_ in go.ask(f"seq {n}")]
 
         async def public() -> object:
             return await hooks.execute("echo", SMALL)
@@ -458,8 +469,8 @@ async def run(args: argparse.Namespace) -> int:
         for _ in range(args.rounds):
             if go is not None:
                 c0 = (cpu_ns(go.proc.pid), cpu_ns(go.plugin_pid))
-                go_seq(n)
                 side = sides["go"]
+                side.rate1.append(n / sum(go_seq(n)))
                 side.host_cpu += (cpu_ns(go.proc.pid) - c0[0]) / 1e9
                 side.plugin_cpu += (cpu_ns(go.plugin_pid) - c0[1]) / 1e9
                 side.cpu_calls += n
@@ -471,6 +482,25 @@ async def run(args: argparse.Namespace) -> int:
             await measure_async(sides["public"], public, n, (me, sup.pid))
             await measure_async(sides["invoke"], invoke, n, (me, sup.pid))
             await measure_async(sides["nopoll"], public0, n, (me, sup0.pid))
+            # Latencies: every side in turns of LAT_CHUNK calls, the order rotating from turn to
+            # turn, so that a ratio of two p50s compares calls made within milliseconds of each
+            # other (blocks of thousands of calls seconds apart see the machine's load drift:
+            # public/invoke read 1.10x and 1.39x from the same code minutes apart). Each turn
+            # starts with LAT_WARM calls not timed: a plugin left idle by the turns before sleeps
+            # and its poll window starts over, which would otherwise favour the side whose turn
+            # comes right after another on the same plugin (public and invoke share one).
+            turns: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
+                ("public", public), ("invoke", invoke), ("nopoll", public0)]
+            if go is not None:
+                turns.append(("go", None))
+            for k in range(max(n // LAT_CHUNK, 1)):
+                for key, call in turns[k % len(turns):] + turns[:k % len(turns)]:
+                    if call is None:
+                        go_seq(LAT_WARM)
+                        sides[key].lat += go_seq(LAT_CHUNK)
+                    else:
+                        await timed_calls([], call, LAT_WARM)
+                        await timed_calls(sides[key].lat, call, LAT_CHUNK)
             if rest is not None and rest0 is not None:
                 blocks = [("rest", rest, rest.call_lean), ("rest-nospin", rest0, rest0.call_lean)]
                 if rest_ref is not None and rest_ref0 is not None:  # A and B in turns, twice a round

@@ -47,6 +47,7 @@ from plugind.host.budgets import PluginBudgets, ReportThrottle
 from plugind.host.context import ContextProxy, PluginContext
 from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.host.poll import LOOP_POLLING, LoopPoller, poller_for
+from plugind.monitor.metrics import flush_observations
 from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.sandbox.seccomp_audit import seccomp_kill
@@ -490,6 +491,9 @@ class Supervisor:
                         poller = self._poller = poller_for(loop)
                     poller.begin(window)
                     polling = True
+            # The hook metrics of calls answered earlier (observe_ok defers them), written while
+            # this call is in the plugin rather than on a caller's path.
+            flush_observations()
             reply = await fut
         finally:
             pending.pop(call_id, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,6 +68,24 @@ HOOK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
                 5.0, 30.0)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class _PendingFlush(Collector):
+    """Registered first: every reader of REGISTRY (render, generate_latest, get_sample_value)
+    reaches it before the hook series, and it applies the observations observe_ok deferred."""
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        flush_observations()
+        return []
+
+    def render_text(self, out: list[str], floats: _GoFloats) -> None:
+        flush_observations()
+
+
+REGISTRY.register(_PendingFlush())
 
 PLUGINS = Gauge("plugind_plugins", "Plugins by state.", ["state"], registry=REGISTRY)
 VIOLATIONS = Counter(
@@ -280,11 +299,52 @@ def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
     series.observe(outcome if outcome in OUTCOMES else "error", seconds if seconds > 0.0 else 0.0)
 
 
+# Answered hook calls not yet counted: (hook, plugin, seconds). observe_ok only appends here; the
+# series are written by flush_observations, which every reader of the registry runs first (see
+# _PendingFlush), a supervisor runs while its next call is in the plugin (off the caller's path),
+# and observe_ok itself runs once this many are waiting. A deque: its append and popleft are atomic,
+# so the thread that renders can flush while the event loop appends.
+_pending: deque[tuple[str, str, float]] = deque()
+_pending_append = _pending.append
+_pending_popleft = _pending.popleft
+_FLUSH_AT = 256
+# Held while observations are applied and while a plugin's series are dropped, so that an
+# observation taken by one thread's flush is never applied after another dropped its series.
+_flush_lock = threading.Lock()
+
+
 def observe_ok(hook: str, plugin: str, seconds: float) -> None:
-    """`observe_hook(hook, plugin, "ok", seconds)`: the hook path's call for a handler that answered
-    (`_HookSeries.ok`: no outcome check, the `ok` counter looked up once)."""
-    series = _bound.get((hook, plugin)) or _bind(hook, plugin)
-    series.ok(seconds if seconds > 0.0 else 0.0)
+    """`observe_hook(hook, plugin, "ok", seconds)`, the hook path's call for a handler that answered:
+    recorded now, written to the series at the next flush_observations (before any read)."""
+    _pending_append((hook, plugin, seconds))
+    if len(_pending) >= _FLUSH_AT:
+        flush_observations()
+
+
+def pending_observations() -> int:
+    """How many observe_ok calls are not yet written to the series."""
+    return len(_pending)
+
+
+def flush_observations() -> None:
+    """Write every pending observe_ok to its series (`_HookSeries.ok`: the `ok` counter and the
+    histogram). Cheap when none is pending; safe from any thread."""
+    if not _pending:
+        return
+    with _flush_lock:
+        _apply_pending()
+
+
+def _apply_pending() -> None:
+    # (with _flush_lock held)
+    bound = _bound
+    while True:
+        try:
+            hook, plugin, seconds = _pending_popleft()
+        except IndexError:
+            return
+        series = bound.get((hook, plugin)) or _bind(hook, plugin)
+        series.ok(seconds if seconds > 0.0 else 0.0)
 
 
 def plugin_restarted(plugin: str) -> None:
@@ -304,13 +364,18 @@ def violation(plugin: str, type: str) -> None:
 
 
 def set_plugin_states(counts: Mapping[str, int]) -> None:
-    """Set `plugind_plugins{state}` from a full count by state; states not given are set to 0."""
-    totals: dict[str, int] = dict.fromkeys(STATES, 0)
+    """Set `plugind_plugins{state}` from a full count by state; states not given are set to 0 (also
+    `other` and any state of an earlier count)."""
+    totals: dict[str, int] = dict.fromkeys(_states_shown, 0)
     for state, count in counts.items():
         label = _STATE_LABELS.admit(state)
         totals[label] = totals.get(label, 0) + count
     for label, total in totals.items():
         PLUGINS.labels(state=label).set(total)
+    _states_shown.update(totals)
+
+
+_states_shown: set[str] = set(STATES)  # every state label plugind_plugins has had
 
 
 StateSource = Callable[[], Mapping[str, int]]
@@ -327,6 +392,12 @@ def set_state_source(source: StateSource | None) -> None:
 
 def forget_plugin(plugin: str) -> None:
     """Drop every series labelled with `plugin` and free its label slot (call on unload)."""
+    with _flush_lock:
+        _apply_pending()  # (its calls answered before now go with its series)
+        _forget(plugin)
+
+
+def _forget(plugin: str) -> None:
     _bound.clear()  # bound series of this plugin go now, and an `other` may now get a slot
     if plugin not in PLUGIN_LABELS:
         return

@@ -197,6 +197,9 @@ def test_plugin_states_are_a_full_snapshot():
     assert s[("plugind_plugins", (("state", "failed"),))] == 0  # not given: back to zero
     assert s[("plugind_plugins", (("state", "other"),))] == 5  # unknown states are summed
     metrics.set_plugin_states({})
+    s = scrape()
+    assert s[("plugind_plugins", (("state", "other"),))] == 0  # `other` too goes back to zero
+    assert s[("plugind_plugins", (("state", "running"),))] == 0
 
 
 def test_sampled_gauges_and_cpu_counter_come_from_the_source(names):
@@ -289,6 +292,76 @@ def test_series_bound_once_start_afresh_after_forget(names):
     assert s[("plugind_hook_duration_seconds_count", (("hook", "mt_bound"), ("plugin", a)))] == 1
     assert a in metrics.PLUGIN_LABELS and "mt_bound" in metrics.HOOK_LABELS
     metrics.forget_plugin(a)
+
+
+def _ok_count(hook: str, plugin: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(
+        "plugind_hook_calls_total", {"hook": hook, "plugin": plugin, "outcome": "ok"})
+
+
+def test_deferred_ok_observations_are_exact_at_every_read(names):
+    # observe_ok only records; any read of the registry (render, generate_latest, a sample) writes
+    # what is pending first, so a read right after a call sees it.
+    (a,) = names(1)
+    metrics.observe_ok("mt_defer", a, 0.002)
+    assert _ok_count("mt_defer", a) == 1
+    metrics.observe_ok("mt_defer", a, 0.002)
+    assert f'plugind_hook_calls_total{{hook="mt_defer",outcome="ok",plugin="{a}"}} 2.0' in (
+        metrics.generate_latest(metrics.REGISTRY).decode())
+    metrics.observe_ok("mt_defer", a, 0.002)
+    assert scrape()[("plugind_hook_calls_total", (("hook", "mt_defer"), ("outcome", "ok"), ("plugin", a)))] == 3
+    assert metrics.pending_observations() == 0
+
+
+def test_pending_observations_are_bounded_without_a_reader(names):
+    (a,) = names(1)
+    for _ in range(3 * metrics._FLUSH_AT):
+        metrics.observe_ok("mt_bounded", a, 0.001)
+        assert metrics.pending_observations() < metrics._FLUSH_AT
+    metrics.flush_observations()
+    assert metrics.pending_observations() == 0
+    assert _ok_count("mt_bounded", a) == 3 * metrics._FLUSH_AT
+
+
+def test_observations_flushed_by_another_thread_are_counted_once(names):
+    # The thread that renders /metrics flushes while the event loop's thread records: every call is
+    # counted exactly once, in the counter and in the histogram.
+    import threading
+
+    (a,) = names(1)
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            metrics.render()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        n = 20_000
+        for i in range(n):
+            metrics.observe_ok("mt_threads", a, 0.0001 * (i % 7))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert _ok_count("mt_threads", a) == n
+    assert metrics.REGISTRY.get_sample_value(
+        "plugind_hook_duration_seconds_count", {"hook": "mt_threads", "plugin": a}) == n
+
+
+def test_forget_takes_pending_observations_with_the_series(names):
+    # Calls answered before an unload are dropped with the plugin's series: they do not bring the
+    # series back at the next read.
+    a, b = names(2)
+    metrics.observe_ok("mt_forget", a, 0.001)
+    metrics.observe_ok("mt_forget", b, 0.001)
+    assert metrics.pending_observations() == 2
+    metrics.forget_plugin(a)
+    s = scrape()
+    assert not [k for k in s if ("plugin", a) in k[1]]
+    assert s[("plugind_hook_calls_total", (("hook", "mt_forget"), ("outcome", "ok"), ("plugin", b)))] == 1
 
 
 # -- the text renderer: the same exposition as prometheus_client's generate_latest -----------------
