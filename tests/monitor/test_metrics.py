@@ -309,7 +309,8 @@ def test_deferred_ok_observations_are_exact_at_every_read(names):
     assert f'plugind_hook_calls_total{{hook="mt_defer",outcome="ok",plugin="{a}"}} 2.0' in (
         metrics.generate_latest(metrics.REGISTRY).decode())
     metrics.observe_ok("mt_defer", a, 0.002)
-    assert scrape()[("plugind_hook_calls_total", (("hook", "mt_defer"), ("outcome", "ok"), ("plugin", a)))] == 3
+    key = ("plugind_hook_calls_total", (("hook", "mt_defer"), ("outcome", "ok"), ("plugin", a)))
+    assert scrape()[key] == 3
     assert metrics.pending_observations() == 0
 
 
