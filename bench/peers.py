@@ -74,6 +74,7 @@ SRC = REPO / "bench" / "peers"
 GOPATH_SYSTEM = "/usr/share/gocode"
 CPUS = sorted(os.sched_getaffinity(0))
 HOST_CPU, PLUGIN_CPU = CPUS[0], CPUS[-1]
+COLD_LOADS = 20  # cold starts of each kind (p50 of 20: 10 moved by a millisecond from run to run)
 LAT_CHUNK = 100  # calls per turn of the interleaved latency pass
 LAT_WARM = 10  # calls before each turn, not timed
 REST_TURNS = 4  # turns a round of the REST blocks and the spaced library calls
@@ -577,10 +578,10 @@ async def run(args: argparse.Namespace) -> int:
         # Cold start.
         if not args.no_cold:
             if go is not None:
-                sides["go"].cold = [t / 1e9 for t in go.ask("cold 10")]
+                sides["go"].cold = [t / 1e9 for t in go.ask(f"cold {COLD_LOADS}")]
             if rest is not None:
                 sides["rest-httpx"].cold = []
-                for _ in range(10):  # the two clients in turns
+                for _ in range(COLD_LOADS):  # the two clients in turns
                     rest.unload()
                     sides["rest"].cold.append(rest.load())
                     rest.unload()
@@ -589,7 +590,7 @@ async def run(args: argparse.Namespace) -> int:
                 (tmp / "rest-sb").mkdir()
                 rest_sb = Rest(tmp / "rest-sb", sandbox=True)
                 sb, sbx = [], []
-                for i in range(11):
+                for i in range(COLD_LOADS + 1):  # the new daemon's first load is not counted
                     if i:
                         rest_sb.unload()
                     sb.append(rest_sb.load())

@@ -363,19 +363,24 @@ def violation(plugin: str, type: str) -> None:
     VIOLATIONS.labels(plugin=PLUGIN_LABELS.admit(plugin), type=kind).inc()
 
 
+# Every state label plugind_plugins has had (replaced, never changed: the thread that renders sets
+# the states too).
+_states_shown: tuple[str, ...] = STATES
+
+
 def set_plugin_states(counts: Mapping[str, int]) -> None:
     """Set `plugind_plugins{state}` from a full count by state; states not given are set to 0 (also
     `other` and any state of an earlier count)."""
+    global _states_shown
     totals: dict[str, int] = dict.fromkeys(_states_shown, 0)
     for state, count in counts.items():
         label = _STATE_LABELS.admit(state)
         totals[label] = totals.get(label, 0) + count
     for label, total in totals.items():
         PLUGINS.labels(state=label).set(total)
-    _states_shown.update(totals)
+    if len(totals) > len(_states_shown):
+        _states_shown = tuple(totals)
 
-
-_states_shown: set[str] = set(STATES)  # every state label plugind_plugins has had
 
 
 StateSource = Callable[[], Mapping[str, int]]
