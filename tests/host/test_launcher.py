@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,9 +21,15 @@ from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.wire import BlockingChannel
 
 PLUGIN = '''
+import logging
 import os
 from plugind.sdk import Plugin
 plugin = Plugin()
+AT_IMPORT = [logging.getLogger().level, logging.getLogger("plugin").level]
+
+@plugin.hook("levels")
+def levels(data, ctx):
+    return {"import": AT_IMPORT, "now": [logging.getLogger().level, logging.getLogger("plugin").level]}
 
 @plugin.hook("env")
 def env(data, ctx):
@@ -270,6 +277,35 @@ def test_the_next_unsandboxed_spawn_is_served_by_a_spare_forked_ahead(tmp_path: 
         _gone, alive = psutil.wait_procs(
             [psutil.Process(p) for p in (first, spare) if psutil.pid_exists(p)], timeout=20)
         assert alive == []
+
+    asyncio.run(main())
+
+
+def test_a_start_sets_the_log_levels_before_the_plugins_import(tmp_path: Path) -> None:
+    # A plugin's module runs with the levels its records are forwarded at (root INFO, `plugin`
+    # DEBUG), in a child forked for it as in a spare (which set them while it waited).
+    tree = write_tree(tmp_path)
+    want = {"import": [logging.INFO, logging.DEBUG], "now": [logging.INFO, logging.DEBUG]}
+
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            first, chan1 = await spawn(launcher, tree)
+            deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
+            while not launcher.spare_ready() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            spare = launcher.spare_pid
+            second, chan2 = await spawn(launcher, tree)
+            assert spare is not None and second == spare != first
+            assert await call(chan1, "levels", None) == want
+            assert await call(chan2, "levels", None) == want
+            for pid, chan in ((first, chan1), (second, chan2)):
+                await launcher.kill(pid, signal.SIGKILL)
+                await asyncio.wait_for(launcher.wait_exit(pid), 20)
+                chan.sock.close()
+        finally:
+            await launcher.close()
 
     asyncio.run(main())
 
