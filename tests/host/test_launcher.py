@@ -71,6 +71,16 @@ async def spawn(launcher: Launcher, tree: Path) -> tuple[int, BlockingChannel]:
     return spawned.pid, chan
 
 
+async def rehearsed_spare(launcher: Launcher) -> int | None:
+    """The pid of the spare once it has rehearsed (the next spawn goes to it), or None after 20 s."""
+    deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
+    while not launcher.spare_ready():
+        if asyncio.get_running_loop().time() > deadline:
+            return None
+        await asyncio.sleep(0.01)
+    return launcher.spare_pid
+
+
 async def call(chan: BlockingChannel, hook: str, data: object) -> object:
     chan.send({"type": "invoke", "id": 1, "hook": hook, "data": data, "deadline_ms": 5000})
     reply = await asyncio.to_thread(chan.recv)
@@ -292,10 +302,7 @@ def test_a_start_sets_the_log_levels_before_the_plugins_import(tmp_path: Path) -
         await launcher.start()
         try:
             first, chan1 = await spawn(launcher, tree)
-            deadline = asyncio.get_running_loop().time() + 20  # a bound against a hang
-            while not launcher.spare_ready() and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
-            spare = launcher.spare_pid
+            spare = await rehearsed_spare(launcher)
             second, chan2 = await spawn(launcher, tree)
             assert spare is not None and second == spare != first
             assert await call(chan1, "levels", None) == want
