@@ -382,7 +382,6 @@ def set_plugin_states(counts: Mapping[str, int]) -> None:
         _states_shown = tuple(totals)
 
 
-
 StateSource = Callable[[], Mapping[str, int]]
 _state_source: list[StateSource] = []  # the running registry's count by state (at most one)
 
@@ -399,23 +398,19 @@ def forget_plugin(plugin: str) -> None:
     """Drop every series labelled with `plugin` and free its label slot (call on unload)."""
     with _flush_lock:
         _apply_pending()  # (its calls answered before now go with its series)
-        _forget(plugin)
-
-
-def _forget(plugin: str) -> None:
-    _bound.clear()  # bound series of this plugin go now, and an `other` may now get a slot
-    if plugin not in PLUGIN_LABELS:
-        return
-    for metric in (VIOLATIONS, RESTARTS, HOOK_CALLS, HOOK_DURATION):
-        metric.remove_by_labels({"plugin": plugin})
-    PLUGIN_LABELS.release(plugin)
-    with _hook_users_lock:
-        for hook in list(_hook_users):
-            users = _hook_users[hook]
-            users.discard(plugin)
-            if not users:
-                del _hook_users[hook]
-                HOOK_LABELS.release(hook)
+        _bound.clear()  # bound series of this plugin go now, and an `other` may now get a slot
+        if plugin not in PLUGIN_LABELS:
+            return
+        for metric in (VIOLATIONS, RESTARTS, HOOK_CALLS, HOOK_DURATION):
+            metric.remove_by_labels({"plugin": plugin})
+        PLUGIN_LABELS.release(plugin)
+        with _hook_users_lock:
+            for hook in list(_hook_users):
+                users = _hook_users[hook]
+                users.discard(plugin)
+                if not users:
+                    del _hook_users[hook]
+                    HOOK_LABELS.release(hook)
 
 
 @dataclass(frozen=True)

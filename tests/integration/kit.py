@@ -82,13 +82,16 @@ class Workspace:
     def add(self, files: dict[str, str], *, sign: bool = True, trust: bool = True,
             src_name: str | None = None) -> Path:
         """Write a plugin source, pack it into plugins/, sign and trust it as asked. Returns the bundle."""
+        return self.sign_and_trust(self._pack(files, src_name), sign=sign, trust=trust)
+
+    def _pack(self, files: dict[str, str], src_name: str | None = None) -> Path:
         name = src_name or files["plugin.toml"].split('name = "', 1)[1].split('"', 1)[0]
         src = self.root / "src" / name
         src.mkdir(parents=True, exist_ok=True)
         for rel, text in files.items():
             (src / rel).write_text(text)
         path, _manifest, _changed = write_bundle(src, self.plugins)
-        return self.sign_and_trust(path, sign=sign, trust=trust)
+        return path
 
     def add_dir(self, src: Path, *, sign: bool = True, trust: bool = True) -> Path:
         """Pack an existing plugin directory (e.g. examples/NAME) into plugins/."""
@@ -98,24 +101,22 @@ class Workspace:
     def add_many(self, sources: list[dict[str, str]]) -> list[Path]:
         """`add` each source, signed and trusted, with one write of the trust list for all of them
         (`add` rewrites the whole list each time: O(N^2) bytes for N plugins)."""
-        bundles: list[Path] = []
-        entries: list[TrustedPluginEntry] = []
-        for files in sources:
-            bundle = self.add(files, trust=False)
-            bundles.append(bundle)
-            entries.append(self._entry(bundle))
+        bundles = [self._pack(files) for files in sources]
+        entries = [self._sign(bundle) for bundle in bundles]
         modify_trust_list(self.trust_list, self.trust_key, lambda old: ([*old, *entries], None))
         return bundles
 
-    def _entry(self, bundle: Path) -> TrustedPluginEntry:
+    def _sign(self, bundle: Path, sign: bool = True) -> TrustedPluginEntry:
+        # Its trust entry; its signature file written next to it too when `sign`.
         digest = bundle_digest(bundle.read_bytes())
         name, version = bundle.name[: -len(".plugin")].rsplit("-", 1)
-        return TrustedPluginEntry(name, version, digest, self.key.sign(signed_message(digest)).hex, "test")
-
-    def sign_and_trust(self, bundle: Path, *, sign: bool = True, trust: bool = True) -> Path:
-        entry = self._entry(bundle)
+        entry = TrustedPluginEntry(name, version, digest, self.key.sign(signed_message(digest)).hex, "test")
         if sign:
             signature_path(bundle).write_text(entry.signature + "\n")
+        return entry
+
+    def sign_and_trust(self, bundle: Path, *, sign: bool = True, trust: bool = True) -> Path:
+        entry = self._sign(bundle, sign)
         if trust:
             add_trusted_plugin(self.trust_list, self.trust_key, entry)
         return bundle
