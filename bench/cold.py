@@ -41,6 +41,8 @@ from conftest import reap, start  # noqa: E402
 from kit import Workspace, plugin_source  # noqa: E402
 from lean import LeanClient  # noqa: E402
 
+from plugind.fsio import SETTLE_S  # noqa: E402
+
 TRACED = ("read,write,openat,fsync,fdatasync,rename,renameat2,mkdir,clone,clone3,unshare,mount,"
           "pivot_root,umount2,seccomp,execve,sendmsg,recvmsg,sendto,recvfrom,accept4,exit_group,"
           "wait4,setns,connect")
@@ -122,6 +124,9 @@ def run(loads: int, sandbox: bool, trace: Path | None, against: Path | None,
                 rigs.append(Rig(Path(tmp) / "other", sandbox, against, client=client))
             for rig in rigs:
                 rig.cycle(keep=False)  # the first load extracts the tree; the rest reuse it
+            # As an operator's load finds them: the trust list, the bundle and its tree unchanged for
+            # a while. Files changed less than SETTLE_S ago are read and checked again at each load.
+            time.sleep(SETTLE_S + 0.5)
             for _ in range(loads):
                 for rig in rigs:
                     time.sleep(gap)

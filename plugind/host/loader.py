@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plugind import fsio
 from plugind.config import PLUGIN_NAME_RE, Settings
-from plugind.errors import BundleError, LoadError
+from plugind.errors import BundleError, LoadError, PluginError
 from plugind.fsio import FileIdentity, atomic_write, file_identity
 from plugind.trust import PluginSecurity, TrustLevel, VerifiedBundle
 from plugind.trust.bundle import BundleLimits, extract_bundle, remove_tree
@@ -37,6 +37,9 @@ VERIFIED_MAX_BYTES = 1024 * 1024
 VERIFIED_MAX_ENTRIES = 4096
 VERIFIED_MAX_TOTAL = 64 * 1024 * 1024
 _MARKER_SUFFIX = ".digest"
+# The largest tree `load_kept` checks (a stat per file, on the caller's thread); a larger one goes
+# through `load` in a worker thread.
+KEPT_TREE_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class PluginLoader:
         # resolved tree path -> (bundle digest, per-file record, stat identities of the files found
         # to match: tree_mismatch's `checked`), for trees this loader extracted.
         self._records: dict[str, tuple[str, TreeRecord, dict[str, FileIdentity]]] = {}
+        # bundle digest -> (its tree, the key of its record): `load_kept`'s way to the record without
+        # resolving the tree's path again (the identities of the checked files pin their inodes).
+        self._trees: dict[str, tuple[Path, str]] = {}
         # bundle path -> (security, identities of the bundle and its .sig, verdict): see `verify`.
         self._verified: dict[str, tuple[PluginSecurity, tuple[FileIdentity | None, FileIdentity | None],
                                         VerifiedBundle]] = {}
@@ -145,6 +151,47 @@ class PluginLoader:
         self._security.check_policy(vb)
         return self.extract(vb)
 
+    def load_kept(self, path: Path, *, expected_name: str | None = None) -> LoadedBundle | None:
+        """What `load` would return, when what this loader keeps answers it with stats alone, else
+        None (then run `load` in a thread). A load of an unchanged plugin this plugind has loaded
+        before: the trust list kept (`SecuritySource.kept`), the bundle's verdict kept, and its tree,
+        of at most KEPT_TREE_FILES files, holding only files found to match since they last changed.
+        Reads no file but the tree's marker and never waits on a lock, so it may run on the event
+        loop (the hops to a worker thread and back cost more than it does). Every check `load` makes
+        is made; anything it would refuse, or would have to read or write, gives None, and `load`
+        then refuses or does it.
+        """
+        if self._refresh is not None:
+            kept = getattr(self._refresh, "kept", None)
+            security = kept() if kept is not None else None
+            if security is None:
+                return None
+            self._security = security
+        entry = self._verified.get(str(path))
+        if entry is None or entry[0] is not self._security or entry[1] != _identities(path):
+            return None
+        vb = entry[2]
+        if expected_name is not None and vb.name != expected_name:
+            return None
+        try:
+            self._security.check_policy(vb)
+        except PluginError:
+            return None
+        found = self._trees.get(vb.digest)
+        if found is None:
+            return None
+        tree, key = found
+        known = self._records.get(key)
+        if (
+            known is None
+            or known[0] != vb.digest
+            or len(known[1]) > KEPT_TREE_FILES
+            or _read_marker(tree.with_name(tree.name + _MARKER_SUFFIX)) != vb.digest
+            or tree_mismatch(tree, known[1], known[2], read=False) is not None
+        ):
+            return None
+        return LoadedBundle(vb, tree, reused=True)
+
     def tree_path(self, vb: VerifiedBundle) -> Path:
         """Where the tree of `vb` lives. Raises BundleError on a name or version unfit for a path."""
         version = str(vb.version)
@@ -198,7 +245,9 @@ class PluginLoader:
                 plugin=vb.name,
                 reason="extract_failed",
             ) from exc
-        self._records[str(tree.resolve())] = (vb.digest, record, {})
+        key = str(tree.resolve())
+        self._records[key] = (vb.digest, record, {})
+        self._trees[vb.digest] = (tree, key)
 
     def _check_extract_dir(self) -> None:
         # Said once: trees are checked before every start, but a directory others can write lets
@@ -270,7 +319,10 @@ class PluginLoader:
         of `extract_dir` is touched. Blocking; raises OSError."""
         if tree.parent.resolve() != self.extract_dir.resolve():
             raise OSError(f"{tree} is not an extracted tree of {self.extract_dir}")
-        self._records.pop(str(tree.resolve()), None)  # re-extracted and re-recorded if used again
+        key = str(tree.resolve())
+        self._records.pop(key, None)  # re-extracted and re-recorded if used again
+        for digest in [d for d, (_tree, k) in self._trees.items() if k == key]:
+            del self._trees[digest]
         tree.with_name(tree.name + _MARKER_SUFFIX).unlink(missing_ok=True)
         remove_tree(tree)
 

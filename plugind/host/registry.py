@@ -464,6 +464,7 @@ class PluginRegistry:
         self._busy.add(name)
         self._publish_states()
         sup: SupervisorLike | None = None
+        entry: asyncio.Future[None] | None = None  # the `load` audit entry's write, once begun
         held: asyncio.Semaphore | None = None
         try:
             try:
@@ -474,7 +475,11 @@ class PluginRegistry:
                 pinned = self._pins.get(name)
                 if pinned is not None and pinned != available.version:
                     path = self._pinned_bundle(name, pinned)
-                bundle = await asyncio.to_thread(self.loader.load, path, expected_name=name)
+                # An unchanged plugin loaded before is checked here, by stats (no thread hops);
+                # anything else (a first load, a changed file, a refusal) in a worker thread.
+                bundle = self.loader.load_kept(path, expected_name=name)
+                if bundle is None:
+                    bundle = await asyncio.to_thread(self.loader.load, path, expected_name=name)
                 vb = bundle.bundle
                 sup = self._factory(
                     name,
@@ -487,6 +492,18 @@ class PluginRegistry:
                 )
                 if hasattr(sup, "before_spawn"):  # verify-then-run on every start, restarts included
                     sup.before_spawn = self._before_spawn(bundle)
+                if hasattr(sup, "on_hello"):
+                    # The `load` entry is begun at the hello (the plugin runs: its import and
+                    # on_load are done), so its fsync runs beside the rest of the start.
+                    told: Any = sup
+                    what = {"version": str(vb.version), "digest": vb.digest}
+
+                    def hello(pid: int) -> None:
+                        nonlocal entry
+                        told.on_hello = None  # this start's only: a restart audits itself
+                        entry = self._audit_begin("load", name, pid=pid, **what)
+
+                    told.on_hello = hello
                 if intend is not None:
                     intend()
                 await sup.start()
@@ -498,11 +515,15 @@ class PluginRegistry:
             except PluginError as exc:
                 if exc.plugin is None:
                     exc.plugin = name
+                if entry is not None and sup is not None:  # said hello, then failed: the trail says so
+                    await asyncio.shield(self._aborted(name, sup, entry))
                 await self._refused(name, exc, quiet=at_start)
                 raise
             except BaseException:
                 # Cancelled (shutdown during start-up) or a bug: never leave a child behind.
-                if sup is not None:
+                if entry is not None and sup is not None:
+                    await asyncio.shield(self._aborted(name, sup, entry))
+                elif sup is not None:
                     await asyncio.shield(sup.stop("load aborted"))
                 raise
             level = str(getattr(vb.trust_level, "value", vb.trust_level))
@@ -519,11 +540,13 @@ class PluginRegistry:
                 held.release()
             self._busy.discard(name)
             self._publish_states()
-        entry = self._audit("load", name, version=loaded.version, digest=loaded.digest, pid=sup.pid)
+        if entry is None:  # a supervisor that does not say when its plugin said hello
+            entry = self._audit_begin("load", name, version=loaded.version, digest=loaded.digest,
+                                      pid=sup.pid)
         if audits is None:
             await entry
         else:  # awaited by the caller, next to its state file write
-            audits.append(asyncio.ensure_future(entry))
+            audits.append(entry)
         log.info("loaded %s %s (pid %s)", name, loaded.version, sup.pid, extra={"plugin": name})
         return loaded
 
@@ -552,6 +575,7 @@ class PluginRegistry:
         from plugind.host.upgrade import upgrade  # it builds on this module
 
         return await upgrade(self, name, version)
+
     def _before_spawn(self, bundle: LoadedBundle) -> Callable[[bool], Awaitable[None]]:
         # Verify-then-run: before a restart, the trust list, the bundle file, the policy and the tree
         # (re-extracted if changed; PluginLoader.ensure). A first start needs none of it again:
@@ -793,6 +817,23 @@ class PluginRegistry:
         # The audit log fsyncs every line: off the event loop.
         if self.audit is not None:
             await asyncio.to_thread(self._audit_blocking, event, plugin, fields)
+
+    def _audit_begin(self, event: str, plugin: str | None, **fields: Any) -> asyncio.Future[None]:
+        # The entry's write, handed to a worker thread now (a coroutine would start it only at the
+        # caller's next await): await the future for it to be on disk.
+        loop = asyncio.get_running_loop()
+        if self.audit is None:
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        return loop.run_in_executor(None, self._audit_blocking, event, plugin, fields)
+
+    async def _aborted(self, name: str, sup: SupervisorLike, entry: asyncio.Future[None]) -> None:
+        # A start stopped after the plugin said hello (its `load` entry begun): the child stops, and
+        # an `unload` entry follows the `load` one.
+        await sup.stop("load aborted")
+        await entry
+        await self._audit("unload", name, reason="load aborted")
 
     def _audit_soon(self, event: str, plugin: str | None, **fields: Any) -> None:
         if self.audit is None:

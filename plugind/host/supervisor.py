@@ -243,6 +243,9 @@ class Supervisor:
         # Awaited before every spawn (first start and each restart): the registry checks there that
         # the tree is still the verified bundle and the policy still admits it; raising refuses.
         self.before_spawn: Callable[[bool], Awaitable[None]] | None = None
+        # Called with the pid once an incarnation has said hello, before its start returns (the
+        # registry begins a load's audit entry there, so its fsync runs beside the rest of the start).
+        self.on_hello: Callable[[int], None] | None = None
         self._host_stopping = False  # see host_stopping()
 
     # ------------------------------------------------------------------ life cycle
@@ -398,6 +401,8 @@ class Supervisor:
             await asyncio.shield(inc.exited)
             raise
         self.hello_ms = (time.perf_counter() - started) * 1000
+        if self.on_hello is not None:
+            self.on_hello(spawned.pid)
         self.hooks = dict(hello["hooks"])
         self.plugin_poll_us = None  # this incarnation has not said yet
         self._send(inc, {"type": m.WELCOME, "api": m.API_VERSION, "max_frame": self.max_frame,

@@ -349,20 +349,41 @@ class SecuritySource:
         return (key, path, sec.min_trust_level, tuple(sorted(sec.public_keys.items())),
                 plugins.max_bundle_bytes, plugins.max_unpacked_bytes, plugins.max_files)
 
+    def kept(self) -> PluginSecurity | None:
+        """The PluginSecurity a call would return without reading the list (the kept one, still
+        valid: a stat of the file), else None. Never reads the list, never raises for it and never
+        waits: None while another thread holds the lock (reading it, maybe)."""
+        key = os.environ.get(TRUST_KEY_ENV) or None
+        path = str(self.settings.security.trust_list_path)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._reusable(key, path, self._inputs(key, path))
+        finally:
+            self._lock.release()
+
+    def _reusable(self, key: str | None, path: str, inputs: tuple[object, ...]) -> PluginSecurity | None:
+        # Under _lock: the kept security while it is still valid, else None.
+        kept = self._kept
+        if kept is None or kept[0] != inputs:
+            return None
+        security = kept[2]
+        if key is None:  # no list read: the settings alone
+            return security
+        expires = security.trust_valid_until
+        if (expires is None or time.time() < expires) and file_identity(path) == kept[1]:
+            return security
+        return None
+
     def __call__(self) -> PluginSecurity:
         """The current PluginSecurity. Raises InvalidKey, TrustListError as `from_environment`."""
         key = os.environ.get(TRUST_KEY_ENV) or None
         path = str(self.settings.security.trust_list_path)
         inputs = self._inputs(key, path)
         with self._lock:
-            kept = self._kept
-            if kept is not None and kept[0] == inputs:
-                security = kept[2]
-                if key is None:  # no list read: the settings alone
-                    return security
-                expires = security.trust_valid_until
-                if (expires is None or time.time() < expires) and file_identity(path) == kept[1]:
-                    return security
+            reusable = self._reusable(key, path, inputs)
+            if reusable is not None:
+                return reusable
             self._kept = None
             before = file_identity(path) if key is not None else None
             started = time.time_ns()

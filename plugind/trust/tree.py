@@ -20,7 +20,8 @@ _CHUNK = 1 << 20
 
 
 def tree_mismatch(
-    tree: str | os.PathLike[str], record: TreeRecord, checked: dict[str, FileIdentity] | None = None
+    tree: str | os.PathLike[str], record: TreeRecord, checked: dict[str, FileIdentity] | None = None,
+    *, read: bool = True,
 ) -> str | None:
     """None when `tree` holds exactly the files of `record` (same bytes, same modes, no more, no
     links or special files), else a short reason naming the first difference.
@@ -31,7 +32,8 @@ def tree_mismatch(
     ctime) is not read again. A file read and found to match is added when it had settled
     (`fsio.settled`) before this check began; one that differs is dropped. Every directory is
     listed and every entry's type and mode checked at every call, so no file is added or swapped
-    unseen.
+    unseen. With `read` False no file is read: one that `checked` does not vouch for is reported
+    as not checked (a walk of directories and stats only, for a caller that must not wait on reads).
     """
     started = time.time_ns()
     root = Path(tree)
@@ -70,6 +72,8 @@ def tree_mismatch(
             identity = identity_of(est)
             if checked is not None and checked.get(rel) == identity:
                 continue
+            if not read:
+                return f"{rel}: not checked since it changed"
             if _sha256(entry.path) != expected[0]:
                 if checked is not None:
                     checked.pop(rel, None)

@@ -319,3 +319,62 @@ def test_kept_verdicts_are_bounded_in_bytes(ws: Workspace, monkeypatch: pytest.M
     assert loader.verify(b) is kept_b
     assert loader.verify(a) is not kept_a  # the oldest went to make room
     assert loader._verified_bytes == len(loader.verify(a).data)
+
+
+def test_load_kept_answers_by_stats_only_for_an_unchanged_plugin_loaded_before(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugind.trust import tree as tree_module
+
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
+    assert loader.load_kept(bundle, expected_name="echo") is None  # nothing kept yet
+    first = loader.load(bundle, expected_name="echo")  # verified and extracted
+    assert loader.load_kept(bundle, expected_name="echo") is None  # the tree not read back yet
+    again = loader.load(bundle, expected_name="echo")  # read back: its files found to match
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_kept read a file or verified a bundle")
+
+    source = loader._refresh
+    assert isinstance(source, SecuritySource)
+    reads = source.reads
+    with monkeypatch.context() as patched:
+        patched.setattr(tree_module, "_sha256", never)
+        patched.setattr(loader, "verify", never)
+        kept = loader.load_kept(bundle, expected_name="echo")
+        assert kept == again and kept is not None and kept.tree == first.tree and kept.reused
+        assert loader.load_kept(bundle, expected_name="other") is None  # load refuses it: not here
+    assert source.reads == reads  # nor the trust list
+
+    # Any change of the tree, the bundle or the trust list: None, and `load` does the work.
+    tree_file = first.tree / "echo.py"
+    _next_tick(tree_file)
+    os.chmod(tree_file, 0o444)  # the same mode: only its ctime changes
+    assert loader.load_kept(bundle, expected_name="echo") is None
+    loader.load(bundle, expected_name="echo")
+    assert loader.load_kept(bundle, expected_name="echo") is not None
+    planted = first.tree / "extra.py"
+    os.chmod(first.tree, 0o755)
+    planted.write_text("x = 1\n")
+    assert loader.load_kept(bundle, expected_name="echo") is None
+    assert not loader.load(bundle, expected_name="echo").reused and not planted.exists()
+    loader.load(bundle, expected_name="echo")
+    assert loader.load_kept(bundle, expected_name="echo") is not None
+    _rewrite_in_place(bundle, bundle.read_bytes())
+    assert loader.load_kept(bundle, expected_name="echo") is None
+    loader.load(bundle, expected_name="echo")
+    assert loader.load_kept(bundle, expected_name="echo") is not None
+    remove_trusted_plugin(ws.trust_list, ws.trust_key, "echo", "1.0.0")
+    assert loader.load_kept(bundle, expected_name="echo") is None
+    with pytest.raises(UntrustedPlugin):
+        loader.load(bundle, expected_name="echo")
+    assert loader.load_kept(bundle, expected_name="echo") is None
+
+
+def test_load_kept_leaves_a_large_tree_to_load(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
+    loader.load(bundle, expected_name="echo")
+    loader.load(bundle, expected_name="echo")
+    assert loader.load_kept(bundle, expected_name="echo") is not None
+    monkeypatch.setattr(loader_module, "KEPT_TREE_FILES", 0)  # every tree is larger
+    assert loader.load_kept(bundle, expected_name="echo") is None

@@ -337,6 +337,7 @@ def test_crash_and_restart_reach_audit_and_state(ws: Workspace) -> None:
     run(ws, scenario)
     events = [e["event"] for e in AuditLog(ws.root / "data" / "audit.log").tail(50)]
     assert events[:1] == ["load"] and "crash" in events and "restart" in events
+    assert events.count("load") == 1  # a restart is audited as one, not as a load
 
 
 def _alive(pid: int) -> bool:
@@ -678,5 +679,88 @@ def test_a_loaded_plugins_hook_series_exist_before_its_first_call(ws: Workspace)
         assert _hook_series("prebound") == {}
         reg._bind_series(loaded)  # late, after the unload: nothing made
         assert _hook_series("prebound") == {}
+
+    run(ws, scenario)
+
+
+def test_the_load_entry_is_begun_at_the_hello_and_an_aborted_start_is_closed(ws: Workspace) -> None:
+    # The `load` entry's write starts when the plugin says hello (its fsync then runs beside the
+    # rest of the start), so it is begun before the plugin joins the loaded set. A start cancelled
+    # after the hello stops the child and follows the entry with an `unload`.
+    ws.auto_load = False
+    ws.add(echo("early"))
+    ws.add(echo("late"))
+    begun: list[tuple[str, str | None, bool, Any]] = []
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        real = reg._audit_begin
+
+        def spy(event: str, plugin: str | None, **fields: Any) -> asyncio.Future[None]:
+            begun.append((event, plugin, reg.is_loaded(plugin or ""), fields.get("pid")))
+            return real(event, plugin, **fields)
+
+        reg._audit_begin = spy  # type: ignore[method-assign]
+        loaded = await reg.load_plugin("early")
+        assert begun == [("load", "early", False, loaded.supervisor.pid)]
+
+        at_turn = asyncio.Event()
+
+        async def turn() -> None:  # after the start, before the plugin joins the loaded set
+            at_turn.set()
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(reg._load("late", explicit=True, turn=turn))
+        await at_turn.wait()
+        pid = begun[-1][3]
+        assert begun[-1][:3] == ("load", "late", False) and _alive(pid)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not _alive(pid) and not reg.is_loaded("late")
+
+    run(ws, scenario)
+    late = [(e["event"], e.get("reason")) for e in AuditLog(ws.root / "data" / "audit.log").tail(50)
+            if e["plugin"] == "late"]
+    assert late == [("load", None), ("unload", "load aborted")]
+
+
+def test_an_unchanged_plugin_loaded_before_is_checked_without_a_thread_and_a_changed_one_is_not(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugind import fsio
+
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)  # files count as settled once read after a change
+    ws.auto_load = False
+    ws.add(echo("again"))
+
+    async def scenario(reg: PluginRegistry) -> None:
+        await reg.start()
+        full: list[str] = []
+        real = reg.loader.load
+
+        def load(path: Path, *, expected_name: str | None = None) -> Any:
+            full.append(str(expected_name))
+            return real(path, expected_name=expected_name)
+
+        monkeypatch.setattr(reg.loader, "load", load)
+        for _ in range(2):  # extracted, then read back and found to match
+            await reg.load_plugin("again")
+            await reg.unload_plugin("again")
+        assert full == ["again", "again"]
+        loaded = await reg.load_plugin("again")
+        assert full == ["again", "again"]  # by stats alone
+        assert (await reg.hooks.execute("on_request", {"seen": []})).data == {"seen": ["again"]}
+        await reg.unload_plugin("again")
+
+        source = loaded.tree / "again.py"
+        good = source.read_bytes()
+        os.chmod(source, 0o644)
+        source.write_bytes(good.replace(b"return data", b"return 666"))
+        os.chmod(source, 0o444)
+        loaded = await reg.load_plugin("again")
+        assert full == ["again", "again", "again"]  # changed: the full check, which re-extracts
+        assert source.read_bytes() == good
+        assert (await reg.hooks.execute("on_request", {"seen": []})).data == {"seen": ["again"]}
 
     run(ws, scenario)

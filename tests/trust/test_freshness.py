@@ -165,3 +165,41 @@ def test_tree_mismatch_reads_again_only_what_may_have_changed(
     os.chmod(tree / "a.py", 0o444)
     (tree / "c.py").write_bytes(b"evil\n")
     assert tree_mismatch(tree, record, checked) == "c.py: file not in the verified bundle"
+
+
+def test_tree_mismatch_without_reading_vouches_only_for_files_checked_since_their_last_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from plugind import fsio
+    from plugind.trust import tree as tree_module
+
+    monkeypatch.setattr(fsio, "SETTLE_S", 0.0)
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "a.py").write_bytes(b"x = 1\n")
+    os.chmod(tree / "a.py", 0o444)
+    record = {"a.py": (hashlib.sha256(b"x = 1\n").hexdigest(), 0o444)}
+    checked: dict[str, fsio.FileIdentity] = {}
+
+    def never(path: str) -> str | None:
+        raise AssertionError(f"{path} was read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tree_module, "_sha256", never)
+        assert tree_mismatch(tree, record, checked, read=False) == "a.py: not checked since it changed"
+    assert tree_mismatch(tree, record, checked) is None  # read, and found to match
+    with monkeypatch.context() as patched:
+        patched.setattr(tree_module, "_sha256", never)
+        assert tree_mismatch(tree, record, checked, read=False) is None
+        before = os.stat(tree / "a.py")
+        while time.time_ns() < before.st_ctime_ns + 20_000_000:  # past the coarse clock's tick
+            time.sleep(0.005)
+        os.utime(tree / "a.py", ns=(before.st_atime_ns, before.st_mtime_ns))  # only its ctime moves
+        assert tree_mismatch(tree, record, checked, read=False) == "a.py: not checked since it changed"
+    assert tree_mismatch(tree, record, checked) is None  # read again
+    (tree / "b.py").write_bytes(b"evil\n")
+    with monkeypatch.context() as patched:
+        patched.setattr(tree_module, "_sha256", never)
+        assert tree_mismatch(tree, record, checked, read=False) == "b.py: file not in the verified bundle"

@@ -180,3 +180,24 @@ def test_a_change_in_place_of_the_same_size_and_mtime_is_seen(
     now = os.stat(path)
     assert (now.st_ino, now.st_size, now.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     assert names(source) == ["p0", "p2", "p9"]
+
+
+@pytest.mark.usefixtures("settled")
+def test_kept_is_what_a_call_would_give_without_reading_and_never_waits(
+    setup: tuple[Settings, Path], trust_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, path = setup
+    source = source_for(settings)
+    assert source.kept() is None  # nothing read yet
+    first = source()
+    assert source.kept() is first and source.reads == 1
+    next_tick(path)
+    remove_trusted_plugin(path, trust_key, "p1")
+    assert source.kept() is None and source.reads == 1  # changed: only a call reads it
+    second = source()
+    assert second is not first and source.kept() is second and source.reads == 2
+    with source._lock:  # another thread reading the list: no waiting, no answer
+        assert source.kept() is None
+    assert source.kept() is second
+    monkeypatch.setenv(TRUST_KEY_ENV, "00" * 32)  # another key: the list must be read again
+    assert source.kept() is None and source.reads == 2
