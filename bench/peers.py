@@ -32,7 +32,7 @@ adaptive polling), and cold start (go-plugin: start to first answer; plugind: `P
 /api/plugins/load` to the first hook answer, unsandboxed, and sandboxed as root, through http.client
 as the REST rows, and in turns through httpx for comparison). Then the issue's targets as ratios.
 The plugin's CPU for a REST call is compared with a library call that, like it, finds the plugin
-asleep (calls 1 ms apart); the figure against back-to-back library calls, whose plugin is still
+asleep (calls 1 ms apart, in chunks before each REST block); the figure against back-to-back library calls, whose plugin is still
 polling when the next call comes, is printed next to it. Where Go or the packages are missing, the
 go-plugin side is skipped with a note.
 The machine may be shared: read ratios of medians, not absolute figures.
@@ -512,12 +512,17 @@ async def run(args: argparse.Namespace) -> int:
                         blocks = [*blocks, ("rest-ref", rest_ref, rest_ref.call_lean),
                                   ("rest-ref0", rest_ref0, rest_ref0.call_lean)] * 2
                     for key, r_, call in (*blocks, ("rest-httpx", rest, rest.call)):
+                        # A chunk of spaced library calls before each block: the two sides of
+                        # the REST plugin-CPU target are sampled across the whole turn alike.
+                        await measure_spaced(spaced, public, max(n // 10 // REST_TURNS, 25), SPACED_GAP_S,
+                                             sup.pid)
                         c0 = time.process_time()
                         measure_sync(sides[key], call, max(n // 2 // REST_TURNS, 25),
                                      (r_.daemon.proc.pid, r_.pid))
                         rest_client_cpu[key] += time.process_time() - c0
-                await measure_spaced(spaced, public, max(n // 10 // REST_TURNS, 25), SPACED_GAP_S,
-                                     sup.pid)
+                else:
+                    await measure_spaced(spaced, public, max(n // 10 // REST_TURNS, 25), SPACED_GAP_S,
+                                         sup.pid)
         # The REST client is synchronous: its 8-in-flight figure would need 8 connections; not measured.
         for key in ("rest", "rest-nospin", "rest-ref", "rest-ref0", "rest-httpx"):
             sides[key].rate8 = sides[key].rate1[:] if sides[key].rate1 else []
