@@ -321,8 +321,9 @@ class PluginLoader:
             raise OSError(f"{tree} is not an extracted tree of {self.extract_dir}")
         key = str(tree.resolve())
         self._records.pop(key, None)  # re-extracted and re-recorded if used again
-        for digest in [d for d, (_tree, k) in self._trees.items() if k == key]:
-            del self._trees[digest]
+        for digest, (_tree, k) in list(self._trees.items()):  # a copy: extractions run beside it
+            if k == key:
+                self._trees.pop(digest, None)
         tree.with_name(tree.name + _MARKER_SUFFIX).unlink(missing_ok=True)
         remove_tree(tree)
 

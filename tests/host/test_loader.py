@@ -378,3 +378,14 @@ def test_load_kept_leaves_a_large_tree_to_load(ws: Workspace, monkeypatch: pytes
     assert loader.load_kept(bundle, expected_name="echo") is not None
     monkeypatch.setattr(loader_module, "KEPT_TREE_FILES", 0)  # every tree is larger
     assert loader.load_kept(bundle, expected_name="echo") is None
+
+
+def test_load_kept_forgets_a_discarded_tree(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
+    loader.load(bundle, expected_name="echo")
+    tree = loader.load(bundle, expected_name="echo").tree
+    assert loader.load_kept(bundle, expected_name="echo") is not None
+    loader.discard(tree)  # an upgrade's old version, removed
+    assert not tree.exists() and loader.load_kept(bundle, expected_name="echo") is None
+    again = loader.load(bundle, expected_name="echo")
+    assert not again.reused and again.tree == tree
