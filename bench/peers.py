@@ -32,9 +32,9 @@ adaptive polling), and cold start (go-plugin: start to first answer; plugind: `P
 /api/plugins/load` to the first hook answer, unsandboxed, and sandboxed as root, through http.client
 as the REST rows, and in turns through httpx for comparison). Then the issue's targets as ratios.
 The plugin's CPU for a REST call is compared with a library call that, like it, finds the plugin
-asleep (calls 1 ms apart, in chunks before each REST block); the figure against back-to-back library calls, whose plugin is still
-polling when the next call comes, is printed next to it. Where Go or the packages are missing, the
-go-plugin side is skipped with a note.
+asleep (calls 1 ms apart, in chunks before each REST block); the figure against back-to-back
+library calls, whose plugin is still polling when the next call comes, is printed next to it. Where
+Go or the packages are missing, the go-plugin side is skipped with a note.
 The machine may be shared: read ratios of medians, not absolute figures.
 """
 
