@@ -40,6 +40,10 @@ _MARKER_SUFFIX = ".digest"
 # The largest tree `load_kept` checks (a stat per file, on the caller's thread); a larger one goes
 # through `load` in a worker thread.
 KEPT_TREE_FILES = 64
+# A check by stats that takes longer than this (slow stats: a network file system, a disk in
+# trouble) turns them off: the event loop must not wait on the file system.
+KEPT_SLOW_S = 0.005
+KEPT_SLOW_TIMES = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class PluginLoader:
         # bundle digest -> (its tree, the key of its record): `load_kept`'s way to the record without
         # resolving the tree's path again (the identities of the checked files pin their inodes).
         self._trees: dict[str, tuple[Path, str]] = {}
+        self._kept_slow = 0  # answers of load_kept slower than KEPT_SLOW_S
         # bundle path -> (security, identities of the bundle and its .sig, verdict): see `verify`.
         self._verified: dict[str, tuple[PluginSecurity, tuple[FileIdentity | None, FileIdentity | None],
                                         VerifiedBundle]] = {}
@@ -159,8 +164,25 @@ class PluginLoader:
         Reads no file but the tree's marker and never waits on a lock, so it may run on the event
         loop (the hops to a worker thread and back cost more than it does). Every check `load` makes
         is made; anything it would refuse, or would have to read or write, gives None, and `load`
-        then refuses or does it.
+        then refuses or does it. Once KEPT_SLOW_TIMES answers took longer than KEPT_SLOW_S each (a
+        file system whose stats are slow, such as a network one; one or two may be a busy machine),
+        it answers None for good: slow stats must not stall the event loop.
         """
+        if self._kept_slow >= KEPT_SLOW_TIMES:
+            return None
+        started = time.perf_counter()
+        try:
+            return self._kept(path, expected_name)
+        finally:
+            took = time.perf_counter() - started
+            if took > KEPT_SLOW_S:
+                self._kept_slow += 1
+                if self._kept_slow == KEPT_SLOW_TIMES:
+                    log.info("checking an unchanged plugin by stats took %.1f ms, the %dth time over "
+                             "%.0f ms: its checks run in a worker thread from now on", took * 1e3,
+                             KEPT_SLOW_TIMES, KEPT_SLOW_S * 1e3)
+
+    def _kept(self, path: Path, expected_name: str | None) -> LoadedBundle | None:
         if self._refresh is not None:
             kept = getattr(self._refresh, "kept", None)
             security = kept() if kept is not None else None

@@ -389,3 +389,23 @@ def test_load_kept_forgets_a_discarded_tree(ws: Workspace, monkeypatch: pytest.M
     assert not tree.exists() and loader.load_kept(bundle, expected_name="echo") is None
     again = loader.load(bundle, expected_name="echo")
     assert not again.reused and again.tree == tree
+
+
+def test_load_kept_stops_after_slow_answers(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Slow stats (a network file system) must not keep stalling the event loop: after
+    # KEPT_SLOW_TIMES slow answers, every load goes through the worker thread again.
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
+    loader.load(bundle, expected_name="echo")
+    loader.load(bundle, expected_name="echo")
+    monkeypatch.setattr(loader_module, "KEPT_SLOW_S", -1.0)  # every answer counts as slow
+    with caplog.at_level("INFO", logger="plugind.host.loader"):
+        for _ in range(loader_module.KEPT_SLOW_TIMES):
+            assert loader.load_kept(bundle, expected_name="echo") is not None  # slow, but answered
+        assert loader.load_kept(bundle, expected_name="echo") is None
+    said = [r.getMessage() for r in caplog.records if "worker thread from now on" in r.getMessage()]
+    assert len(said) == 1
+    assert loader.load(bundle, expected_name="echo").reused  # the worker-thread path still reuses it
+    monkeypatch.setattr(loader_module, "KEPT_SLOW_S", 60.0)
+    assert loader.load_kept(bundle, expected_name="echo") is None  # for good
