@@ -203,13 +203,9 @@ class PluginLoader:
         if found is None:
             return None
         tree, key = found
-        known = self._records.get(key)
         if (
-            known is None
-            or known[0] != vb.digest
-            or len(known[1]) > KEPT_TREE_FILES
-            or _read_marker(tree.with_name(tree.name + _MARKER_SUFFIX)) != vb.digest
-            or tree_mismatch(tree, known[1], known[2], read=False) is not None
+            _read_marker(tree.with_name(tree.name + _MARKER_SUFFIX)) != vb.digest
+            or self._unchanged(tree, vb.digest, key, read=False) is not None
         ):
             return None
         return LoadedBundle(vb, tree, reused=True)
@@ -240,12 +236,16 @@ class PluginLoader:
         log.info("extracted %s %s into %s", vb.name, vb.version, tree, extra={"plugin": vb.name})
         return LoadedBundle(vb, tree, reused=False)
 
-    def _unchanged(self, tree: Path, digest: str) -> str | None:
-        # None when `tree` is what this loader extracted from `digest`, else why not.
-        known = self._records.get(str(tree.resolve()))
+    def _unchanged(self, tree: Path, digest: str, key: str | None = None, *, read: bool = True) -> str | None:
+        # None when `tree` is what this loader extracted from `digest`, else why not. `key`: its
+        # record's key when known (else the resolved path). Without `read` (load_kept), a tree of
+        # more than KEPT_TREE_FILES files, or with a file that would have to be read, is not vouched for.
+        known = self._records.get(key if key is not None else str(tree.resolve()))
         if known is None or known[0] != digest:
             return "not extracted by this plugind from this bundle"
-        return tree_mismatch(tree, known[1], known[2])
+        if not read and len(known[1]) > KEPT_TREE_FILES:
+            return "too many files to check without reading them"
+        return tree_mismatch(tree, known[1], known[2], read=read)
 
     def _extract(self, vb: VerifiedBundle, tree: Path) -> None:
         marker = tree.with_name(tree.name + _MARKER_SUFFIX)

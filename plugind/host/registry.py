@@ -815,8 +815,7 @@ class PluginRegistry:
 
     async def _audit(self, event: str, plugin: str | None, **fields: Any) -> None:
         # The audit log fsyncs every line: off the event loop.
-        if self.audit is not None:
-            await asyncio.to_thread(self._audit_blocking, event, plugin, fields)
+        await self._audit_begin(event, plugin, **fields)
 
     def _audit_begin(self, event: str, plugin: str | None, **fields: Any) -> asyncio.Future[None]:
         # The entry's write, handed to a worker thread now (a coroutine would start it only at the
@@ -839,11 +838,11 @@ class PluginRegistry:
         if self.audit is None:
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             self._audit_blocking(event, plugin, fields)
             return
-        loop.run_in_executor(None, self._audit_blocking, event, plugin, fields)
+        self._audit_begin(event, plugin, **fields)
 
     def _audit_blocking(self, event: str, plugin: str | None, fields: dict[str, Any]) -> None:
         assert self.audit is not None
