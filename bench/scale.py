@@ -116,10 +116,16 @@ def cpu_seconds(proc: psutil.Process) -> float:
     total = 0
     try:
         for task in Path(f"/proc/{proc.pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
                 total += int((task / "schedstat").read_text().split()[0])
-    except OSError:
+    except FileNotFoundError:  # the process is gone
         return 0.0
+    except (OSError, ValueError, IndexError):  # a kernel without schedstat: whole ticks, then
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return t.user + t.system
     return total / 1e9
 
 

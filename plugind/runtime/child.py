@@ -460,7 +460,8 @@ def _log_levels() -> None:
 
 
 def rehearse() -> None:
-    """In a spare child, before any plugin is handed to it: run once, on throwaway objects, what a
+    """In the fork-server once at its start (what it makes is then shared by every child), and in a
+    spare child before any plugin is handed to it: run once, on throwaway objects, what a
     plugin's start and first call run here (the log levels, compiling and running a module that
     builds a `Plugin`, a `Runtime`, the log forwarder, the hello, a welcome and a call through the
     frames), so that the fork-server's pages these touch are copied now, while the spare waits, and

@@ -147,6 +147,26 @@ def test_the_fork_server_heap_holds_no_daemon_only_libraries(tmp_path: Path) -> 
     asyncio.run(main())
 
 
+def test_the_fork_server_holds_nothing_open_but_its_socket_and_wake_up_pipe() -> None:
+    # Whatever its start ran (the imports, the rehearsal of a plugin's start on a socketpair of its
+    # own) left nothing open: every fd beyond stdio is inherited by each child it forks. Looked at
+    # once it said ready (its start done) and before any spawn (after one, it forks a spare, whose
+    # socket it holds for a moment).
+    async def main() -> None:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            server = launcher.server_pid
+            assert server is not None
+            held = [os.readlink(f"/proc/{server}/fd/{fd}") for fd in os.listdir(f"/proc/{server}/fd")
+                    if int(fd) > 2]
+            assert sorted(h.partition(":")[0] for h in held) == ["pipe", "pipe", "socket"]
+        finally:
+            await launcher.close()
+
+    asyncio.run(main())
+
+
 def test_kill_through_the_fork_server_and_close_leaves_nothing(tmp_path: Path) -> None:
     tree = write_tree(tmp_path)
 

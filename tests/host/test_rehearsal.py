@@ -6,10 +6,12 @@ child, as in a spare."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 
 from plugind.runtime import child
@@ -95,3 +97,43 @@ def test_the_rehearsal_imports_a_real_plugin_module_the_way_a_start_does() -> No
     assert loaded == rehearsed == {"rehearsal": 0}
     assert origin == os.path.join(os.path.dirname(child.__file__), "_rehearsal_plugin.py")
     assert importable is False
+
+
+def test_the_fork_server_rehearses_once_before_it_freezes_its_heap() -> None:
+    # forkserver.main, run in a forked child that stands in for the fork-server process: the real
+    # rehearsal runs once, before gc.freeze() (what it makes is then in the shared, frozen heap of
+    # every plugin child), and the levels it sets are in place when the server starts serving.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(r)
+            from plugind.host import forkserver
+
+            rehearsed: list[int] = []
+            served: list[object] = []
+            real = child.rehearse
+
+            def rehearse() -> None:
+                rehearsed.append(gc.get_freeze_count())
+                real()
+
+            def serve(self: object) -> None:
+                served.append([gc.get_freeze_count() > 0, logging.getLogger().level,
+                               logging.getLogger("plugin").level])
+
+            child.rehearse = rehearse  # type: ignore[assignment]
+            forkserver.ForkServer.serve = serve  # type: ignore[method-assign,assignment]
+            _ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            forkserver.main(["--fd", str(theirs.fileno())])
+            os.write(w, json.dumps([rehearsed, served]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rehearsed, served = json.loads(data)
+    assert rehearsed == [0]  # once, with nothing frozen yet
+    assert served == [[True, logging.INFO, logging.DEBUG]]
