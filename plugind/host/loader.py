@@ -183,14 +183,16 @@ class PluginLoader:
                              KEPT_SLOW_TIMES, KEPT_SLOW_S * 1e3)
 
     def _kept(self, path: Path, expected_name: str | None) -> LoadedBundle | None:
+        entry = self._verified.get(str(path))
+        if entry is None:  # never verified here (a first load): nothing kept to check, not even a stat
+            return None
         if self._refresh is not None:
             kept = getattr(self._refresh, "kept", None)
             security = kept() if kept is not None else None
             if security is None:
                 return None
             self._security = security
-        entry = self._verified.get(str(path))
-        if entry is None or entry[0] is not self._security or entry[1] != _identities(path):
+        if entry[0] is not self._security or entry[1] != _identities(path):
             return None
         vb = entry[2]
         if expected_name is not None and vb.name != expected_name:

@@ -371,6 +371,25 @@ def test_load_kept_answers_by_stats_only_for_an_unchanged_plugin_loaded_before(
     assert loader.load_kept(bundle, expected_name="echo") is None
 
 
+def test_load_kept_of_a_plugin_never_loaded_asks_nothing(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first load (1,000 of them when a daemon fills up) has nothing kept to check: the answer is
+    # None before the trust list is as much as looked at, and `load` does everything as before.
+    bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
+    source = loader._refresh
+    assert isinstance(source, SecuritySource)
+
+    def never() -> None:
+        raise AssertionError("load_kept asked for the trust list on a first load")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(source, "kept", never)
+        patched.setattr(loader_module, "file_identity", never)
+        assert loader.load_kept(bundle, expected_name="echo") is None
+    assert not loader.load(bundle, expected_name="echo").reused
+
+
 def test_load_kept_leaves_a_large_tree_to_load(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle, loader = _echo_and_loader(ws, monkeypatch, 0.0)
     loader.load(bundle, expected_name="echo")
