@@ -63,6 +63,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+from procfs import cpu_ns  # noqa: E402
+
 from plugind.config import Settings  # noqa: E402
 from plugind.daemon import event_loop_factory, settle_heap  # noqa: E402
 from plugind.host.hooks import HookRegistry  # noqa: E402
@@ -93,15 +95,6 @@ def echo(data, ctx):
 def pct(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of `pid`, in ns (schedstat: finer than the tick counts of /proc/PID/stat)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 # ----------------------------------------------------------------------------- go-plugin

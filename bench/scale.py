@@ -55,6 +55,7 @@ import psutil  # noqa: E402
 from conftest import reap, start  # noqa: E402
 from kit import Workspace, plugin_source  # noqa: E402
 from lean import LeanClient  # noqa: E402
+from procfs import cpu_ns, fresh_page_us, meminfo_kib, minor_faults  # noqa: E402
 
 SMALL = {"method": "GET", "path": "/api/items", "headers": {"x-user": "bob"}, "n": 1}
 
@@ -73,10 +74,8 @@ def machine_cpu() -> dict[str, int]:
 
 
 def mem_available_mb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024
-    return float("inf")
+    kib = meminfo_kib().get("MemAvailable")
+    return float("inf") if kib is None else kib / 1024
 
 
 def hook_latency(client: httpx.Client, hook: str, n: int = 300) -> list[float]:
@@ -109,60 +108,14 @@ def drain(sock: socket.socket) -> None:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    """CPU time of every live thread of `proc`, from /proc/PID/task/*/schedstat (nanoseconds). Not
-    psutil's cpu_times: /proc/PID/stat counts in clock ticks (10 ms), rounded down per process, so a
-    plugin whose start took 9 ms of CPU reads as 0 there (the sum over 1,000 plugins came out ~10x
-    under what perf sees)."""
-    total = 0
+    """CPU seconds of every live thread of `proc` (procfs.cpu_ns: schedstat); 0 once it is gone."""
     try:
-        for task in Path(f"/proc/{proc.pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
-                total += int((task / "schedstat").read_text().split()[0])
-    except FileNotFoundError:  # the process is gone
+        return cpu_ns(proc.pid) / 1e9
+    except FileNotFoundError:
         return 0.0
-    except (OSError, ValueError, IndexError):  # a kernel without schedstat: whole ticks, then
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            return 0.0
-        return t.user + t.system
-    return total / 1e9
-
-
-def minor_faults(pid: int) -> int:
-    """Minor page faults of `pid` so far (every thread's, the exited ones' included)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def meminfo_kib() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        with contextlib.suppress(ValueError, IndexError):
-            out[key] = int(rest.split()[0])
-    return out
 
 
 FRESH_MB = 64
-
-
-def fresh_page_us() -> float:
-    """What a fresh anonymous page costs here now (us per 4 KiB page: the fault, its zeroing and, in
-    a VM, whatever the host charges for a page it has to back). FRESH_MB touched once and freed."""
-    import mmap
-
-    size = FRESH_MB << 20
-    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        t0 = time.perf_counter()
-        for off in range(0, size, 4096):
-            m[off] = 1
-        return (time.perf_counter() - t0) / (size // 4096) * 1e6
-    finally:
-        m.close()
 
 
 def memory_cgroups() -> int | None:
@@ -253,7 +206,7 @@ def main() -> int:
             mem_start = mem_available_mb()
             dproc = psutil.Process(daemon.proc.pid)
             servers = dproc.children()  # the fork-servers (the plugins are their children)
-            fresh0 = fresh_page_us()
+            fresh0 = fresh_page_us(FRESH_MB)
             cpu_daemon0 = cpu_seconds(dproc)
             cpu_servers0 = sum(cpu_seconds(k) for k in servers)
             faults_servers0 = sum(minor_faults(k.pid) for k in servers)
@@ -330,7 +283,7 @@ def main() -> int:
                 rates = [(stamps[i + tenth - 1] - (stamps[i - 1] if i else t_load)) / tenth * 1e3
                          for i in range(0, tenth * 10, tenth)]
                 print("ms per load by tenth of the run: " + " ".join(f"{r:.1f}" for r in rates))
-            fresh1 = fresh_page_us()
+            fresh1 = fresh_page_us(FRESH_MB)
             print(f"a fresh page ({FRESH_MB} MiB touched) before loading {fresh0:.2f} us, after "
                   f"{fresh1:.2f} us ({fresh1 / max(fresh0, 1e-9):.1f}x)")
             # What bounds the load time on a small machine: how busy all of it was meanwhile, and
