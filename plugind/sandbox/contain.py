@@ -37,6 +37,7 @@ from plugind.sandbox.steps import STEPS
 log = logging.getLogger("plugind.sandbox.contain")
 
 ACTIVE, OFF = "active", "off"
+DEGRADED = "degraded: "  # what a step that could not be applied (and may degrade) reports, then why
 _Step = Callable[[str, Callable[[], object]], None]  # `_stepper`'s: step(name, fn)
 _CHILD_FAILED = 121  # exit status of a child that could not finish its steps
 
@@ -137,7 +138,7 @@ def spawn_contained(
     def degrade(step: str, exc: BaseException) -> None:
         if not plan.allow_degraded:
             raise _fail(plan, step, exc) from exc
-        steps[step] = f"degraded: {exc}"
+        steps[step] = f"{DEGRADED}{exc}"
 
     filters = _filters_for(plan)
     if plan.mode == "strict":
@@ -211,7 +212,7 @@ def _remove_stale_group(plan: SandboxPlan, backend: str) -> None:
 
 def _cgroup_step(group: cgroups.CgroupHandle) -> str:
     # A limit this host could not apply (no swap accounting) is said, not hidden behind ACTIVE.
-    return f"degraded: without {'; '.join(group.gaps)}" if group.gaps else ACTIVE
+    return f"{DEGRADED}without {'; '.join(group.gaps)}" if group.gaps else ACTIVE
 
 
 def _fork(
@@ -412,14 +413,17 @@ class _StepFailed(Exception):
 
 
 def _stepper(plan: SandboxPlan, steps: dict[str, str]) -> _Step:
+    # A step done in parts (the born-style hand-off: the root sealed in the spare, `/proc` mounted
+    # in the plugin) is degraded when any part is: a later part that succeeds never hides it.
     def step(name: str, fn: Callable[[], object]) -> None:
         try:
             fn()
-            steps[name] = ACTIVE
+            if not steps.get(name, "").startswith(DEGRADED):
+                steps[name] = ACTIVE
         except Exception as exc:
             if not plan.allow_degraded:
                 raise _StepFailed(name, str(exc)) from exc
-            steps[name] = f"degraded: {exc}"
+            steps[name] = f"{DEGRADED}{exc}"
 
     return step
 
