@@ -546,16 +546,23 @@ def apply_limits(handle: CgroupHandle, limits: CgroupLimits) -> None:
 def rename_group(handle: CgroupHandle, name: str) -> CgroupHandle:
     """v1 only: rename the group, processes and all, to `name` within its parent (rename(2) in each
     controller's hierarchy); returns the handle of the renamed group. cgroup2 refuses rename(2)
-    (EPERM). Raises SandboxError (step "cgroup")."""
+    (EPERM). All or nothing: when one controller's rename fails, those done are renamed back, so
+    the group stays whole under its old name (and `handle` still names all of it). Raises
+    SandboxError (step "cgroup")."""
     if handle.backend != "v1":
         raise SandboxError("cgroup v2 groups cannot be renamed", step="cgroup", detail="rename: EPERM")
     dirs = {c: d.with_name(name) for c, d in handle.dirs.items()}
+    done: list[tuple[Path, Path]] = []
     for c, d in handle.dirs.items():
         try:
             os.rename(d, dirs[c])
+            done.append((dirs[c], d))
         except OSError as exc:
             if isinstance(exc, FileNotFoundError) and dirs[c].is_dir():
                 continue  # one directory under two names (co-mounted controllers): renamed already
+            for renamed, old in reversed(done):
+                with contextlib.suppress(OSError):
+                    os.rename(renamed, old)
             raise SandboxError(
                 f"cannot rename cgroup {d} to {name}: {exc.strerror}",
                 step="cgroup",

@@ -237,3 +237,24 @@ def test_detection_and_auto_backend_match_what_the_host_offers() -> None:
             cgroups.choose_backend("auto", hier)
     else:
         assert cgroups.choose_backend("auto", hier) == HOST.backend
+
+
+@pytest.mark.skipif(HOST.backend != "v1", reason=f"rename(2) of a group is v1's only: {HOST.describe()}")
+def test_a_rename_that_fails_in_one_controller_leaves_the_group_whole_under_its_old_name(parent: str) -> None:
+    # The spare's hand-off renames its group to the plugin's, one hierarchy at a time; one that
+    # refuses (here: the name is taken in the last one, EEXIST) must not leave the group split
+    # between two names, which the spare's discard (by its old name) would leave behind.
+    group = cgroups.make_group("v1", parent, ".spare-1")
+    last = list(group.dirs.values())[-1]
+    taken = last.with_name("beta")
+    taken.mkdir()
+    try:
+        with pytest.raises(SandboxError, match=r"cannot rename cgroup .* to beta"):
+            cgroups.rename_group(group, "beta")
+        assert all(d.is_dir() for d in group.dirs.values())
+        others = [d.parent for d in group.dirs.values() if d.parent != taken.parent]
+        assert [p for p in others if (p / "beta").exists()] == []
+    finally:
+        group.remove()
+        taken.rmdir()
+    assert cgroups.open_group("v1", parent, ".spare-1") is None
