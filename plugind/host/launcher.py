@@ -222,8 +222,7 @@ class Launcher:
             pid = int(msg["pid"])
             if self.sandboxed_spare_pid in (pid, msg.get("spare")):  # used (see forkserver.spawn)
                 self.sandboxed_spare_pid = None
-            assert self._loop is not None
-            self._state.exits.setdefault(pid, self._loop.create_future())
+            self._expect_exit(pid)
             fut = self._state.spawns.pop(int(msg["id"]), None)
             if fut is not None and not fut.done():
                 fut.set_result(Spawned(pid, {str(k): str(v) for k, v in msg.get("steps", {}).items()}))
@@ -241,12 +240,9 @@ class Launcher:
             exit_fut = self._state.exits.get(status.pid)
             if status.pid == self.spare_pid:  # died unused: the next spawn goes to the fork-server
                 self._drop_spare()
-                if exit_fut is None:
-                    return
-            if exit_fut is None:
-                assert self._loop is not None
-                exit_fut = self._state.exits[status.pid] = self._loop.create_future()
-            if not exit_fut.done():
+            # None: a child the daemon never took (a spare that died unused, or one dropped before
+            # its exit came): no record, which a later child given the same pid would inherit.
+            if exit_fut is not None and not exit_fut.done():
                 exit_fut.set_result(status)
         elif op == "spare" and msg.get("sandboxed"):
             self.sandboxed_spare_pid = int(msg["pid"])
@@ -338,11 +334,19 @@ class Launcher:
             return None
         finally:
             self._drop_spare()  # used once, whatever happened
-        self._state.exits.setdefault(pid, self._loop.create_future())
+        self._expect_exit(pid)
         # Sent before anything else can be (this coroutine does not yield on the way unless the
         # control socket is full), so no kill for this pid overtakes it.
         await self._send({"op": "adopt", "pid": pid})
         return Spawned(pid, {})
+
+    def _expect_exit(self, pid: int) -> None:
+        # A child of ours from now on: its exit is waited for. A finished record of an earlier child
+        # with this pid (not forgotten yet) is that child's, not this one's: replaced.
+        fut = self._state.exits.get(pid)
+        if fut is None or fut.done():
+            assert self._loop is not None
+            self._state.exits[pid] = self._loop.create_future()
 
     def wait_exit(self, pid: int) -> asyncio.Future[ExitStatus]:
         """A future resolved with the exit status of child `pid` (already resolved if it has exited).

@@ -418,6 +418,12 @@ def test_the_daemon_hands_the_spare_its_request_itself_and_forks_when_it_died(tm
             chans.append(chan)
             assert third not in (first, second, spare)
             assert await call(chan, "env", None) == await call(chans[0], "env", None)
+            # The dead spare's exit is reported (before third's, which comes after it); the daemon,
+            # which dropped it, keeps no record of it for a later child with its pid to inherit.
+            await launcher.kill(third, signal.SIGKILL)
+            assert (await asyncio.wait_for(launcher.wait_exit(third), 20)).signal == signal.SIGKILL
+            with pytest.raises(KeyError):
+                launcher.wait_exit(spare)
         finally:
             for chan in chans:
                 chan.sock.close()
@@ -465,3 +471,29 @@ def test_sigkill_of_the_daemon_takes_fork_server_and_plugins_down(tmp_path: Path
 def test_wait_exit_of_an_unknown_pid() -> None:
     with pytest.raises(KeyError):
         Launcher().wait_exit(12345)
+
+
+def test_a_new_child_never_inherits_the_exit_of_an_earlier_one_with_its_pid() -> None:
+    async def main() -> None:
+        launcher = Launcher()
+        launcher._loop = asyncio.get_running_loop()
+        first = launcher._loop.create_future()
+        launcher._state.spawns[1] = first
+        launcher._dispatch({"op": "spawned", "id": 1, "pid": 4242, "steps": {}})
+        assert (await first).pid == 4242
+        launcher._dispatch({"op": "exited", "pid": 4242, "code": 0})
+        assert launcher.wait_exit(4242).result() == ExitStatus(4242, 0, None)
+        # Not forgotten yet when the pid comes round again: the new child's exit is its own.
+        second = launcher._loop.create_future()
+        launcher._state.spawns[2] = second
+        launcher._dispatch({"op": "spawned", "id": 2, "pid": 4242, "steps": {}})
+        await second
+        assert not launcher.wait_exit(4242).done()
+        launcher._dispatch({"op": "exited", "pid": 4242, "signal": 9})
+        assert launcher.wait_exit(4242).result() == ExitStatus(4242, None, 9)
+        # The exit of a child the daemon never took (a spare it dropped) leaves no record.
+        launcher._dispatch({"op": "exited", "pid": 4343, "signal": 9})
+        with pytest.raises(KeyError):
+            launcher.wait_exit(4343)
+
+    asyncio.run(main())
