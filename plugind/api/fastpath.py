@@ -135,13 +135,18 @@ def encode_reply(reply: dict[str, Any]) -> bytes:
 # str(key) ("True", ...): a reply holding one of these is encoded the long way. (Only a key can end
 # so: inside a string value the quote is escaped, and no value is followed by a colon.)
 _ODD_KEYS = (b'true":', b'false":', b'null":')
+# A key that reads as a number: a number key (1, 1.5) is written "1", as a string key "1" is, and a
+# map holding both would come out with the key twice, where `jsonable` keeps one. Such a reply (a
+# string key that looks like a number too) is encoded the long way. (A quote in a string value is
+# escaped, and only a key is followed by `":`.)
+_NUMBER_KEY = re.compile(rb'[{,]"-?[0-9][^"]*":')
 
 
 def encode_result(result: HookResult) -> bytes:
     """`encode_reply(reply_of(result))`, without `jsonable`'s walk of every value when JSON takes
     them as they are (str, int, float, bool, None, lists, dicts with str or int keys: a plugin's
     usual answer). Anything else (bytes, NaN, infinities, keys that are not strings, ...) makes the
-    strict encoder refuse, or leaves a mark `_ODD_KEYS` finds: then the long way."""
+    strict encoder refuse, or leaves a mark `_ODD_KEYS` or `_NUMBER_KEY` finds: then the long way."""
     reply = redact_errors(result.to_dict())
     reply["duration_s"] = float(reply["duration_s"])
     for r in reply["results"]:
@@ -150,7 +155,7 @@ def encode_result(result: HookResult) -> bytes:
         encoded: bytes = _dumps(reply).encode("utf-8")
     except (TypeError, ValueError):
         return encode_reply(reply_of(result))
-    if any(mark in encoded for mark in _ODD_KEYS):
+    if any(mark in encoded for mark in _ODD_KEYS) or _NUMBER_KEY.search(encoded) is not None:
         return encode_reply(reply_of(result))
     return encoded
 

@@ -11,15 +11,17 @@ Depth counts containers: a scalar is 0 deep, `[1]` is 1, `{"a": [1]}` is 2.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 MAX_DEPTH = 128
 
 _NESTED = frozenset({dict, list, tuple})
-# json.loads makes a lone surrogate only from a \uD800-\uDFFF escape: raw surrogate bytes are not
-# UTF-8 and fail the decode itself.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# json.loads(bytes) makes a lone surrogate from a \uD800-\uDFFF escape, and from the raw bytes of
+# one: it decodes UTF-8 with "surrogatepass" (ED A0-BF ..), and takes UTF-16 and UTF-32 too, whose
+# bytes no search of the UTF-8 forms sees (those bodies are walked).
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def too_deep(value: Any, max_depth: int = MAX_DEPTH) -> bool:
@@ -83,6 +85,11 @@ def lone_surrogate(value: Any) -> bool:
     return False
 
 
+def _utf8(raw: bytes) -> bool:
+    # What json.loads decodes `raw` as is UTF-8 (no BOM): the encoding the search above reads.
+    return json.detect_encoding(raw) == "utf-8"
+
+
 def depth_message(what: str, max_depth: int = MAX_DEPTH) -> str:
     """The one wording of the depth refusal, for every boundary."""
     return f"{what} is nested deeper than {max_depth} levels (the limit for any value)"
@@ -92,13 +99,14 @@ def json_problem(raw: bytes, value: Any, what: str, max_depth: int = MAX_DEPTH) 
     """Why `value`, decoded from the JSON body `raw`, may not cross into plugind, or None.
 
     The raw body is looked at first: a body with no more brackets than `max_depth` cannot hold a
-    deeper value, and one without a surrogate escape no lone surrogate, so the usual request costs
-    two counts and one search at C speed, not a walk through the decoded value.
+    deeper value, and a UTF-8 one without a surrogate (escaped, or its raw bytes) no lone surrogate,
+    so the usual request costs two counts and one search at C speed, not a walk through the decoded
+    value.
     """
     if raw.count(b"[") + raw.count(b"{") > max_depth and too_deep(value, max_depth):
         return depth_message(what, max_depth)
-    if _SURROGATE_ESCAPE.search(raw) is not None and lone_surrogate(value):
-        return (f"{what} holds a string with a lone surrogate (an unpaired \\ud800-\\udfff escape), "
+    if (_SURROGATE.search(raw) is not None or not _utf8(raw)) and lone_surrogate(value):
+        return (f"{what} holds a string with a lone surrogate (an unpaired U+D800-U+DFFF), "
                 "which UTF-8 and msgpack cannot carry")
     return None
 

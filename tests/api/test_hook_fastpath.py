@@ -166,6 +166,9 @@ CASES: list[tuple[str, str, bytes, dict[str, str], bool]] = [
     ("past json's recursion", "/api/hooks/echo/execute",
      b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, False),
     ("lone surrogate", "/api/hooks/echo/execute", b'{"data": "\\ud800"}', {}, False),
+    ("a surrogate's raw bytes", "/api/hooks/echo/execute", b'{"data": "\xed\xa0\x80"}', {}, False),
+    ("UTF-16, a lone surrogate", "/api/hooks/echo/execute",
+     '{"data": "\ud800"}'.encode("utf-16-le", "surrogatepass"), {}, False),
     ("hook off the pattern", "/api/hooks/-bad/execute", b'{"data": 1}', {}, False),
     ("hook with a newline", "/api/hooks/echo%0A/execute", b'{"data": 1}', {}, False),
     ("hook with a slash", "/api/hooks/a%2Fb/execute", b'{"data": 1}', {}, False),
@@ -283,7 +286,7 @@ def test_what_the_fast_path_takes_as_it_is(body: bytes, expected: Any) -> None:
     "value",
     [{"a": [1, 2.5, "é", None, True]}, {True: 1}, {None: {False: 2}}, {1: 3, "k": (1, 2)}, {"null": 1},
      {"x": 'true":'}, b"\x00", float("nan"), [float("-inf")], {1.5: 2}, {b"k": 1}, {(1, 2): 3}, 10**30,
-     "\u2028"],
+     "\u2028", {1: "a", "1": "b"}, {"-2.5": [1], -2.5: {"1": 0, 1: 2}}, {"x": ',"1":'}, {"2024": 1}],
 )
 def test_the_short_encoding_is_the_long_one(value: Any) -> None:
     """encode_result (no walk of the values when JSON takes them as they are) gives the bytes of

@@ -92,8 +92,15 @@ def test_msgpack_carries_the_limit_and_more(depth: int) -> None:
     (rb'"\\ud800"', False),  # an escaped backslash, then letters: no surrogate
     ('"caf\u00e9 \u2603"'.encode(), False),
     (b'"plain"', False),
+    # json.loads(bytes) takes a surrogate's raw UTF-8 bytes ("surrogatepass"), and UTF-16 and UTF-32
+    # bodies, whose escapes and bytes are not those of UTF-8.
+    (b'{"data": "\xed\xa0\x80"}', True),
+    ('{"data": "\ud800"}'.encode("utf-16-le", "surrogatepass"), True),
+    ('["x", "\udfff"]'.encode("utf-32-be", "surrogatepass"), True),
+    ('{"data": "caf\u00e9"}'.encode("utf-16"), False),  # with its BOM
+    (b'{"data": "\xed\x9f\xbf"}', False),  # U+D7FF, the last character before the surrogates
 ], ids=["lone-high", "lone-low-upper", "key", "half-pair", "pair", "escaped-backslash", "non-ascii",
-        "ascii"])
+        "ascii", "raw-utf8-bytes", "utf-16", "utf-32", "utf-16-no-surrogate", "below-the-surrogates"])
 def test_lone_surrogates(raw: bytes, refused: bool) -> None:
     value = json.loads(raw)
     assert lone_surrogate(value) is refused
