@@ -207,15 +207,19 @@ class HookFastPath:
         return action
 
     def _admits(self, scope: Scope) -> bool:
-        # A JSON content type, a Content-Length within the body limit, the right bearer token.
-        authorization = ""
-        content_type = b""
+        # A JSON content type, a Content-Length within the body limit, the right bearer token. A
+        # header given twice (Authorization, Content-Type) is FastAPI's to read as it reads it.
+        authorization: bytes | None = None
+        content_type: bytes | None = None
         declared = -1
         for name, value in scope["headers"]:
             if name == b"authorization":
-                if not authorization:
-                    authorization = value.decode("latin-1")
+                if authorization is not None:
+                    return False
+                authorization = value
             elif name == b"content-type":
+                if content_type is not None:
+                    return False
                 content_type = value
             elif name == b"content-length":
                 try:
@@ -224,8 +228,9 @@ class HookFastPath:
                     declared = self.max_bytes + 1  # BodyLimit's 400
         return (
             declared <= self.max_bytes
+            and content_type is not None
             and content_type.lower() in _JSON_TYPES
-            and self.auth.accepts(authorization)
+            and self.auth.accepts("" if authorization is None else authorization.decode("latin-1"))
         )
 
     def call_of(self, body: bytes) -> tuple[Any, str, float | None] | None:

@@ -433,6 +433,14 @@ WIRE: list[tuple[str, bytes, int, bytes]] = [
     ("chunked, not JSON", request(ECHO, b"", chunks=[b'{"data": ', b"x}"]), 1, b""),
     ("chunked, too large", request(ECHO, b"", chunks=[BIG[i : i + 65536] for i in range(0, len(BIG), 65536)]),
      1, b""),
+    # A header given twice is FastAPI's to read: the first Authorization (empty: 401), the first
+    # Content-Type (not JSON: 422), for a hook call and for a load.
+    ("Authorization twice", request(ECHO, b'{"data": 1}').replace(
+        b"\r\nAuthorization:", b"\r\nAuthorization: \r\nAuthorization:"), 1, b""),
+    ("Content-Type twice", request(ECHO, b'{"data": 1}').replace(
+        b"\r\ncontent-type:", b"\r\nContent-Type: text/plain\r\ncontent-type:"), 1, b""),
+    ("load, Authorization twice", request("/api/plugins/load", b'{"plugin_name": "echo"}').replace(
+        b"\r\nAuthorization:", b"\r\nAuthorization: \r\nAuthorization:"), 1, b""),
     ("100-continue", request(ECHO, b"", headers={"Expect": "100-continue", "Content-Length": "11"}), 1,
      b'{"data": 1}'),
     ("100-continue, no token", request(ECHO, b"", headers={"Expect": "100-continue", "Content-Length": "11",
@@ -466,6 +474,11 @@ def test_the_wire_is_as_fastapi_writes_it(ws: Workspace, parser: str) -> None:
             assert b"connection: close" in replies[0].lower() and closed
             replies, _ = await asyncio.to_thread(exchange, fast, WIRE[5][1], 2)
             assert b'"data":{"x":[1,2]}' in replies[0]
+            twice = {name: raw for name, raw, _, _ in WIRE if "twice" in name}
+            for name, status in (("Authorization twice", b"401"), ("Content-Type twice", b"422"),
+                                 ("load, Authorization twice", b"401")):
+                replies, _ = await asyncio.to_thread(exchange, fast, twice[name], 1)
+                assert replies[0].split(b" ", 2)[1] == status, name
 
     asyncio.run(main())
 
