@@ -306,6 +306,7 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         self._guard_init()
         self._phase = "head"  # "head" until its headers are complete, then "body", then ""
         self._head_bytes = 0  # bytes received while the head is incomplete
+        self._began = False  # whether a request began in the segment being parsed
         self._head_parsed = 0  # request line and headers parsed so far
         # The hook route answered in this protocol (see `_start_asgi_task`): the app's fast path.
         fast = getattr(self.config.app, "fast_path", None)
@@ -323,10 +324,16 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return  # refused: closing, nothing of it is read
+        self._began = False
         super().data_received(data)
         if self._phase == "head" and not self.transport.is_closing():
-            # A head still incomplete: llhttp holds its unfinished line; bound what it may hold.
-            self._head_bytes += len(data)
+            # A head still incomplete: llhttp holds its unfinished line; bound what it may hold. A
+            # head that began in this segment counts what of it is parsed: the bytes before it were
+            # the previous request's (its body, pipelined); the rest counts with the next segment.
+            if self._began:
+                self._head_bytes = self._head_parsed
+            else:
+                self._head_bytes += len(data)
             if self._head_bytes > self.edge.limits.max_header_bytes:
                 self._head_too_large()
                 return
@@ -341,6 +348,7 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._phase = "head"
+        self._began = True
         self._head_bytes = 0
         self._head_parsed = 0
 

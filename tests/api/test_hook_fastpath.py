@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -479,6 +480,36 @@ def test_the_wire_is_as_fastapi_writes_it(ws: Workspace, parser: str) -> None:
                                  ("load, Authorization twice", b"401")):
                 replies, _ = await asyncio.to_thread(exchange, fast, twice[name], 1)
                 assert replies[0].split(b" ", 2)[1] == status, name
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_head_that_begins_behind_a_large_body_is_not_taken_for_a_large_head(ws: Workspace,
+                                                                              parser: str) -> None:
+    """A request pipelined behind one whose body is larger than `max_header_bytes`, its head split
+    between the segment that ends that body and the next: both are answered (the bytes of the
+    body before the head are not the head's)."""
+    ws.add(plugin_source("echo", {"echo": (0, "return data")}))
+    first = request(ECHO, b'{"data": "' + b"x" * 20_000 + b'"}')
+    second = request(ECHO, b'{"data": 2}')
+
+    def split(srv: Served) -> list[bytes]:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(first + second[:20])
+            # Apart, so the server reads them apart (what the assertion checks holds either way).
+            time.sleep(0.3)
+            s.sendall(second[20:])
+            buf = bytearray()
+            replies = [read_reply(s, buf), read_reply(s, buf)]
+            return [r.split(b" ", 2)[1] if r else b"closed" for r in replies]
+
+    async def main() -> None:
+        async with serve_both(ws, parser) as (_, fast, slow):
+            assert Settings().api.max_header_bytes < len(first)  # the default, which the servers keep
+            for srv in (fast, slow):
+                assert await asyncio.to_thread(split, srv) == [b"200", b"200"]
 
     asyncio.run(main())
 
