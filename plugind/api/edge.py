@@ -312,6 +312,7 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         fast = getattr(self.config.app, "fast_path", None)
         self._fast: HookFastPath | None = fast if isinstance(fast, HookFastPath) else None
         self._held: tuple[Any, str] | None = None  # (cycle, hook) whose body is still coming
+        self.holding: _HeadWithBody | None = None  # the cycle transport holding a head back, if one is
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -369,7 +370,7 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         self._head_bytes = 0
         cycle = self.cycle
         if cycle is not None and cycle is not before:
-            cycle.transport = _HeadWithBody(self.transport, cycle, self.loop)  # type: ignore[assignment]
+            cycle.transport = _HeadWithBody(self.transport, cycle, self.loop, self)  # type: ignore[assignment]
             if self._last_request():
                 cycle.keep_alive = False  # its response says `Connection: close`, then it closes
 
@@ -415,7 +416,11 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
             return
         if cycle.waiting_for_100_continue and not self.transport.is_closing():
             # What the app's first receive() would write: the client may wait for it to send the body.
+            # After the previous response's head, which its cycle may still hold (a reply to HEAD,
+            # which has no body to send it with, waits for the loop's next turn).
             cycle.waiting_for_100_continue = False
+            if self.holding is not None:
+                self.holding.flush()
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if cycle.more_body:
             self._held = (cycle, hook)  # answered from on_message_complete
@@ -492,36 +497,45 @@ class _HeadWithBody:
     TCP segment, instead of two. A head whose body is late goes out at the loop's next turn; the
     `100 Continue` interim reply (written before the response starts) is never held."""
 
-    __slots__ = ("_cycle", "_held", "_loop", "_transport", "_waiting")
+    __slots__ = ("_cycle", "_held", "_loop", "_owner", "_transport", "_waiting")
 
-    def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop,
+                 owner: GuardedHttpToolsProtocol) -> None:
         self._transport = transport
         self._cycle = cycle
         self._loop = loop
+        self._owner = owner  # told what is held (`holding`): what it writes itself goes after it
         self._held: bytes | None = None
         self._waiting = True  # for the response head
 
     def write(self, data: bytes) -> None:
         held = self._held
         if held is not None:
-            self._held = None
+            self._release()
             self._transport.write(held + data)
         elif self._waiting and self._cycle.response_started:
             self._waiting = False
             self._held = data
-            self._loop.call_soon(self._flush)
+            self._owner.holding = self
+            self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
 
-    def _flush(self) -> None:
+    def _release(self) -> None:
+        self._held = None
+        if self._owner.holding is self:
+            self._owner.holding = None
+
+    def flush(self) -> None:
+        """Write the head held back, if any, now."""
         held = self._held
         if held is not None:
-            self._held = None
+            self._release()
             if not self._transport.is_closing():
                 self._transport.write(held)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:

@@ -345,7 +345,7 @@ def request(path: str, body: bytes, *, headers: dict[str, str] | None = None, ve
         fields["Transfer-Encoding"] = "chunked"
         body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
     elif method == "POST":
-        fields["Content-Length"] = str(len(body))
+        fields.setdefault("Content-Length", str(len(body)))  # one given in `headers` wins
     head = f"{method} {path} HTTP/{version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v)
     return head.encode() + b"\r\n" + body
 
@@ -510,6 +510,38 @@ def test_a_head_that_begins_behind_a_large_body_is_not_taken_for_a_large_head(ws
             assert Settings().api.max_header_bytes < len(first)  # the default, which the servers keep
             for srv in (fast, slow):
                 assert await asyncio.to_thread(split, srv) == [b"200", b"200"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_100_continue_goes_out_after_the_previous_reply(ws: Workspace, parser: str) -> None:
+    """A reply to HEAD (no body to send its head with: held to the loop's next turn) and, pipelined
+    behind it, a hook call that waits for `100 Continue`: the reply first, then the interim one."""
+    ws.add(plugin_source("echo", {"echo": (0, "return data")}))
+    head = b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    call = request(ECHO, b"x" * 11, headers={"Expect": "100-continue"})[:-11]  # its body: later
+
+    def heads(srv: Served) -> list[bytes]:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(head + call)
+            buf = b""
+            while buf.count(b"\r\n\r\n") < 2:  # the HEAD reply has no body, whatever its length says
+                chunk = s.recv(65536)
+                assert chunk, buf
+                buf += chunk
+            first, interim = buf.split(b"\r\n\r\n")[:2]
+            s.sendall(b'{"data": 1}')
+            rest = bytearray(buf.split(b"\r\n\r\n", 2)[2])
+            reply = read_reply(s, rest)
+            assert reply is not None
+            return [first.split(b"\r\n")[0], interim, reply.split(b"\r\n")[0]]
+
+    async def main() -> None:
+        async with serve_both(ws, parser) as (_, fast, slow):
+            expected = await asyncio.to_thread(heads, slow)
+            assert expected[1:] == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 200 OK"]
+            assert await asyncio.to_thread(heads, fast) == expected
 
     asyncio.run(main())
 
