@@ -31,11 +31,15 @@ def tree_mismatch(
     inode, size, mode, owner, mtime and ctime: any write, rename, chmod or `touch` changes the
     ctime) is not read again. A file read and found to match is added when it had settled
     (`fsio.settled`) before this check began; one that differs is dropped. Every directory is
-    listed and every entry's type and mode checked at every call, so no file is added or swapped
-    unseen. With `read` False no file is read: one that `checked` does not vouch for is reported
-    as not checked (a walk of directories and stats only, for a caller that must not wait on reads).
+    listed and every entry's type, mode and owner checked at every call (every directory plugind's
+    and 0555, every file plugind's), so no file is added or swapped unseen; a file is hashed
+    through the descriptor it was opened with, and counts as read only when that descriptor's
+    identity is the one listed. With `read` False no file is read: one that `checked` does not
+    vouch for is reported as not checked (a walk of directories and stats only, for a caller that
+    must not wait on reads).
     """
     started = time.time_ns()
+    owner = os.geteuid()
     root = Path(tree)
     try:
         st = os.lstat(root)
@@ -43,6 +47,8 @@ def tree_mismatch(
         return f"tree {root} is unreadable: {exc.strerror}"
     if not stat.S_ISDIR(st.st_mode):
         return f"tree {root} is not a directory"
+    if (problem := _foreign_dir(st, owner)) is not None:
+        return f".: {problem}"
     seen: set[str] = set()
     stack = [("", root)]
     while stack:
@@ -59,6 +65,8 @@ def tree_mismatch(
             except OSError as exc:
                 return f"{rel}: {exc.strerror}"
             if stat.S_ISDIR(est.st_mode):
+                if (problem := _foreign_dir(est, owner)) is not None:
+                    return f"{rel}: {problem}"
                 stack.append((rel + "/", Path(entry.path)))
                 continue
             if not stat.S_ISREG(est.st_mode):
@@ -68,15 +76,24 @@ def tree_mismatch(
                 return f"{rel}: file not in the verified bundle"
             if stat.S_IMODE(est.st_mode) != expected[1]:
                 return f"{rel}: mode changed"
+            if est.st_uid != owner:
+                # Another user's file (a copy swapped in) may be open for writing, or mapped,
+                # where writes change no time the identity holds: never plugind's to trust.
+                return f"{rel}: owned by uid {est.st_uid}, not by plugind's ({owner})"
             seen.add(rel)
             identity = identity_of(est)
             if checked is not None and checked.get(rel) == identity:
                 continue
             if not read:
                 return f"{rel}: not checked since it changed"
-            if _sha256(entry.path) != expected[0]:
+            digest, read_identity = _sha256(entry.path)
+            if digest != expected[0] or read_identity != identity:
+                # (Another identity: the path led elsewhere by the time it was opened, e.g. a
+                # directory on the way renamed: what was read is not what was stat'ed.)
                 if checked is not None:
                     checked.pop(rel, None)
+                if digest == expected[0]:
+                    return f"{rel}: changed while it was checked"
                 return f"{rel}: contents differ from the verified bundle"
             if checked is not None and settled(identity, started):
                 checked[rel] = identity
@@ -86,16 +103,29 @@ def tree_mismatch(
     return None
 
 
-def _sha256(path: str) -> str | None:
+def _foreign_dir(st: os.stat_result, owner: int) -> str | None:
+    # As extraction leaves every directory: plugind's, 0555. Anyone else's, or one others may
+    # write, could have files added, renamed or swapped in it between two checks.
+    if st.st_uid != owner:
+        return f"directory owned by uid {st.st_uid}, not by plugind's ({owner})"
+    if stat.S_IMODE(st.st_mode) != 0o555:
+        return f"directory mode {stat.S_IMODE(st.st_mode):o}, not 555"
+    return None
+
+
+def _sha256(path: str) -> tuple[str | None, FileIdentity | None]:
+    # The SHA-256 of the file at `path` and the identity of what was read (fstat of the descriptor
+    # read), or (None, None) when it cannot be opened.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
-        return None
+        return None, None
     h = hashlib.sha256()
     with os.fdopen(fd, "rb") as f:
+        identity = identity_of(os.fstat(f.fileno()))
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    return h.hexdigest(), identity
 
 
 __all__ = ["TreeRecord", "tree_mismatch"]
