@@ -1,10 +1,13 @@
 """Atomic file writes (temp file in the same directory, fsync, rename or link, fsync the directory),
-and the stat identity that tells whether a file read before may have changed since."""
+bounded reads of files that must be regular, and the stat identity that tells whether a file read
+before may have changed since."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -16,6 +19,29 @@ TEMP_PREFIX = ".plugind-tmp-"
 SETTLE_S = 2.0
 
 FileIdentity = tuple[int, int, int, int, int, int, int]
+
+
+class NotARegularFile(OSError):
+    """A path that should name a regular file names a FIFO, a device, a socket or a directory."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the regular file at `path` (a caller refuses more than `limit`).
+
+    Opened without waiting (O_NONBLOCK) and checked before it is read, so a FIFO planted where a
+    file belongs is refused at once instead of hanging its reader. Raises FileNotFoundError,
+    NotARegularFile (its `strerror` says "not a regular file"), OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit + 1)
 
 
 def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plugind.errors import TrustListError
-from plugind.fsio import atomic_write
+from plugind.fsio import atomic_write, read_regular
 from plugind.trust.trustlist import TrustList, format_time
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ class TrustListGuard:
         if self.state_file is None:
             return {}
         try:
-            with open(self.state_file, "rb") as f:
-                raw = f.read(_MAX_STATE_BYTES + 1)
+            raw = read_regular(self.state_file, _MAX_STATE_BYTES)
         except FileNotFoundError:
             return {}
         except OSError as exc:

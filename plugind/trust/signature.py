@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugind.errors import SignatureInvalid
+from plugind.fsio import NotARegularFile, read_regular
 
 _SIG_HEX = re.compile(r"[0-9a-fA-F]{128}")
 SIG_SUFFIX = ".sig"
@@ -46,10 +47,12 @@ def read_signature_file(bundle: str | Path) -> PluginSignature | None:
     """The signature next to `bundle`, or None when there is none. Raises SignatureInvalid, OSError."""
     path = signature_path(bundle)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SIG_FILE_BYTES + 1)
+        raw = read_regular(path, MAX_SIG_FILE_BYTES)
     except FileNotFoundError:
         return None
+    except NotARegularFile:
+        raise SignatureInvalid(f"{path.name}: not a signature file (not a regular file)",
+                               bundle=str(bundle)) from None
     if len(raw) > MAX_SIG_FILE_BYTES:
         raise SignatureInvalid(f"{path.name}: not a signature file (too large)", bundle=str(bundle))
     try:

@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from plugind.errors import InvalidKey, TrustListError
-from plugind.fsio import atomic_write, stale_temp_files
+from plugind.fsio import atomic_write, read_regular, stale_temp_files
 from plugind.trust.digest import DIGEST_HEX_LEN
 from plugind.trust.manifest import NAME_RE
 from plugind.trust.signature import PluginSignature
@@ -279,8 +279,7 @@ def load_trust_document(path: str | os.PathLike[str], key: bytes) -> TrustList:
     """Read and decrypt the trust list at `path`, header fields included. Raises TrustListError."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            blob = f.read(MAX_TRUST_LIST_BYTES + 1)
+        blob = read_regular(path, MAX_TRUST_LIST_BYTES)
     except FileNotFoundError:
         raise TrustListError(
             f"{path}: trust list not found; create it with `plugind trust init`", path=str(path)
