@@ -96,7 +96,7 @@ class PluginLoader:
             self._security = self._refresh()
 
     def verify(self, path: Path, *, fresh: bool = False) -> VerifiedBundle:
-        """Read and verify `path` once. Raises SignatureInvalid, BundleError, SecurityError.
+        """Read and verify `path` once. Raises SignatureInvalid, BundleError, SecurityError, OSError.
 
         The verdict on a bundle is kept (with its bytes, up to VERIFIED_MAX_BYTES) and given again
         while the bundle file and its `.sig` keep their stat identity (`fsio.file_identity`: inode,
@@ -141,11 +141,16 @@ class PluginLoader:
     def load(self, path: Path, *, expected_name: str | None = None) -> LoadedBundle:
         """Verify, check the policy and extract `path`. Blocking: run it in a thread.
 
-        Raises SignatureInvalid / BundleError (tampered or malformed), UntrustedPlugin (policy),
+        Raises SignatureInvalid / BundleError (tampered, malformed, or it or its `.sig` unreadable),
+        UntrustedPlugin (policy),
         LoadError (the bundle is not the plugin that was asked for; extraction I/O failed).
         """
         self.refresh_trust()
-        vb = self.verify(path)
+        try:
+            vb = self.verify(path)
+        except OSError as exc:  # gone since the scan, unreadable: this bundle's failure, said so
+            name = Path(exc.filename).name if exc.filename else path.name
+            raise BundleError(f"{name}: cannot be read: {exc.strerror or exc}", bundle=str(path)) from None
         if expected_name is not None and vb.name != expected_name:
             raise BundleError(
                 f"bundle {path.name} contains plugin {vb.name!r}, not {expected_name!r}: "

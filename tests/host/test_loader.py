@@ -165,6 +165,16 @@ def test_ensure_refuses_a_restart_when_the_bundle_changed_or_went(ws: Workspace)
     assert info.value.reason == "bundle_missing"
 
 
+def test_a_bundle_that_cannot_be_read_is_that_bundles_failure(ws: Workspace) -> None:
+    # Gone between the scan and the load, or unreadable: a refusal of this bundle (a PluginError the
+    # registry records for it), not an OSError that start-up takes for a bug and stops on.
+    bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
+    loader = loader_for(ws)
+    bundle.unlink()
+    with pytest.raises(BundleError, match=r"^echo-1.0.0.plugin: cannot be read: No such file or directory$"):
+        loader.load(bundle, expected_name="echo")
+
+
 def test_a_world_writable_extract_dir_is_reported(ws: Workspace, caplog: pytest.LogCaptureFixture) -> None:
     bundle = ws.add(plugin_source("echo", {"h": (0, "return data")}))
     (ws.root / "data" / "extracted").mkdir(parents=True)
