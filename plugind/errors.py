@@ -284,11 +284,25 @@ def from_wire(data: Any) -> PluginError:
     PluginError.__init__(err, message)
     for key, value in context.items():
         # The context adds attributes; it never replaces the message (a peer's list there reached
-        # the API's reply and made it a 500) nor anything the class defines (`args`, `code`, methods).
+        # the API's reply and made it a 500) nor anything the class defines (`args`, `code`, methods),
+        # and holds plain values only: a scalar, or a short flat list of them (a peer's value nested
+        # a thousand deep made str() of it raise RecursionError in the host).
         if (isinstance(key, str) and key.isidentifier() and not key.startswith("_")
-                and key != "message" and not hasattr(cls, key)):
+                and key != "message" and not hasattr(cls, key) and _flat(value)):
             setattr(err, key, value)
     return err
+
+
+_SCALARS = (type(None), bool, int, float, str)
+_MAX_CONTEXT_ITEMS = 64
+_MAX_CONTEXT_CHARS = 16384
+
+
+def _flat(value: Any) -> bool:
+    if type(value) is list:
+        return len(value) <= _MAX_CONTEXT_ITEMS and all(
+            type(v) in _SCALARS and (type(v) is not str or len(v) <= _MAX_CONTEXT_CHARS) for v in value)
+    return type(value) in _SCALARS and (type(value) is not str or len(value) <= _MAX_CONTEXT_CHARS)
 
 
 __all__ = [

@@ -50,3 +50,19 @@ def test_unknown_or_malformed_wire_errors_are_contained() -> None:
     assert type(err) is HookFailed
     assert err.hook == "h"
     assert not hasattr(err, "_x")
+
+
+def test_a_peer_sets_plain_context_values_only() -> None:
+    # A value nested a thousand deep made str() of it raise RecursionError in the host; a long or
+    # nested list is no context any error of plugind's has.
+    deep: list[object] = []
+    for _ in range(999):
+        deep = [deep]
+    err = from_wire({"type": "InitializationError", "message": "nope",
+                     "context": {"reason": deep, "detail": "x" * 20000, "caps": ["a", "b"], "n": 3,
+                                 "many": list(range(65)), "nested": [[1]], "ok": None}})
+    assert isinstance(err, errors.InitializationError)
+    assert (err.message, err.caps, err.n) == ("nope", ["a", "b"], 3)  # type: ignore[attr-defined]
+    for absent in ("reason", "detail", "many", "nested"):
+        assert getattr(err, absent, None) is None, absent
+    str(err.context())

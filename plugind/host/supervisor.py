@@ -65,6 +65,9 @@ LOG_LINES_PER_SEC = 200
 EXPIRY_SLACK_S = 1e-6
 # Error types a plugin may report for a hook; anything else is wrapped in HookFailed.
 _REMOTE_ERRORS = (HookFailed, HookTimeout, ContextError)
+# The reasons a plugin runtime gives for a failed start (plugind/runtime/child.py); any other is
+# reported as "init_failed".
+_FATAL_REASONS = frozenset(("bad_entrypoint", "import_failed", "on_load_failed", "exec_failed"))
 # Put in place of a result's data nested past MAX_DEPTH (see _Connection.buffer_updated): no
 # decoded value is ever this object, so a plugin cannot send it.
 _TOO_DEEP = object()
@@ -664,9 +667,12 @@ class Supervisor:
             self._on_hello(inc, msg)
         elif kind == m.FATAL:
             err = from_wire(msg["error"])
+            # The reason is one the runtime gives, else the host's own: a plugin's word decides
+            # nothing (a "shutting_down" from it answered its load 503, and became a metric label).
+            reason = getattr(err, "reason", None)
             inc.fatal = InitializationError(f"plugin {self.name!r} failed to start: {err.message}"[:2000],
-                                            plugin=self.name, reason=getattr(err, "reason", None)
-                                            or "init_failed")
+                                            plugin=self.name,
+                                            reason=reason if reason in _FATAL_REASONS else "init_failed")
 
     def _on_hello(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         assert inc.hello is not None
