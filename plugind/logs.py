@@ -138,8 +138,23 @@ class JsonFormatter(logging.Formatter):
         return self.redactor.redact(line) if self.redactor else line
 
 
+# C0 and C1 controls and DEL, as escapes: a message (a plugin's log line, an error a plugin wrote)
+# holding a newline would forge a line of its own, attributed to anyone, and an ANSI escape rewrite
+# the operator's terminal. (The JSON format escapes them already.)
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {
+    0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x1b`): one line, inert."""
+    return text.translate(_ESCAPES) if _CONTROLS.search(text) else text
+
+
 class TextFormatter(logging.Formatter):
-    """`15:33:32.123 WARNING plugind.monitor [hello] message key=value` for people at a terminal."""
+    """`15:33:32.123 WARNING plugind.monitor [hello] message key=value` for people at a terminal;
+    control characters in the logger, the plugin, the message and the values escaped (one record,
+    one line, before a traceback)."""
 
     def __init__(self, redactor: RedactSecrets | None = None) -> None:
         super().__init__()
@@ -154,7 +169,7 @@ class TextFormatter(logging.Formatter):
             parts.append(f"[{plugin}]")
         parts.append(record.getMessage())
         parts.extend(f"{k}={v}" for k, v in extras.items())
-        line = " ".join(parts)
+        line = escape_controls(" ".join(parts))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -229,3 +229,17 @@ def test_per_module_levels(monkeypatch):
     logging.getLogger("plugind.host.supervisor").debug("quiet again")
     logging.getLogger("plugind.api").warning("heard again")
     assert [e["message"] for e in lines(out2)] == ["heard again"]
+
+
+def test_text_lines_hold_no_control_character_a_plugin_sent():
+    # A plugin's log line (or error message) with a newline would forge a line of its own, and an
+    # ANSI escape rewrite the operator's terminal: one record is one line, escapes written out.
+    out = io.StringIO()
+    setup_logging(make_settings(format="text"), stream=out)
+    forged = "ok\n12:00:00.000 WARNING plugind.host.supervisor [victim] violated the protocol\x1b[2J\x9b"
+    logging.getLogger("plugind.plugin.evil").info(forged, extra={"plugin": "evil\r", "said": "a\tb"})
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+    assert "ok\\n12:00:00.000 WARNING" in text and "\\x1b[2J\\x9b" in text
+    assert "[evil\\r]" in text and "said=a\\tb" in text
