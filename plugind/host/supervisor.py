@@ -52,7 +52,14 @@ from plugind.sandbox.cgroups import CgroupHandle, cgroup_for
 from plugind.sandbox.plan import build_plan
 from plugind.sandbox.seccomp_audit import seccomp_kill
 from plugind.wire import messages as m
-from plugind.wire.frames import HEADER, SMALL_FRAME, FrameEncoder, RecvBuffer, check_outgoing
+from plugind.wire.frames import (
+    HEADER,
+    SMALL_FRAME,
+    FrameEncoder,
+    RecvBuffer,
+    check_outgoing,
+    holds_timestamp,
+)
 from plugind.wire.limits import depth_message, too_deep
 from plugind.wire.polling import PollWindow, getcpu
 
@@ -71,6 +78,8 @@ _FATAL_REASONS = frozenset(("bad_entrypoint", "import_failed", "on_load_failed",
 # Put in place of a result's data nested past MAX_DEPTH (see _Connection.buffer_updated): no
 # decoded value is ever this object, so a plugin cannot send it.
 _TOO_DEEP = object()
+# Likewise for a result's data holding a msgpack timestamp (extension type -1).
+_TIMESTAMP = object()
 _INVOKE = m.INVOKE
 _RESULT = m.RESULT
 _pack_header = HEADER.pack
@@ -147,11 +156,20 @@ class _Connection(asyncio.BufferedProtocol):
             return
         unbounded = buf.unbounded
         if unbounded:
-            # Frames too big for their size alone to rule out a value nested past the limit: the
-            # exact walk. A well-formed frame with such a value fails its call; the plugin lives.
+            # Frames too big for their size alone to rule out a value nested past the limit, or
+            # holding a timestamp's header: the exact walks. A result with such a value fails its
+            # call and the plugin lives; a timestamp in any other message is a violation.
             for msg in unbounded:
-                if msg["type"] == m.RESULT and msg.get("ok") is True and too_deep(msg.get("data")):
-                    msg["data"] = _TOO_DEEP
+                if msg["type"] == m.RESULT and msg.get("ok") is True:
+                    if too_deep(msg.get("data")):
+                        msg["data"] = _TOO_DEEP
+                    elif holds_timestamp(msg.get("data")):
+                        msg["data"] = _TIMESTAMP
+                elif holds_timestamp(msg):
+                    self.sup._violation(inc, ProtocolViolation(
+                        "msgpack extension type -1 (timestamp) is not part of the protocol",
+                        detail=f"timestamp in a {str(msg['type'])[:40]} message"))
+                    return
         on_message = self.sup._on_message
         for msg in msgs:
             on_message(inc, msg)
@@ -514,10 +532,12 @@ class Supervisor:
                     poll.update(polled, took)
         if reply["ok"]:
             data = reply["data"]
-            if data is _TOO_DEEP:  # nested past the limit (marked on receipt)
+            if data is _TOO_DEEP or data is _TIMESTAMP:  # marked on receipt
                 raise HookFailed(depth_message(f"the value hook {hook!r} of plugin {self.name!r} "
-                                               "returned"), plugin=self.name, hook=hook,
-                                 error_type="ValueError")
+                                               "returned") if data is _TOO_DEEP else
+                                 f"hook {hook!r} of plugin {self.name!r} returned a msgpack "
+                                 "timestamp (extension type -1), which the protocol does not "
+                                 "carry", plugin=self.name, hook=hook, error_type="ValueError")
             return data
         raise self._remote_error(hook, reply["error"])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import reprlib
 import select
 import socket
@@ -58,6 +59,71 @@ _NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not part of the protocol")
+
+
+# The most maps and arrays one message may hold. Each costs the receiver a Python object (about 60
+# bytes) for as little as one byte of frame: a 16 MiB frame of empty arrays decoded into 1.2 GB and
+# 7 s of the event loop. A frame with fewer container bytes than this holds fewer containers, so
+# only a bigger one with more is decoded counting (`_decode_counted`).
+MAX_CONTAINERS = 1 << 18
+# msgpack decodes extension type -1 (its timestamp) itself, without asking ext_hook. A frame with
+# one of its headers (fixext 4, fixext 8, ext 8 of 12 bytes) is walked for one (`holds_timestamp`).
+_TIMESTAMP_HEADER = re.compile(rb"\xd6\xff|\xd7\xff|\xc7\x0c\xff")
+
+
+class _TooManyContainers(Exception):
+    pass
+
+
+def _decode_counted(body: bytes | bytearray | memoryview) -> Any:
+    """As msgpack.unpackb for a frame body, refusing one of more than MAX_CONTAINERS maps and
+    arrays as soon as it has decoded that many. Raises ProtocolViolation, or what unpackb raises."""
+    count = 0
+
+    def counted(value: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_CONTAINERS:
+            raise _TooManyContainers
+        return value
+
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext,
+                               list_hook=counted, object_hook=counted)
+    except _TooManyContainers:
+        raise ProtocolViolation(
+            f"message holds more than {MAX_CONTAINERS} maps and arrays (the limit of the protocol)",
+            detail="too many containers",
+        ) from None
+
+
+def too_many_containers(body: bytes | bytearray | memoryview) -> bool:
+    """Whether an encoded message holds more than MAX_CONTAINERS maps and arrays (for a sender,
+    before it sends: the receiver refuses such a frame as a protocol violation)."""
+    if len(body) <= MAX_CONTAINERS or len(bytes(body).translate(None, _NOT_CONTAINER)) <= MAX_CONTAINERS:
+        return False
+    try:
+        _decode_counted(body)
+    except ProtocolViolation:
+        return True
+    return False
+
+
+def holds_timestamp(value: Any) -> bool:
+    """True if a msgpack timestamp (extension type -1, which msgpack decodes itself) is anywhere in
+    `value`: no value of the protocol, and nothing JSON or the API can carry."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is msgpack.Timestamp:
+            return True
+    return False
 
 
 def _unencodable(exc: Exception) -> ProtocolViolation:
@@ -145,7 +211,9 @@ def check_outgoing(length: int, max_frame: int) -> None:
 def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """The message in one frame body. Raises ProtocolViolation for anything but a map with a str "type"."""
     try:
-        msg = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        msg = _decode_counted(body)
+    except ProtocolViolation:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise ProtocolViolation(
             f"frame is not valid msgpack: {type(exc).__name__}: {exc}"[:300],
@@ -259,8 +327,9 @@ class RecvBuffer:
         self._end = 0  # end of the bytes received
         # With `watch_depth`, each buffer_updated lists here the messages it returned whose frame
         # does not rule out a value nested past MAX_DEPTH (a frame of n bytes nests at most n
-        # containers, and at most as many as it has container bytes): only those need the exact
-        # (and dearer) walk of plugind.wire.limits.too_deep. Empty for the usual small frame.
+        # containers, and at most as many as it has container bytes), or a msgpack timestamp (a
+        # frame without its headers holds none): only those need the exact (and dearer) walks of
+        # plugind.wire.limits.too_deep and holds_timestamp. Empty for the usual small frame.
         self.watch_depth = watch_depth
         self.unbounded: list[dict[str, Any]] = []
 
@@ -293,7 +362,9 @@ class RecvBuffer:
         out: list[dict[str, Any]] = []
         # Frames up to `shallow` bytes cannot nest past the limit (with watch_depth off, none is
         # looked at: no frame is longer than max_frame).
-        shallow = _SHALLOW if self.watch_depth else max_frame
+        watch = self.watch_depth
+        shallow = _SHALLOW if watch else max_frame
+        _timestamp_header = _TIMESTAMP_HEADER.search
         if self.unbounded:
             self.unbounded = []
         # Hot loop of the receive path of both ends: kept flat on purpose. decode_body inline (one
@@ -307,14 +378,19 @@ class RecvBuffer:
             start = pos + HEADER_SIZE
             pos = start + length
             body = view[start:pos]
-            try:
-                msg = _unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
-            except Exception:
-                msg = None
-            if type(msg) is not dict or type(msg.get("type")) is not str:
-                msg = decode_body(body)  # raises ProtocolViolation, as it would have
+            if length > MAX_CONTAINERS and _containers(buf, start, pos) > MAX_CONTAINERS:
+                msg = decode_body(body)  # counting: raises ProtocolViolation past MAX_CONTAINERS
+            else:
+                try:
+                    raw = _unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+                except Exception:
+                    raw = None
+                # (decode_body raises ProtocolViolation for what is not a message, as it would have)
+                msg = raw if type(raw) is dict and type(raw.get("type")) is str else decode_body(body)
             out.append(msg)
-            if length > shallow and _containers(buf, start, pos) > _SHALLOW:
+            if watch and ((length > shallow and _containers(buf, start, pos) > _SHALLOW)
+                          or (buf.find(b"\xff", start, pos) >= 0  # (no 0xff: no header; the usual)
+                              and _timestamp_header(buf, start, pos) is not None)):
                 self.unbounded.append(msg)
         if pos == end:
             self._start = self._end = 0
@@ -377,6 +453,11 @@ class BlockingChannel:
             size = len(body)
             if size > self._rbuf.max_frame:
                 check_outgoing(size, self._rbuf.max_frame)
+            if size > MAX_CONTAINERS and too_many_containers(body):
+                raise ProtocolViolation(
+                    f"message holds more than {MAX_CONTAINERS} maps and arrays, which the peer refuses",
+                    detail="frame too large to send",
+                )
             # One syscall: a small frame joined (cheaper than sendmsg's two buffers), a big one as
             # header and body (no copy). A signal or a socket timeout may cut it short, then the rest
             # goes out with sendall. The same bytes as FrameEncoder.frame_parts, without its tuple.

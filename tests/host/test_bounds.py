@@ -15,6 +15,7 @@ from test_supervisor import HEADER, Rig, run, settings
 from plugind.errors import ContextError, HookFailed
 from plugind.host.context import PluginContext
 from plugind.host.supervisor import Supervisor
+from plugind.wire.frames import MAX_CONTAINERS
 from plugind.wire.limits import MAX_DEPTH
 
 MAX_FRAME = 64 * 1024
@@ -46,6 +47,19 @@ def set_deep(depth, ctx):
 @plugin.hook("echo")
 def echo(data, ctx):
     return data
+
+@plugin.hook("many")
+def many(n, ctx):
+    return [[] for _ in range(n)]
+
+@plugin.hook("stamp")
+def stamp(data, ctx):
+    import msgpack
+    return {"at": msgpack.Timestamp(0)}
+
+@plugin.hook("lookalike")
+def lookalike(n, ctx):
+    return bytes([0x90]) * n  # the bytes of empty arrays, in a bin: no container
 '''
 
 
@@ -137,3 +151,28 @@ def test_context_values_at_and_past_the_limit(depth: int, ok: bool) -> None:
         assert "app.v" not in ctx
         with pytest.raises(ContextError, match="nested deeper than"):
             ctx.set_predefined("host.v", value)
+
+
+def test_results_the_protocol_does_not_carry_are_call_errors(tmp_path: Any) -> None:
+    # More maps and arrays than a message may hold (the host would take the frame for an attack on
+    # its memory), and a msgpack timestamp (extension type -1, which msgpack decodes on its own):
+    # refused by the plugin's runtime, or by the host on receipt, as one failed call.
+    async def body(rig: Rig) -> None:
+        sup = bounds_supervisor(rig)
+        await sup.start()
+        pid = sup.pid
+        # The result's message is a map and its data a list: MAX_CONTAINERS in all, then one more.
+        assert len(await sup.invoke("many", MAX_CONTAINERS - 2, 30)) == MAX_CONTAINERS - 2
+        with pytest.raises(HookFailed, match=f"holds more than {MAX_CONTAINERS} maps and arrays") as info:
+            await sup.invoke("many", MAX_CONTAINERS - 1, 30)
+        assert info.value.error_type == "ValueError"
+        assert await sup.invoke("lookalike", MAX_CONTAINERS + 1, 30) == bytes([0x90]) * (MAX_CONTAINERS + 1)
+        with pytest.raises(HookFailed, match=re.escape(
+                "hook 'stamp' of plugin 'bounds' returned a msgpack timestamp (extension type -1)")):
+            await sup.invoke("stamp", None, 10)
+        assert await sup.invoke("echo", "still here", 10) == "still here"
+        assert (sup.state, sup.pid, sup.restarts) == ("running", pid, 0)
+        assert rig.events == []  # no violation, no crash
+        await sup.stop()
+
+    run(tmp_path, body, settings(max_frame_bytes=4 << 20))

@@ -139,6 +139,30 @@ def go(data, ctx):
 def echo(data, ctx):
     return data
 ''',
+    "stampctx": '''
+@plugin.hook("go")
+def go(data, ctx):
+    import msgpack
+    body = msgpack.packb({"type": "ctx.set", "id": 1, "key": "stampctx.t", "value": msgpack.Timestamp(0)})
+    host_socket().sendall(struct.pack(">I", len(body)) + body)
+    time.sleep(30)
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
+    "containers": '''
+@plugin.hook("go")
+def go(data, ctx):
+    import msgpack
+    body = msgpack.packb({"type": "log", "level": "info", "msg": "x", "pad": [[]] * 300000})
+    host_socket().sendall(struct.pack(">I", len(body)) + body)
+    time.sleep(30)
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
     "nohello": '''
 time.sleep(60)
 ''',
@@ -797,8 +821,14 @@ def test_sigkill_from_outside_is_detected_and_restarted(tmp_path: Path) -> None:
          "undecodable frame: FormatError"),
         ("bigprefix", "plugin 'bigprefix' violated the protocol: frame of 2147483648 bytes exceeds the "
          "maximum of 16777216 bytes", "oversized frame: 2147483648 > 16777216"),
+        # msgpack decodes a timestamp itself (no ext_hook): found by the walk of a frame with its header.
+        ("stampctx", "plugin 'stampctx' violated the protocol: msgpack extension type -1 (timestamp) is "
+         "not part of the protocol", "timestamp in a ctx.set message"),
+        # One byte of frame per empty array: refused as it is decoded, past the limit.
+        ("containers", "plugin 'containers' violated the protocol: message holds more than 262144 maps "
+         "and arrays", "too many containers"),
     ],
-    ids=["garbage", "2GB-prefix"],
+    ids=["garbage", "2GB-prefix", "timestamp", "containers"],
 )
 def test_protocol_violations_kill_the_plugin_and_are_recorded(
     tmp_path: Path, scenario: str, message: str, detail: str

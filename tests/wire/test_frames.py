@@ -511,3 +511,40 @@ def test_recv_buffer_decodes_or_refuses_each_body_as_decode_body_does(body: byte
         got = ("refused", exc.message, exc.detail)
     want = _decoded_or_refusal(body)
     assert got == (want if isinstance(want, tuple) else [want])
+
+
+def _raw_frame(msg: dict[str, object]) -> bytes:
+    # What a peer that skips every sender-side check sends.
+    body = msgpack.packb(msg, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def test_a_frame_of_more_containers_than_a_message_may_hold_is_refused_as_it_is_decoded() -> None:
+    # One byte per empty array: a 16 MiB frame of them decoded into 1.2 GB of lists. Decoding stops
+    # at the limit; the same count of container bytes inside a bin is no container and passes.
+    limit = frames.MAX_CONTAINERS
+    rb = RecvBuffer(max_frame=4 << 20, watch_depth=True)
+    ok = receive(rb, _raw_frame({"type": "result", "id": 1, "ok": True, "data": [[]] * (limit - 2)}))
+    assert len(ok[0]["data"]) == limit - 2
+    lookalike = bytes([0x90]) * (limit + 10)
+    same = receive(rb, _raw_frame({"type": "result", "id": 2, "ok": True, "data": lookalike}))
+    assert same[0]["data"] == lookalike
+    with pytest.raises(ProtocolViolation, match=f"holds more than {limit} maps and arrays") as info:
+        receive(rb, _raw_frame({"type": "result", "id": 3, "ok": True, "data": [[]] * (limit - 1)}))
+    assert info.value.detail == "too many containers"
+    assert frames.too_many_containers(msgpack.packb([{}] * limit))
+    assert not frames.too_many_containers(msgpack.packb([{}] * (limit - 1)))
+    assert not frames.too_many_containers(msgpack.packb(lookalike))
+
+
+@pytest.mark.parametrize("seconds", [0, 2**32, 2**34], ids=["fixext4", "fixext8", "ext8"])
+def test_a_frame_with_a_timestamp_is_listed_for_the_exact_walk(seconds: int) -> None:
+    # msgpack decodes extension type -1 itself (ext_hook never sees it): the frames whose bytes hold
+    # a timestamp's header are listed, and the walk finds it, wherever it is.
+    stamp = msgpack.Timestamp(seconds, 5 if seconds else 0)
+    rb = RecvBuffer(watch_depth=True)
+    got = receive(rb, _raw_frame({"type": "result", "id": 1, "ok": True, "data": {"at": [stamp]}}))
+    assert rb.unbounded == got and frames.holds_timestamp(got[0])
+    plain = receive(rb, _raw_frame({"type": "result", "id": 2, "ok": True, "data": {"at": [1.5]}}))
+    assert rb.unbounded == [] and not frames.holds_timestamp(plain[0])
+    assert frames.holds_timestamp({stamp: 1}) and not frames.holds_timestamp({"x": [b"\xd6\xff"]})
