@@ -54,9 +54,11 @@ from plugind.sandbox.seccomp_audit import seccomp_kill
 from plugind.wire import messages as m
 from plugind.wire.frames import (
     HEADER,
+    MAX_CONTAINERS,
     SMALL_FRAME,
     FrameEncoder,
     RecvBuffer,
+    check_containers,
     check_outgoing,
     holds_timestamp,
 )
@@ -463,6 +465,8 @@ class Supervisor:
             size = len(body)
             if size > self.max_frame:
                 check_outgoing(size, self.max_frame)
+            if size > MAX_CONTAINERS:
+                check_containers(body)  # the plugin would take the frame for a violation
         except ProtocolViolation as exc:
             raise HookFailed(f"cannot send data to hook {hook!r}: {exc.message}", plugin=self.name,
                              hook=hook, error_type="TypeError") from None

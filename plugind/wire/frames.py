@@ -109,6 +109,16 @@ def too_many_containers(body: bytes | bytearray | memoryview) -> bool:
     return False
 
 
+def check_containers(body: bytes | bytearray | memoryview) -> None:
+    """Raise ProtocolViolation (detail "frame too large to send", as check_outgoing's) when the
+    encoded message `body` holds more maps and arrays than the receiver takes (MAX_CONTAINERS)."""
+    if too_many_containers(body):
+        raise ProtocolViolation(
+            f"message holds more than {MAX_CONTAINERS} maps and arrays, which the peer refuses",
+            detail="frame too large to send",
+        )
+
+
 def holds_timestamp(value: Any) -> bool:
     """True if a msgpack timestamp (extension type -1, which msgpack decodes itself) is anywhere in
     `value`: no value of the protocol, and nothing JSON or the API can carry."""
@@ -453,11 +463,8 @@ class BlockingChannel:
             size = len(body)
             if size > self._rbuf.max_frame:
                 check_outgoing(size, self._rbuf.max_frame)
-            if size > MAX_CONTAINERS and too_many_containers(body):
-                raise ProtocolViolation(
-                    f"message holds more than {MAX_CONTAINERS} maps and arrays, which the peer refuses",
-                    detail="frame too large to send",
-                )
+            if size > MAX_CONTAINERS:
+                check_containers(body)
             # One syscall: a small frame joined (cheaper than sendmsg's two buffers), a big one as
             # header and body (no copy). A signal or a socket timeout may cut it short, then the rest
             # goes out with sendall. The same bytes as FrameEncoder.frame_parts, without its tuple.

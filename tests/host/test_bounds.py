@@ -167,6 +167,12 @@ def test_results_the_protocol_does_not_carry_are_call_errors(tmp_path: Any) -> N
             await sup.invoke("many", MAX_CONTAINERS - 1, 30)
         assert info.value.error_type == "ValueError"
         assert await sup.invoke("lookalike", MAX_CONTAINERS + 1, 30) == bytes([0x90]) * (MAX_CONTAINERS + 1)
+        # Call data past the limit is refused before anything is sent (the plugin would take it for
+        # a violation); at the limit it goes.
+        assert len(await sup.invoke("echo", [[]] * (MAX_CONTAINERS - 2), 30)) == MAX_CONTAINERS - 2
+        with pytest.raises(HookFailed, match=re.escape("cannot send data to hook 'echo': message holds "
+                                                       f"more than {MAX_CONTAINERS} maps and arrays")):
+            await sup.invoke("echo", [[]] * (MAX_CONTAINERS - 1), 30)
         with pytest.raises(HookFailed, match=re.escape(
                 "hook 'stamp' of plugin 'bounds' returned a msgpack timestamp (extension type -1)")):
             await sup.invoke("stamp", None, 10)
