@@ -5,8 +5,8 @@ CPU idle with 1,000 plugins, and a wake-up per plugin per interval. Here the sup
 (with the same `[supervisor] heartbeat_interval_secs` and `heartbeat_timeout_secs`) are members of
 one `HeartbeatSweep`, whose single timer runs `sweep`: for each member it notes a pong (or the end
 of the child), judges a ping unanswered for `heartbeat_timeout_secs` exactly as before
-(`plugind.host.liveness.unresponsive`: a call in its deadline or a frame heard since the ping
-excuses the silence, a stopped process never is excused; an excused plugin is pinged again at
+(`plugind.host.liveness.unresponsive`: a call in its deadline or a result or pong heard since the
+ping excuses the silence, a stopped process never is excused; an excused plugin is pinged again at
 once), and sends the pings that are due. Sweeps are at least `grain` apart (an eighth of the
 shorter of interval and timeout, so 0.25 s by default): pings due within a grain go out together,
 so members loaded at different times still share few sweeps, and a decision may come up to a grain
@@ -175,9 +175,10 @@ class HeartbeatSweep:
                 inc.pings.pop(ping.id, None)
                 # A call still inside its deadline explains the silence (the runtime serves in
                 # order), unless the kernel says the process is stopped: plugind/host/liveness.py.
-                # So does a frame heard since the ping: a call that ended just before the timeout
-                # leaves the runtime its queued pings to answer, and a plugin that just spoke is
-                # not hung.
+                # So does a result or a pong heard since the ping: a call that ended just before the
+                # timeout leaves the runtime its queued pings to answer, and a runtime that just
+                # answered is not hung (a log line or a frame's first bytes prove nothing: any
+                # thread may write them).
                 busy = inc.heard > ping.sent or any(d > now for d in inc.deadlines.values())
                 why = unresponsive(process_state(inc.pid) if inc.pid is not None else None, busy,
                                    self.timeout)

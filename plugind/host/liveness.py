@@ -9,8 +9,8 @@ process answers nothing and runs nothing, whatever calls wait on it. A thread in
 answered pings would not tell us more: a stopped process runs no thread, and a handler that holds
 the GIL in a C loop blocks the thread too, while still being a process the kernel says runs. So a
 busy plugin (running, sleeping on I/O, spinning) keeps its calls' deadlines, which
-`[hooks] max_timeout_secs` caps; a stopped one is detected at the first missed pong. Any frame
-heard from the plugin since the ping also excuses the silence (the supervisor passes it as
+`[hooks] max_timeout_secs` caps; a stopped one is detected at the first missed pong. A result or
+a pong heard from the plugin since the ping also excuses the silence (the supervisor passes it as
 `call_in_deadline`): a call that ended just before the timeout leaves the runtime its queued pings to
 answer, and that plugin is plainly running.
 """

@@ -80,6 +80,10 @@ _FATAL_REASONS = frozenset(("bad_entrypoint", "import_failed", "on_load_failed",
 # Put in place of a result's data nested past MAX_DEPTH (see _Connection.buffer_updated): no
 # decoded value is ever this object, so a plugin cannot send it.
 _TOO_DEEP = object()
+# What proves the runtime serves (its one thread answers calls and pings in order): not a log line
+# (any thread of the plugin's may write one) nor bytes of a frame never finished, which kept a
+# plugin that answered nothing excused from its heartbeat for good.
+_PROOF_OF_LIFE = frozenset((m.RESULT, m.PONG))
 # Likewise for a result's data holding a msgpack timestamp (extension type -1).
 _TIMESTAMP = object()
 _INVOKE = m.INVOKE
@@ -108,7 +112,7 @@ class _Incarnation:
     fatal: PluginError | None = None
     violation: ProtocolViolation | None = None
     hung: str | None = None
-    heard: float = 0.0  # loop time of the last frame from the child (any frame proves it ran)
+    heard: float = 0.0  # loop time of the last result or pong (what only a serving runtime sends)
     eof: bool = False
     eof_timer: asyncio.TimerHandle | None = None
     proxy: ContextProxy | None = None
@@ -149,8 +153,6 @@ class _Connection(asyncio.BufferedProtocol):
         inc, buf = self.inc, self.buf
         if inc.violation is not None:
             return
-        # Any frame proves the child ran: the frames of one read are heard at once.
-        inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
         try:
             msgs = buf.buffer_updated(nbytes)
         except ProtocolViolation as exc:
@@ -173,10 +175,14 @@ class _Connection(asyncio.BufferedProtocol):
                         detail=f"timestamp in a {str(msg['type'])[:40]} message"))
                     return
         on_message = self.sup._on_message
+        alive = False
         for msg in msgs:
+            alive = alive or msg["type"] in _PROOF_OF_LIFE
             on_message(inc, msg)
             if inc.violation is not None:
                 return
+        if alive:
+            inc.heard = time.monotonic()  # the event loop's clock (asyncio's loop.time())
 
     def eof_received(self) -> bool:
         return False

@@ -139,6 +139,31 @@ def go(data, ctx):
 def echo(data, ctx):
     return data
 ''',
+    "talking": '''
+import logging, threading
+
+def _talk(how):
+    sock = host_socket()
+    if how == "bytes":  # a frame of 1 MiB that never ends, its bytes one at a time
+        sock.sendall(struct.pack(">I", 1 << 20))
+    while True:
+        if how == "logs":
+            logging.getLogger("plugin").warning("still here")
+        else:
+            sock.sendall(b"\\x00")
+        time.sleep(0.05)
+
+@plugin.hook("stuck")
+def stuck(how, ctx):
+    threading.Thread(target=_talk, args=(how,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # defeats the runtime's interrupt
+    time.sleep(60)
+    return "late"
+
+@plugin.hook("echo")
+def echo(data, ctx):
+    return data
+''',
     "stampctx": '''
 @plugin.hook("go")
 def go(data, ctx):
@@ -733,6 +758,27 @@ def test_a_wedged_handler_fails_the_heartbeat_and_is_restarted(tmp_path: Path) -
         assert "hung" in rig.kinds("hangs")
         crashed = next(d for n, k, d in rig.events if k == "crashed")
         assert crashed["signal"] == signal.SIGKILL and crashed["reason"] == "no pong within 0.3s"
+        assert_gone(pid)
+        assert sup.pid != pid and await sup.invoke("echo", 2, 5) == 2
+        await sup.stop()
+
+    run(tmp_path, body, s)
+
+
+@pytest.mark.parametrize("how", ["logs", "bytes"])
+def test_a_wedged_handler_is_found_hung_whatever_other_threads_write(tmp_path: Path, how: str) -> None:
+    # Log lines (any thread may write them) or the first bytes of a frame never finished prove
+    # nothing of the runtime, which answers no ping: it is found hung all the same.
+    s = settings(heartbeat_interval_secs=0.1, heartbeat_timeout_secs=0.3)
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("talking")
+        await sup.start()
+        pid = sup.pid
+        with pytest.raises(HookTimeout):
+            await sup.invoke("stuck", how, 0.2)
+        await rig.wait_event("talking", "recovered")
+        assert "hung" in rig.kinds("talking")
         assert_gone(pid)
         assert sup.pid != pid and await sup.invoke("echo", 2, 5) == 2
         await sup.stop()
