@@ -9,6 +9,7 @@ plugin reads every key, and writes or deletes only under `NAME.` and the prefixe
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Iterable
@@ -86,6 +87,9 @@ class PluginContext:
         self.max_keys = max_keys  # an optional cap over everyone, for library use; the daemon has none
         self.api_budget = api_budget or ContextBudget(DEFAULT_API_KEYS, DEFAULT_API_BYTES)
         self._data: dict[str, bytes] = {}
+        # Every key, sorted: a listing by prefix is a search and a slice, not a scan and a sort of
+        # the whole store (which a plugin asking again and again made a stall of the event loop).
+        self._sorted: list[str] = []
         self._owner: dict[str, str] = {}
         self._charge: dict[str, int] = {}
         self._keys_of: dict[str, set[str]] = {}
@@ -165,6 +169,7 @@ class PluginContext:
     def _store(self, key: str, packed: bytes, owner: str) -> None:
         self._drop(key)
         self._data[key] = packed
+        bisect.insort(self._sorted, key)
         self._owner[key] = owner
         self._charge[key] = charge = len(key) + len(packed) + KEY_OVERHEAD
         self._keys_of.setdefault(owner, set()).add(key)
@@ -173,6 +178,7 @@ class PluginContext:
     def _drop(self, key: str) -> bool:
         if self._data.pop(key, None) is None:
             return False
+        del self._sorted[bisect.bisect_left(self._sorted, key)]
         owner = self._owner.pop(key)
         charge = self._charge.pop(key)
         keys = self._keys_of[owner]
@@ -202,7 +208,18 @@ class PluginContext:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Keys starting with `prefix`, sorted (at most 1000)."""
-        return sorted(k for k in self._data if k.startswith(prefix))[:MAX_LISTED_KEYS]
+        keys = self._sorted
+        start = bisect.bisect_left(keys, prefix)
+        out = keys[start : start + MAX_LISTED_KEYS]
+        # Sorted, the keys with the prefix come first, all together: where they end, by halves.
+        lo, hi = 0, len(out)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if out[mid].startswith(prefix):
+                lo = mid + 1
+            else:
+                hi = mid
+        return out[:lo]
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the whole store."""

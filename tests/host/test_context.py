@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import plugind
 from plugind.errors import BudgetExceeded, ContextError
@@ -162,3 +164,31 @@ def test_values_are_copies_not_shared_objects() -> None:
     got = ctx.get("app.v")
     got["n"].append(4)
     assert ctx.get("app.v") == {"n": [1, 2]}
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.text(alphabet="ab.\u00e9\uff5a", min_size=1, max_size=4)),
+                    max_size=60),
+       prefix=st.text(alphabet="ab.\u00e9\uff5a", max_size=3))
+def test_keys_by_prefix_are_those_of_a_full_scan(ops: list[tuple[bool, str]], prefix: str) -> None:
+    # The listing searches a sorted index of the keys (a scan and sort of the whole store per request
+    # let a plugin stall the event loop): the same answer as the scan, through sets and deletes.
+    ctx = PluginContext()
+    for is_set, key in ops:
+        if is_set:
+            ctx.set(key, 1)
+        else:
+            ctx.delete(key)
+    expected = sorted(k for k in ctx.snapshot() if k.startswith(prefix))[:1000]
+    assert ctx.keys(prefix) == expected
+
+
+def test_keys_lists_at_most_a_thousand_from_the_prefix_on() -> None:
+    ctx = PluginContext()
+    for i in range(1500):
+        ctx.set(f"app.k{i:04d}", i)
+    ctx.set("app.l", 1)
+    listed = ctx.keys("app.k")
+    assert listed == [f"app.k{i:04d}" for i in range(1000)]
+    assert ctx.keys("app.k1") == [f"app.k{i:04d}" for i in range(1000, 1500)]
+    assert ctx.keys("app.l") == ["app.l"] and ctx.keys("zzz") == []
