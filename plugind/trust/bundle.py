@@ -33,6 +33,10 @@ _FILE_MODE = 0o644
 _EXEC_MODE = 0o755
 _CHUNK = 1 << 20
 _MAX_NAME_LEN = 1024
+# How deep a path in a bundle may go (directories above a file). A directory is made for every
+# parent of a file, so `max_files` counts files and directories together: an 85 KB bundle of 42
+# entries unpacked into 20,400 directories and 80 MB.
+MAX_PATH_DEPTH = 32
 _EOCD = struct.Struct("<4s4H2LH")
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
@@ -262,6 +266,7 @@ def _validate(zf: zipfile.ZipFile, limits: BundleLimits, bundle: str | None) -> 
     files: list[zipfile.ZipInfo] = []
     seen: set[str] = set()
     dirs: set[str] = set()
+    made: set[str] = set()  # every directory extraction makes: the parents of every entry, and dirs
     total = 0
     for info in zf.infolist():
         name = info.filename
@@ -270,6 +275,12 @@ def _validate(zf: zipfile.ZipFile, limits: BundleLimits, bundle: str | None) -> 
 
         def bad(why: str, name: str = name) -> BundleError:
             return BundleError(f"entry {name!r}: {why}", bundle=bundle, entry=name)
+
+        parts = name.rstrip("/").split("/")
+        if len(parts) > MAX_PATH_DEPTH:
+            raise bad(f"nested {len(parts) - 1} directories deep, over the limit of {MAX_PATH_DEPTH - 1}")
+        made.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        _check_count(made, seen, limits, bundle)
 
         if info.flag_bits & 0x1:
             raise bad("encrypted entries are not allowed")
@@ -281,6 +292,7 @@ def _validate(zf: zipfile.ZipFile, limits: BundleLimits, bundle: str | None) -> 
             if info.file_size:
                 raise bad("directory entry with contents")
             dirs.add(name.rstrip("/"))
+            made.add(name.rstrip("/"))
             continue
         if kind not in (0, stat.S_IFREG):
             raise bad("special file (device, fifo or socket); a bundle holds regular files only")
@@ -305,7 +317,16 @@ def _validate(zf: zipfile.ZipFile, limits: BundleLimits, bundle: str | None) -> 
     for d in dirs:
         if d in seen:
             raise BundleError(f"entry {d!r}: both a file and a directory", bundle=bundle, entry=d)
+    _check_count(made, seen, limits, bundle)
     return files
+
+
+def _check_count(made: set[str], files: set[str], limits: BundleLimits, bundle: str | None) -> None:
+    if len(made) + len(files) > limits.max_files:
+        raise BundleError(
+            f"bundle holds more than {limits.max_files} files and directories (plugins.max_files)",
+            bundle=bundle,
+        )
 
 
 _LOCAL = struct.Struct("<4s5H3L2H")

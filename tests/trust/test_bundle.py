@@ -197,6 +197,26 @@ def test_duplicate_and_conflicting_entries_are_refused() -> None:
         inspect_bundle(clash, LIMITS)
 
 
+def test_directories_count_against_max_files_and_paths_have_a_depth_limit() -> None:
+    # Each file's parents are made on extraction: 42 entries 500 directories deep each made 20,400
+    # directories (and 80 MB of them) from an 85 KB bundle.
+    from plugind.trust.bundle import MAX_PATH_DEPTH
+
+    deep = "/".join(["d"] * MAX_PATH_DEPTH) + "/x.py"
+    with pytest.raises(BundleError, match=rf"nested {MAX_PATH_DEPTH} directories deep, over the limit "
+                                          rf"of {MAX_PATH_DEPTH - 1}$"):
+        inspect_bundle(raw_zip([*manifest_entry(), RawEntry(deep, b"x")]), LIMITS)
+    at_limit = "/".join(["d"] * (MAX_PATH_DEPTH - 1)) + "/x.py"
+    assert inspect_bundle(raw_zip([*manifest_entry(), RawEntry(at_limit, b"x")]), LIMITS)
+    small = BundleLimits(max_files=40)
+    # 5 files, each in a chain of 7 directories of its own: 35 directories + 7 files (manifest, code).
+    spread = [RawEntry("/".join(f"{i}{j}" for j in range(7)) + "/f.py", b"") for i in range(5)]
+    with pytest.raises(BundleError, match=r"^bundle holds more than 40 files and directories "
+                                          r"\(plugins\.max_files\)$"):
+        inspect_bundle(raw_zip([*manifest_entry(), *spread]), small)
+    assert inspect_bundle(raw_zip([*manifest_entry(), *spread[:4]]), small)
+
+
 def test_encrypted_entry_is_refused() -> None:
     data = bytearray(_zip_with("x.py"))
     # Set the "encrypted" flag in the last central directory header.
