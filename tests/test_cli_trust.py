@@ -329,3 +329,19 @@ def test_generations_rollback_renew_and_verify_under_each_level(authored: Cli, t
         assert proc.returncode == code, proc.stdout
         assert "trust:   signed" in proc.stdout
         assert f"security.min_trust_level is {level!r}" in proc.stdout
+
+
+def test_init_force_starts_above_the_list_it_replaces_without_a_state_file(
+    authored: Cli, tmp_path: Path
+) -> None:
+    # With the state file gone (the docs allow deleting it), a list made again at generation 1 let
+    # an older copy of the one it replaced (generation 3, still trusting my-plug) read as newer.
+    path = tmp_path / "state" / "trust.list"
+    authored("trust", "add", "my-plug-0.1.0.plugin", "--note", "again")
+    assert "generation 3" in authored("trust", "list").stdout
+    old_copy = path.read_bytes()
+    (tmp_path / "data" / "trust-state.json").unlink()
+    assert "generation 4" in authored("trust", "init", "--force").stdout
+    path.write_bytes(old_copy)
+    line = authored.fails("trust", "list")
+    assert "trust list generation 3 is older than generation 4 already seen" in line

@@ -7,6 +7,7 @@ seen (`security.trust_state_file`): a rolled-back copy is refused with a clear e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from typing import TYPE_CHECKING
 
@@ -134,11 +135,18 @@ def run_genkey(args: argparse.Namespace) -> int:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    """Create an empty list, one generation above any seen. Raises InvalidKey, TrustListError."""
-    from plugind.trust.trustlist import init_trust_list
+    """Create an empty list, one generation above any seen: in the state file, and of the list it
+    replaces when that one can be read (with the state file gone, a list started again at 1 let an
+    older copy of the replaced one, generation 3, pass for newer). Raises InvalidKey, TrustListError."""
+    from plugind.errors import TrustListError
+    from plugind.trust.trustlist import init_trust_list, load_trust_document
 
     _settings, path, key, guard = _context(args)
-    generation = guard.highest(path) + 1
+    replaced = 0
+    if args.force:
+        with contextlib.suppress(TrustListError):  # none, damaged, or under another key
+            replaced = load_trust_document(path, key).generation
+    generation = max(guard.highest(path), replaced) + 1
     init_trust_list(path, key, force=args.force, generation=generation, valid_until=_until(args))
     guard.remember(path, generation)
     print(f"{path}: empty trust list created (generation {generation})")
