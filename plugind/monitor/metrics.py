@@ -285,12 +285,25 @@ def _bind(hook: str, plugin: str) -> _HookSeries:
     return series
 
 
+# How many hook labels not yet in use one plugin's load may take ahead of any call (its other hooks
+# get theirs at their first call): the MAX_HOOKS slots are shared by every plugin, and a plugin
+# declaring 64 hooks at its load left every later plugin's hooks counted under `other`.
+BIND_SHARE = 8
+
+
 def bind_hooks(plugin: str, hooks: Iterable[str]) -> None:
     """Make the series of `plugin`'s `hooks` now (a load does, on the loop's turn after it returns),
-    so that its first call only adds to them: they appear with zero counts until then."""
+    so that its first call only adds to them: they appear with zero counts until then. Hooks whose
+    label is new take a slot only for the first BIND_SHARE of them; the rest wait for a call."""
+    new = 0
     for hook in hooks:
-        if (hook, plugin) not in _bound:
-            _bind(hook, plugin)
+        if (hook, plugin) in _bound:
+            continue
+        if hook not in HOOK_LABELS:
+            if new >= BIND_SHARE:
+                continue
+            new += 1
+        _bind(hook, plugin)
 
 
 def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:

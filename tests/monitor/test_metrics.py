@@ -537,3 +537,23 @@ def test_render_while_series_come_and_go(names):
         t.join()
     assert not errors
     assert_same_exposition(metrics.render()[0], metrics.generate_latest(metrics.REGISTRY))
+
+
+def test_one_plugin_declaring_many_hooks_does_not_take_every_label(names: Callable[..., list[str]]) -> None:
+    # The MAX_HOOKS label slots are shared: a load binds at most BIND_SHARE new hook labels ahead
+    # of any call, so a later plugin's hooks still get theirs (a hook that is called gets its own).
+    a, b = names(2)
+    greedy = [f"mt_greedy_{i}" for i in range(metrics.MAX_HOOKS)]
+    try:
+        metrics.bind_hooks(a, greedy)
+        taken = [h for h in greedy if h in metrics.HOOK_LABELS]
+        assert taken == greedy[: metrics.BIND_SHARE]
+        metrics.bind_hooks(b, ["mt_modest"])
+        metrics.observe_hook("mt_modest", b, "ok", 0.001)
+        assert _ok_count("mt_modest", b) == 1
+        metrics.observe_hook(greedy[-1], a, "ok", 0.001)  # called: it gets a slot of its own
+        assert _ok_count(greedy[-1], a) == 1
+    finally:
+        metrics.forget_plugin(a)
+        metrics.forget_plugin(b)
+    assert not any(h in metrics.HOOK_LABELS for h in [*greedy, "mt_modest"])
