@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -68,7 +68,17 @@ class SecuritySection(_Section):
             return data
         flag = data["only_trusted"]
         if isinstance(flag, str):  # from PLUGIND_SECURITY__ONLY_TRUSTED
-            flag = flag.strip().lower() not in ("0", "false", "no", "off", "")
+            word = flag.strip().lower()
+            if word in ("1", "true", "yes", "on"):
+                flag = True
+            elif word in ("0", "false", "no", "off"):
+                flag = False
+            else:  # an empty or unknown word never lowers the policy
+                raise ValueError(f"only_trusted must be true or false, not {flag!r} (deprecated: set "
+                                 "min_trust_level instead)")
+        elif not isinstance(flag, bool):
+            raise ValueError(f"only_trusted must be true or false, not {flag!r} (deprecated: set "
+                             "min_trust_level instead)")
         return {**data, "min_trust_level": "trusted" if flag else "signed", "only_trusted": None}
 
 
@@ -108,7 +118,7 @@ class ApiSection(_Section):
 class HooksSection(_Section):
     default_timeout_secs: float = Field(5.0, gt=0, le=3600)
     # Per-hook deadlines, e.g. {on_request = 0.5}
-    timeouts: dict[str, float] = Field(default_factory=dict)
+    timeouts: dict[str, Annotated[float, Field(gt=0, le=3600)]] = Field(default_factory=dict)
     # The longest deadline a call may have (a request's timeout_s over it is refused; configured
     # deadlines are cut to it): while a call runs, a silent but not stopped plugin is excused.
     max_timeout_secs: float = Field(300.0, gt=0, le=3600)
@@ -282,7 +292,7 @@ class PluginOverride(_Section):
     cpu_quota_percent: float | None = Field(None, ge=0)
     max_pids: int | None = Field(None, ge=0)
     allowed_targets: list[str] | None = None
-    hook_timeouts: dict[str, float] = Field(default_factory=dict)
+    hook_timeouts: dict[str, Annotated[float, Field(gt=0, le=3600)]] = Field(default_factory=dict)
     # context namespaces (key prefixes) this plugin may write besides its own "NAME."
     context_grants: list[str] = Field(default_factory=list)
     restart: Literal["never", "on-failure", "always"] | None = None

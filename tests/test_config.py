@@ -122,3 +122,29 @@ def test_min_trust_level_and_its_deprecated_alias(tmp_path: Path, text: str, lev
 def test_min_trust_level_refuses_other_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"security\.min_trust_level"):
         load_config(write(tmp_path, '[security]\nmin_trust_level = "invalid"\n'))
+
+
+@pytest.mark.parametrize("value", ["", "  ", "maybe", "2"])
+def test_an_empty_or_unknown_only_trusted_never_lowers_the_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # An empty PLUGIND_SECURITY__ONLY_TRUSTED read as false: min_trust_level fell to "signed",
+    # over a file that said "trusted", and the daemon started without its trust list.
+    path = write(tmp_path, '[security]\nmin_trust_level = "trusted"\n')
+    monkeypatch.setenv("PLUGIND_SECURITY__ONLY_TRUSTED", value)
+    with pytest.raises(ConfigError, match=r"only_trusted must be true or false"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"only_trusted must be true or false"):
+        load_config(write(tmp_path, f'[security]\nonly_trusted = "{value}"\n'))
+    monkeypatch.setenv("PLUGIND_SECURITY__ONLY_TRUSTED", "no")
+    assert load_config(path).security.min_trust_level == "signed"  # said plainly: the alias decides
+
+
+@pytest.mark.parametrize("table", ["[hooks.timeouts]\non_request = ",
+                                   "[plugin.alpha]\nhook_timeouts = { x = "])
+@pytest.mark.parametrize("value", ["0", "-1", "3601"])
+def test_hook_deadlines_are_positive_and_bounded(tmp_path: Path, table: str, value: str) -> None:
+    # A zero or negative deadline failed every call of the hook ("deadline passed before it ran").
+    text = table + value + (" }" if table.endswith("= ") and "{" in table else "") + "\n"
+    with pytest.raises(ConfigError, match=r"greater than 0|less than or equal to 3600"):
+        load_config(write(tmp_path, text))
