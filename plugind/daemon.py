@@ -320,9 +320,17 @@ class Daemon:
         assert self.registry is not None
         try:
             await self.registry.start()
-        except Exception:
-            log.exception("start-up failed")
-            raise
+        except Exception as exc:
+            # Not a half-started daemon (alive, never ready, READY=1 never sent, a clean exit on
+            # the unit's SIGTERM): one line saying why, and the exit status says it failed.
+            known = isinstance(exc, (PluginError, OSError))
+            log.critical("start-up failed: %s; shutting down with status 1", exc, exc_info=not known)
+            self.exit_code = 1
+            sdnotify.notify(f"STATUS=start-up failed: {exc}"[:300])
+            if self._server is not None:
+                self.stopping(0)
+                self._server.should_exit = True
+            return
         # Each failed plugin got its own error line; this is the one line that sums them up, and
         # `systemctl status` shows it (STATUS=) until the set changes.
         summary = self.registry.load_summary()

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import (
     AlreadyLoaded,
+    ConfigError,
     LoadError,
     NotLoaded,
     PluginBusy,
@@ -331,6 +332,9 @@ class PluginRegistry:
         except FileNotFoundError:
             log.warning("plugin directory %s does not exist", directory)
             return {}
+        except OSError as exc:  # a file, unreadable: the operator's to fix, said plainly
+            raise ConfigError(f"plugins.directory {directory}: cannot list it: {exc.strerror}",
+                              key="plugins.directory") from None
         for entry in entries:
             match = _BUNDLE_RE.match(entry.name)
             if match is None or not entry.is_file(follow_symlinks=False):

@@ -196,3 +196,21 @@ def test_a_plugin_that_fails_to_start_is_taken_out_of_the_state_file_before_the_
     assert (listed["good"], listed["broken"]) == ("running", "available")
     assert wanted(ws) == ["good"]
     assert again.stop() == 0
+
+
+def test_a_start_up_that_fails_exits_with_status_1_saying_why(ws: Workspace, daemon_factory: Factory) -> None:
+    # Not a half-started daemon (alive, /ready 503 for good, no READY=1, status 0 on SIGTERM): one
+    # line saying why, STATUS= with it, and the exit status 1 a service manager acts on.
+    ws.add(echo("good"))
+    not_a_dir = ws.root / "plugins-file"
+    not_a_dir.write_text("not a directory\n")
+    daemon = daemon_factory(ws, env={"PLUGIND_PLUGINS__DIRECTORY": str(not_a_dir)}, wait_ready=False)
+    assert daemon.proc.wait(60) == 1
+    log = daemon.log()
+    assert f"start-up failed: plugins.directory {not_a_dir}: cannot list it: Not a directory" in log
+    assert "Traceback" not in log
+    said: list[str] = []
+    while lines := daemon.notifications(0.5):
+        said += lines
+    assert "READY=1" not in said
+    assert any(line.startswith("STATUS=start-up failed: plugins.directory") for line in said), said
