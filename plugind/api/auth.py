@@ -41,16 +41,38 @@ def load_token(settings: Settings, environ: dict[str, str] | None = None) -> str
                 f"api.token_file {path} is readable by other users: chmod 600 it",
                 key="api.token_file",
             )
-        token = path.read_text(encoding="utf-8").strip()
+        token = read_token_file(path)
         source = f"api.token_file {path}"
     if not token:
         return None
+    check_token(token, source)
     if len(token) < MIN_TOKEN_CHARS:
         raise ConfigError(
             f"the API token from {source} is shorter than {MIN_TOKEN_CHARS} characters",
             key="api.token_file",
         )
     return token
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`: its first line, stripped (the rest is ignored; "" when empty). Raises
+    ConfigError (never quoting the file) when it is not ASCII, OSError when it cannot be read."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"token file {path}: not ASCII text (a token is printable ASCII)",
+                          key="api.token_file") from None
+    lines = text.splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def check_token(token: str, source: str) -> None:
+    """Raise ConfigError (naming `source`, never quoting the token) unless `token` is one word of
+    printable ASCII, as an HTTP header value carries it."""
+    if not all("!" <= c <= "~" for c in token):
+        raise ConfigError(f"the API token from {source} must be printable ASCII without spaces",
+                          key="api.token_file")
 
 
 def is_loopback(listen: str) -> bool:

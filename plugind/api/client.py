@@ -40,6 +40,7 @@ class PlugindClient:
         timeout: float = 30.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
         transport = httpx.HTTPTransport(uds=unix_socket) if unix_socket else None
         base = "http://plugind" if unix_socket else url.rstrip("/")
         self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout, transport=transport)
@@ -58,7 +59,10 @@ class PlugindClient:
         try:
             reply = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach plugind at {self.where}: {exc}", status=0) from exc
+            why = str(exc)
+            if self._token:  # an error about the request may quote its headers
+                why = why.replace(self._token, "[REDACTED]")
+            raise ApiError(f"cannot reach plugind at {self.where}: {why}", status=0) from None
         try:
             body = reply.json()
         except ValueError:

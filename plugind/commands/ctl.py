@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from plugind.errors import ConfigError
@@ -49,19 +50,23 @@ def register(subparsers: Any) -> None:
 
 
 def _token(args: argparse.Namespace, token_file: str | None) -> str | None:
+    from plugind.api.auth import check_token, read_token_file
+
     env = os.environ.get("PLUGIND_API_TOKEN", "").strip()
     if env:
+        check_token(env, "PLUGIND_API_TOKEN")
         return env
     path = args.token_file or token_file
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() or None
+        token = read_token_file(Path(path))
     except FileNotFoundError:
         if args.token_file:
             raise ConfigError(f"token file {path} not found", path=str(path)) from None
         return None
+    check_token(token, f"token file {path}")
+    return token or None
 
 
 def run(args: argparse.Namespace) -> int:

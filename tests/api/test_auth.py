@@ -83,3 +83,29 @@ def test_exposure_needs_a_token() -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         check_exposure(settings(None, "0.0.0.0:7070"), None)
     assert info.value.key == "api.listen"
+
+
+def test_the_token_is_the_first_line_of_its_file(tmp_path: Path) -> None:
+    # A second line made the whole file the token: every `Bearer <first line>` got 401.
+    f = write(tmp_path / "t", GOOD + "\nsecond line\n")
+    assert load_token(settings(f), {}) == GOOD
+
+
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [("env", "tok\u00e9n-of-enough-length"), ("env", "token with spaces inside"),
+     ("file", "tok\u00e9n-of-enough-length")],
+)
+def test_a_token_that_is_not_printable_ascii_is_refused_without_being_quoted(
+    tmp_path: Path, source: str, value: str
+) -> None:
+    # (A non-ASCII token passed the daemon, then crashed `ctl` with a traceback; a non-UTF-8 file
+    # gave `serve` one.) The message names where the token came from, never the token.
+    f = tmp_path / "t"
+    f.write_bytes(value.encode("latin-1"))
+    os.chmod(f, 0o600)
+    env = {"PLUGIND_API_TOKEN": value} if source == "env" else {}
+    with pytest.raises(ConfigError) as info:
+        load_token(settings(f), env)
+    assert ("PLUGIND_API_TOKEN" if source == "env" else str(f)) in str(info.value)
+    assert value not in str(info.value) and value.encode("latin-1").decode("latin-1") not in str(info.value)
