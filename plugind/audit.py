@@ -48,13 +48,14 @@ class AuditLog:
         reserved = {"time", "event", "plugin"} & fields.keys()
         if reserved:
             raise ValueError(f"audit fields may not be named {sorted(reserved)}")
+        redactor = current_redactor()
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "event": event,
-            "plugin": plugin,
             # The same redaction as the daemon log: an error message quoting a secret must not
-            # reach the trail (or GET /api/audit) verbatim.
-            **current_redactor().redact_value(fields),
+            # reach the trail (or GET /api/audit) verbatim; nor a name an API caller made of one.
+            "plugin": redactor.redact(plugin) if isinstance(plugin, str) else plugin,
+            **redactor.redact_value(fields),
         }
         line = json.dumps(entry, default=str, separators=(",", ":"), ensure_ascii=False)
         if len(line) > _MAX_LINE:
@@ -64,9 +65,14 @@ class AuditLog:
         with self._lock:
             self._ensure_dir()
             # O_APPEND: each line lands at the end in one write even with other writers.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.fchmod(fd, 0o600)  # an existing file made by hand may be wider
+                # A line cut short before (a full disk, a crash mid-write) is ended first: glued to
+                # it, this entry would be unreadable too, and lost from every reader.
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    data = b"\n" + data
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]

@@ -151,3 +151,29 @@ def test_tail_redacts_lines_written_before_redaction_reached_the_trail(tmp_path)
     path.write_text(json.dumps(old) + "\n")
     (entry,) = AuditLog(path).tail()
     assert entry["error"] == "key [REDACTED]"
+
+
+def test_an_entry_after_a_line_cut_short_is_kept(tmp_path, caplog):
+    # A write cut short (a full disk, a crash) leaves no newline: the next entry, acknowledged to its
+    # caller, was glued to it and lost from every reader with it.
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append("load", plugin="a")
+    with open(path, "a") as fh:
+        fh.write('{"event": "unlo')  # no newline
+    log.append("unload", plugin="a")
+    with caplog.at_level("WARNING", logger="plugind.audit"):
+        assert [e["event"] for e in log.tail()] == ["load", "unload"]
+    assert path.read_bytes().endswith(b"\n") and path.read_text().count("\n") == 3
+
+
+def test_a_plugin_name_holding_a_secret_is_redacted_on_disk(tmp_path, monkeypatch):
+    # An API caller's plugin name is theirs to choose: one quoting the token reached the file.
+    from plugind import logs
+
+    token = "tok-" + "9" * 40
+    monkeypatch.setattr(logs, "_current", logs.RedactSecrets([token]))
+    path = tmp_path / "audit.log"
+    entry = AuditLog(path).append("refused", plugin="x" + token, reason="invalid_name")
+    assert token not in path.read_text() and token not in json.dumps(entry)
+    assert "[REDACTED]" in path.read_text()
