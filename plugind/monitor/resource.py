@@ -243,7 +243,10 @@ class ResourceMonitor:
         samples = await asyncio.get_running_loop().run_in_executor(self._executor, self.sample_all, plugins)
         self.last_sweep_seconds = time.perf_counter() - started
         verdicts: dict[str, list[Violation]] = {}
-        live = {p.name for p in plugins}
+        # Loaded now, after the sampling: a plugin unloaded (or unloaded and loaded again) meanwhile
+        # is not judged on its old process's sample (which unloaded the fresh one, or counted a
+        # violation for a plugin whose series were gone).
+        live = {p.name: p.pid for p in self._source()}
         for name in list(self._states):
             if name not in live:
                 del self._states[name]  # unloaded: its streak and counters go with it
@@ -251,6 +254,8 @@ class ResourceMonitor:
             sample = samples.get(plugin.name)
             if sample is None:
                 continue  # the process vanished; the supervisor reports that, not us
+            if live.get(plugin.name) != plugin.pid:
+                continue  # not the process sampled any more
             verdicts[plugin.name] = self._judge(plugin, sample, count=True)
         self._samples = {n: samples[n] for n in samples if n in self._states}
         return verdicts
@@ -319,13 +324,19 @@ class ResourceMonitor:
             reason = f"resource limits exceeded in {state.streak} consecutive checks: {summary}"
             log.error("unloading plugin: %s", reason, extra={"plugin": name, "reason": reason})
             entry = self._audit_later("auto_unload", name, reason=reason, violations=details)
-            task = asyncio.get_running_loop().create_task(self._do_unload(name, reason, entry))
+            task = asyncio.get_running_loop().create_task(self._do_unload(name, reason, entry, state.pid))
             self._unload_tasks.add(task)
             task.add_done_callback(self._unload_tasks.discard)
 
-    async def _do_unload(self, name: str, reason: str, audited: asyncio.Future[None] | None) -> None:
+    async def _do_unload(
+        self, name: str, reason: str, audited: asyncio.Future[None] | None, pid: int | None = None
+    ) -> None:
         if audited is not None:
             await audited  # the trail says why before the unload happens
+        if pid is not None and not any(p.name == name and p.pid == pid for p in self._source()):
+            log.info("not unloading %s: the process that exceeded its limits is gone", name,
+                     extra={"plugin": name})
+            return
         try:
             await self._unload(name, reason)
             self.forget(name)
