@@ -416,6 +416,9 @@ class ForkServer:
                 with contextlib.suppress(Exception):
                     self.contain.cleanup(plan)
             code = os.waitstatus_to_exitcode(status)
+            # Killed by the OOM killer: SIGKILL, with a kill in its group's counter. One of its own
+            # children OOM-killed earlier does not make any later exit of the plugin an OOM kill.
+            oom = oom and code == -signal.SIGKILL
             self.send({"op": "exited", "pid": pid, "code": code if code >= 0 else None,
                        "signal": -code if code < 0 else None, "oom_killed": oom})
 

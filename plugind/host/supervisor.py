@@ -868,11 +868,13 @@ class Supervisor:
             inc.hello.set_exception(inc.fatal or InitializationError(
                 f"plugin {self.name!r} exited before saying hello ({status.describe()})",
                 plugin=self.name, reason="init_failed"))
-        if self._inc is not inc or self.state != "running":
+        if self._inc is not inc:
+            return
+        if status.oom_killed:  # also while it restarts (its on_load over the limit): still a kill
+            self._emit("oom_killed", {"pid": inc.pid})
+        if self.state != "running":
             return
         clean = status.code == 0 and inc.violation is None and inc.hung is None
-        if status.oom_killed:
-            self._emit("oom_killed", {"pid": inc.pid})
         if self._host_stopping:  # part of the stop (see host_stopping): not a crash, no restart
             log.info("plugin %s exited while plugind stops (%s)", self.name, how, extra={"plugin": self.name})
             clean = True

@@ -56,7 +56,7 @@ MAX_PLUGINS = 512
 MAX_REASONS = 32
 
 OUTCOMES = frozenset({"ok", "error", "timeout", "crashed"})
-VIOLATION_TYPES = frozenset({"memory", "cpu", "threads", "fds", "connections", "oom_kill"})
+VIOLATION_TYPES = frozenset({"memory", "cpu", "threads", "fds", "connections", "oom_kill", "budget"})
 STATES = ("starting", "running", "restarting", "stopping", "stopped", "failed")
 _MAX_STATES = 16
 # Hook names and reasons come from outside (plugins, the API): keep them short and printable.
@@ -371,7 +371,8 @@ def load_failed(reason: str) -> None:
 
 
 def violation(plugin: str, type: str) -> None:
-    """Count one violating sample of `type` (memory, cpu, threads, fds, connections, oom_kill)."""
+    """Count one violating sample of `type` (memory, cpu, threads, fds, connections, oom_kill,
+    budget)."""
     kind = type if type in VIOLATION_TYPES else OTHER
     VIOLATIONS.labels(plugin=PLUGIN_LABELS.admit(plugin), type=kind).inc()
 

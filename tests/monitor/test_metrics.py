@@ -173,6 +173,7 @@ def test_violations_restarts_and_load_failures(names):
     metrics.violation(p, "memory")
     metrics.violation(p, "memory")
     metrics.violation(p, "fds")
+    metrics.violation(p, "budget")  # docs/operations.md's {type="budget"}: it was summed in `other`
     metrics.violation(p, "not-a-type")
     metrics.plugin_restarted(p)
     before = scrape().get(("plugind_plugin_load_failures_total", (("reason", "signature_invalid"),)), 0)
@@ -180,6 +181,7 @@ def test_violations_restarts_and_load_failures(names):
     s = scrape()
     assert s[("plugind_plugin_violations_total", (("plugin", p), ("type", "memory")))] == 2
     assert s[("plugind_plugin_violations_total", (("plugin", p), ("type", "fds")))] == 1
+    assert s[("plugind_plugin_violations_total", (("plugin", p), ("type", "budget")))] == 1
     assert s[("plugind_plugin_violations_total", (("plugin", p), ("type", "other")))] == 1
     assert s[("plugind_plugin_restarts_total", (("plugin", p),))] == 1
     assert s[("plugind_plugin_load_failures_total", (("reason", "signature_invalid"),))] == before + 1

@@ -211,3 +211,56 @@ def test_oom_kill_reaches_the_launcher_as_oom(tmp_path: Path) -> None:
     assert status.oom_killed is True
     assert status.describe() == "killed by SIGKILL (out of memory)"
     assert group_dirs(parent) == []
+
+
+CHILD_HOG = """
+import os
+from plugind.sdk import Plugin
+plugin = Plugin()
+
+@plugin.hook("eat")
+def eat(data, ctx):
+    pid = os.fork()
+    if pid == 0:
+        hoard = []
+        while True:
+            hoard.append(b"\\x01" * (8 << 20))
+    os.waitpid(pid, 0)  # killed by the OOM killer, its parent lives on
+    os._exit(3)
+"""
+
+
+def test_an_exit_after_a_childs_oom_kill_is_not_an_oom_kill(tmp_path: Path) -> None:
+    # Only a plugin the OOM killer took (SIGKILL, with a kill in its group) is reported so: a child
+    # of it OOM-killed earlier made its later exit with status 3 read "out of memory" too.
+    parent = unique_parent()
+    tree = tmp_path / "hog"
+    tree.mkdir()
+    (tree / "childhog.py").write_text(textwrap.dedent(CHILD_HOG))
+    plan = build_plan(make_settings(parent, cgroups__memory_limit_mb=64), "childhog", tree)
+
+    async def main() -> Any:
+        launcher = Launcher()
+        await launcher.start()
+        try:
+            ours, theirs = socket.socketpair()
+            try:
+                req = SpawnRequest("childhog", str(tree), "childhog:plugin", "1.0", plan=plan.to_wire())
+                spawned = await launcher.spawn(req, theirs)
+            finally:
+                theirs.close()
+            chan = BlockingChannel(ours)
+            ours.settimeout(20)
+            assert (await asyncio.to_thread(chan.recv) or {}).get("type") == "hello"
+            chan.send({"type": "invoke", "id": 1, "hook": "eat", "data": None, "deadline_ms": 20000})
+            return await asyncio.wait_for(launcher.wait_exit(spawned.pid), 30)
+        finally:
+            await launcher.close()
+
+    try:
+        status = asyncio.run(main())
+    finally:
+        cgroups.remove_tree(parent)
+    assert (status.code, status.signal) == (3, None)
+    assert status.oom_killed is False
+    assert group_dirs(parent) == []
