@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from plugind.errors import ConfigError, PluginError
 from plugind.names import PLUGIN_NAME_RE
@@ -396,6 +396,23 @@ def _with_plugin_dir(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "plugins": section}
 
 
+def _unparsed_env(error: str) -> str:
+    # The variables of the section pydantic-settings could not parse ('... for field "sandboxing"
+    # ...') whose values are not JSON: the ones to fix, named.
+    import json
+
+    match = re.search(r'field "(\w+)"', error)
+    prefix = f"PLUGIND_{match.group(1).upper()}__" if match else "PLUGIND_"
+    bad = []
+    for name, value in sorted(os.environ.items()):
+        if name.upper().startswith(prefix):
+            try:
+                json.loads(value)
+            except ValueError:
+                bad.append(name)
+    return ", ".join(bad) if bad else f"a {prefix}* environment variable"
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Settings:
     """Read the TOML file at `path` (default config/plugins.toml, or $PLUGIND_CONFIG) plus PLUGIND_* env.
 
@@ -437,6 +454,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
 
     try:
         settings = _Bound()
+    except SettingsError as exc:  # an environment value it cannot parse (a list or map not in JSON)
+        raise ConfigError(
+            f"{_unparsed_env(str(exc))} cannot be read: a list or a table is given as JSON, e.g. "
+            'PLUGIND_SANDBOXING__ALLOWED_CAPS=\'["CAP_NET_BIND_SERVICE"]\'',
+            path=str(cfg_path),
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])

@@ -148,3 +148,14 @@ def test_hook_deadlines_are_positive_and_bounded(tmp_path: Path, table: str, val
     text = table + value + (" }" if table.endswith("= ") and "{" in table else "") + "\n"
     with pytest.raises(ConfigError, match=r"greater than 0|less than or equal to 3600"):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(("name", "value"), [("PLUGIND_SANDBOXING__ALLOWED_CAPS", "CAP_NET_BIND_SERVICE"),
+                                             ("PLUGIND_HOOKS__TIMEOUTS", "on_request=1")])
+def test_a_list_or_table_not_in_json_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # It was a 49-line traceback naming only the section.
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"^{name} cannot be read: a list or a table is given as JSON"):
+        load_config(write(tmp_path, ""))
