@@ -10,6 +10,7 @@ machine label; a connection failure raises `ApiError` with status 0.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import httpx
@@ -28,6 +29,17 @@ class ApiError(PluginError):
         self.error = error
 
 
+def is_local_url(url: str) -> bool:
+    """Whether `url` names this machine (localhost or a loopback address)."""
+    host = httpx.URL(url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class PlugindClient:
     """Talks to one daemon over TCP (`url`) or a Unix socket (`unix_socket`)."""
 
@@ -43,8 +55,15 @@ class PlugindClient:
         self._token = token
         transport = httpx.HTTPTransport(uds=unix_socket) if unix_socket else None
         base = "http://plugind" if unix_socket else url.rstrip("/")
-        self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout, transport=transport)
+        # A daemon on this machine is never reached through a proxy of the environment's
+        # (http_proxy), which would see the token; a remote one may need it.
+        local = unix_socket is not None or is_local_url(base)
+        self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout, transport=transport,
+                                  trust_env=not local)
         self.where = unix_socket or base
+        # The token would cross the network unencrypted: said, not refused (an operator's tunnel or
+        # private network may make it fine).
+        self.cleartext_token = bool(token) and not local and httpx.URL(base).scheme == "http"
 
     def __enter__(self) -> PlugindClient:
         return self

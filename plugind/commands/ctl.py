@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "upgrade":
         http_timeout = max(http_timeout, 300.0)  # start-up of the new version, then the drain
     with PlugindClient(url, token=token, unix_socket=unix, timeout=http_timeout) as api:
+        if api.cleartext_token:
+            print(f"plugind ctl: warning: the API token goes to {api.where} over plain HTTP, unencrypted",
+                  file=sys.stderr)
         if args.action == "health":
             _print(api.health())
         elif args.action == "list":
