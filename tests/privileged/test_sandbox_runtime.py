@@ -15,7 +15,7 @@ import pytest
 from cgroup_host import group_dirs, unique_parent
 from sandbox_harness import make_settings
 
-from plugind.host.launcher import Launcher, SpawnRequest
+from plugind.host.launcher import ExitStatus, Launcher, SpawnRequest
 from plugind.sandbox import cgroups
 from plugind.sandbox.plan import build_plan
 from plugind.wire import BlockingChannel
@@ -178,12 +178,14 @@ def eat(data, ctx):
 """
 
 
-def test_oom_kill_reaches_the_launcher_as_oom(tmp_path: Path) -> None:
+def _eat_until_exit(tmp_path: Path, name: str, source: str) -> ExitStatus:
+    """Start plugin `name` (`source`) sandboxed with 64 MiB through a real launcher, call its hook
+    `eat`, and return how it exited; its cgroup parent is removed."""
     parent = unique_parent()
     tree = tmp_path / "hog"
     tree.mkdir()
-    (tree / "hogp.py").write_text(textwrap.dedent(HOG))
-    plan = build_plan(make_settings(parent, cgroups__memory_limit_mb=64), "hogp", tree)
+    (tree / f"{name}.py").write_text(textwrap.dedent(source))
+    plan = build_plan(make_settings(parent, cgroups__memory_limit_mb=64), name, tree)
 
     async def main() -> Any:
         launcher = Launcher()
@@ -191,7 +193,7 @@ def test_oom_kill_reaches_the_launcher_as_oom(tmp_path: Path) -> None:
         try:
             ours, theirs = socket.socketpair()
             try:
-                req = SpawnRequest("hogp", str(tree), "hogp:plugin", "1.0", plan=plan.to_wire())
+                req = SpawnRequest(name, str(tree), f"{name}:plugin", "1.0", plan=plan.to_wire())
                 spawned = await launcher.spawn(req, theirs)
             finally:
                 theirs.close()
@@ -204,13 +206,18 @@ def test_oom_kill_reaches_the_launcher_as_oom(tmp_path: Path) -> None:
             await launcher.close()
 
     try:
-        status = asyncio.run(main())
+        status: ExitStatus = asyncio.run(main())
     finally:
         cgroups.remove_tree(parent)
+    assert group_dirs(parent) == []
+    return status
+
+
+def test_oom_kill_reaches_the_launcher_as_oom(tmp_path: Path) -> None:
+    status = _eat_until_exit(tmp_path, "hogp", HOG)
     assert status.signal == signal.SIGKILL
     assert status.oom_killed is True
     assert status.describe() == "killed by SIGKILL (out of memory)"
-    assert group_dirs(parent) == []
 
 
 CHILD_HOG = """
@@ -233,34 +240,6 @@ def eat(data, ctx):
 def test_an_exit_after_a_childs_oom_kill_is_not_an_oom_kill(tmp_path: Path) -> None:
     # Only a plugin the OOM killer took (SIGKILL, with a kill in its group) is reported so: a child
     # of it OOM-killed earlier made its later exit with status 3 read "out of memory" too.
-    parent = unique_parent()
-    tree = tmp_path / "hog"
-    tree.mkdir()
-    (tree / "childhog.py").write_text(textwrap.dedent(CHILD_HOG))
-    plan = build_plan(make_settings(parent, cgroups__memory_limit_mb=64), "childhog", tree)
-
-    async def main() -> Any:
-        launcher = Launcher()
-        await launcher.start()
-        try:
-            ours, theirs = socket.socketpair()
-            try:
-                req = SpawnRequest("childhog", str(tree), "childhog:plugin", "1.0", plan=plan.to_wire())
-                spawned = await launcher.spawn(req, theirs)
-            finally:
-                theirs.close()
-            chan = BlockingChannel(ours)
-            ours.settimeout(20)
-            assert (await asyncio.to_thread(chan.recv) or {}).get("type") == "hello"
-            chan.send({"type": "invoke", "id": 1, "hook": "eat", "data": None, "deadline_ms": 20000})
-            return await asyncio.wait_for(launcher.wait_exit(spawned.pid), 30)
-        finally:
-            await launcher.close()
-
-    try:
-        status = asyncio.run(main())
-    finally:
-        cgroups.remove_tree(parent)
+    status = _eat_until_exit(tmp_path, "childhog", CHILD_HOG)
     assert (status.code, status.signal) == (3, None)
     assert status.oom_killed is False
-    assert group_dirs(parent) == []
