@@ -702,7 +702,8 @@ class Supervisor:
             reason = getattr(err, "reason", None)
             inc.fatal = InitializationError(f"plugin {self.name!r} failed to start: {err.message}"[:2000],
                                             plugin=self.name,
-                                            reason=reason if reason in _FATAL_REASONS else "init_failed")
+                                            reason=reason if isinstance(reason, str)
+                                            and reason in _FATAL_REASONS else "init_failed")
 
     def _on_hello(self, inc: _Incarnation, msg: dict[str, Any]) -> None:
         assert inc.hello is not None

@@ -39,13 +39,15 @@ def test_a_plugin_names_no_reason_and_nests_nothing_into_the_host(ws: Workspace,
     ws.add(plugin_source("deep", {"x": (0, "return 1")}, header=FATAL.format(reason=DEEP)))
     ws.add(plugin_source("liar", {"x": (0, "return 1")}, header=FATAL.format(reason='"shutting_down"')))
     ws.add(plugin_source("honest", {"x": (0, "return 1")}, header=FATAL.format(reason='"import_failed"')))
+    ws.add(plugin_source("listed", {"x": (0, "return 1")}, header=FATAL.format(reason='["import_failed"]')))
 
     async def scenario(api: Api) -> None:
         # Start-up (run_api's) loaded what it could: the others are refused, each for itself.
         names = {p["name"]: p for p in (await api.client.get("/api/plugins")).json()}
         assert names["good"]["state"] == "running"
         before = {r: failures(r) for r in ("init_failed", "shutting_down", "import_failed")}
-        for name, reason in (("deep", "init_failed"), ("liar", "init_failed"), ("honest", "import_failed")):
+        for name, reason in (("deep", "init_failed"), ("liar", "init_failed"), ("honest", "import_failed"),
+                             ("listed", "init_failed")):
             reply = await api.post("/api/plugins/load", {"plugin_name": name})
             assert reply.status_code == 500, (name, reply.text)  # as any failed start; never 503
             assert reply.json()["error"] == reason, name
@@ -54,7 +56,7 @@ def test_a_plugin_names_no_reason_and_nests_nothing_into_the_host(ws: Workspace,
             assert entries and entries[-1]["reason"] == reason, (name, entries[-1:])
         after = {r: failures(r) for r in before}
         assert after["shutting_down"] == before["shutting_down"]
-        assert after["init_failed"] == before["init_failed"] + 2
+        assert after["init_failed"] == before["init_failed"] + 3
         assert after["import_failed"] == before["import_failed"] + 1
 
     run_api(scenario)
