@@ -533,6 +533,7 @@ class PluginRegistry:
             level = str(getattr(vb.trust_level, "value", vb.trust_level))
             loaded = LoadedPlugin(name, str(vb.version), vb.digest, level, bundle.tree, sup)
             self._loaded[name] = loaded
+            metrics.plugin_back(name)  # (before its hooks can be called)
             self.hooks.register(name, dict(sup.hooks), sup)
             self._failed.pop(name, None)
             if explicit and self._wanted is not None and name not in self._wanted:

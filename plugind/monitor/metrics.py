@@ -308,7 +308,11 @@ def bind_hooks(plugin: str, hooks: Iterable[str]) -> None:
 
 def observe_hook(hook: str, plugin: str, outcome: str, seconds: float) -> None:
     """Count one hook call and record its latency. Unknown outcomes count as `error`."""
-    series = _bound.get((hook, plugin)) or _bind(hook, plugin)
+    series = _bound.get((hook, plugin))
+    if series is None:
+        if plugin in _gone:
+            return  # unloaded while the call was on its way
+        series = _bind(hook, plugin)
     series.observe(outcome if outcome in OUTCOMES else "error", seconds if seconds > 0.0 else 0.0)
 
 
@@ -356,7 +360,11 @@ def _apply_pending() -> None:
             hook, plugin, seconds = _pending_popleft()
         except IndexError:
             return
-        series = bound.get((hook, plugin)) or _bind(hook, plugin)
+        series = bound.get((hook, plugin))
+        if series is None:
+            if plugin in _gone:
+                continue
+            series = _bind(hook, plugin)
         series.ok(seconds if seconds > 0.0 else 0.0)
 
 
@@ -408,10 +416,23 @@ def set_state_source(source: StateSource | None) -> None:
     _state_source[:] = [source] if source is not None else []
 
 
+# Plugins forgotten (unloaded) and not loaded again: a call that had picked its handlers before the
+# unload, ending after it, would otherwise make their series again, for good.
+_gone: set[str] = set()
+
+
+def plugin_back(plugin: str) -> None:
+    """`plugin` is loaded (again): its calls are counted (the registry calls this before any call can
+    reach it)."""
+    _gone.discard(plugin)
+
+
 def forget_plugin(plugin: str) -> None:
-    """Drop every series labelled with `plugin` and free its label slot (call on unload)."""
+    """Drop every series labelled with `plugin` and free its label slot (call on unload); until
+    `plugin_back`, what is observed of it is not counted."""
     with _flush_lock:
         _apply_pending()  # (its calls answered before now go with its series)
+        _gone.add(plugin)
         _bound.clear()  # bound series of this plugin go now, and an `other` may now get a slot
         if plugin not in PLUGIN_LABELS:
             return
@@ -771,6 +792,7 @@ __all__ = [
     "monitor_swept",
     "observe_hook",
     "observe_ok",
+    "plugin_back",
     "plugin_restarted",
     "render",
     "set_plugin_states",

@@ -287,6 +287,14 @@ def test_series_bound_once_start_afresh_after_forget(names):
     assert (calls[0], (("hook", "mt_bound"), ("outcome", "crashed"), ("plugin", a))) not in s
     assert s[("plugind_hook_duration_seconds_count", (("hook", "mt_bound"), ("plugin", a)))] == 4
     metrics.forget_plugin(a)
+    # A call that ends after the unload (it picked its handlers before) makes no series again...
+    metrics.observe_hook("mt_bound", a, "error", 0.001)
+    metrics.observe_ok("mt_bound", a, 0.001)
+    s = scrape()
+    assert not [k for k in s if ("plugin", a) in k[1]]
+    assert a not in metrics.PLUGIN_LABELS
+    # ...and once it is loaded again, its series start afresh.
+    metrics.plugin_back(a)
     metrics.observe_hook("mt_bound", a, "ok", 0.001)
     s = scrape()
     assert s[(calls[0], (("hook", "mt_bound"), ("outcome", "ok"), ("plugin", a)))] == 1
