@@ -100,7 +100,7 @@ def _decode_counted(body: bytes | bytearray | memoryview) -> Any:
 def too_many_containers(body: bytes | bytearray | memoryview) -> bool:
     """Whether an encoded message holds more than MAX_CONTAINERS maps and arrays (for a sender,
     before it sends: the receiver refuses such a frame as a protocol violation)."""
-    if len(body) <= MAX_CONTAINERS or len(bytes(body).translate(None, _NOT_CONTAINER)) <= MAX_CONTAINERS:
+    if not _may_exceed_containers(body):
         return False
     try:
         _decode_counted(body)
@@ -218,10 +218,24 @@ def check_outgoing(length: int, max_frame: int) -> None:
         )
 
 
-def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """The message in one frame body. Raises ProtocolViolation for anything but a map with a str "type"."""
+def _may_exceed_containers(body: bytes | bytearray | memoryview) -> bool:
+    # Fewer bytes, or fewer container bytes, than MAX_CONTAINERS: fewer containers (the usual frame
+    # is decoded without a hook call per container).
+    if len(body) <= MAX_CONTAINERS:
+        return False
+    data = body if isinstance(body, (bytes, bytearray)) else bytes(body)
+    return _containers(data, 0, len(data)) > MAX_CONTAINERS
+
+
+def decode_body(body: bytes | bytearray | memoryview, *, counted: bool | None = None) -> dict[str, Any]:
+    """The message in one frame body. Raises ProtocolViolation for anything but a map with a str "type",
+    or a map of more than MAX_CONTAINERS maps and arrays. `counted`: whether the frame may hold that
+    many (None: looked at here)."""
+    if counted is None:
+        counted = _may_exceed_containers(body)
     try:
-        msg = _decode_counted(body)
+        msg = (_decode_counted(body) if counted
+               else msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext))
     except ProtocolViolation:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -388,17 +402,20 @@ class RecvBuffer:
             start = pos + HEADER_SIZE
             pos = start + length
             body = view[start:pos]
-            if length > MAX_CONTAINERS and _containers(buf, start, pos) > MAX_CONTAINERS:
-                msg = decode_body(body)  # counting: raises ProtocolViolation past MAX_CONTAINERS
+            # Container bytes, counted once for a frame whose size alone does not bound it.
+            bytes_in = _containers(buf, start, pos) if length > min(MAX_CONTAINERS, shallow) else 0
+            if bytes_in > MAX_CONTAINERS:
+                msg = decode_body(body, counted=True)  # raises ProtocolViolation past MAX_CONTAINERS
             else:
                 try:
                     raw = _unpackb(body, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
                 except Exception:
                     raw = None
                 # (decode_body raises ProtocolViolation for what is not a message, as it would have)
-                msg = raw if type(raw) is dict and type(raw.get("type")) is str else decode_body(body)
+                msg = raw if type(raw) is dict and type(raw.get("type")) is str else decode_body(
+                    body, counted=False)
             out.append(msg)
-            if watch and ((length > shallow and _containers(buf, start, pos) > _SHALLOW)
+            if watch and (bytes_in > _SHALLOW
                           or (buf.find(b"\xff", start, pos) >= 0  # (no 0xff: no header; the usual)
                               and _timestamp_header(buf, start, pos) is not None)):
                 self.unbounded.append(msg)
@@ -417,7 +434,7 @@ class RecvBuffer:
         return self._end - self._start
 
 
-def _containers(buf: bytearray | mmap.mmap, start: int, end: int) -> int:
+def _containers(buf: bytes | bytearray | mmap.mmap, start: int, end: int) -> int:
     """How many bytes of buf[start:end] could open a msgpack container (an upper bound of how
     many containers it holds, hence of how deep they nest)."""
     return len(buf[start:end].translate(None, _NOT_CONTAINER))
