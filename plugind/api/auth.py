@@ -6,12 +6,12 @@ Tokens are compared with `hmac.compare_digest` (constant time); no token ever ap
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 
+from plugind.api import is_loopback_host
 from plugind.config import Settings
 from plugind.errors import ConfigError
 
@@ -77,13 +77,7 @@ def check_token(token: str, source: str) -> None:
 
 def is_loopback(listen: str) -> bool:
     """True when `listen` (HOST:PORT) only accepts local connections."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(listen.rpartition(":")[0].strip("[]"))
 
 
 class BearerAuth:

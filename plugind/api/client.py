@@ -10,11 +10,11 @@ machine label; a connection failure raises `ApiError` with status 0.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import httpx
 
+from plugind.api import is_loopback_host
 from plugind.errors import PluginError
 
 
@@ -31,13 +31,7 @@ class ApiError(PluginError):
 
 def is_local_url(url: str) -> bool:
     """Whether `url` names this machine (localhost or a loopback address)."""
-    host = httpx.URL(url).host
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(httpx.URL(url).host)
 
 
 class PlugindClient:
