@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from plugind import sdnotify
+from plugind import fsio, sdnotify
 from plugind.api import edge
 from plugind.api.app import create_app
 from plugind.api.auth import is_loopback, load_token
@@ -66,6 +66,25 @@ def check_exposure(settings: Settings, token: str | None) -> None:
         "api.token_file with mode 0600 (e.g. `openssl rand -hex 32`)",
         key="api.token_file",
     )
+
+
+def lock_instance(settings: Settings) -> int:
+    """Hold the lock next to `plugins.state_file` (`<state_file>.lock`) for the daemon's life; its fd.
+    A second daemon on the same state (the same data directory, most often) would restore the same
+    plugins and overwrite the other's record of them. Raises ConfigError naming the holder."""
+    path = Path(settings.plugins.state_file)
+    lock = path.with_name(path.name + ".lock")
+    try:
+        return fsio.hold_lock(lock)
+    except fsio.LockHeld as exc:
+        holder = f" (pid {exc.holder})" if exc.holder else ""
+        raise ConfigError(
+            f"another plugind is running on state file {path}{holder}: it holds {lock}. Stop it "
+            "first, or give this daemon its own plugins.state_file (and sandboxing.cgroups.parent)",
+            key="plugins.state_file",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot lock {lock}: {exc.strerror or exc}", key="plugins.state_file") from None
 
 
 def bind_tcp(listen: str) -> socket.socket:
@@ -162,12 +181,14 @@ class Daemon:
         self._status = ""  # the last STATUS= sent to systemd
         self._heap: HeapSettler | None = None
         self.exit_code = 0
+        self._locks: list[int] = []  # fds of the locks held while it runs (lock_instance, lock_parent)
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT. Returns the exit status. Raises PluginError on a start-up error."""
         settings = self.settings
         check_exposure(settings, self.token)
         check_trust_key(settings)  # fail closed: no trust key, no start (unless the policy needs none)
+        self._locks.append(lock_instance(settings))  # before anything reads or writes the state
         # The fork-server must exist before this process starts any thread.
         self.launcher = new_launcher(settings.supervisor.fork_servers)
         await self.launcher.start()
@@ -177,6 +198,9 @@ class Daemon:
             return await self._serve()
         finally:
             await self.launcher.close()
+            for fd in self._locks:  # released only once every plugin and fork-server is gone
+                os.close(fd)
+            self._locks.clear()
 
     async def _serve(self) -> int:
         settings = self.settings
@@ -185,13 +209,16 @@ class Daemon:
         redactor.add(self.token)
         check_capabilities(settings)
         if settings.sandboxing.enabled:
-            from plugind.sandbox.cgroups import cleanup_stale, effective_parent
+            from plugind.sandbox.cgroups import cleanup_stale, effective_parent, lock_parent
 
             # On cgroup v2 the daemon and fork-server move into <own cgroup>/daemon and plugin groups
             # go under <own cgroup>/<parent>; every plan built from now on uses that parent.
             cg = settings.sandboxing.cgroups
             ours = [os.getpid(), *(p.pid for p in _servers(self.launcher))]
             cg.parent = await asyncio.to_thread(effective_parent, cg.backend, cg.parent, ours)
+            # Ours alone from now on, or no start: another daemon's groups are not stale ones.
+            if (held := await asyncio.to_thread(lock_parent, cg.parent)) is not None:
+                self._locks.append(held)
             removed = await asyncio.to_thread(cleanup_stale, cg.parent)
             if removed:
                 log.info("removed %d stale plugin cgroups", len(removed))

@@ -1,11 +1,12 @@
 """Atomic file writes (temp file in the same directory, fsync, rename or link, fsync the directory),
-bounded reads of files that must be regular, and the stat identity that tells whether a file read
-before may have changed since."""
+bounded reads of files that must be regular, the stat identity that tells whether a file read
+before may have changed since, and the exclusive locks that keep a second daemon off what one holds."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -23,6 +24,57 @@ FileIdentity = tuple[int, int, int, int, int, int, int]
 
 class NotARegularFile(OSError):
     """A path that should name a regular file names a FIFO, a device, a socket or a directory."""
+
+
+class LockHeld(OSError):
+    """Another process holds the exclusive lock on `path`; `holder` is its pid when /proc/locks
+    says it (None in another pid namespace, or when it cannot be read)."""
+
+    def __init__(self, path: str | os.PathLike[str], holder: int | None) -> None:
+        super().__init__(errno.EWOULDBLOCK, "locked by another process", str(path))
+        self.holder = holder
+
+
+def hold_lock(path: str | os.PathLike[str], *, directory: bool = False) -> int:
+    """Take the exclusive flock on `path` without waiting and return its fd: held until the fd is
+    closed or this process exits (however it exits; a child it forks or execs never gets the fd).
+
+    A file is made (mode 0600, its directory too) if missing, and never through a symlink, nor a
+    FIFO or a device; with `directory`, `path` must be an existing directory. Raises LockHeld when
+    another process holds it, NotARegularFile or OSError when it cannot be opened."""
+    if directory:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    try:
+        if not directory and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(path, lock_holder(fd)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_holder(fd: int, locks: str = "/proc/locks") -> int | None:
+    """The pid /proc/locks names as holding an flock on the file open at `fd`, if any."""
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open(locks, encoding="ascii", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1b:5678 0 EOF"; a waiter's line has "->" after "1:"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
+            return int(fields[4]) or None
+    return None
 
 
 def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugind.errors import SandboxError
+from plugind.fsio import LockHeld, hold_lock
 from plugind.sandbox import _libc
 from plugind.sandbox.cgroup_layout import (
     Enable,
@@ -611,6 +612,47 @@ def cleanup_stale(parent: str, hier: Hierarchy | None = None) -> list[str]:
     return removed
 
 
+def lock_root(hier: Hierarchy) -> Path | None:
+    """The hierarchy in which `lock_parent` takes its lock, chosen from the host's mounts alone (so
+    every daemon on one host picks the same whatever its backend): the unified one on pure v2, else
+    the pids controller's, else the first v1 mount, else cgroup2; None without any."""
+    if hier.v1_paths:
+        return Path(hier.v1_paths.get("pids") or min(hier.v1_paths.values()))
+    return Path(hier.v2_path) if hier.v2_path else None
+
+
+def lock_parent(parent: str, hier: Hierarchy | None = None) -> int | None:
+    """Hold an exclusive flock on `parent`'s directory (made if missing) in `lock_root`'s hierarchy
+    for as long as the returned fd is open, which the daemon keeps until it exits. Two daemons
+    never share a parent: each would take the other's plugin groups for stale ones at start-up
+    (`cleanup_stale` kills their processes) and make groups of the same names.
+
+    None when there is no hierarchy or the directory cannot be made (this process may not write
+    there, so it cannot make or remove groups there either). Raises SandboxError (step "cgroup")
+    when another process holds the lock."""
+    hier = hier or detect()
+    _check_parent(parent)
+    root = lock_root(hier)
+    if root is None:
+        return None
+    directory = root / parent.strip("/")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return hold_lock(directory, directory=True)
+    except LockHeld as exc:
+        holder = f" (pid {exc.holder})" if exc.holder else ""
+        raise SandboxError(
+            f"cgroup parent {parent} is in use by another process{holder}, most likely another "
+            f"plugind: it holds the lock on {directory}. Stop it first, or give this daemon its own "
+            "[sandboxing.cgroups] parent",
+            step="cgroup",
+            detail=f"flock {directory}: held{holder}",
+        ) from None
+    except OSError as exc:
+        log.debug("no lock on cgroup parent %s: %s", directory, exc)
+        return None
+
+
 def _check_parent(parent: str) -> None:
     # An empty parent would be the hierarchy root: every group on the host, not ours to remove.
     parts = [p for p in parent.split("/") if p]
@@ -763,6 +805,8 @@ __all__ = [
     "detect",
     "detect_cached",
     "effective_parent",
+    "lock_parent",
+    "lock_root",
     "make_group",
     "open_group",
     "parse_flat_keyed",

@@ -513,7 +513,8 @@ def test_unix_socket_of_a_live_daemon_is_not_stolen(ws: Workspace, daemon_factor
     first = daemon_factory(ws, env={"PLUGIND_API__UNIX_SOCKET": str(sock)})
     config = ws.write_config(listen=f"127.0.0.1:{free_port()}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
-    env.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API_TOKEN=TOKEN, PLUGIND_API__UNIX_SOCKET=str(sock))
+    env.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API_TOKEN=TOKEN, PLUGIND_API__UNIX_SOCKET=str(sock),
+               PLUGIND_PLUGINS__STATE_FILE=str(ws.root / "other" / "loaded.json"))  # else the lock stops it
     out = subprocess.run(
         [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
         capture_output=True, text=True, env=env, timeout=60, cwd=ws.root,
@@ -544,3 +545,70 @@ def test_unix_socket_path_taken_by_a_file_is_refused_and_kept(ws: Workspace) -> 
         f"plugind: error: api.unix_socket {taken} exists and is not a socket"
     )
     assert taken.read_text() == "precious"
+
+
+def _second_serve(ws: Workspace, env: dict[str, str] | None = None,
+                  preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    # `plugind serve` on `ws`'s configuration, on a port of its own, run to its end.
+    config = ws.write_config(listen=f"127.0.0.1:{free_port()}")
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    full.update(PLUGIN_TRUST_KEY=ws.trust_key_hex, PLUGIND_API_TOKEN=TOKEN, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "plugind", "serve", "--config", str(config)],
+        capture_output=True, text=True, env=full, timeout=60, cwd=ws.root, preexec_fn=preexec_fn,
+    )
+
+
+def test_a_second_daemon_on_the_same_state_file_is_refused(ws: Workspace, daemon_factory: Factory) -> None:
+    # Two daemons on one state file would each restore the same plugins and overwrite the other's
+    # record of them: the second stops at once, naming the first, and touches nothing of it.
+    ws.add(echo("keep"))
+    first = daemon_factory(ws)
+    pid = first.plugin("keep")["pid"]
+    state = Path(ws.root / "data" / "loaded.json")
+    before = state.read_bytes()
+
+    out = _second_serve(ws)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"plugind: error: another plugind is running on state file {state} (pid {first.proc.pid}): "
+        f"it holds {state}.lock. Stop it first, or give this daemon its own plugins.state_file "
+        "(and sandboxing.cgroups.parent)"
+    )
+    assert state.read_bytes() == before
+    assert first.plugin("keep")["pid"] == pid
+    assert first.call("on_request", {"n": 1})["success"]
+    assert first.stop() == 0
+    # Held for the daemon's life only: once it is gone, the next one starts and restores the set.
+    again = daemon_factory(ws)
+    assert again.plugin("keep")["state"] == "running"
+    assert again.stop() == 0
+
+
+def test_a_second_daemon_on_the_same_cgroup_parent_leaves_the_first_ones_plugins_alone(
+    ws: Workspace, daemon_factory: Factory
+) -> None:
+    # With a state file of its own but the same cgroup parent, the second daemon would take the
+    # first one's plugin groups for stale ones at start-up and kill their processes. It stops first.
+    session_parent()  # skips, saying why, on a host without cgroup controllers
+    ws.sandboxing = True
+    ws.add(echo("keep"))
+    first = daemon_factory(ws)
+    assert first.cgroup is not None
+    pid = first.plugin("keep")["pid"]
+    groups = {g: g.stat().st_ino for g in first.cgroup.plugin_dirs("keep")}
+    assert groups, f"the plugin has no cgroup under {first.cgroup.plugins}"
+
+    out = _second_serve(ws, env={
+        "PLUGIND_PLUGINS__STATE_FILE": str(ws.root / "other" / "loaded.json"),
+        "PLUGIND_SANDBOXING__CGROUPS__PARENT": first.cgroup.parent,
+    }, preexec_fn=first.cgroup.enter)
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("plugind: error: cgroup parent "), last
+    assert f"is in use by another process (pid {first.proc.pid}), most likely another plugind" in last
+    assert first.plugin("keep")["pid"] == pid
+    assert alive(pid)
+    assert {g: g.stat().st_ino for g in first.cgroup.plugin_dirs("keep")} == groups
+    assert first.call("on_request", {"n": 1})["success"]
+    assert first.stop() == 0

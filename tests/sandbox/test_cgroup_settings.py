@@ -186,3 +186,16 @@ def test_a_spare_is_moved_once_clone3_was_refused(monkeypatch: pytest.MonkeyPatc
     assert contain.born_style("v2", parse_mountinfo(UNIFIED)) is True
     monkeypatch.setattr(contain, "_NO_CLONE3", ["clone3(CLONE_INTO_CGROUP, cgroup fd 9): ENOSYS"])
     assert contain.born_style("v2", parse_mountinfo(UNIFIED)) is False
+
+
+def test_the_parent_lock_lives_in_one_hierarchy_every_daemon_on_the_host_picks() -> None:
+    # Chosen from the mounts alone (not the backend a daemon is configured with), so that two
+    # daemons of any configuration on one host contend for the same directory.
+    from plugind.sandbox.cgroups import lock_root
+
+    assert str(lock_root(parse_mountinfo(HYBRID))) == "/sys/fs/cgroup/pids"
+    assert str(lock_root(parse_mountinfo(COMBINED_V1))) == "/sys/fs/cgroup/pids"
+    assert str(lock_root(parse_mountinfo(UNIFIED))) == "/sys/fs/cgroup"
+    no_pids = Hierarchy(None, frozenset(), {"memory": "/m", "cpu": "/c"})
+    assert str(lock_root(no_pids)) == "/c"
+    assert lock_root(Hierarchy(None, frozenset(), {})) is None
