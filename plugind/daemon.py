@@ -38,7 +38,7 @@ from plugind.host.budgets import api_context_budget
 from plugind.host.context import PluginContext
 from plugind.host.launcher import Launcher
 from plugind.host.launchers import LauncherPool, new_launcher
-from plugind.host.loader import PluginLoader
+from plugind.host.loader import PluginLoader, remove_leftovers
 from plugind.host.registry import PluginRegistry
 from plugind.host.supervisor import Supervisor
 from plugind.logs import setup_logging
@@ -222,6 +222,9 @@ class Daemon:
             removed = await asyncio.to_thread(cleanup_stale, cg.parent)
             if removed:
                 log.info("removed %d stale plugin cgroups", len(removed))
+        if removed_files := await asyncio.to_thread(remove_leftovers, settings):
+            log.info("removed %d leftovers of an interrupted write: %s", len(removed_files),
+                     ", ".join(p.name for p in removed_files[:8]))
         guard = TrustListGuard.from_settings(settings)  # highest trust-list generation, in memory too
         # Read again before each load and scan, when the trust-list file changed (SecuritySource).
         source = SecuritySource(settings, guard=guard)

@@ -12,6 +12,7 @@ bytes when it was changed.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import threading
 import time
@@ -23,6 +24,7 @@ from plugind import fsio
 from plugind.config import PLUGIN_NAME_RE, Settings
 from plugind.errors import BundleError, LoadError, PluginError
 from plugind.fsio import FileIdentity, atomic_write, file_identity
+from plugind.host.state import journal_path
 from plugind.trust import PluginSecurity, TrustLevel, VerifiedBundle
 from plugind.trust.bundle import BundleLimits, extract_bundle, remove_tree
 from plugind.trust.signature import signature_path
@@ -44,6 +46,44 @@ KEPT_TREE_FILES = 64
 # trouble) turns them off: the event loop must not wait on the file system.
 KEPT_SLOW_S = 0.005
 KEPT_SLOW_TIMES = 3
+
+
+LEFTOVER_PREFIXES = (".extract-", ".old-")  # extract_bundle's temporary directories
+
+
+def remove_leftovers(settings: Settings) -> list[Path]:
+    """What a daemon killed mid-write left behind, removed: the temporary directories of an
+    extraction or a tree replacement in `plugins.extract_dir` (up to `max_unpacked_bytes` each) and
+    the temporary files of the state file and its journal. Returns what was removed.
+
+    Only with the instance lock held (daemon.lock_instance: no other daemon is writing them), and
+    before the first load. Blocking; never raises (what cannot be removed is logged and kept)."""
+    removed: list[Path] = []
+    candidates: list[Path] = []
+    extract_dir = Path(settings.plugins.extract_dir)
+    try:
+        with os.scandir(extract_dir) as entries:
+            candidates += [Path(e.path) for e in entries
+                           if e.name.startswith(LEFTOVER_PREFIXES) and e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot list %s for leftovers: %s", extract_dir, exc.strerror or exc)
+    state = Path(settings.plugins.state_file)
+    candidates += fsio.stale_temp_files(state) + fsio.stale_temp_files(journal_path(state))
+    for path in candidates:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                remove_tree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove leftover %s: %s", path, exc.strerror or exc)
+            continue
+        removed.append(path)
+    return removed
 
 
 @dataclass(frozen=True)

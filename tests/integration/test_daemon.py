@@ -612,3 +612,44 @@ def test_a_second_daemon_on_the_same_cgroup_parent_leaves_the_first_ones_plugins
     assert {g: g.stat().st_ino for g in first.cgroup.plugin_dirs("keep")} == groups
     assert first.call("on_request", {"n": 1})["success"]
     assert first.stop() == 0
+
+
+def test_start_removes_what_an_interrupted_write_left_and_nothing_else(
+    ws: Workspace, daemon_factory: Factory
+) -> None:
+    # A daemon killed while it extracted a bundle, swapped a tree or rewrote its state leaves
+    # temporary directories (up to max_unpacked_bytes each) and files behind: the next start, which
+    # holds the instance lock, removes them before any load. Nothing else is touched.
+    ws.add(echo("keep"))
+    extracted = ws.root / "data" / "extracted"
+    extracted.mkdir(parents=True)
+    half = extracted / ".extract-keep-k2j4h1"
+    (half / "pkg").mkdir(parents=True)
+    (half / "pkg" / "mod.py").write_text("x = 1\n")
+    (half / "pkg" / "mod.py").chmod(0o444)
+    (half / "pkg").chmod(0o555)
+    half.chmod(0o555)
+    swapped = extracted / ".old-keep-9zz1q0"
+    (swapped / "tree").mkdir(parents=True)
+    state_tmp = ws.root / "data" / ".plugind-tmp-loaded.json.x81kd2"
+    journal_tmp = ws.root / "data" / ".plugind-tmp-loaded.json.journal.q0w9e8"
+    for f in (state_tmp, journal_tmp):
+        f.write_text("{")
+    outside = ws.root / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("kept")
+    kept = [extracted / ".extract-a-file", extracted / ".extract-a-link", extracted / "notes.txt",
+            ws.root / "data" / ".plugind-tmp-other.json.abc"]
+    kept[0].write_text("a file, not a directory of ours")
+    kept[1].symlink_to(outside)
+    kept[2].write_text("someone's")
+    kept[3].write_text("another file's temp")
+
+    daemon = daemon_factory(ws)
+    assert daemon.plugin("keep")["state"] == "running"
+    for gone in (half, swapped, state_tmp, journal_tmp):
+        assert not os.path.lexists(gone), f"{gone} survived the start"
+    assert all(os.path.lexists(p) for p in kept)
+    assert (outside / "precious").read_text() == "kept"
+    assert "removed 4 leftovers of an interrupted write" in daemon.log()
+    assert daemon.stop() == 0
