@@ -230,6 +230,19 @@ def teardown(ctx):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(60)
 ''',
+    "oom_on_restart": '''
+@plugin.on_load
+def setup(ctx):
+    if ctx.get("oom_on_restart.crashed"):  # a restart: over the memory limit before its hello
+        hoard = []
+        while True:
+            hoard.append(b"\\x01" * (8 << 20))
+
+@plugin.hook("go")
+def go(code, ctx):
+    ctx.set("oom_on_restart.crashed", True)
+    os._exit(code)
+''',
 }
 
 
@@ -1105,6 +1118,32 @@ def test_sandboxed_plugin_through_the_real_sandbox(tmp_path: Path, cgroup_parent
         await sup.stop()
         assert sup.last_exit is not None and sup.last_exit.code == 0
         assert group_dirs(f"{cgroup_parent}/whoami") == [], "the plugin's cgroup outlived it"
+
+    run(tmp_path, body, s)
+
+
+@pytest.mark.root
+def test_an_oom_kill_while_the_plugin_restarts_is_reported(tmp_path: Path, cgroup_parent: str) -> None:
+    # Its restart's on_load runs over the memory limit: the OOM killer takes it before its hello,
+    # while the supervisor is restarting it, not running it. That is an OOM kill all the same.
+    s = settings(max_restarts=2)
+    s.sandboxing.enabled = True
+    s.sandboxing.cgroups.parent = cgroup_parent
+    s.sandboxing.cgroups.memory_limit_mb = 64
+
+    async def body(rig: Rig) -> None:
+        sup = rig.supervisor("oom_on_restart")
+        sup.manifest.requires = SimpleNamespace(network=(), memory_mb=None)
+        await sup.start()
+        assert sup.isolation["cgroup"].startswith("active"), sup.isolation
+        first = sup.pid
+        with pytest.raises(PluginCrashed, match=r"exit code 4\)"):
+            await sup.invoke("go", 4, 5)
+        await rig.wait_event("oom_on_restart", "oom_killed", timeout=60)
+        kills = [d for n, kind, d in rig.events if n == "oom_on_restart" and kind == "oom_killed"]
+        assert first not in [k["pid"] for k in kills]  # its own exit (status 4) was no OOM kill
+        assert "recovered" not in rig.kinds("oom_on_restart")
+        await sup.stop()
 
     run(tmp_path, body, s)
 
