@@ -390,6 +390,9 @@ async def run(args: argparse.Namespace) -> int:
                                        ("rest-httpx", "plugind REST, httpx client"))}
     # The public path with calls as far apart as REST calls come (not a row: CPU of the plugin only).
     spaced = Side("plugind hooks.execute, spaced")
+    # The same with polling off (`quiet`): its host sleeps until the answer comes, as a REST
+    # daemon's event loop does, so the plugin's answer has to wake it.
+    spaced0 = Side("plugind hooks.execute, spaced, no poll")
     # The same public path with polling off on both sides: what polling buys, and what it costs.
     quiet = Settings()
     quiet.sandboxing.enabled = False
@@ -509,6 +512,9 @@ async def run(args: argparse.Namespace) -> int:
                         # the REST plugin-CPU target are sampled across the whole turn alike.
                         await measure_spaced(spaced, public, max(n // 10 // REST_TURNS, 25), SPACED_GAP_S,
                                              sup.pid)
+                        assert sup0.pid is not None
+                        await measure_spaced(spaced0, public0, max(n // 20 // REST_TURNS, 25), SPACED_GAP_S,
+                                             sup0.pid)
                         c0 = time.process_time()
                         measure_sync(sides[key], call, max(n // 2 // REST_TURNS, 25),
                                      (r_.daemon.proc.pid, r_.pid))
@@ -567,6 +573,10 @@ async def run(args: argparse.Namespace) -> int:
               f"sleeps between them, its poll window at 0): library {spaced.cpu()[1] * 1e6:.1f} us, "
               f"p50 {spaced.p50() * 1e6:.1f} us" + (f"; REST {sides['rest'].cpu()[1] * 1e6:.1f} us"
                                                     if sides["rest"].lat else ""))
+        if spaced0.cpu_calls:
+            print(f"  the same library calls with polling off on both sides (the host sleeps until the "
+                  f"answer, as a REST daemon does, so the plugin's answer wakes it): "
+                  f"{spaced0.cpu()[1] * 1e6:.1f} us")
         pol, nop = sides["public"], sides["nopoll"]
         print(f"polling: p50 {nop.p50() * 1e6:.1f} -> {pol.p50() * 1e6:.1f} us for CPU per call "
               f"(host + plugin) {sum(nop.cpu()) * 1e6:.1f} -> {sum(pol.cpu()) * 1e6:.1f} us")
@@ -644,7 +654,9 @@ async def run(args: argparse.Namespace) -> int:
             print(f"target: REST costs the plugin no more CPU than a library call: {rp * 1e6:.1f} vs "
                   f"{lp * 1e6:.1f} us for a library call that also finds it asleep ({rp / lp:.2f}x), "
                   f"{verdict(rp <= lp * 1.1)} (10% slack for noise); back-to-back library calls "
-                  f"{hot * 1e6:.1f} us ({rp / hot:.2f}x)")
+                  f"{hot * 1e6:.1f} us ({rp / hot:.2f}x)" + (
+                      f"; a library call whose host sleeps too {spaced0.cpu()[1] * 1e6:.1f} us "
+                      f"({rp / spaced0.cpu()[1]:.2f}x)" if spaced0.cpu_calls else ""))
         for key, limit in (("rest", 5e-3), ("rest-sb", 10e-3)):
             cold = sides[key].cold if key in sides else []
             if cold:
