@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from cgroup_host import HOST, entries_needed_in, group_dirs, root_home, runtime_dirs, session_parent
 from escape_plugin import calm, hostile, sibling
-from integration.conftest import RunningDaemon, alive, reap, start, wait_for
+from integration.conftest import TOKEN, RunningDaemon, alive, free_port, reap, start, wait_for
 from kit import Workspace, plugin_source
 from sandbox_harness import LiveServer
 
@@ -424,6 +425,28 @@ def test_kernel_module_load_kills_the_plugin_which_is_restarted(box: Box) -> Non
     assert crash[0]["syscall"] == "finit_module"
     assert probe(box, "status")["Seccomp"] == "2"  # the new incarnation serves, sandboxed again
     host_is_fine(box, sibling_pid)
+
+
+def test_a_second_daemon_on_the_parent_stops_and_leaves_the_plugins_alone(box: Box) -> None:
+    # Its own state file, the same cgroup parent: its start-up would have taken the plugins' groups
+    # for stale ones and killed them (cleanup_stale). It stops first, naming the holder.
+    pids = {name: box.pid(name) for name in ("hostile", "sibling", "calm")}
+    groups = {g: g.stat().st_ino for name in pids for g in box.cgroup(name).dirs.values()}
+    config = box.ws.write_config(listen=f"127.0.0.1:{free_port()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIND_")}
+    env.update(PLUGIN_TRUST_KEY=box.ws.trust_key_hex, PLUGIND_API_TOKEN=TOKEN,
+               PLUGIND_PLUGINS__STATE_FILE=str(box.ws.root / "second" / "loaded.json"),
+               PLUGIND_PLUGINS__EXTRACT_DIR=str(box.ws.root / "second" / "extracted"))
+    out = subprocess.run([sys.executable, "-m", "plugind", "serve", "--config", str(config)],
+                         capture_output=True, text=True, env=env, timeout=60, cwd=box.ws.root)
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"plugind: error: cgroup parent {box.parent} is in use by another process "
+                           f"(pid {box.daemon.proc.pid}), most likely another plugind"), last
+    assert {name: box.pid(name) for name in pids} == pids
+    assert all(alive(pid) for pid in pids.values())
+    assert {g: g.stat().st_ino for g in groups} == groups
+    host_is_fine(box, pids["sibling"])
 
 
 def _oom_violations_total(box: Box) -> float:
