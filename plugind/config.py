@@ -2,14 +2,20 @@
 
 Environment overrides use `__` between levels: `PLUGIND_API__LISTEN=0.0.0.0:7070`,
 `PLUGIND_SANDBOXING__ENABLED=false`. Unknown keys and invalid values raise `ConfigError` naming the
-key and the file. Relative paths are resolved against the directory the daemon was started in.
+key and where it came from: the file, or the environment variable. A `PLUGIND_*` variable that is no
+setting but is one misspelt (`PLUGIND_API_LISTEN`, one underscore between levels) or names an
+unknown key of a section is refused the same way, with the spelling meant when there is one.
+Relative paths are resolved against the directory the daemon was started in.
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -413,6 +419,131 @@ def _unparsed_env(error: str) -> str:
     return ", ".join(bad) if bad else f"a {prefix}* environment variable"
 
 
+# PLUGIND_* variables that are not settings: read elsewhere (the API token, the log spec, the
+# configuration file's path), set by plugind for an exec plugin, or by its own tooling (the host lanes).
+OTHER_ENV = frozenset({"PLUGIND_CONFIG", "PLUGIND_API_TOKEN", "PLUGIND_LOG", "PLUGIND_FD", "PLUGIND_NAME",
+                       "PLUGIND_MAX_FRAME"})
+OTHER_ENV_PREFIXES = ("PLUGIND_HOSTS_",)
+_ENV_PREFIX = "PLUGIND_"
+_FREE = object()  # a dict's level: any key
+
+
+def _level(annotation: Any) -> Any:
+    # What lies under a field: a model, _FREE then what a dict holds, or None (a value, no level).
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is dict:
+        return (_FREE, typing.get_args(annotation)[1])
+    return None
+
+
+def _setting_path(parts: list[str]) -> tuple[str, ...] | None:
+    """The settings key `PLUGIND_` + "__".join(parts) sets (lower case), or None when it sets none."""
+    level: Any = Settings
+    path: list[str] = []
+    for part in parts:
+        name = part.lower()
+        if not name:
+            return None
+        if isinstance(level, tuple):  # a dict's key (a plugin's name, a hook's), then what it holds
+            path.append(name)
+            level = _level(level[1])
+            continue
+        if level is None or name not in level.model_fields:
+            return None
+        path.append(name)
+        level = _level(level.model_fields[name].annotation)
+    return tuple(path)
+
+
+def _is_value(parts: list[str]) -> bool:
+    # Whether PLUGIND_ + "__".join(parts) names one value (not a whole section or table).
+    level: Any = Settings
+    for part in parts:
+        if isinstance(level, tuple):
+            level = _level(level[1])
+        elif level is None or part.lower() not in level.model_fields:
+            return False
+        else:
+            level = _level(level.model_fields[part.lower()].annotation)
+    return level is None
+
+
+def _respelled(rest: str) -> str | None:
+    # A spelling of PLUGIND_<rest> with "__" between some of its words that names one value.
+    words = [w for w in rest.split("_") if w]
+    if not 1 < len(words) <= 10:
+        return None
+    for joins in itertools.product(("_", "__"), repeat=len(words) - 1):
+        parts = "".join(w + j for w, j in zip(words, (*joins, ""), strict=True)).split("__")
+        if _is_value(parts):
+            return _ENV_PREFIX + "__".join(parts)
+    return None
+
+
+def _closest(parts: list[str]) -> str | None:
+    # PLUGIND_* with each level's name replaced by the closest of its level's keys, when that names
+    # a setting (a dict's keys are anyone's: kept as they are).
+    level: Any = Settings
+    out: list[str] = []
+    for part in parts:
+        name = part.lower()
+        if isinstance(level, tuple):
+            out.append(part)
+            level = _level(level[1])
+            continue
+        if level is None:
+            return None
+        if name not in level.model_fields:
+            close = difflib.get_close_matches(name, list(level.model_fields), n=1, cutoff=0.7)
+            if not close:
+                return None
+            name = close[0]
+        out.append(name.upper())
+        level = _level(level.model_fields[name].annotation)
+    return _ENV_PREFIX + "__".join(out)
+
+
+def check_env_names(environ: typing.Mapping[str, str] | None = None) -> None:
+    """Refuse a `PLUGIND_*` variable that sets nothing but looks meant to: spelt with `__` between
+    its words, or with the closest key of each level, it names a setting (`PLUGIND_API_LISTEN`,
+    `PLUGIND_API__LISTENN`). pydantic-settings ignores the first kind silently. Other `PLUGIND_*`
+    names (OTHER_ENV, a tool's own) are not ours to judge. Raises ConfigError naming the variable
+    and the spelling meant."""
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper in OTHER_ENV or upper.startswith(OTHER_ENV_PREFIXES):
+            continue
+        rest = upper[len(_ENV_PREFIX):]
+        parts = rest.split("__")
+        if _setting_path(parts) is not None:
+            continue
+        meant = ((_closest(parts) or _respelled(rest)) if len(parts) > 1 else _respelled(rest))
+        if meant is None:
+            continue  # no setting of ours, nor one misspelt
+        key = ".".join(_setting_path(meant[len(_ENV_PREFIX):].split("__")) or ())
+        raise ConfigError(f"{name} sets nothing: did you mean {meant}? (the variable of a setting is "
+                          "PLUGIND_ and its keys in capitals, two underscores between levels)", key=key)
+
+
+def _from_env(loc: tuple[Any, ...], environ: typing.Mapping[str, str] | None = None) -> str | None:
+    # The PLUGIND_* variable that gave the value at `loc` (environment values win over the file's):
+    # the deepest one set of PLUGIND_A__B__C, PLUGIND_A__B, PLUGIND_A.
+    names = {n.upper(): n for n in (os.environ if environ is None else environ)}
+    for i in range(len(loc), 0, -1):
+        candidate = _ENV_PREFIX + "__".join(str(p).upper() for p in loc[:i])
+        if candidate in names:
+            return names[candidate]
+    return None
+
+
+def _env_within(loc: tuple[Any, ...]) -> list[str]:
+    # The PLUGIND_* variables set below `loc` (a section whose own check failed: its values may come
+    # from the file and the environment alike).
+    prefix = _ENV_PREFIX + "__".join(str(p).upper() for p in loc) + "__"
+    return sorted(n for n in os.environ if n.upper().startswith(prefix))
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Settings:
     """Read the TOML file at `path` (default config/plugins.toml, or $PLUGIND_CONFIG) plus PLUGIND_* env.
 
@@ -435,6 +566,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
         raise ConfigError(f"{cfg_path}: configuration file not found", path=str(cfg_path))
 
     toml_data = _with_plugin_dir(data) if env else data
+    if env:
+        check_env_names()
 
     class _Bound(Settings):
         @classmethod
@@ -467,9 +600,15 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: bool = True)
         if first["type"] == "extra_forbidden":
             msg = "unknown key"
         msg = msg.removeprefix("Value error, ")
-        raise ConfigError(f"{cfg_path}: {key}: {msg}", key=key, path=str(cfg_path)) from exc
+        source = _from_env(first["loc"]) if env else None
+        if source is not None:  # the value came from the environment, not the file
+            raise ConfigError(f"{source}: {key}: {msg}", key=key) from exc
+        within = _env_within(first["loc"]) if env else []
+        where = f"{cfg_path} and {', '.join(within)}" if within else str(cfg_path)  # a section's check
+        raise ConfigError(f"{where}: {key}: {msg}", key=key, path=str(cfg_path)) from exc
     # Return a plain Settings so callers can copy/compare it without the bound subclass.
     return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "PLUGIN_DIR_ENV", "PLUGIN_NAME_RE", "Settings", "load_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "OTHER_ENV", "PLUGIN_DIR_ENV", "PLUGIN_NAME_RE", "Settings",
+           "check_env_names", "load_config"]

@@ -159,3 +159,67 @@ def test_a_list_or_table_not_in_json_names_its_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=rf"^{name} cannot be read: a list or a table is given as JSON"):
         load_config(write(tmp_path, ""))
+
+
+@pytest.mark.parametrize(("name", "meant", "key"), [
+    # One underscore between levels: pydantic-settings ignored it, and the default stood.
+    ("PLUGIND_API_LISTEN", "PLUGIND_API__LISTEN", "api.listen"),
+    ("PLUGIND_SANDBOXING_CGROUPS_MEMORY_LIMIT_MB", "PLUGIND_SANDBOXING__CGROUPS__MEMORY_LIMIT_MB",
+     "sandboxing.cgroups.memory_limit_mb"),
+    ("PLUGIND_SECURITY_ONLY_TRUSTED", "PLUGIND_SECURITY__ONLY_TRUSTED", "security.only_trusted"),
+    # A key, or a section, misspelt.
+    ("PLUGIND_API__LISTENN", "PLUGIND_API__LISTEN", "api.listen"),
+    ("PLUGIND_APII__LISTEN", "PLUGIND_API__LISTEN", "api.listen"),
+    ("PLUGIND_SUPERVISOR__SPIN", "PLUGIND_SUPERVISOR__SPIN_US", "supervisor.spin_us"),
+    ("PLUGIND_PLUGIN__ECHO__AUTO_UNMOUNTT", "PLUGIND_PLUGIN__ECHO__AUTO_UNMOUNT", "plugin.echo.auto_unmount"),
+])
+def test_a_variable_that_sets_nothing_but_was_meant_to_is_refused_with_its_spelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, meant: str, key: str
+) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, ""))
+    assert str(info.value).startswith(f"{name} sets nothing: did you mean {meant}? ")
+    assert info.value.key == key and str(tmp_path) not in str(info.value)
+    monkeypatch.delenv(name)
+    value = {"api.listen": "127.0.0.1:7071", "security.only_trusted": "true",
+             "plugin.echo.auto_unmount": "true"}.get(key, "2")
+    monkeypatch.setenv(meant, value)
+    load_config(write(tmp_path, ""))  # the spelling it suggests is a setting
+
+
+@pytest.mark.parametrize("name", ["PLUGIND_API_TOKEN", "PLUGIND_LOG", "PLUGIND_FD", "PLUGIND_NAME",
+                                  "PLUGIND_MAX_FRAME", "PLUGIND_HOSTS_MIRROR", "PLUGIND_SOMETHING_ELSE",
+                                  "PLUGIND_FOO__BAR", "plugind_api__listen",
+                                  "PLUGIND_HOOKS__TIMEOUTS__ON_REQUEST"])
+def test_other_variables_and_settings_are_left_to_their_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "127.0.0.1:7072" if name.lower() == "plugind_api__listen" else "3")
+    settings = load_config(write(tmp_path, ""))
+    if name == "plugind_api__listen":
+        assert settings.api.listen == "127.0.0.1:7072"
+    if name.endswith("ON_REQUEST"):
+        assert settings.hooks.timeouts == {"on_request": 3.0}
+
+
+def test_an_environment_value_that_fails_is_blamed_on_its_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[api]\nmax_header_bytes = 8192\n")
+    monkeypatch.setenv("PLUGIND_API__MAX_HEADER_BYTES", "lots")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith("PLUGIND_API__MAX_HEADER_BYTES: api.max_header_bytes: ")
+    assert str(path) not in str(info.value) and info.value.path is None
+    monkeypatch.setenv("PLUGIND_API__ZZZ", "1")  # no key near it: pydantic's refusal, named so too
+    monkeypatch.delenv("PLUGIND_API__MAX_HEADER_BYTES")
+    with pytest.raises(ConfigError, match=r"^PLUGIND_API__ZZZ: api\.zzz: unknown key$"):
+        load_config(path)
+    monkeypatch.delenv("PLUGIND_API__ZZZ")
+    with pytest.raises(ConfigError, match=rf"^{path}: api\.max_header_bytes: "):
+        load_config(write(tmp_path, "[api]\nmax_header_bytes = 'lots'\n"))  # from the file: the file
+    # A section's own check: its values may come from either, and both are named.
+    monkeypatch.setenv("PLUGIND_SECURITY__ONLY_TRUSTED", "2")
+    with pytest.raises(ConfigError, match=rf"^{path} and PLUGIND_SECURITY__ONLY_TRUSTED: security: "):
+        load_config(write(tmp_path, ""))
