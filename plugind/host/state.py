@@ -321,16 +321,21 @@ class StateWriter:
 
 def _diff(old: list[str], old_pins: dict[str, str], new: list[str], new_pins: dict[str, str]
           ) -> list[dict[str, object]] | None:
-    """The journal records that turn `old` into `new`, or None when a record cannot say it (the
-    names kept changed order): then the base is rewritten."""
+    """The journal records that turn `old` into `new`. A "set" appends a name not listed (and only
+    pins one that is), so names kept whose order changed (loads started together that finish in
+    another order) are removed from the first that moved on and set again in their new order."""
     if new[:len(old)] == old:  # the common case, loads only: one comparison in C
         kept, removed = old, []
     else:
         present = set(new)
         kept = [n for n in old if n in present]
-        if new[:len(kept)] != kept:
-            return None
         removed = [n for n in old if n not in present]
+        if new[:len(kept)] != kept:
+            same = 0  # the longest prefix the order keeps; from there on, all go and come back
+            while new[same] == kept[same]:
+                same += 1
+            removed += kept[same:]
+            kept = kept[:same]
     changes: list[dict[str, object]] = [{"op": "del", "name": n} for n in removed]
     if new_pins != old_pins:
         changes += [{"op": "set", "name": n, "version": new_pins.get(n)} for n in kept
