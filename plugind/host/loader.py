@@ -53,8 +53,9 @@ LEFTOVER_PREFIXES = (".extract-", ".old-")  # extract_bundle's temporary directo
 
 def remove_leftovers(settings: Settings) -> list[Path]:
     """What a daemon killed mid-write left behind, removed: the temporary directories of an
-    extraction or a tree replacement in `plugins.extract_dir` (up to `max_unpacked_bytes` each) and
-    the temporary files of the state file and its journal. Returns what was removed.
+    extraction or a tree replacement in `plugins.extract_dir` (up to `max_unpacked_bytes` each),
+    the temporary files of its tree markers, and those of the state file and its journal. Returns
+    what was removed.
 
     Only with the instance lock held (daemon.lock_instance: no other daemon is writing them), and
     before the first load. Blocking; never raises (what cannot be removed is logged and kept)."""
@@ -63,8 +64,10 @@ def remove_leftovers(settings: Settings) -> list[Path]:
     extract_dir = Path(settings.plugins.extract_dir)
     try:
         with os.scandir(extract_dir) as entries:
-            candidates += [Path(e.path) for e in entries
-                           if e.name.startswith(LEFTOVER_PREFIXES) and e.is_dir(follow_symlinks=False)]
+            for e in entries:
+                if (e.name.startswith(LEFTOVER_PREFIXES) and e.is_dir(follow_symlinks=False)) or (
+                        e.name.startswith(fsio.TEMP_PREFIX) and e.is_file(follow_symlinks=False)):
+                    candidates.append(Path(e.path))  # the last: a tree marker's (_write_marker)
     except FileNotFoundError:
         pass
     except OSError as exc:

@@ -633,7 +633,8 @@ def test_start_removes_what_an_interrupted_write_left_and_nothing_else(
     (swapped / "tree").mkdir(parents=True)
     state_tmp = ws.root / "data" / ".plugind-tmp-loaded.json.x81kd2"
     journal_tmp = ws.root / "data" / ".plugind-tmp-loaded.json.journal.q0w9e8"
-    for f in (state_tmp, journal_tmp):
+    marker_tmp = extracted / ".plugind-tmp-keep-1.0.0-0123456789abcdef.digest.zz81"
+    for f in (state_tmp, journal_tmp, marker_tmp):
         f.write_text("{")
     outside = ws.root / "outside"
     outside.mkdir()
@@ -647,9 +648,9 @@ def test_start_removes_what_an_interrupted_write_left_and_nothing_else(
 
     daemon = daemon_factory(ws)
     assert daemon.plugin("keep")["state"] == "running"
-    for gone in (half, swapped, state_tmp, journal_tmp):
+    for gone in (half, swapped, state_tmp, journal_tmp, marker_tmp):
         assert not os.path.lexists(gone), f"{gone} survived the start"
     assert all(os.path.lexists(p) for p in kept)
     assert (outside / "precious").read_text() == "kept"
-    assert "removed 4 leftovers of an interrupted write" in daemon.log()
+    assert "removed 5 leftovers of an interrupted write" in daemon.log()
     assert daemon.stop() == 0
