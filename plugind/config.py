@@ -425,114 +425,91 @@ OTHER_ENV = frozenset({"PLUGIND_CONFIG", "PLUGIND_API_TOKEN", "PLUGIND_LOG", "PL
                        "PLUGIND_MAX_FRAME"})
 OTHER_ENV_PREFIXES = ("PLUGIND_HOSTS_",)
 _ENV_PREFIX = "PLUGIND_"
-_FREE = object()  # a dict's level: any key
 
 
 def _level(annotation: Any) -> Any:
-    # What lies under a field: a model, _FREE then what a dict holds, or None (a value, no level).
+    # What lies under a field: a model; ("dict", what it holds) for a table whose keys are anyone's
+    # (a plugin's name, a hook's); or None (a value: no level below).
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if typing.get_origin(annotation) is dict:
-        return (_FREE, typing.get_args(annotation)[1])
+        return ("dict", typing.get_args(annotation)[1])
     return None
 
 
-def _setting_path(parts: list[str]) -> tuple[str, ...] | None:
-    """The settings key `PLUGIND_` + "__".join(parts) sets (lower case), or None when it sets none."""
+def _walk(parts: list[str], *, closest: bool = False) -> tuple[list[str], bool] | None:
+    """The settings key `PLUGIND_` + "__".join(parts) names (lower case), and whether it is one value
+    (not a whole section or table); None when it names none. With `closest`, a level's name that is
+    no key is replaced by its closest key (a table's keys are kept as they are)."""
     level: Any = Settings
     path: list[str] = []
     for part in parts:
         name = part.lower()
         if not name:
             return None
-        if isinstance(level, tuple):  # a dict's key (a plugin's name, a hook's), then what it holds
+        if isinstance(level, tuple):
             path.append(name)
-            level = _level(level[1])
-            continue
-        if level is None or name not in level.model_fields:
-            return None
-        path.append(name)
-        level = _level(level.model_fields[name].annotation)
-    return tuple(path)
-
-
-def _is_value(parts: list[str]) -> bool:
-    # Whether PLUGIND_ + "__".join(parts) names one value (not a whole section or table).
-    level: Any = Settings
-    for part in parts:
-        if isinstance(level, tuple):
-            level = _level(level[1])
-        elif level is None or part.lower() not in level.model_fields:
-            return False
-        else:
-            level = _level(level.model_fields[part.lower()].annotation)
-    return level is None
-
-
-def _respelled(rest: str) -> str | None:
-    # A spelling of PLUGIND_<rest> with "__" between some of its words that names one value.
-    words = [w for w in rest.split("_") if w]
-    if not 1 < len(words) <= 10:
-        return None
-    for joins in itertools.product(("_", "__"), repeat=len(words) - 1):
-        parts = "".join(w + j for w, j in zip(words, (*joins, ""), strict=True)).split("__")
-        if _is_value(parts):
-            return _ENV_PREFIX + "__".join(parts)
-    return None
-
-
-def _closest(parts: list[str]) -> str | None:
-    # PLUGIND_* with each level's name replaced by the closest of its level's keys, when that names
-    # a setting (a dict's keys are anyone's: kept as they are).
-    level: Any = Settings
-    out: list[str] = []
-    for part in parts:
-        name = part.lower()
-        if isinstance(level, tuple):
-            out.append(part)
             level = _level(level[1])
             continue
         if level is None:
             return None
         if name not in level.model_fields:
-            close = difflib.get_close_matches(name, list(level.model_fields), n=1, cutoff=0.7)
+            fields = list(level.model_fields)
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.7) if closest else []
             if not close:
                 return None
             name = close[0]
-        out.append(name.upper())
+        path.append(name)
         level = _level(level.model_fields[name].annotation)
-    return _ENV_PREFIX + "__".join(out)
+    return path, level is None
 
 
-def check_env_names(environ: typing.Mapping[str, str] | None = None) -> None:
+def _env_name(path: typing.Iterable[Any]) -> str:
+    # The PLUGIND_* variable of a settings key (levels joined by "__", in capitals).
+    return _ENV_PREFIX + "__".join(str(p).upper() for p in path)
+
+
+def _respelled(rest: str) -> list[str] | None:
+    # The key of a spelling of PLUGIND_<rest> with "__" between some of its words that names one value.
+    words = [w for w in rest.split("_") if w]
+    if not 1 < len(words) <= 10:
+        return None
+    for joins in itertools.product(("_", "__"), repeat=len(words) - 1):
+        found = _walk("".join(w + j for w, j in zip(words, (*joins, ""), strict=True)).split("__"))
+        if found is not None and found[1]:
+            return found[0]
+    return None
+
+
+def check_env_names() -> None:
     """Refuse a `PLUGIND_*` variable that sets nothing but looks meant to: spelt with `__` between
     its words, or with the closest key of each level, it names a setting (`PLUGIND_API_LISTEN`,
     `PLUGIND_API__LISTENN`). pydantic-settings ignores the first kind silently. Other `PLUGIND_*`
     names (OTHER_ENV, a tool's own) are not ours to judge. Raises ConfigError naming the variable
     and the spelling meant."""
-    for name in sorted(os.environ if environ is None else environ):
+    for name in sorted(os.environ):
         upper = name.upper()
         if not upper.startswith(_ENV_PREFIX) or upper in OTHER_ENV or upper.startswith(OTHER_ENV_PREFIXES):
             continue
         rest = upper[len(_ENV_PREFIX):]
         parts = rest.split("__")
-        if _setting_path(parts) is not None:
+        if _walk(parts) is not None:
             continue
-        meant = ((_closest(parts) or _respelled(rest)) if len(parts) > 1 else _respelled(rest))
+        closest = _walk(parts, closest=True) if len(parts) > 1 else None
+        meant = closest[0] if closest is not None else _respelled(rest)
         if meant is None:
             continue  # no setting of ours, nor one misspelt
-        key = ".".join(_setting_path(meant[len(_ENV_PREFIX):].split("__")) or ())
-        raise ConfigError(f"{name} sets nothing: did you mean {meant}? (the variable of a setting is "
-                          "PLUGIND_ and its keys in capitals, two underscores between levels)", key=key)
+        raise ConfigError(f"{name} sets nothing: did you mean {_env_name(meant)}? (the variable of a "
+                          "setting is PLUGIND_ and its keys in capitals, two underscores between levels)",
+                          key=".".join(meant))
 
 
-def _from_env(loc: tuple[Any, ...], environ: typing.Mapping[str, str] | None = None) -> str | None:
+def _from_env(loc: tuple[Any, ...]) -> str | None:
     # The PLUGIND_* variable that gave the value at `loc` (environment values win over the file's):
     # the deepest one set of PLUGIND_A__B__C, PLUGIND_A__B, PLUGIND_A.
-    names = {n.upper(): n for n in (os.environ if environ is None else environ)}
+    names = {n.upper(): n for n in os.environ}
     for i in range(len(loc), 0, -1):
-        candidate = _ENV_PREFIX + "__".join(str(p).upper() for p in loc[:i])
-        if candidate in names:
+        if (candidate := _env_name(loc[:i])) in names:
             return names[candidate]
     return None
 
@@ -540,7 +517,7 @@ def _from_env(loc: tuple[Any, ...], environ: typing.Mapping[str, str] | None = N
 def _env_within(loc: tuple[Any, ...]) -> list[str]:
     # The PLUGIND_* variables set below `loc` (a section whose own check failed: its values may come
     # from the file and the environment alike).
-    prefix = _ENV_PREFIX + "__".join(str(p).upper() for p in loc) + "__"
+    prefix = _env_name(loc) + "__"
     return sorted(n for n in os.environ if n.upper().startswith(prefix))
 
 

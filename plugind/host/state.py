@@ -320,7 +320,7 @@ class StateWriter:
 
 
 def _diff(old: list[str], old_pins: dict[str, str], new: list[str], new_pins: dict[str, str]
-          ) -> list[dict[str, object]] | None:
+          ) -> list[dict[str, object]]:
     """The journal records that turn `old` into `new`. A "set" appends a name not listed (and only
     pins one that is), so names kept whose order changed (loads started together that finish in
     another order) are removed from the first that moved on and set again in their new order."""
